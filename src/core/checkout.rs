@@ -1,0 +1,573 @@
+//! What a video server asks of the core: checkout (grant, renew, move), release,
+//! heartbeat, sync and acknowledgement of revocations.
+
+use super::{
+    digest, CameraId, Core, Event, Features, Lease, PoolId, Refusal, ReleaseReason, Revocation,
+    RevocationReason, Timestamp,
+};
+use crate::key::{DeviceVersion, Feature, KeyId, Policy};
+use serde::{Deserialize, Serialize};
+
+const MAX_CAMERA_ID: usize = 128;
+
+/// One result per released camera.
+pub type ReleaseOutcomes = Vec<(CameraId, Result<(), Refusal>)>;
+
+/// One camera of a checkout batch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckoutItem {
+    pub camera: CameraId,
+    /// The licence class (`None`: one `camera`).
+    pub class: Option<String>,
+    pub modules: Vec<Feature>,
+    pub device_version: Option<String>,
+    /// The epoch the client holds for this camera, if it held it before.
+    pub epoch: Option<u64>,
+}
+
+impl CheckoutItem {
+    pub fn camera(camera: &str) -> Self {
+        CheckoutItem {
+            camera: camera.to_string(),
+            class: None,
+            modules: Vec::new(),
+            device_version: None,
+            epoch: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CameraOutcome {
+    Granted {
+        epoch: u64,
+        features: Features,
+        legacy: bool,
+        renewed: bool,
+    },
+    Refused(Refusal),
+    /// Held by another server with a live connection, which has been asked to release it.
+    /// The daemon waits briefly for its acknowledgement, then asks again with
+    /// `after_wait` (never returned then).
+    AwaitingHolder {
+        holder: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckoutAnswer {
+    pub outcomes: Vec<(CameraId, CameraOutcome)>,
+    pub valid_for_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatAnswer {
+    /// The last persisted renewal + offline grace - now. Covers every held camera not
+    /// listed in `revocations`.
+    pub valid_for_ms: u64,
+    pub heartbeat_interval_ms: u64,
+    /// The client's digest differs from the daemon's view: send a full sync.
+    pub sync_needed: bool,
+    pub revocations: Vec<Revocation>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncAnswer {
+    /// Claimed cameras the server does not hold (at that epoch): stop recording them.
+    pub not_held: Vec<CameraId>,
+    /// Leases released because the sync no longer claimed them.
+    pub released: Vec<CameraId>,
+    pub valid_for_ms: u64,
+    pub revocations: Vec<Revocation>,
+}
+
+/// What one device costs under a key's policy, or why it may not be licensed.
+pub(crate) fn cost(policy: &Policy, item: &CheckoutItem) -> Result<(Features, bool), Refusal> {
+    let class = item.class.as_deref().unwrap_or("camera");
+    let mut features: Features = match policy.classes.get(class) {
+        Some(costs) => costs.clone(),
+        None if class == "camera" => [("camera".to_string(), 1)].into_iter().collect(),
+        None => {
+            return Err(Refusal::UnknownClass {
+                class: class.to_string(),
+            })
+        }
+    };
+    let mut legacy = false;
+    if let Some(v) = &item.device_version {
+        let v = DeviceVersion::parse(v).map_err(|reason| Refusal::BadRequest { reason })?;
+        if let Some(min) = &policy.min_device_version {
+            if DeviceVersion::parse(min).is_ok_and(|m| v < m) {
+                return Err(Refusal::VersionRefused { min: min.clone() });
+            }
+        }
+        if let Some(current) = &policy.current_device_version {
+            if DeviceVersion::parse(current).is_ok_and(|c| v < c) {
+                if !policy.legacy_entitlement {
+                    return Err(Refusal::LegacyNotEntitled);
+                }
+                legacy = true;
+                features.clear();
+            }
+        }
+    }
+    for m in &item.modules {
+        if m.is_empty() || m.len() > 64 {
+            return Err(Refusal::BadRequest {
+                reason: "module names are 1-64 characters".into(),
+            });
+        }
+        *features.entry(m.clone()).or_insert(0) += 1;
+    }
+    features.retain(|_, n| *n > 0);
+    Ok((features, legacy))
+}
+
+impl Core {
+    /// Checks out a batch: one outcome per camera, each all-or-nothing across features.
+    ///
+    /// `key` is the key the client believes it is bound to; `after_wait` is set when the
+    /// daemon asks again after waiting for live holders to acknowledge.
+    pub fn checkout(
+        &mut self,
+        now: Timestamp,
+        server: &str,
+        key: Option<&str>,
+        items: &[CheckoutItem],
+        after_wait: bool,
+    ) -> Result<CheckoutAnswer, Refusal> {
+        self.advance(now);
+        let s = self.servers.get(server).ok_or(Refusal::NotEnrolled)?;
+        let pool = s.pool.clone();
+        let kicked = s.kicked;
+        if let Some(k) = key {
+            if k != pool.key {
+                return Err(Refusal::BoundToOtherKey {
+                    key: pool.key.clone(),
+                });
+            }
+        }
+        self.check_in(now, server);
+        let mut outcomes = Vec::with_capacity(items.len());
+        let mut changed = false;
+        for item in items {
+            let outcome = if kicked {
+                CameraOutcome::Refused(Refusal::ServerKicked)
+            } else {
+                self.checkout_one(now, server, &pool, item, after_wait)
+            };
+            changed |= matches!(outcome, CameraOutcome::Granted { renewed: false, .. });
+            outcomes.push((item.camera.clone(), outcome));
+        }
+        if changed {
+            self.check_in_durable(now, server);
+        }
+        Ok(CheckoutAnswer {
+            outcomes,
+            valid_for_ms: self.valid_for(now, server),
+        })
+    }
+
+    fn checkout_one(
+        &mut self,
+        now: Timestamp,
+        server: &str,
+        pool: &PoolId,
+        item: &CheckoutItem,
+        after_wait: bool,
+    ) -> CameraOutcome {
+        use CameraOutcome::*;
+        if item.camera.is_empty() || item.camera.len() > MAX_CAMERA_ID {
+            return Refused(Refusal::BadRequest {
+                reason: "a camera id is 1-128 bytes".into(),
+            });
+        }
+        let Some(key) = self.keys.get(&pool.key) else {
+            return Refused(Refusal::UnknownKey {
+                key: pool.key.clone(),
+            });
+        };
+        if key.document.expires_at() <= now {
+            return Refused(Refusal::KeyExpired {
+                key: pool.key.clone(),
+            });
+        }
+        let (features, legacy) = match cost(&key.document.policy, item) {
+            Ok(c) => c,
+            Err(r) => return Refused(r),
+        };
+        let ck = (pool.key.clone(), item.camera.clone());
+        let record = self.cameras.get(&ck).cloned().unwrap_or_default();
+        if let Some(e) = item.epoch {
+            if e < record.epoch {
+                return Refused(Refusal::Moved {
+                    epoch: record.epoch,
+                });
+            }
+        }
+        match &record.lease {
+            Some(lease) if lease.server == server => {
+                // Idempotent re-claim by the holder, also after a reconnect.
+                if lease.features != features {
+                    return self.change_lease(now, &ck, lease.clone(), features, legacy, item);
+                }
+                Granted {
+                    epoch: lease.epoch,
+                    features,
+                    legacy: lease.legacy,
+                    renewed: true,
+                }
+            }
+            None => match self.fits(pool, &features, now) {
+                Ok(()) => self.grant(now, &ck, server, pool, features, legacy, item, None),
+                Err(r) => Refused(r),
+            },
+            Some(lease) => {
+                let holder = lease.server.clone();
+                let holder_live = self.servers.get(&holder).is_some_and(|h| h.sessions > 0);
+                if holder_live && !after_wait {
+                    let already = self.servers.get(&holder).is_some_and(|h| {
+                        h.revocations
+                            .contains_key(&(item.camera.clone(), lease.epoch))
+                    });
+                    if !already {
+                        self.issue_revocation(
+                            now,
+                            &holder,
+                            &pool.key,
+                            &item.camera,
+                            lease.epoch,
+                            RevocationReason::Moved,
+                            true,
+                        );
+                        self.events.push(Event::MoveRequested {
+                            key: pool.key.clone(),
+                            camera: item.camera.clone(),
+                            from: holder.clone(),
+                            to: server.to_string(),
+                        });
+                    }
+                    return AwaitingHolder {
+                        holder: self.server_label(&holder),
+                    };
+                }
+                // The holder is silent, or did not acknowledge in time: its lease stays
+                // counted as `revoking`, so the move needs a spare seat.
+                if self.fits(pool, &features, now).is_err() {
+                    let withdrawn = self.servers.get_mut(&holder).and_then(|h| {
+                        let k = (item.camera.clone(), lease.epoch);
+                        if h.revocations.get(&k).is_some_and(|r| r.provisional) {
+                            h.revocations.remove(&k)
+                        } else {
+                            None
+                        }
+                    });
+                    if withdrawn.is_some() {
+                        self.events.push(Event::MoveWithdrawn {
+                            key: pool.key.clone(),
+                            camera: item.camera.clone(),
+                            from: holder.clone(),
+                            to: server.to_string(),
+                        });
+                    }
+                    return Refused(Refusal::HeldBySilentServer {
+                        holder: self.server_label(&holder),
+                    });
+                }
+                self.revoke_lease(now, &pool.key, &item.camera, RevocationReason::Moved);
+                // revoke_lease may have released it outright (holder's reservation over).
+                self.grant(now, &ck, server, pool, features, legacy, item, Some(holder))
+            }
+        }
+    }
+
+    fn server_label(&self, id: &str) -> String {
+        match self.servers.get(id) {
+            Some(s) => format!("{} ({})", s.name, s.id),
+            None => id.to_string(),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn grant(
+        &mut self,
+        now: Timestamp,
+        ck: &(KeyId, CameraId),
+        server: &str,
+        pool: &PoolId,
+        features: Features,
+        legacy: bool,
+        item: &CheckoutItem,
+        moved_from: Option<String>,
+    ) -> CameraOutcome {
+        let policy = self
+            .keys
+            .get(&pool.key)
+            .map(|k| k.document.policy.clone())
+            .unwrap_or_default();
+        let record = self.cameras.entry(ck.clone()).or_default();
+        record.epoch += 1;
+        let epoch = record.epoch;
+        record.first_granted.get_or_insert(now);
+        record.lease = Some(Lease {
+            server: server.to_string(),
+            pool: pool.clone(),
+            features: features.clone(),
+            epoch,
+            granted_at: now,
+            class: item.class.clone().unwrap_or_else(|| "camera".into()),
+            modules: item.modules.clone(),
+            device_version: item.device_version.clone(),
+            legacy,
+        });
+        let mut contested = None;
+        if moved_from.is_some() {
+            let window = policy.contested_window_ms();
+            record.moves.retain(|t| now.since(*t) < window);
+            record.moves.push(now);
+            let n = record.moves.len() as u32;
+            if policy.contested_moves > 0 && n >= policy.contested_moves {
+                contested = Some((n, window));
+            }
+        }
+        self.add_usage(pool, &features, 1, 0);
+        if let Some(s) = self.servers.get_mut(server) {
+            s.held.insert(ck.1.clone());
+        }
+        if let Some(from) = moved_from {
+            self.events.push(Event::Moved {
+                key: ck.0.clone(),
+                camera: ck.1.clone(),
+                from,
+                to: server.to_string(),
+                epoch,
+            });
+        }
+        self.events.push(Event::Granted {
+            key: ck.0.clone(),
+            camera: ck.1.clone(),
+            server: server.to_string(),
+            epoch,
+            features: features.clone(),
+            legacy,
+        });
+        if let Some((moves, window_ms)) = contested {
+            self.events.push(Event::CameraContested {
+                key: ck.0.clone(),
+                camera: ck.1.clone(),
+                moves,
+                window_ms,
+            });
+        }
+        CameraOutcome::Granted {
+            epoch,
+            features,
+            legacy,
+            renewed: false,
+        }
+    }
+
+    /// The holder re-claims a camera with other features (class or modules changed):
+    /// all or nothing, the epoch stays.
+    fn change_lease(
+        &mut self,
+        now: Timestamp,
+        ck: &(KeyId, CameraId),
+        old: Lease,
+        features: Features,
+        legacy: bool,
+        item: &CheckoutItem,
+    ) -> CameraOutcome {
+        self.add_usage(&old.pool, &old.features, -1, 0);
+        if let Err(r) = self.fits(&old.pool, &features, now) {
+            self.add_usage(&old.pool, &old.features, 1, 0);
+            return CameraOutcome::Refused(r);
+        }
+        self.add_usage(&old.pool, &features, 1, 0);
+        let epoch = old.epoch;
+        if let Some(l) = self.cameras.get_mut(ck).and_then(|c| c.lease.as_mut()) {
+            l.features = features.clone();
+            l.legacy = legacy;
+            l.class = item.class.clone().unwrap_or_else(|| "camera".into());
+            l.modules = item.modules.clone();
+            l.device_version = item.device_version.clone();
+        }
+        self.events.push(Event::Granted {
+            key: ck.0.clone(),
+            camera: ck.1.clone(),
+            server: old.server,
+            epoch,
+            features: features.clone(),
+            legacy,
+        });
+        CameraOutcome::Granted {
+            epoch,
+            features,
+            legacy,
+            renewed: false,
+        }
+    }
+
+    /// Releases cameras the server holds; a camera it does not hold gets `NotHeld`.
+    pub fn release(
+        &mut self,
+        now: Timestamp,
+        server: &str,
+        cameras: &[CameraId],
+    ) -> Result<ReleaseOutcomes, Refusal> {
+        self.advance(now);
+        let key = self
+            .servers
+            .get(server)
+            .ok_or(Refusal::NotEnrolled)?
+            .pool
+            .key
+            .clone();
+        self.check_in(now, server);
+        let mut out = Vec::with_capacity(cameras.len());
+        for camera in cameras {
+            let held = self
+                .servers
+                .get(server)
+                .is_some_and(|s| s.held.contains(camera));
+            if held {
+                self.release_lease(&key, camera, ReleaseReason::Released);
+                out.push((camera.clone(), Ok(())));
+            } else {
+                out.push((camera.clone(), Err(Refusal::NotHeld)));
+            }
+        }
+        self.forget_if_kicked_and_empty(server);
+        Ok(out)
+    }
+
+    /// Renews every lease of the server and compares the client's digest of its holdings.
+    pub fn heartbeat(
+        &mut self,
+        now: Timestamp,
+        server: &str,
+        client_digest: &[u8; 32],
+    ) -> Result<HeartbeatAnswer, Refusal> {
+        self.advance(now);
+        let s = self.servers.get(server).ok_or(Refusal::NotEnrolled)?;
+        let interval = self
+            .keys
+            .get(&s.pool.key)
+            .map(|k| k.document.policy.heartbeat_interval_ms())
+            .unwrap_or(60_000);
+        let ours = self.holdings_digest(server);
+        let revocations = s.revocations.values().cloned().collect();
+        self.check_in(now, server);
+        Ok(HeartbeatAnswer {
+            valid_for_ms: self.valid_for(now, server),
+            heartbeat_interval_ms: interval,
+            sync_needed: &ours != client_digest,
+            revocations,
+        })
+    }
+
+    /// The digest of (camera, epoch) the server holds, as the client computes it.
+    pub fn holdings_digest(&self, server: &str) -> [u8; 32] {
+        let Some(s) = self.servers.get(server) else {
+            return digest::holdings(std::iter::empty());
+        };
+        let key = &s.pool.key;
+        digest::holdings(s.held.iter().filter_map(|c| {
+            let rec = self.cameras.get(&(key.clone(), c.clone()))?;
+            Some((c.as_str(), rec.lease.as_ref()?.epoch))
+        }))
+    }
+
+    /// A full sync: releases leases the client no longer claims; claimed cameras the
+    /// server does not hold at that epoch come back as `not_held`. Never grants.
+    pub fn sync(
+        &mut self,
+        now: Timestamp,
+        server: &str,
+        claimed: &[(CameraId, u64)],
+    ) -> Result<SyncAnswer, Refusal> {
+        self.advance(now);
+        let s = self.servers.get(server).ok_or(Refusal::NotEnrolled)?;
+        let key = s.pool.key.clone();
+        let held: Vec<CameraId> = s.held.iter().cloned().collect();
+        self.check_in(now, server);
+        let claimed_set: std::collections::BTreeMap<&str, u64> =
+            claimed.iter().map(|(c, e)| (c.as_str(), *e)).collect();
+        let mut released = Vec::new();
+        for camera in held {
+            let epoch = self
+                .cameras
+                .get(&(key.clone(), camera.clone()))
+                .and_then(|c| c.lease.as_ref())
+                .map(|l| l.epoch);
+            if claimed_set.get(camera.as_str()).copied() != epoch {
+                self.release_lease(&key, &camera, ReleaseReason::NotClaimed);
+                released.push(camera);
+            }
+        }
+        let mut not_held = Vec::new();
+        for (camera, epoch) in claimed {
+            let holds = self
+                .cameras
+                .get(&(key.clone(), camera.clone()))
+                .and_then(|c| c.lease.as_ref())
+                .is_some_and(|l| l.server == server && l.epoch == *epoch);
+            if !holds {
+                not_held.push(camera.clone());
+            }
+        }
+        if !released.is_empty() {
+            self.check_in_durable(now, server);
+        }
+        let revocations = self
+            .servers
+            .get(server)
+            .map(|s| s.revocations.values().cloned().collect())
+            .unwrap_or_default();
+        let answer = SyncAnswer {
+            not_held,
+            released,
+            valid_for_ms: self.valid_for(now, server),
+            revocations,
+        };
+        self.forget_if_kicked_and_empty(server);
+        Ok(answer)
+    }
+
+    /// The holder acknowledges a revocation: it stopped recording `camera` at `epoch`.
+    /// Returns whether a seat came back.
+    pub fn acknowledge(
+        &mut self,
+        now: Timestamp,
+        server: &str,
+        camera: &str,
+        epoch: u64,
+    ) -> Result<bool, Refusal> {
+        self.advance(now);
+        let s = self.servers.get_mut(server).ok_or(Refusal::NotEnrolled)?;
+        let key = s.pool.key.clone();
+        s.revocations.remove(&(camera.to_string(), epoch));
+        self.check_in(now, server);
+        let holds_at_epoch = self
+            .cameras
+            .get(&(key.clone(), camera.to_string()))
+            .and_then(|c| c.lease.as_ref())
+            .is_some_and(|l| l.server == server && l.epoch == epoch);
+        let mut freed = false;
+        if holds_at_epoch {
+            self.release_lease(&key, camera, ReleaseReason::Acknowledged);
+            freed = true;
+        }
+        let revoking = self
+            .servers
+            .get(server)
+            .is_some_and(|s| s.revoking.contains(&(camera.to_string(), epoch)));
+        if revoking {
+            self.end_revoking(&key, camera, server, epoch, true);
+            freed = true;
+        } else {
+            self.forget_if_kicked_and_empty(server);
+        }
+        Ok(freed)
+    }
+}

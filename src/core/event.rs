@@ -1,0 +1,162 @@
+//! What the core reports after a change: the daemon logs and audits these, and pushes
+//! `RevocationIssued` to the holder's live connection.
+
+use super::{CameraId, PoolId, ServerId};
+use crate::key::{Feature, KeyId};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Why a holder is asked to give up a camera.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevocationReason {
+    /// Another server checked the camera out.
+    Moved,
+    /// An administrator freed the camera.
+    Freed,
+    /// An administrator kicked the server.
+    Kicked,
+    /// The allocation shrank below use (an entry expired, seats moved, a key returned).
+    Shrunk,
+}
+
+impl RevocationReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RevocationReason::Moved => "moved",
+            RevocationReason::Freed => "freed",
+            RevocationReason::Kicked => "kicked",
+            RevocationReason::Shrunk => "shrunk",
+        }
+    }
+}
+
+/// Why a lease ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReleaseReason {
+    /// The holder released it.
+    Released,
+    /// The holder's sync no longer claimed it.
+    NotClaimed,
+    /// The holder acknowledged a revocation.
+    Acknowledged,
+    /// The holder was silent past its reservation.
+    Expired,
+    /// An administrator forced it (a deliberate, audited overlap).
+    Forced,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    KeyInstalled {
+        key: KeyId,
+        revision: u32,
+        demo: bool,
+    },
+    CodeCreated {
+        pool: PoolId,
+        expires_at: super::Timestamp,
+    },
+    Enrolled {
+        server: ServerId,
+        name: String,
+        pool: PoolId,
+    },
+    Granted {
+        key: KeyId,
+        camera: CameraId,
+        server: ServerId,
+        epoch: u64,
+        features: BTreeMap<Feature, u32>,
+        legacy: bool,
+    },
+    Released {
+        key: KeyId,
+        camera: CameraId,
+        server: ServerId,
+        epoch: u64,
+        reason: ReleaseReason,
+    },
+    /// A move was asked of a live holder; the daemon waits briefly for its acknowledgement.
+    MoveRequested {
+        key: KeyId,
+        camera: CameraId,
+        from: ServerId,
+        to: ServerId,
+    },
+    /// A move request was withdrawn: the holder did not answer and no seat was spare.
+    MoveWithdrawn {
+        key: KeyId,
+        camera: CameraId,
+        from: ServerId,
+        to: ServerId,
+    },
+    Moved {
+        key: KeyId,
+        camera: CameraId,
+        from: ServerId,
+        to: ServerId,
+        epoch: u64,
+    },
+    /// Tell `server` to stop `camera` and acknowledge.
+    RevocationIssued {
+        server: ServerId,
+        key: KeyId,
+        camera: CameraId,
+        epoch: u64,
+        reason: RevocationReason,
+    },
+    /// A `revoking` lease stopped counting: acknowledged, or its reservation ended.
+    RevokingEnded {
+        key: KeyId,
+        camera: CameraId,
+        server: ServerId,
+        epoch: u64,
+        acknowledged: bool,
+    },
+    CameraContested {
+        key: KeyId,
+        camera: CameraId,
+        moves: u32,
+        window_ms: u64,
+    },
+    /// An administrator's `--force`: the holder may still record until it hears.
+    ForcedOverlap {
+        key: KeyId,
+        camera: CameraId,
+        server: ServerId,
+    },
+    Kicked {
+        server: ServerId,
+        forced: bool,
+    },
+    Forgotten {
+        server: ServerId,
+    },
+    ServerExpired {
+        server: ServerId,
+        cameras: u64,
+    },
+    EntryExpired {
+        key: KeyId,
+        order: String,
+        feature: Feature,
+        count: u32,
+    },
+    AllocationShrunk {
+        pool: PoolId,
+        feature: Feature,
+        in_use: u64,
+        total: u64,
+    },
+    ServerMoved {
+        server: ServerId,
+        from: PoolId,
+        to: PoolId,
+    },
+    ServerRenamed {
+        server: ServerId,
+        name: String,
+    },
+}

@@ -1,0 +1,161 @@
+//! Time passing: silent servers' reservations end, `revoking` leases stop counting, and
+//! entries expire, shrinking exactly the pools that hold them.
+
+use super::{Core, Event, PoolId, ReleaseReason, RevocationReason, Timestamp};
+use crate::key::Feature;
+use std::collections::BTreeSet;
+
+impl Core {
+    /// Applies everything due at or before `now`. Every command calls it first, so the
+    /// caller only needs to call it on a timer when no commands arrive.
+    pub fn advance(&mut self, now: Timestamp) {
+        if now < self.next_due {
+            return;
+        }
+        self.expire_entries(now);
+        self.expire_revoking(now);
+        self.expire_silent_servers(now);
+        self.next_due = self.compute_next_due(now);
+    }
+
+    /// The earliest instant at which `advance` has work to do.
+    pub fn next_deadline(&self) -> Timestamp {
+        self.next_due
+    }
+
+    fn compute_next_due(&self, now: Timestamp) -> Timestamp {
+        let mut next = Timestamp::NEVER;
+        for (id, s) in &self.servers {
+            if !s.held.is_empty() {
+                if let Some(end) = self.reservation_end(id) {
+                    next = next.min(end);
+                }
+            }
+        }
+        for c in self.cameras.values() {
+            for r in &c.revoking {
+                next = next.min(r.until);
+            }
+        }
+        for k in self.keys.values() {
+            for (i, e) in k.document.entries.iter().enumerate() {
+                if !k.expired_entries.contains(&i) {
+                    next = next.min(e.not_after);
+                }
+            }
+        }
+        next.max(now.plus(1))
+    }
+
+    fn expire_revoking(&mut self, now: Timestamp) {
+        let mut due = Vec::new();
+        for ((key, camera), c) in &self.cameras {
+            for r in &c.revoking {
+                if r.until <= now {
+                    due.push((key.clone(), camera.clone(), r.server.clone(), r.epoch));
+                }
+            }
+        }
+        for (key, camera, server, epoch) in due {
+            self.end_revoking(&key, &camera, &server, epoch, false);
+        }
+    }
+
+    fn expire_silent_servers(&mut self, now: Timestamp) {
+        let due: Vec<(String, String)> = self
+            .servers
+            .iter()
+            .filter(|(id, s)| {
+                !s.held.is_empty() && self.reservation_end(id).is_some_and(|end| end <= now)
+            })
+            .map(|(id, s)| (id.clone(), s.pool.key.clone()))
+            .collect();
+        for (server, key) in due {
+            let cameras: Vec<String> = self
+                .servers
+                .get(&server)
+                .map(|s| s.held.iter().cloned().collect())
+                .unwrap_or_default();
+            let n = cameras.len() as u64;
+            for camera in cameras {
+                self.release_lease(&key, &camera, ReleaseReason::Expired);
+            }
+            if let Some(s) = self.servers.get_mut(&server) {
+                // Its own deadline passed before this (invariant 6): nothing to revoke.
+                s.revocations.retain(|_, r| !r.provisional);
+            }
+            self.events.push(Event::ServerExpired {
+                server: server.clone(),
+                cameras: n,
+            });
+            self.forget_if_kicked_and_empty(&server);
+        }
+    }
+
+    fn expire_entries(&mut self, now: Timestamp) {
+        let mut shrunk: BTreeSet<(PoolId, Feature)> = BTreeSet::new();
+        let mut expired_events = Vec::new();
+        for (key_id, k) in self.keys.iter_mut() {
+            for (i, e) in k.document.entries.iter().enumerate() {
+                if e.not_after <= now && k.expired_entries.insert(i) {
+                    expired_events.push(Event::EntryExpired {
+                        key: key_id.clone(),
+                        order: e.order.clone(),
+                        feature: e.feature.clone(),
+                        count: e.count,
+                    });
+                    for p in self.pools.values() {
+                        if p.id.key == *key_id && p.seats.get(&i).is_some_and(|n| *n > 0) {
+                            shrunk.insert((p.id.clone(), e.feature.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        self.events.extend(expired_events);
+        for (pool, feature) in shrunk {
+            self.shrink(now, &pool, &feature, RevocationReason::Shrunk);
+        }
+    }
+
+    /// Brings held use of `feature` in `pool` back within its allocation by revoking the
+    /// newest leases first (the ones granted last have recorded least).
+    pub(crate) fn shrink(
+        &mut self,
+        now: Timestamp,
+        pool: &PoolId,
+        feature: &str,
+        reason: RevocationReason,
+    ) {
+        let total = self.allocation(pool, feature, now);
+        let before = self.usage(pool, feature);
+        if before.held <= total {
+            return;
+        }
+        self.events.push(Event::AllocationShrunk {
+            pool: pool.clone(),
+            feature: feature.to_string(),
+            in_use: before.counted(),
+            total,
+        });
+        while self.usage(pool, feature).held > total {
+            let newest = self
+                .servers
+                .values()
+                .filter(|s| s.pool == *pool)
+                .flat_map(|s| s.held.iter())
+                .filter_map(|c| {
+                    let l = self
+                        .cameras
+                        .get(&(pool.key.clone(), c.clone()))?
+                        .lease
+                        .as_ref()?;
+                    (l.features.get(feature).copied().unwrap_or(0) > 0)
+                        .then(|| (l.granted_at, l.epoch, c.clone()))
+                })
+                .max();
+            let Some((_, _, camera)) = newest else { break };
+            self.revoke_lease(now, &pool.key, &camera, reason);
+        }
+    }
+}

@@ -1,0 +1,746 @@
+//! The allocation core: keys' entitlements, pools, servers, cameras and leases, as a pure
+//! state machine. Commands and the current instant go in; outcomes come back and events
+//! queue up for the caller to persist, log and push. No I/O, no clock, no randomness:
+//! ids and codes are made by the caller, so a log of commands replays exactly.
+//!
+//! It keeps PRODUCT.md's invariants 1 (never over-allocate), 2 (one holder), 3 (one key
+//! per server), 5 (no stranded seats) and 6 (the client's deadline falls before the
+//! reservation ends); `check_invariants` recomputes them from scratch for the tests.
+
+mod admin;
+mod checkout;
+pub mod digest;
+mod event;
+mod expiry;
+mod refusal;
+pub mod time;
+mod view;
+
+pub use admin::{FreeOutcome, KickOutcome};
+pub use checkout::{
+    CameraOutcome, CheckoutAnswer, CheckoutItem, HeartbeatAnswer, ReleaseOutcomes, SyncAnswer,
+};
+pub use event::{Event, ReleaseReason, RevocationReason};
+pub use refusal::Refusal;
+pub use time::Timestamp;
+pub use view::{CameraView, KeyView, PoolView, SeatUsage, ServerView};
+
+use crate::key::{Feature, KeyDocument, KeyId};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+pub type ServerId = String;
+pub type CameraId = String;
+pub type Features = BTreeMap<Feature, u32>;
+
+pub const DEFAULT_POOL: &str = "Default";
+/// Enrolment codes live 24 hours (seed 000).
+pub const CODE_VALIDITY_MS: u64 = time::DAY;
+const MAX_NAME: usize = 128;
+
+/// A pool's full name, `KEY_ID/NAME`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PoolId {
+    pub key: KeyId,
+    pub name: String,
+}
+
+impl PoolId {
+    pub fn new(key: &str, name: &str) -> Self {
+        PoolId {
+            key: key.to_string(),
+            name: name.to_string(),
+        }
+    }
+    pub fn default_of(key: &str) -> Self {
+        PoolId::new(key, DEFAULT_POOL)
+    }
+}
+
+impl fmt::Display for PoolId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.key, self.name)
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InstalledKey {
+    pub document: KeyDocument,
+    pub demo: bool,
+    pub installed_at: Timestamp,
+    /// Entries whose expiry has been applied (indices into `document.entries`).
+    pub expired_entries: BTreeSet<usize>,
+}
+
+/// Seats of one feature in one pool that are counted against its allocation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Seats of leases a server holds.
+    pub held: u64,
+    /// Seats of leases revoked but not yet acknowledged (still counted).
+    pub revoking: u64,
+}
+
+impl Usage {
+    pub fn counted(&self) -> u64 {
+        self.held + self.revoking
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Pool {
+    pub id: PoolId,
+    /// Seats this pool holds of each entry of its key (index into the key's entries).
+    pub seats: BTreeMap<usize, u32>,
+    pub usage: BTreeMap<Feature, Usage>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    pub camera: CameraId,
+    pub epoch: u64,
+    pub reason: RevocationReason,
+    pub issued_at: Timestamp,
+    /// A move asked of a live holder that the daemon may still withdraw.
+    pub provisional: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Server {
+    pub id: ServerId,
+    pub name: String,
+    pub pool: PoolId,
+    /// What the server proves itself with (a secret's hash now; a public key later).
+    pub credential: Vec<u8>,
+    pub version: String,
+    pub enrolled_at: Timestamp,
+    pub last_checkin: Timestamp,
+    /// The latest renewal, in memory.
+    pub renewed_at: Timestamp,
+    /// The latest renewal known durable: reservations and `valid_for` count from it.
+    pub persisted_renewal: Timestamp,
+    /// Open authenticated connections.
+    pub sessions: u32,
+    pub held: BTreeSet<CameraId>,
+    pub revoking: BTreeSet<(CameraId, u64)>,
+    pub revocations: BTreeMap<(CameraId, u64), Revocation>,
+    pub kicked: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub server: ServerId,
+    pub pool: PoolId,
+    pub features: Features,
+    pub epoch: u64,
+    pub granted_at: Timestamp,
+    pub class: String,
+    pub modules: Vec<Feature>,
+    pub device_version: Option<String>,
+    pub legacy: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokingLease {
+    pub server: ServerId,
+    pub pool: PoolId,
+    pub features: Features,
+    pub epoch: u64,
+    /// The old holder's reservation end when it was revoked: the seat counts until then
+    /// unless acknowledged sooner.
+    pub until: Timestamp,
+    pub reason: RevocationReason,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CameraRecord {
+    /// Grows on every grant to a new holder; lives as long as the key.
+    pub epoch: u64,
+    pub first_granted: Option<Timestamp>,
+    pub lease: Option<Lease>,
+    pub revoking: Vec<RevokingLease>,
+    /// Instants of recent moves, for `CameraContested`.
+    pub moves: Vec<Timestamp>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrolmentCode {
+    pub pool: PoolId,
+    pub expires_at: Timestamp,
+}
+
+/// What `enrol` needs; the caller makes the id and the credential.
+#[derive(Clone, Debug)]
+pub struct EnrolRequest {
+    pub code: String,
+    pub name: String,
+    pub version: String,
+    pub server_id: ServerId,
+    pub credential: Vec<u8>,
+    /// An already enrolled server re-enrolling (it proved who it is to the caller).
+    pub existing: Option<ServerId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enrolment {
+    pub server_id: ServerId,
+    pub pool: PoolId,
+    pub key: KeyId,
+    pub demo: bool,
+    pub heartbeat_interval_ms: u64,
+    pub offline_grace_ms: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Core {
+    keys: BTreeMap<KeyId, InstalledKey>,
+    pools: BTreeMap<PoolId, Pool>,
+    servers: BTreeMap<ServerId, Server>,
+    cameras: BTreeMap<(KeyId, CameraId), CameraRecord>,
+    codes: BTreeMap<String, EnrolmentCode>,
+    /// No deadline (reservation end, revoking end, entry expiry) falls before this.
+    next_due: Timestamp,
+    #[serde(skip)]
+    events: Vec<Event>,
+    /// Servers renewed in memory since the last `renewals_persisted`.
+    #[serde(skip)]
+    unpersisted: BTreeSet<ServerId>,
+}
+
+impl Core {
+    pub fn new() -> Self {
+        Core::default()
+    }
+
+    /// Events since the last call, oldest first.
+    pub fn drain_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Installs a verified key and gives its `Default` pool every seat.
+    pub fn install_key(
+        &mut self,
+        now: Timestamp,
+        document: KeyDocument,
+        demo: bool,
+    ) -> Result<(), Refusal> {
+        self.advance(now);
+        document
+            .validate()
+            .map_err(|reason| Refusal::BadRequest { reason })?;
+        let key = document.key_id.clone();
+        if let Some(old) = self.keys.get(&key) {
+            if old.document.revision >= document.revision {
+                return Err(Refusal::BadRequest {
+                    reason: format!(
+                        "key {key} revision {} is installed; revision {} does not replace it",
+                        old.document.revision, document.revision
+                    ),
+                });
+            }
+            if old.document.entries.len() > document.entries.len() {
+                return Err(Refusal::BadRequest {
+                    reason: "a new revision may add entries but not remove them".into(),
+                });
+            }
+        }
+        let pool_id = PoolId::default_of(&key);
+        let previous = self
+            .keys
+            .get(&key)
+            .map(|k| k.document.entries.clone())
+            .unwrap_or_default();
+        let pool = self.pools.entry(pool_id.clone()).or_insert_with(|| Pool {
+            id: pool_id,
+            seats: BTreeMap::new(),
+            usage: BTreeMap::new(),
+        });
+        // A higher revision keeps pools and leases: new or grown entries go to Default.
+        for (i, e) in document.entries.iter().enumerate() {
+            let before = previous.get(i).map(|p| p.count).unwrap_or(0);
+            let extra = e.count.saturating_sub(before);
+            *pool.seats.entry(i).or_insert(0) += extra;
+        }
+        for e in &document.entries {
+            self.next_due = self.next_due.min(e.not_after);
+        }
+        self.events.push(Event::KeyInstalled {
+            key: key.clone(),
+            revision: document.revision,
+            demo,
+        });
+        let expired_entries = self
+            .keys
+            .remove(&key)
+            .map(|k| k.expired_entries)
+            .unwrap_or_default();
+        self.keys.insert(
+            key,
+            InstalledKey {
+                document,
+                demo,
+                installed_at: now,
+                expired_entries,
+            },
+        );
+        self.advance(now);
+        Ok(())
+    }
+
+    /// Registers an enrolment code (made by the caller) for `pool`, valid 24 h.
+    pub fn create_code(
+        &mut self,
+        now: Timestamp,
+        pool: &PoolId,
+        code: &str,
+    ) -> Result<Timestamp, Refusal> {
+        self.advance(now);
+        if !self.pools.contains_key(pool) {
+            return Err(Refusal::UnknownPool {
+                pool: pool.to_string(),
+            });
+        }
+        if self.codes.contains_key(code) {
+            return Err(Refusal::BadRequest {
+                reason: "code already issued".into(),
+            });
+        }
+        self.codes.retain(|_, c| c.expires_at > now);
+        let expires_at = now.plus(CODE_VALIDITY_MS);
+        self.codes.insert(
+            code.to_string(),
+            EnrolmentCode {
+                pool: pool.clone(),
+                expires_at,
+            },
+        );
+        self.events.push(Event::CodeCreated {
+            pool: pool.clone(),
+            expires_at,
+        });
+        Ok(expires_at)
+    }
+
+    /// Exchanges a one-time code for a binding to its pool.
+    pub fn enrol(&mut self, now: Timestamp, req: EnrolRequest) -> Result<Enrolment, Refusal> {
+        self.advance(now);
+        let code = self
+            .codes
+            .get(&req.code)
+            .cloned()
+            .ok_or(Refusal::CodeInvalid)?;
+        if code.expires_at <= now {
+            self.codes.remove(&req.code);
+            return Err(Refusal::CodeExpired);
+        }
+        if req.name.trim().is_empty() || req.name.len() > MAX_NAME {
+            return Err(Refusal::BadRequest {
+                reason: "a server name is 1-128 characters".into(),
+            });
+        }
+        let key = self.keys.get(&code.pool.key).ok_or(Refusal::UnknownKey {
+            key: code.pool.key.clone(),
+        })?;
+        if let Some(min) = &key.document.policy.min_server_version {
+            let ok = match (
+                crate::key::DeviceVersion::parse(&req.version),
+                crate::key::DeviceVersion::parse(min),
+            ) {
+                (Ok(v), Ok(m)) => v >= m,
+                _ => false,
+            };
+            if !ok {
+                return Err(Refusal::ServerVersionRefused { min: min.clone() });
+            }
+        }
+        let server_id = match &req.existing {
+            Some(existing) => {
+                self.move_server(now, existing, &code.pool)?;
+                if let Some(s) = self.servers.get_mut(existing) {
+                    s.name = req.name.clone();
+                    s.version = req.version.clone();
+                    s.kicked = false;
+                }
+                existing.clone()
+            }
+            None => {
+                if self.servers.contains_key(&req.server_id) {
+                    return Err(Refusal::BadRequest {
+                        reason: "server id in use".into(),
+                    });
+                }
+                self.servers.insert(
+                    req.server_id.clone(),
+                    Server {
+                        id: req.server_id.clone(),
+                        name: req.name.clone(),
+                        pool: code.pool.clone(),
+                        credential: req.credential.clone(),
+                        version: req.version.clone(),
+                        enrolled_at: now,
+                        last_checkin: now,
+                        renewed_at: now,
+                        persisted_renewal: now,
+                        sessions: 0,
+                        held: BTreeSet::new(),
+                        revoking: BTreeSet::new(),
+                        revocations: BTreeMap::new(),
+                        kicked: false,
+                    },
+                );
+                req.server_id.clone()
+            }
+        };
+        self.codes.remove(&req.code);
+        self.events.push(Event::Enrolled {
+            server: server_id.clone(),
+            name: req.name,
+            pool: code.pool.clone(),
+        });
+        self.enrolment(&server_id)
+    }
+
+    /// The binding a server holds: pool, key and the key's timing.
+    pub fn enrolment(&self, server: &str) -> Result<Enrolment, Refusal> {
+        let s = self.servers.get(server).ok_or(Refusal::NotEnrolled)?;
+        let key = self.key_of(&s.pool)?;
+        Ok(Enrolment {
+            server_id: s.id.clone(),
+            pool: s.pool.clone(),
+            key: s.pool.key.clone(),
+            demo: key.demo,
+            heartbeat_interval_ms: key.document.policy.heartbeat_interval_ms(),
+            offline_grace_ms: key.document.policy.offline_grace_ms(),
+        })
+    }
+
+    /// The credential a server enrolled with, for the caller to check a login against.
+    pub fn credential(&self, server: &str) -> Option<&[u8]> {
+        self.servers.get(server).map(|s| s.credential.as_slice())
+    }
+
+    /// A live, authenticated connection opened: moves now ask this server first.
+    pub fn session_opened(&mut self, now: Timestamp, server: &str) {
+        self.advance(now);
+        if let Some(s) = self.servers.get_mut(server) {
+            s.sessions += 1;
+            s.last_checkin = now;
+        }
+    }
+
+    pub fn session_closed(&mut self, now: Timestamp, server: &str) {
+        self.advance(now);
+        if let Some(s) = self.servers.get_mut(server) {
+            s.sessions = s.sessions.saturating_sub(1);
+        }
+    }
+
+    /// Every renewal made in memory up to `at` is now durable.
+    pub fn renewals_persisted(&mut self, at: Timestamp) {
+        for id in std::mem::take(&mut self.unpersisted) {
+            if let Some(s) = self.servers.get_mut(&id) {
+                s.persisted_renewal = s.persisted_renewal.max(s.renewed_at.min(at));
+            }
+        }
+    }
+
+    /// Whether renewals wait to be persisted.
+    pub fn has_unpersisted_renewals(&self) -> bool {
+        !self.unpersisted.is_empty()
+    }
+
+    /// When the daemon stops reserving `server`'s seats if it stays silent.
+    pub fn reservation_end(&self, server: &str) -> Option<Timestamp> {
+        let s = self.servers.get(server)?;
+        let policy = &self.keys.get(&s.pool.key)?.document.policy;
+        Some(
+            s.persisted_renewal
+                .plus(policy.offline_grace_ms())
+                .plus(policy.heartbeat_interval_ms()),
+        )
+    }
+
+    /// How long the server may go on without contact, counted from `now`: the last
+    /// persisted renewal + grace - now. The client adds this to its *send* instant.
+    pub fn valid_for(&self, now: Timestamp, server: &str) -> u64 {
+        let Some(s) = self.servers.get(server) else {
+            return 0;
+        };
+        let Some(key) = self.keys.get(&s.pool.key) else {
+            return 0;
+        };
+        s.persisted_renewal
+            .plus(key.document.policy.offline_grace_ms())
+            .since(now)
+    }
+
+    // ---- internal helpers shared by the command modules ----
+
+    fn key_of(&self, pool: &PoolId) -> Result<&InstalledKey, Refusal> {
+        self.keys.get(&pool.key).ok_or(Refusal::UnknownKey {
+            key: pool.key.clone(),
+        })
+    }
+
+    /// Seats of `feature` the pool is allocated at `now` (unexpired entries only).
+    pub fn allocation(&self, pool: &PoolId, feature: &str, now: Timestamp) -> u64 {
+        let (Some(p), Some(k)) = (self.pools.get(pool), self.keys.get(&pool.key)) else {
+            return 0;
+        };
+        p.seats
+            .iter()
+            .filter_map(|(i, n)| {
+                let e = k.document.entries.get(*i)?;
+                (e.feature == feature && now < e.not_after).then_some(u64::from(*n))
+            })
+            .sum()
+    }
+
+    pub fn usage(&self, pool: &PoolId, feature: &str) -> Usage {
+        self.pools
+            .get(pool)
+            .and_then(|p| p.usage.get(feature))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Can `features` be added to `pool` at `now`?
+    fn fits(&self, pool: &PoolId, features: &Features, now: Timestamp) -> Result<(), Refusal> {
+        for (feature, n) in features {
+            if *n == 0 {
+                continue;
+            }
+            let used = self.usage(pool, feature).counted();
+            let total = self.allocation(pool, feature, now);
+            if used > total {
+                return Err(Refusal::OverAllocated {
+                    feature: feature.clone(),
+                    in_use: used,
+                    total,
+                });
+            }
+            if used + u64::from(*n) > total {
+                return Err(Refusal::NoSeats {
+                    feature: feature.clone(),
+                    in_use: used,
+                    total,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn add_usage(&mut self, pool: &PoolId, features: &Features, held: i64, revoking: i64) {
+        if let Some(p) = self.pools.get_mut(pool) {
+            for (f, n) in features {
+                let u = p.usage.entry(f.clone()).or_default();
+                let n = i64::from(*n);
+                u.held = (u.held as i64 + held * n).max(0) as u64;
+                u.revoking = (u.revoking as i64 + revoking * n).max(0) as u64;
+            }
+        }
+    }
+
+    fn check_in(&mut self, now: Timestamp, server: &str) {
+        if let Some(s) = self.servers.get_mut(server) {
+            s.last_checkin = now;
+            s.renewed_at = s.renewed_at.max(now);
+            self.unpersisted.insert(server.to_string());
+        }
+    }
+
+    /// A durable change for this server: its renewal is persisted with it.
+    fn check_in_durable(&mut self, now: Timestamp, server: &str) {
+        if let Some(s) = self.servers.get_mut(server) {
+            s.last_checkin = now;
+            s.renewed_at = s.renewed_at.max(now);
+            s.persisted_renewal = s.persisted_renewal.max(now);
+        }
+        if let Some(end) = self.reservation_end(server) {
+            self.next_due = self.next_due.min(end);
+        }
+    }
+
+    fn is_newly_added(
+        &self,
+        key: &str,
+        camera: &CameraRecord,
+        now: Timestamp,
+    ) -> Option<Timestamp> {
+        let period = self.keys.get(key)?.document.policy.revocation_period_ms();
+        let until = camera.first_granted?.plus(period);
+        (period > 0 && now < until).then_some(until)
+    }
+
+    /// Ends a held lease: the seat returns at once.
+    fn release_lease(&mut self, key: &str, camera: &str, reason: ReleaseReason) {
+        let ck = (key.to_string(), camera.to_string());
+        let Some(lease) = self.cameras.get_mut(&ck).and_then(|c| c.lease.take()) else {
+            return;
+        };
+        self.add_usage(&lease.pool, &lease.features, -1, 0);
+        if let Some(s) = self.servers.get_mut(&lease.server) {
+            s.held.remove(camera);
+            s.revocations
+                .retain(|(c, e), r| !(c == camera && *e == lease.epoch && r.provisional));
+        }
+        self.events.push(Event::Released {
+            key: key.to_string(),
+            camera: camera.to_string(),
+            server: lease.server,
+            epoch: lease.epoch,
+            reason,
+        });
+    }
+
+    /// Turns a held lease into a counted `revoking` lease and tells the holder.
+    fn revoke_lease(&mut self, now: Timestamp, key: &str, camera: &str, reason: RevocationReason) {
+        let ck = (key.to_string(), camera.to_string());
+        let Some(lease) = self.cameras.get(&ck).and_then(|c| c.lease.clone()) else {
+            return;
+        };
+        let until = self.reservation_end(&lease.server).unwrap_or(now).max(now);
+        if until <= now {
+            self.release_lease(key, camera, ReleaseReason::Expired);
+            return;
+        }
+        if let Some(c) = self.cameras.get_mut(&ck) {
+            c.lease = None;
+            c.revoking.push(RevokingLease {
+                server: lease.server.clone(),
+                pool: lease.pool.clone(),
+                features: lease.features.clone(),
+                epoch: lease.epoch,
+                until,
+                reason,
+            });
+        }
+        self.add_usage(&lease.pool, &lease.features, -1, 1);
+        if let Some(s) = self.servers.get_mut(&lease.server) {
+            s.held.remove(camera);
+            s.revoking.insert((camera.to_string(), lease.epoch));
+        }
+        self.next_due = self.next_due.min(until);
+        self.issue_revocation(now, &lease.server, key, camera, lease.epoch, reason, false);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn issue_revocation(
+        &mut self,
+        now: Timestamp,
+        server: &str,
+        key: &str,
+        camera: &str,
+        epoch: u64,
+        reason: RevocationReason,
+        provisional: bool,
+    ) {
+        if let Some(s) = self.servers.get_mut(server) {
+            s.revocations.insert(
+                (camera.to_string(), epoch),
+                Revocation {
+                    camera: camera.to_string(),
+                    epoch,
+                    reason,
+                    issued_at: now,
+                    provisional,
+                },
+            );
+        }
+        self.events.push(Event::RevocationIssued {
+            server: server.to_string(),
+            key: key.to_string(),
+            camera: camera.to_string(),
+            epoch,
+            reason,
+        });
+    }
+
+    /// Removes one `revoking` lease; the seat returns.
+    fn end_revoking(
+        &mut self,
+        key: &str,
+        camera: &str,
+        server: &str,
+        epoch: u64,
+        acknowledged: bool,
+    ) {
+        let ck = (key.to_string(), camera.to_string());
+        let Some(c) = self.cameras.get_mut(&ck) else {
+            return;
+        };
+        let Some(pos) = c
+            .revoking
+            .iter()
+            .position(|r| r.server == server && r.epoch == epoch)
+        else {
+            return;
+        };
+        let r = c.revoking.remove(pos);
+        self.add_usage(&r.pool, &r.features, 0, -1);
+        if let Some(s) = self.servers.get_mut(server) {
+            s.revoking.remove(&(camera.to_string(), epoch));
+            if !acknowledged {
+                // The holder's own deadline has passed too (invariant 6): nothing to tell.
+                s.revocations.remove(&(camera.to_string(), epoch));
+            }
+        }
+        self.events.push(Event::RevokingEnded {
+            key: key.to_string(),
+            camera: camera.to_string(),
+            server: server.to_string(),
+            epoch,
+            acknowledged,
+        });
+        self.forget_if_kicked_and_empty(server);
+    }
+
+    fn forget_if_kicked_and_empty(&mut self, server: &str) {
+        let done = self
+            .servers
+            .get(server)
+            .is_some_and(|s| s.kicked && s.held.is_empty() && s.revoking.is_empty());
+        if done {
+            self.servers.remove(server);
+            self.unpersisted.remove(server);
+            self.events.push(Event::Forgotten {
+                server: server.to_string(),
+            });
+        }
+    }
+
+    /// Resolves `NAME` or `KEY/NAME` to a pool; a bare name must be unique.
+    pub fn resolve_pool(&self, name: &str) -> Result<PoolId, Refusal> {
+        if let Some((key, pool)) = name.split_once('/') {
+            let id = PoolId::new(key, pool);
+            return if self.pools.contains_key(&id) {
+                Ok(id)
+            } else {
+                Err(Refusal::UnknownPool {
+                    pool: name.to_string(),
+                })
+            };
+        }
+        let matches: Vec<&PoolId> = self.pools.keys().filter(|p| p.name == name).collect();
+        match matches.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(Refusal::UnknownPool {
+                pool: name.to_string(),
+            }),
+            _ => Err(Refusal::BadRequest {
+                reason: format!(
+                    "pool name {name:?} is ambiguous; say KEY_ID/{name} ({})",
+                    matches
+                        .iter()
+                        .map(|p| p.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,391 @@
+//! Read-only views of the core for listings (`status`, `pool list`, `server list`,
+//! `camera list`), and `check_invariants`, which recomputes every count from scratch.
+
+use super::{Core, PoolId, Timestamp, Usage};
+use crate::key::{Feature, KeyKind};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Seat usage of one feature, the shape every listing uses.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeatUsage {
+    pub feature: Feature,
+    /// Counted seats, `revoking` included.
+    pub in_use: u64,
+    pub revoking: u64,
+    pub total: u64,
+    pub free: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyView {
+    pub key_id: String,
+    pub revision: u32,
+    pub kind: KeyKind,
+    pub customer: String,
+    pub demo: bool,
+    pub expires_at: Timestamp,
+    pub heartbeat_interval_secs: u64,
+    pub offline_grace_secs: u64,
+    pub seats: Vec<SeatUsage>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolView {
+    pub pool: String,
+    pub key_id: String,
+    pub name: String,
+    pub demo: bool,
+    pub servers: u64,
+    pub seats: Vec<SeatUsage>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerView {
+    pub server_id: String,
+    pub name: String,
+    pub pool: String,
+    pub key_id: String,
+    pub version: String,
+    pub cameras: u64,
+    pub revoking: u64,
+    pub seats: Vec<SeatUsage>,
+    pub enrolled_at: Timestamp,
+    pub last_checkin: Timestamp,
+    /// `live` (connected), `silent`, or `kicked`.
+    pub state: String,
+    pub reservation_end: Option<Timestamp>,
+    pub pending_revocations: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CameraView {
+    pub camera_id: String,
+    pub key_id: String,
+    pub pool: String,
+    pub server_id: String,
+    pub server_name: String,
+    /// `held` or `revoking`.
+    pub state: String,
+    pub epoch: u64,
+    pub class: String,
+    pub features: BTreeMap<Feature, u32>,
+    pub legacy: bool,
+    pub granted_at: Option<Timestamp>,
+    pub last_renewal: Timestamp,
+    pub newly_added_until: Option<Timestamp>,
+    pub revoking_until: Option<Timestamp>,
+}
+
+impl Core {
+    fn seat_usage(&self, pool: &PoolId, now: Timestamp) -> Vec<SeatUsage> {
+        let Some(k) = self.keys.get(&pool.key) else {
+            return Vec::new();
+        };
+        let mut features = k.document.features();
+        if let Some(p) = self.pools.get(pool) {
+            for f in p.usage.keys() {
+                if !features.contains(f) {
+                    features.push(f.clone());
+                }
+            }
+        }
+        features
+            .into_iter()
+            .map(|feature| {
+                let u = self.usage(pool, &feature);
+                let total = self.allocation(pool, &feature, now);
+                SeatUsage {
+                    in_use: u.counted(),
+                    revoking: u.revoking,
+                    total,
+                    free: total.saturating_sub(u.counted()),
+                    feature,
+                }
+            })
+            .collect()
+    }
+
+    pub fn key_views(&self, now: Timestamp) -> Vec<KeyView> {
+        self.keys
+            .values()
+            .map(|k| {
+                let d = &k.document;
+                let mut seats: Vec<SeatUsage> = Vec::new();
+                for p in self.pools.keys().filter(|p| p.key == d.key_id) {
+                    for s in self.seat_usage(p, now) {
+                        match seats.iter_mut().find(|x| x.feature == s.feature) {
+                            Some(x) => {
+                                x.in_use += s.in_use;
+                                x.revoking += s.revoking;
+                                x.total += s.total;
+                                x.free += s.free;
+                            }
+                            None => seats.push(s),
+                        }
+                    }
+                }
+                KeyView {
+                    key_id: d.key_id.clone(),
+                    revision: d.revision,
+                    kind: d.kind,
+                    customer: d.customer.clone(),
+                    demo: k.demo,
+                    expires_at: d.expires_at(),
+                    heartbeat_interval_secs: d.policy.heartbeat_interval_secs,
+                    offline_grace_secs: d.policy.offline_grace_secs,
+                    seats,
+                }
+            })
+            .collect()
+    }
+
+    pub fn pool_views(&self, now: Timestamp) -> Vec<PoolView> {
+        self.pools
+            .keys()
+            .map(|p| PoolView {
+                pool: p.to_string(),
+                key_id: p.key.clone(),
+                name: p.name.clone(),
+                demo: self.keys.get(&p.key).is_some_and(|k| k.demo),
+                servers: self.servers.values().filter(|s| s.pool == *p).count() as u64,
+                seats: self.seat_usage(p, now),
+            })
+            .collect()
+    }
+
+    pub fn server_views(&self, _now: Timestamp) -> Vec<ServerView> {
+        self.servers
+            .values()
+            .map(|s| {
+                let mut per: BTreeMap<Feature, u64> = BTreeMap::new();
+                for c in &s.held {
+                    if let Some(l) = self
+                        .cameras
+                        .get(&(s.pool.key.clone(), c.clone()))
+                        .and_then(|r| r.lease.as_ref())
+                    {
+                        for (f, n) in &l.features {
+                            *per.entry(f.clone()).or_insert(0) += u64::from(*n);
+                        }
+                    }
+                }
+                let state = if s.kicked {
+                    "kicked"
+                } else if s.sessions > 0 {
+                    "live"
+                } else {
+                    "silent"
+                };
+                ServerView {
+                    server_id: s.id.clone(),
+                    name: s.name.clone(),
+                    pool: s.pool.to_string(),
+                    key_id: s.pool.key.clone(),
+                    version: s.version.clone(),
+                    cameras: s.held.len() as u64,
+                    revoking: s.revoking.len() as u64,
+                    seats: per
+                        .into_iter()
+                        .map(|(feature, n)| SeatUsage {
+                            feature,
+                            in_use: n,
+                            revoking: 0,
+                            total: n,
+                            free: 0,
+                        })
+                        .collect(),
+                    enrolled_at: s.enrolled_at,
+                    last_checkin: s.last_checkin,
+                    state: state.into(),
+                    reservation_end: (!s.held.is_empty())
+                        .then(|| self.reservation_end(&s.id))
+                        .flatten(),
+                    pending_revocations: s.revocations.len() as u64,
+                }
+            })
+            .collect()
+    }
+
+    pub fn camera_views(&self, now: Timestamp) -> Vec<CameraView> {
+        let mut out = Vec::new();
+        for ((key, camera), rec) in &self.cameras {
+            let newly = self.is_newly_added(key, rec, now);
+            if let Some(l) = &rec.lease {
+                let s = self.servers.get(&l.server);
+                out.push(CameraView {
+                    camera_id: camera.clone(),
+                    key_id: key.clone(),
+                    pool: l.pool.to_string(),
+                    server_id: l.server.clone(),
+                    server_name: s.map(|s| s.name.clone()).unwrap_or_default(),
+                    state: "held".into(),
+                    epoch: l.epoch,
+                    class: l.class.clone(),
+                    features: l.features.clone(),
+                    legacy: l.legacy,
+                    granted_at: Some(l.granted_at),
+                    last_renewal: s.map(|s| s.renewed_at).unwrap_or_default(),
+                    newly_added_until: newly,
+                    revoking_until: None,
+                });
+            }
+            for r in &rec.revoking {
+                let s = self.servers.get(&r.server);
+                out.push(CameraView {
+                    camera_id: camera.clone(),
+                    key_id: key.clone(),
+                    pool: r.pool.to_string(),
+                    server_id: r.server.clone(),
+                    server_name: s.map(|s| s.name.clone()).unwrap_or_default(),
+                    state: "revoking".into(),
+                    epoch: r.epoch,
+                    class: String::new(),
+                    features: r.features.clone(),
+                    legacy: false,
+                    granted_at: None,
+                    last_renewal: s.map(|s| s.renewed_at).unwrap_or_default(),
+                    newly_added_until: newly,
+                    revoking_until: Some(r.until),
+                });
+            }
+        }
+        out
+    }
+
+    /// Recomputes every count and cross-reference from scratch and compares. Used by the
+    /// tests after every step; cheap enough for a debug endpoint.
+    pub fn check_invariants(&self, now: Timestamp) -> Result<(), String> {
+        let mut usage: BTreeMap<(PoolId, Feature), Usage> = BTreeMap::new();
+        for ((key, camera), rec) in &self.cameras {
+            if let Some(l) = &rec.lease {
+                let s = self.servers.get(&l.server).ok_or(format!(
+                    "{key}/{camera} held by unknown server {}",
+                    l.server
+                ))?;
+                if s.pool != l.pool || l.pool.key != *key {
+                    return Err(format!(
+                        "invariant 3: {key}/{camera} leased in {} by a server of pool {}",
+                        l.pool, s.pool
+                    ));
+                }
+                if !s.held.contains(camera) {
+                    return Err(format!(
+                        "{key}/{camera}: holder {} does not list it",
+                        l.server
+                    ));
+                }
+                if l.epoch != rec.epoch {
+                    return Err(format!(
+                        "{key}/{camera}: lease epoch {} != camera epoch {}",
+                        l.epoch, rec.epoch
+                    ));
+                }
+                for (f, n) in &l.features {
+                    usage.entry((l.pool.clone(), f.clone())).or_default().held += u64::from(*n);
+                }
+            }
+            for r in &rec.revoking {
+                if r.until <= now {
+                    return Err(format!(
+                        "invariant 5: {key}/{camera} revoking past {}",
+                        r.until
+                    ));
+                }
+                if rec
+                    .lease
+                    .as_ref()
+                    .is_some_and(|l| l.server == r.server && l.epoch == r.epoch)
+                {
+                    return Err(format!("{key}/{camera}: same lease held and revoking"));
+                }
+                let s = self
+                    .servers
+                    .get(&r.server)
+                    .ok_or(format!("revoking by unknown server {}", r.server))?;
+                if !s.revoking.contains(&(camera.clone(), r.epoch)) {
+                    return Err(format!(
+                        "{key}/{camera}: revoking not listed by {}",
+                        r.server
+                    ));
+                }
+                for (f, n) in &r.features {
+                    usage
+                        .entry((r.pool.clone(), f.clone()))
+                        .or_default()
+                        .revoking += u64::from(*n);
+                }
+            }
+        }
+        for (id, s) in &self.servers {
+            for c in &s.held {
+                let l = self
+                    .cameras
+                    .get(&(s.pool.key.clone(), c.clone()))
+                    .and_then(|r| r.lease.as_ref())
+                    .ok_or(format!(
+                        "invariant 2: server {id} lists {c} without a lease"
+                    ))?;
+                if l.server != *id {
+                    return Err(format!(
+                        "invariant 2: {c} listed by {id} but held by {}",
+                        l.server
+                    ));
+                }
+            }
+            if !s.held.is_empty() {
+                let end = self.reservation_end(id).unwrap_or(Timestamp::ZERO);
+                if end <= now {
+                    return Err(format!(
+                        "invariant 5: server {id} holds seats past its reservation {end}"
+                    ));
+                }
+            }
+        }
+        for p in self.pools.values() {
+            for (f, u) in &p.usage {
+                let want = usage.remove(&(p.id.clone(), f.clone())).unwrap_or_default();
+                if *u != want {
+                    return Err(format!(
+                        "pool {} {f}: counters {u:?}, recomputed {want:?}",
+                        p.id
+                    ));
+                }
+            }
+        }
+        if let Some(((p, f), u)) = usage.into_iter().find(|(_, u)| u.counted() > 0) {
+            return Err(format!("pool {p} {f}: {u:?} in use but not counted"));
+        }
+        Ok(())
+    }
+
+    /// Servers enrolled, for callers that iterate (the daemon's status line).
+    pub fn server_count(&self) -> usize {
+        self.servers.len()
+    }
+    pub fn has_key(&self, key: &str) -> bool {
+        self.keys.contains_key(key)
+    }
+    pub fn key_document(&self, key: &str) -> Option<&crate::key::KeyDocument> {
+        self.keys.get(key).map(|k| &k.document)
+    }
+    pub fn server_pool(&self, server: &str) -> Option<&PoolId> {
+        self.servers.get(server).map(|s| &s.pool)
+    }
+    pub fn server_revocations(&self, server: &str) -> Vec<super::Revocation> {
+        self.servers
+            .get(server)
+            .map(|s| s.revocations.values().cloned().collect())
+            .unwrap_or_default()
+    }
+    /// Whether `server` holds `camera` of its key at `epoch`.
+    pub fn holds(&self, server: &str, camera: &str, epoch: u64) -> bool {
+        let Some(s) = self.servers.get(server) else {
+            return false;
+        };
+        self.cameras
+            .get(&(s.pool.key.clone(), camera.to_string()))
+            .and_then(|r| r.lease.as_ref())
+            .is_some_and(|l| l.server == server && l.epoch == epoch)
+    }
+}
