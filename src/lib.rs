@@ -6,7 +6,10 @@
 //! - [`proto`]: messages and framing shared by daemon and client.
 //! - [`daemon`]: `netkeyd`: listeners, connections, the task that owns the core, admin.
 //! - [`client`]: what a video server embeds.
-//! - [`admin`]: the admin API shared by `netkeyctl` and (later) the web console.
+//! - [`clock`]: where "now" comes from: the system's monotonic clock, or a test's.
 
+pub mod clock;
 pub mod core;
 pub mod key;
+pub mod proto;
+pub mod daemon;

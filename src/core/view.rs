@@ -378,6 +378,24 @@ impl Core {
             .map(|s| s.revocations.values().cloned().collect())
             .unwrap_or_default()
     }
+    /// The server holding `camera` of `key`, if any (`revoking` leases are not held).
+    pub fn holder(&self, key: &str, camera: &str) -> Option<&str> {
+        self.cameras
+            .get(&(key.to_string(), camera.to_string()))
+            .and_then(|r| r.lease.as_ref())
+            .map(|l| l.server.as_str())
+    }
+
+    /// Whether `server` still has a `revoking` lease on `camera` at `epoch`.
+    pub fn is_revoking(&self, server: &str, camera: &str, epoch: u64) -> bool {
+        self.servers.get(server).is_some_and(|s| s.revoking.contains(&(camera.to_string(), epoch)))
+    }
+
+    /// Whether `server` has an open authenticated connection.
+    pub fn is_live(&self, server: &str) -> bool {
+        self.servers.get(server).is_some_and(|s| s.sessions > 0)
+    }
+
     /// Whether `server` holds `camera` of its key at `epoch`.
     pub fn holds(&self, server: &str, camera: &str, epoch: u64) -> bool {
         let Some(s) = self.servers.get(server) else {

@@ -1,0 +1,284 @@
+//! The admin socket: a Unix socket (mode 0660) where `netkeyctl` sends one JSON request
+//! per line. Every action is written once here, against the core, so the web console can
+//! serve the same requests.
+
+use super::conn::ACK_WAIT;
+use super::owner::CoreHandle;
+use super::DaemonInfo;
+use crate::core::{PoolId, Refusal};
+use crate::proto::admin::*;
+use serde::Serialize;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio_util::sync::CancellationToken;
+
+/// Binds the admin socket, replacing a stale socket file left by a crash but never a
+/// socket another daemon still answers on.
+pub async fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("another daemon answers on the admin socket {}", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir)?;
+        }
+    }
+    let listener = UnixListener::bind(path)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    Ok(listener)
+}
+
+pub async fn serve(
+    listener: UnixListener,
+    core: CoreHandle,
+    info: Arc<DaemonInfo>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let (core, info, shutdown) = (core.clone(), info.clone(), shutdown.clone());
+                    tokio::spawn(async move { connection(stream, core, info, shutdown).await });
+                }
+                Err(e) => {
+                    tracing::warn!("admin socket accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        }
+    }
+}
+
+async fn connection(stream: UnixStream, core: CoreHandle, info: Arc<DaemonInfo>, shutdown: CancellationToken) {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read);
+    loop {
+        let mut line = String::new();
+        // Bounded read: a line longer than the limit is refused, not buffered whole.
+        let mut limited = (&mut lines).take(MAX_ADMIN_LINE as u64 + 1);
+        let n = tokio::select! {
+            n = limited.read_line(&mut line) => n,
+            _ = shutdown.cancelled() => return,
+        };
+        match n {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let reply = if line.len() > MAX_ADMIN_LINE {
+            AdminReply { ok: None, error: Some("request too long".into()) }
+        } else {
+            match serde_json::from_str::<AdminRequest>(line.trim()) {
+                Ok(req) => handle(req, &core, &info).await,
+                Err(e) => AdminReply { ok: None, error: Some(format!("bad admin request: {e}")) },
+            }
+        };
+        let Ok(mut text) = serde_json::to_string(&reply) else { return };
+        text.push('\n');
+        if write.write_all(text.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn ok<T: Serialize>(v: T) -> AdminReply {
+    match serde_json::to_value(v) {
+        Ok(v) => AdminReply { ok: Some(v), error: None },
+        Err(e) => AdminReply { ok: None, error: Some(e.to_string()) },
+    }
+}
+
+fn err(e: impl std::fmt::Display) -> AdminReply {
+    AdminReply { ok: None, error: Some(e.to_string()) }
+}
+
+async fn handle(req: AdminRequest, core: &CoreHandle, info: &Arc<DaemonInfo>) -> AdminReply {
+    let result = match req {
+        AdminRequest::ServerKick { server, force } => kick(core, server, force).await,
+        AdminRequest::CameraFree { camera, key, force } => free(core, camera, key, force).await,
+        other => {
+            let info = info.clone();
+            core.call(move |o| query(o, other, &info)).await.unwrap_or_else(|_| err("the daemon is shutting down"))
+        }
+    };
+    if let Some(e) = &result.error {
+        tracing::info!(reason = %e, "admin request refused");
+    }
+    result
+}
+
+fn query(o: &mut super::owner::Owner, req: AdminRequest, info: &DaemonInfo) -> AdminReply {
+    let now = o.now;
+    let core = &mut o.core;
+    match req {
+        AdminRequest::Status => {
+            let servers = core.server_views(now);
+            ok(Status {
+                daemon_id: info.daemon_id.clone(),
+                software: info.software.clone(),
+                demo: info.demo,
+                listen: info.listen.clone(),
+                now,
+                started_at: info.started_at,
+                servers: servers.len() as u64,
+                servers_live: servers.iter().filter(|s| s.state == "live").count() as u64,
+                cameras: servers.iter().map(|s| s.cameras).sum(),
+                keys: core.key_views(now),
+            })
+        }
+        AdminRequest::KeyList => ok(core.key_views(now)),
+        AdminRequest::PoolList => ok(core.pool_views(now)),
+        AdminRequest::PoolShow { pool } => match core.resolve_pool(&pool) {
+            Ok(id) => {
+                let name = id.to_string();
+                let Some(view) = core.pool_views(now).into_iter().find(|p| p.pool == name) else {
+                    return err(Refusal::UnknownPool { pool });
+                };
+                let servers = core.server_views(now).into_iter().filter(|s| s.pool == name).collect();
+                ok(PoolDetail { pool: view, servers })
+            }
+            Err(e) => err(e),
+        },
+        AdminRequest::PoolCode { pool } => {
+            let id = match core.resolve_pool(&pool) {
+                Ok(id) => id,
+                Err(e) => return err(e),
+            };
+            // A fresh random code; a clash with a live code is vanishingly rare, so retry.
+            for _ in 0..8 {
+                let code = super::enrolment_code();
+                if let Ok(expires_at) = core.create_code(now, &id, &code) {
+                    return ok(CodeIssued { pool: id.to_string(), code, expires_at });
+                }
+            }
+            err("could not issue a unique code")
+        }
+        AdminRequest::ServerList => ok(core.server_views(now)),
+        AdminRequest::ServerShow { server } => {
+            let Some(view) = core.server_views(now).into_iter().find(|s| s.server_id == server) else {
+                return err(Refusal::UnknownServer { server });
+            };
+            let cameras = core.camera_views(now).into_iter().filter(|c| c.server_id == server).collect();
+            ok(ServerDetail { server: view, cameras })
+        }
+        AdminRequest::ServerRename { server, name } => match core.rename_server(now, &server, &name) {
+            Ok(()) => ok(serde_json::json!({"server_id": server, "name": name})),
+            Err(e) => err(e),
+        },
+        AdminRequest::ServerMove { server, pool } => {
+            let result = core.resolve_pool(&pool).and_then(|id: PoolId| {
+                core.move_server(now, &server, &id)?;
+                Ok(id)
+            });
+            match result {
+                Ok(id) => ok(serde_json::json!({"server_id": server, "pool": id.to_string()})),
+                Err(e) => err(e),
+            }
+        }
+        AdminRequest::CameraList { server, pool } => {
+            let pool = match pool.map(|p| core.resolve_pool(&p)).transpose() {
+                Ok(p) => p.map(|p| p.to_string()),
+                Err(e) => return err(e),
+            };
+            let cams: Vec<_> = core
+                .camera_views(now)
+                .into_iter()
+                .filter(|c| server.as_ref().is_none_or(|s| c.server_id == *s))
+                .filter(|c| pool.as_ref().is_none_or(|p| c.pool == *p))
+                .collect();
+            ok(cams)
+        }
+        AdminRequest::ServerKick { .. } | AdminRequest::CameraFree { .. } => err("internal: routed elsewhere"),
+    }
+}
+
+/// Waits up to `ACK_WAIT` while `pending` says a live holder may still acknowledge.
+async fn wait_for_acks<F>(core: &CoreHandle, pending: F)
+where
+    F: Fn(&mut super::owner::Owner) -> bool + Send + Sync + Clone + 'static,
+{
+    let deadline = tokio::time::Instant::now() + ACK_WAIT;
+    loop {
+        let notified = core.acks.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let p = pending.clone();
+        if !core.call(move |o| p(o)).await.unwrap_or(false) {
+            return;
+        }
+        tokio::select! {
+            _ = &mut notified => {}
+            _ = tokio::time::sleep_until(deadline) => return,
+        }
+    }
+}
+
+async fn free(core: &CoreHandle, camera: String, key: Option<String>, force: bool) -> AdminReply {
+    let c = camera.clone();
+    let outcome = match core.call(move |o| o.core.free(o.now, key.as_deref(), &c, force)).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => return err(e),
+        Err(e) => return err(e),
+    };
+    if outcome.revoking {
+        let (h, c, e) = (outcome.holder.clone(), outcome.camera.clone(), outcome.epoch);
+        wait_for_acks(core, move |o| o.core.is_live(&h) && o.core.is_revoking(&h, &c, e)).await;
+    }
+    let (h, c, e) = (outcome.holder.clone(), outcome.camera.clone(), outcome.epoch);
+    let still = core.call(move |o| o.core.is_revoking(&h, &c, e)).await.unwrap_or(false);
+    let state = if outcome.forced {
+        "forced"
+    } else if still {
+        "revoking"
+    } else {
+        "freed"
+    };
+    ok(FreeResult {
+        camera_id: outcome.camera,
+        key_id: outcome.key,
+        server_id: outcome.holder,
+        state: state.into(),
+    })
+}
+
+async fn kick(core: &CoreHandle, server: String, force: bool) -> AdminReply {
+    let s = server.clone();
+    let first = match core.call(move |o| o.core.kick(o.now, &s, force)).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => return err(e),
+        Err(e) => return err(e),
+    };
+    if !first.revoking.is_empty() {
+        let s = server.clone();
+        wait_for_acks(core, move |o| {
+            o.core.is_live(&s) && o.core.server_views(o.now).iter().any(|v| v.server_id == s && v.revoking > 0)
+        })
+        .await;
+    }
+    let s = server.clone();
+    let now_state = core
+        .call(move |o| {
+            let detail = o.core.server_views(o.now).into_iter().find(|v| v.server_id == s);
+            let revoking: Vec<String> = o
+                .core
+                .camera_views(o.now)
+                .into_iter()
+                .filter(|c| c.server_id == s && c.state == "revoking")
+                .map(|c| c.camera_id)
+                .collect();
+            (detail.is_none(), revoking)
+        })
+        .await;
+    let (forgotten, revoking) = now_state.unwrap_or((first.forgotten, first.revoking.clone()));
+    ok(KickResult { server_id: server, forgotten, kept_newly_added: first.kept_newly_added, revoking })
+}

@@ -1,0 +1,349 @@
+//! One licence-protocol connection: the version handshake, login or enrolment, then
+//! requests answered in order, with revocations pushed between answers. A frame that
+//! does not decode closes this connection only.
+
+use super::owner::CoreHandle;
+use super::DaemonInfo;
+use crate::core::{CameraOutcome, CheckoutItem, EnrolRequest, Refusal};
+use crate::proto::{
+    self, Binding, ClientFrame, FrameError, HostedKey, Push, Request, Response, ServerFrame,
+    PROTOCOL_VERSION,
+};
+use futures_util::{SinkExt, StreamExt};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+
+/// How long a live holder has to acknowledge before a move treats it as silent.
+pub const ACK_WAIT: Duration = Duration::from_secs(2);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection with no frame for this long is closed (heartbeats are far more frequent).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+const PUSH_QUEUE: usize = 256;
+
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+struct Conn<T> {
+    framed: proto::Framed<T>,
+    core: CoreHandle,
+    info: Arc<DaemonInfo>,
+    peer: SocketAddr,
+    id: u64,
+    server: Option<String>,
+    push_tx: mpsc::Sender<Push>,
+}
+
+pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(
+    io: T,
+    peer: SocketAddr,
+    core: CoreHandle,
+    info: Arc<DaemonInfo>,
+    shutdown: CancellationToken,
+) {
+    let (push_tx, mut push_rx) = mpsc::channel(PUSH_QUEUE);
+    let mut conn = Conn {
+        framed: proto::framed(io),
+        core,
+        info,
+        peer,
+        id: NEXT_CONN.fetch_add(1, Ordering::Relaxed),
+        server: None,
+        push_tx,
+    };
+    match timeout(HANDSHAKE_TIMEOUT, conn.handshake()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %peer, "handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(peer = %peer, "handshake timed out");
+            return;
+        }
+    }
+    loop {
+        tokio::select! {
+            frame = timeout(IDLE_TIMEOUT, conn.framed.next()) => {
+                let result = match frame {
+                    Err(_) => Err(FrameError::Closed),
+                    Ok(None) => Err(FrameError::Closed),
+                    Ok(Some(Err(e))) => Err(FrameError::Io(e)),
+                    Ok(Some(Ok(bytes))) => conn.handle_frame(&bytes).await,
+                };
+                if let Err(e) = result {
+                    if !matches!(e, FrameError::Closed) {
+                        tracing::info!(peer = %peer, "closing licence connection: {e}");
+                        let _ = conn.send(ServerFrame::Response { id: 0, response: Response::Error { reason: e.to_string() } }).await;
+                    }
+                    break;
+                }
+            }
+            Some(push) = push_rx.recv() => {
+                if conn.send(ServerFrame::Push(push)).await.is_err() { break; }
+            }
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    if let Some(server) = conn.server.take() {
+        let id = conn.id;
+        let _ = conn.core.call(move |o| o.close_session(&server, id)).await;
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
+    async fn send(&mut self, frame: ServerFrame) -> Result<(), FrameError> {
+        let bytes = proto::encode(&frame)?;
+        self.framed.send(bytes).await?;
+        Ok(())
+    }
+
+    async fn answer(&mut self, id: u32, response: Response) -> Result<(), FrameError> {
+        self.send(ServerFrame::Response { id, response }).await
+    }
+
+    async fn handshake(&mut self) -> Result<(), FrameError> {
+        let bytes = self.framed.next().await.ok_or(FrameError::Closed)??;
+        let frame: ClientFrame = proto::decode(&bytes)?;
+        let Request::Hello { protocol, software } = frame.request else {
+            let reason = "the first request must be Hello".to_string();
+            self.answer(frame.id, Response::Error { reason }).await?;
+            return Err(FrameError::Closed);
+        };
+        if protocol != PROTOCOL_VERSION {
+            let reason = format!(
+                "protocol version {protocol} is not supported; this daemon speaks {PROTOCOL_VERSION}"
+            );
+            self.answer(frame.id, Response::Error { reason }).await?;
+            return Err(FrameError::Closed);
+        }
+        tracing::debug!(peer = %self.peer, software = %software, "licence client connected");
+        let keys = self
+            .core
+            .call(|o| {
+                o.core
+                    .key_views(o.now)
+                    .into_iter()
+                    .filter(|k| k.kind == crate::key::KeyKind::Network)
+                    .map(|k| HostedKey { key_id: k.key_id, demo: k.demo })
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .map_err(|_| FrameError::Closed)?;
+        let welcome = Response::Welcome {
+            protocol: PROTOCOL_VERSION,
+            daemon_id: self.info.daemon_id.clone(),
+            software: self.info.software.clone(),
+            keys,
+        };
+        self.answer(frame.id, welcome).await
+    }
+
+    async fn handle_frame(&mut self, bytes: &[u8]) -> Result<(), FrameError> {
+        let frame: ClientFrame = proto::decode(bytes)?;
+        let id = frame.id;
+        let response = match self.handle(frame.request).await {
+            Ok(r) => r,
+            Err(refusal) => Response::Refused(refusal),
+        };
+        self.answer(id, response).await
+    }
+
+    async fn handle(&mut self, request: Request) -> Result<Response, Refusal> {
+        let closed = |_| Refusal::BadRequest { reason: "the daemon is shutting down".into() };
+        match request {
+            Request::Hello { .. } => {
+                Err(Refusal::BadRequest { reason: "Hello was already exchanged".into() })
+            }
+            Request::Enrol { code, name, version } => {
+                let secret = super::random_bytes::<32>();
+                let req = EnrolRequest {
+                    code,
+                    name,
+                    version,
+                    server_id: format!("srv-{}", hex(&super::random_bytes::<6>())),
+                    credential: credential_of(&secret),
+                    existing: self.server.clone(),
+                };
+                let reenrol = self.server.is_some();
+                let (push, conn, was) = (self.push_tx.clone(), self.id, self.server.clone());
+                let enrolled = self
+                    .core
+                    .call(move |o| {
+                        let e = o.core.enrol(o.now, req)?;
+                        if was.is_none() {
+                            o.open_session(&e.server_id, conn, push);
+                        }
+                        Ok::<_, Refusal>(e)
+                    })
+                    .await
+                    .map_err(closed)??;
+                self.server = Some(enrolled.server_id.clone());
+                // A re-enrolled server keeps its old secret: only new servers get one.
+                let secret = if reenrol { Vec::new() } else { secret.to_vec() };
+                Ok(Response::Enrolled { binding: binding(&enrolled), secret })
+            }
+            Request::Login { server_id, secret } => {
+                if self.server.is_some() {
+                    return Err(Refusal::BadRequest { reason: "already logged in".into() });
+                }
+                let (push, conn, sid) = (self.push_tx.clone(), self.id, server_id.clone());
+                let proof = credential_of(&secret);
+                let enrolment = self
+                    .core
+                    .call(move |o| {
+                        let ok = o.core.credential(&sid).is_some_and(|c| constant_time_eq(c, &proof));
+                        if !ok {
+                            return Err(Refusal::NotEnrolled);
+                        }
+                        let e = o.core.enrolment(&sid)?;
+                        o.open_session(&sid, conn, push);
+                        Ok(e)
+                    })
+                    .await
+                    .map_err(closed)??;
+                tracing::debug!(peer = %self.peer, server_id = %server_id, "video server logged in");
+                self.server = Some(server_id);
+                Ok(Response::LoggedIn { binding: binding(&enrolment) })
+            }
+            other => {
+                let server = self.server.clone().ok_or(Refusal::NotEnrolled)?;
+                self.handle_enrolled(server, other).await
+            }
+        }
+    }
+
+    async fn handle_enrolled(&mut self, server: String, request: Request) -> Result<Response, Refusal> {
+        let closed = |_| Refusal::BadRequest { reason: "the daemon is shutting down".into() };
+        match request {
+            Request::Checkout { key, items } => self.checkout(server, key, items).await,
+            Request::Release { cameras } => {
+                let out = self
+                    .core
+                    .call(move |o| o.core.release(o.now, &server, &cameras))
+                    .await
+                    .map_err(closed)??;
+                Ok(Response::Released(out.into_iter().map(|(c, r)| (c, r.err())).collect()))
+            }
+            Request::Heartbeat { digest } => {
+                let a = self
+                    .core
+                    .call(move |o| o.core.heartbeat(o.now, &server, &digest))
+                    .await
+                    .map_err(closed)??;
+                Ok(Response::Heartbeat(a))
+            }
+            Request::Sync { claimed } => {
+                let a = self
+                    .core
+                    .call(move |o| o.core.sync(o.now, &server, &claimed))
+                    .await
+                    .map_err(closed)??;
+                Ok(Response::Synced(a))
+            }
+            Request::Acknowledge { camera, epoch } => {
+                let freed = self
+                    .core
+                    .call(move |o| o.core.acknowledge(o.now, &server, &camera, epoch))
+                    .await
+                    .map_err(closed)??;
+                Ok(Response::Acknowledged { seat_returned: freed })
+            }
+            Request::Hello { .. } | Request::Enrol { .. } | Request::Login { .. } => {
+                Err(Refusal::BadRequest { reason: "unexpected request".into() })
+            }
+        }
+    }
+
+    /// A checkout that may move cameras from live holders: ask them, wait up to
+    /// `ACK_WAIT` for their acknowledgements, then decide the rest as if they were silent.
+    async fn checkout(
+        &mut self,
+        server: String,
+        key: Option<String>,
+        items: Vec<CheckoutItem>,
+    ) -> Result<Response, Refusal> {
+        let closed = |_| Refusal::BadRequest { reason: "the daemon is shutting down".into() };
+        if items.len() > 1024 {
+            return Err(Refusal::BadRequest { reason: "at most 1024 cameras per checkout".into() });
+        }
+        let (s, k, i) = (server.clone(), key.clone(), items.clone());
+        let mut answer = self
+            .core
+            .call(move |o| o.core.checkout(o.now, &s, k.as_deref(), &i, false))
+            .await
+            .map_err(closed)??;
+        let waiting: Vec<CheckoutItem> = items
+            .iter()
+            .zip(&answer.outcomes)
+            .filter(|(_, (_, o))| matches!(o, CameraOutcome::AwaitingHolder { .. }))
+            .map(|(item, _)| item.clone())
+            .collect();
+        if waiting.is_empty() {
+            return Ok(Response::Checkout(answer));
+        }
+        let deadline = tokio::time::Instant::now() + ACK_WAIT;
+        loop {
+            let notified = self.core.acks.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (s, cams) = (server.clone(), waiting.iter().map(|i| i.camera.clone()).collect::<Vec<_>>());
+            let still_held = self
+                .core
+                .call(move |o| {
+                    let Some(pool) = o.core.server_pool(&s).cloned() else { return false };
+                    cams.iter().any(|c| o.core.holder(&pool.key, c).is_some_and(|h| h != s))
+                })
+                .await
+                .map_err(closed)?;
+            if !still_held {
+                break;
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        let (s, w) = (server, waiting);
+        let second = self
+            .core
+            .call(move |o| o.core.checkout(o.now, &s, key.as_deref(), &w, true))
+            .await
+            .map_err(closed)??;
+        for (camera, outcome) in second.outcomes {
+            if let Some(slot) = answer.outcomes.iter_mut().find(|(c, _)| *c == camera) {
+                slot.1 = outcome;
+            }
+        }
+        answer.valid_for_ms = second.valid_for_ms;
+        Ok(Response::Checkout(answer))
+    }
+}
+
+fn binding(e: &crate::core::Enrolment) -> Binding {
+    Binding {
+        server_id: e.server_id.clone(),
+        key_id: e.key.clone(),
+        pool: e.pool.to_string(),
+        demo: e.demo,
+        heartbeat_interval_ms: e.heartbeat_interval_ms,
+        offline_grace_ms: e.offline_grace_ms,
+    }
+}
+
+/// What the core keeps of a server's secret: its SHA-256, never the secret.
+pub fn credential_of(secret: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, secret).as_ref().to_vec()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,238 @@
+//! `netkeyd`: binds the licence port and the admin socket, loads the keys it hosts, and
+//! runs the task that owns the allocation core. `Daemon::start` takes its clock and
+//! returns a handle whose `shutdown` stops everything, so tests run it in-process.
+
+mod admin;
+mod conn;
+mod log;
+mod owner;
+
+pub use crate::clock::{Clock, ManualClock, SystemClock};
+pub use conn::ACK_WAIT;
+pub use owner::{CoreHandle, Owner, ShuttingDown};
+
+use crate::core::{Core, Timestamp};
+use crate::key::{demo_key, demo_vendor, SignedKey};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+/// At most this many licence connections at once; more wait in the kernel's backlog.
+const MAX_CONNECTIONS: usize = 4096;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub demo: bool,
+    pub no_broadcast: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([0, 0, 0, 0], 1947)),
+            admin_socket: PathBuf::from("/run/netkey/admin.sock"),
+            state_dir: PathBuf::from("/var/lib/netkey"),
+            demo: false,
+            no_broadcast: false,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot open the admin socket {path}: {source}")]
+    AdminSocket { path: PathBuf, source: std::io::Error },
+    #[error("state directory {path}: {source}")]
+    StateDir { path: PathBuf, source: std::io::Error },
+    #[error("the demo key did not verify: {0}")]
+    DemoKey(String),
+}
+
+/// What every connection may tell about this daemon.
+#[derive(Debug)]
+pub struct DaemonInfo {
+    pub daemon_id: String,
+    pub software: String,
+    pub listen: String,
+    pub demo: bool,
+    pub started_at: Timestamp,
+}
+
+/// A running daemon.
+#[derive(Debug)]
+pub struct Daemon {
+    local_addr: SocketAddr,
+    admin_socket: PathBuf,
+    info: Arc<DaemonInfo>,
+    core: CoreHandle,
+    shutdown: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    owner: tokio::task::JoinHandle<Core>,
+}
+
+impl Daemon {
+    pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Daemon, DaemonError> {
+        let state_err = |source| DaemonError::StateDir { path: config.state_dir.clone(), source };
+        ensure_private_dir(&config.state_dir).map_err(state_err)?;
+        let daemon_id = load_or_create_id(&config.state_dir.join("daemon-id")).map_err(state_err)?;
+        let now = clock.now();
+        let mut core = Core::new();
+        if config.demo {
+            let vendor = demo_vendor();
+            let file = vendor.issue(&demo_key(now)).map_err(|e| DaemonError::DemoKey(e.to_string()))?;
+            let key = SignedKey::verify(&file, &[vendor.public()])
+                .map_err(|e| DaemonError::DemoKey(e.to_string()))?;
+            core.install_key(now, key.document, true)
+                .map_err(|e| DaemonError::DemoKey(e.to_string()))?;
+        }
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| DaemonError::Listen { addr: config.listen, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| DaemonError::Listen { addr: config.listen, source })?;
+        let admin = admin::bind(&config.admin_socket).await.map_err(|source| {
+            DaemonError::AdminSocket { path: config.admin_socket.clone(), source }
+        })?;
+        let info = Arc::new(DaemonInfo {
+            daemon_id,
+            software: format!("netkeyd {}", env!("CARGO_PKG_VERSION")),
+            listen: local_addr.to_string(),
+            demo: config.demo,
+            started_at: now,
+        });
+        let shutdown = CancellationToken::new();
+        let (handle, owner) = owner::spawn(core, clock, shutdown.child_token());
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(accept_loop(listener, handle.clone(), info.clone(), shutdown.clone())));
+        tasks.push(tokio::spawn(admin::serve(admin, handle.clone(), info.clone(), shutdown.clone())));
+        tracing::info!(
+            listen = %local_addr,
+            admin_socket = %config.admin_socket.display(),
+            daemon_id = %info.daemon_id,
+            demo = config.demo,
+            "netkeyd ready{}",
+            if config.demo { " (DEMO mode: built-in demo vendor and DEMO key)" } else { "" }
+        );
+        Ok(Daemon {
+            local_addr,
+            admin_socket: config.admin_socket,
+            info,
+            core: handle,
+            shutdown,
+            tasks,
+            owner,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+    pub fn admin_socket(&self) -> &Path {
+        &self.admin_socket
+    }
+    pub fn daemon_id(&self) -> &str {
+        &self.info.daemon_id
+    }
+    /// Direct access to the core task, for in-process tests and tools.
+    pub fn core(&self) -> &CoreHandle {
+        &self.core
+    }
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops accepting, closes every connection, lets the core task answer what is
+    /// queued, and returns the final core state.
+    pub async fn shutdown(self) -> Core {
+        self.shutdown.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let _ = std::fs::remove_file(&self.admin_socket);
+        self.owner.await.unwrap_or_default()
+    }
+}
+
+async fn accept_loop(listener: TcpListener, core: CoreHandle, info: Arc<DaemonInfo>, shutdown: CancellationToken) {
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        // Take a permit before accepting, so a flood waits in the backlog, not in memory.
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = shutdown.cancelled() => break,
+        };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.cancelled() => break,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let (core, info, shutdown) = (core.clone(), info.clone(), shutdown.clone());
+                connections.spawn(async move {
+                    conn::serve(stream, peer, core, info, shutdown).await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+        while connections.try_join_next().is_some() {}
+    }
+    while connections.join_next().await.is_some() {}
+}
+
+fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !dir.exists() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    }
+    Ok(())
+}
+
+/// The daemon id clients bind to: made once, kept in the state directory.
+fn load_or_create_id(path: &Path) -> std::io::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let id = format!("nkd-{}", conn::hex(&random_bytes::<8>()));
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{id}\n"))?;
+    std::fs::rename(&tmp, path)?;
+    Ok(id)
+}
+
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; N];
+    // The system RNG failing is unrecoverable for a licence server; ids would collide.
+    #[allow(clippy::expect_used)]
+    ring::rand::SystemRandom::new().fill(&mut b).expect("the system random number generator failed");
+    b
+}
+
+/// Eight random digits, uniformly distributed (rejection sampling avoids modulo bias).
+pub(crate) fn enrolment_code() -> String {
+    loop {
+        let v = u32::from_le_bytes(random_bytes::<4>());
+        if v < 4_200_000_000 {
+            return format!("{:08}", v % 100_000_000);
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! Framing: a 4-byte big-endian length, then that many bytes of postcard. The length is
+//! checked against `MAX_FRAME` before any buffer is reserved, so a peer cannot make the
+//! daemon allocate by announcing a huge frame.
+
+use bytes::Bytes;
+use serde::{de::DeserializeOwned, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::codec::LengthDelimitedCodec;
+
+/// The largest frame either side accepts: 64 KiB holds a checkout of several hundred
+/// cameras; a bigger batch is split by the client.
+pub const MAX_FRAME: usize = 64 * 1024;
+
+pub type Framed<T> = tokio_util::codec::Framed<T, LengthDelimitedCodec>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame is not a valid message: {0}")]
+    Decode(#[from] postcard::Error),
+    #[error("message does not fit in a frame ({len} bytes, limit {MAX_FRAME})")]
+    TooLarge { len: usize },
+    #[error("connection error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the peer closed the connection")]
+    Closed,
+}
+
+pub fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .length_field_length(4)
+        .big_endian()
+        .max_frame_length(MAX_FRAME)
+        .new_codec()
+}
+
+/// Wraps any byte stream (TCP now, TLS later) in the frame codec.
+pub fn framed<T: AsyncRead + AsyncWrite>(io: T) -> Framed<T> {
+    tokio_util::codec::Framed::new(io, codec())
+}
+
+pub fn encode<M: Serialize>(msg: &M) -> Result<Bytes, FrameError> {
+    let v = postcard::to_allocvec(msg)?;
+    if v.len() > MAX_FRAME {
+        return Err(FrameError::TooLarge { len: v.len() });
+    }
+    Ok(Bytes::from(v))
+}
+
+/// Decodes one frame's payload; trailing bytes are an error, so each frame has exactly
+/// one reading.
+pub fn decode<M: DeserializeOwned>(payload: &[u8]) -> Result<M, FrameError> {
+    let (msg, rest) = postcard::take_from_bytes(payload)?;
+    if !rest.is_empty() {
+        return Err(FrameError::Decode(postcard::Error::DeserializeUnexpectedEnd));
+    }
+    Ok(msg)
+}

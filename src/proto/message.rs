@@ -1,0 +1,78 @@
+//! Every message of the licence protocol. Field order is the wire order (postcard), so
+//! fields are only ever appended in a new protocol version.
+
+use crate::core::{CheckoutAnswer, CheckoutItem, HeartbeatAnswer, Refusal, Revocation, SyncAnswer};
+use serde::{Deserialize, Serialize};
+
+/// The protocol version the first exchange agrees on.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// What a client sends: a request id (echoed in the answer, so requests can be
+/// pipelined) and the request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientFrame {
+    pub id: u32,
+    pub request: Request,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Must be the first request on a connection.
+    Hello { protocol: u16, software: String },
+    /// Exchanges a one-time code for an enrolment. On a connection already logged in,
+    /// re-enrols that server into the code's pool (keeping its id).
+    Enrol { code: String, name: String, version: String },
+    /// Authenticates the connection as an enrolled server.
+    Login { server_id: String, secret: Vec<u8> },
+    Checkout { key: Option<String>, items: Vec<CheckoutItem> },
+    Release { cameras: Vec<String> },
+    Heartbeat { digest: [u8; 32] },
+    Sync { claimed: Vec<(String, u64)> },
+    Acknowledge { camera: String, epoch: u64 },
+}
+
+/// What the daemon sends: an answer to a request, or a push.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerFrame {
+    Response { id: u32, response: Response },
+    Push(Push),
+}
+
+/// A key the daemon hosts, as the client sees it in `Welcome`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostedKey {
+    pub key_id: String,
+    pub demo: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Binding {
+    pub server_id: String,
+    pub key_id: String,
+    pub pool: String,
+    pub demo: bool,
+    pub heartbeat_interval_ms: u64,
+    pub offline_grace_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Welcome { protocol: u16, daemon_id: String, software: String, keys: Vec<HostedKey> },
+    Enrolled { binding: Binding, secret: Vec<u8> },
+    LoggedIn { binding: Binding },
+    Checkout(CheckoutAnswer),
+    Released(Vec<(String, Option<Refusal>)>),
+    Heartbeat(HeartbeatAnswer),
+    Synced(SyncAnswer),
+    Acknowledged { seat_returned: bool },
+    /// A business refusal of the whole request; the connection stays open.
+    Refused(Refusal),
+    /// A protocol error; the daemon closes the connection after sending it.
+    Error { reason: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Push {
+    /// Stop recording the camera, then send `Acknowledge`.
+    Revoke(Revocation),
+}
