@@ -8,8 +8,9 @@
 //! - [`client`]: what a video server embeds.
 //! - [`clock`]: where "now" comes from: the system's monotonic clock, or a test's.
 
+pub mod client;
 pub mod clock;
 pub mod core;
+pub mod daemon;
 pub mod key;
 pub mod proto;
-pub mod daemon;

@@ -388,7 +388,9 @@ impl Core {
 
     /// Whether `server` still has a `revoking` lease on `camera` at `epoch`.
     pub fn is_revoking(&self, server: &str, camera: &str, epoch: u64) -> bool {
-        self.servers.get(server).is_some_and(|s| s.revoking.contains(&(camera.to_string(), epoch)))
+        self.servers
+            .get(server)
+            .is_some_and(|s| s.revoking.contains(&(camera.to_string(), epoch)))
     }
 
     /// Whether `server` has an open authenticated connection.

@@ -21,7 +21,10 @@ pub async fn bind(path: &Path) -> std::io::Result<UnixListener> {
         if UnixStream::connect(path).await.is_ok() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::AddrInUse,
-                format!("another daemon answers on the admin socket {}", path.display()),
+                format!(
+                    "another daemon answers on the admin socket {}",
+                    path.display()
+                ),
             ));
         }
         std::fs::remove_file(path)?;
@@ -60,7 +63,12 @@ pub async fn serve(
     }
 }
 
-async fn connection(stream: UnixStream, core: CoreHandle, info: Arc<DaemonInfo>, shutdown: CancellationToken) {
+async fn connection(
+    stream: UnixStream,
+    core: CoreHandle,
+    info: Arc<DaemonInfo>,
+    shutdown: CancellationToken,
+) {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read);
     loop {
@@ -76,14 +84,22 @@ async fn connection(stream: UnixStream, core: CoreHandle, info: Arc<DaemonInfo>,
             Ok(_) => {}
         }
         let reply = if line.len() > MAX_ADMIN_LINE {
-            AdminReply { ok: None, error: Some("request too long".into()) }
+            AdminReply {
+                ok: None,
+                error: Some("request too long".into()),
+            }
         } else {
             match serde_json::from_str::<AdminRequest>(line.trim()) {
                 Ok(req) => handle(req, &core, &info).await,
-                Err(e) => AdminReply { ok: None, error: Some(format!("bad admin request: {e}")) },
+                Err(e) => AdminReply {
+                    ok: None,
+                    error: Some(format!("bad admin request: {e}")),
+                },
             }
         };
-        let Ok(mut text) = serde_json::to_string(&reply) else { return };
+        let Ok(mut text) = serde_json::to_string(&reply) else {
+            return;
+        };
         text.push('\n');
         if write.write_all(text.as_bytes()).await.is_err() {
             return;
@@ -93,13 +109,22 @@ async fn connection(stream: UnixStream, core: CoreHandle, info: Arc<DaemonInfo>,
 
 fn ok<T: Serialize>(v: T) -> AdminReply {
     match serde_json::to_value(v) {
-        Ok(v) => AdminReply { ok: Some(v), error: None },
-        Err(e) => AdminReply { ok: None, error: Some(e.to_string()) },
+        Ok(v) => AdminReply {
+            ok: Some(v),
+            error: None,
+        },
+        Err(e) => AdminReply {
+            ok: None,
+            error: Some(e.to_string()),
+        },
     }
 }
 
 fn err(e: impl std::fmt::Display) -> AdminReply {
-    AdminReply { ok: None, error: Some(e.to_string()) }
+    AdminReply {
+        ok: None,
+        error: Some(e.to_string()),
+    }
 }
 
 async fn handle(req: AdminRequest, core: &CoreHandle, info: &Arc<DaemonInfo>) -> AdminReply {
@@ -108,7 +133,9 @@ async fn handle(req: AdminRequest, core: &CoreHandle, info: &Arc<DaemonInfo>) ->
         AdminRequest::CameraFree { camera, key, force } => free(core, camera, key, force).await,
         other => {
             let info = info.clone();
-            core.call(move |o| query(o, other, &info)).await.unwrap_or_else(|_| err("the daemon is shutting down"))
+            core.call(move |o| query(o, other, &info))
+                .await
+                .unwrap_or_else(|_| err("the daemon is shutting down"))
         }
     };
     if let Some(e) = &result.error {
@@ -144,8 +171,15 @@ fn query(o: &mut super::owner::Owner, req: AdminRequest, info: &DaemonInfo) -> A
                 let Some(view) = core.pool_views(now).into_iter().find(|p| p.pool == name) else {
                     return err(Refusal::UnknownPool { pool });
                 };
-                let servers = core.server_views(now).into_iter().filter(|s| s.pool == name).collect();
-                ok(PoolDetail { pool: view, servers })
+                let servers = core
+                    .server_views(now)
+                    .into_iter()
+                    .filter(|s| s.pool == name)
+                    .collect();
+                ok(PoolDetail {
+                    pool: view,
+                    servers,
+                })
             }
             Err(e) => err(e),
         },
@@ -158,23 +192,40 @@ fn query(o: &mut super::owner::Owner, req: AdminRequest, info: &DaemonInfo) -> A
             for _ in 0..8 {
                 let code = super::enrolment_code();
                 if let Ok(expires_at) = core.create_code(now, &id, &code) {
-                    return ok(CodeIssued { pool: id.to_string(), code, expires_at });
+                    return ok(CodeIssued {
+                        pool: id.to_string(),
+                        code,
+                        expires_at,
+                    });
                 }
             }
             err("could not issue a unique code")
         }
         AdminRequest::ServerList => ok(core.server_views(now)),
         AdminRequest::ServerShow { server } => {
-            let Some(view) = core.server_views(now).into_iter().find(|s| s.server_id == server) else {
+            let Some(view) = core
+                .server_views(now)
+                .into_iter()
+                .find(|s| s.server_id == server)
+            else {
                 return err(Refusal::UnknownServer { server });
             };
-            let cameras = core.camera_views(now).into_iter().filter(|c| c.server_id == server).collect();
-            ok(ServerDetail { server: view, cameras })
+            let cameras = core
+                .camera_views(now)
+                .into_iter()
+                .filter(|c| c.server_id == server)
+                .collect();
+            ok(ServerDetail {
+                server: view,
+                cameras,
+            })
         }
-        AdminRequest::ServerRename { server, name } => match core.rename_server(now, &server, &name) {
-            Ok(()) => ok(serde_json::json!({"server_id": server, "name": name})),
-            Err(e) => err(e),
-        },
+        AdminRequest::ServerRename { server, name } => {
+            match core.rename_server(now, &server, &name) {
+                Ok(()) => ok(serde_json::json!({"server_id": server, "name": name})),
+                Err(e) => err(e),
+            }
+        }
         AdminRequest::ServerMove { server, pool } => {
             let result = core.resolve_pool(&pool).and_then(|id: PoolId| {
                 core.move_server(now, &server, &id)?;
@@ -198,7 +249,9 @@ fn query(o: &mut super::owner::Owner, req: AdminRequest, info: &DaemonInfo) -> A
                 .collect();
             ok(cams)
         }
-        AdminRequest::ServerKick { .. } | AdminRequest::CameraFree { .. } => err("internal: routed elsewhere"),
+        AdminRequest::ServerKick { .. } | AdminRequest::CameraFree { .. } => {
+            err("internal: routed elsewhere")
+        }
     }
 }
 
@@ -225,17 +278,34 @@ where
 
 async fn free(core: &CoreHandle, camera: String, key: Option<String>, force: bool) -> AdminReply {
     let c = camera.clone();
-    let outcome = match core.call(move |o| o.core.free(o.now, key.as_deref(), &c, force)).await {
+    let outcome = match core
+        .call(move |o| o.core.free(o.now, key.as_deref(), &c, force))
+        .await
+    {
         Ok(Ok(out)) => out,
         Ok(Err(e)) => return err(e),
         Err(e) => return err(e),
     };
     if outcome.revoking {
-        let (h, c, e) = (outcome.holder.clone(), outcome.camera.clone(), outcome.epoch);
-        wait_for_acks(core, move |o| o.core.is_live(&h) && o.core.is_revoking(&h, &c, e)).await;
+        let (h, c, e) = (
+            outcome.holder.clone(),
+            outcome.camera.clone(),
+            outcome.epoch,
+        );
+        wait_for_acks(core, move |o| {
+            o.core.is_live(&h) && o.core.is_revoking(&h, &c, e)
+        })
+        .await;
     }
-    let (h, c, e) = (outcome.holder.clone(), outcome.camera.clone(), outcome.epoch);
-    let still = core.call(move |o| o.core.is_revoking(&h, &c, e)).await.unwrap_or(false);
+    let (h, c, e) = (
+        outcome.holder.clone(),
+        outcome.camera.clone(),
+        outcome.epoch,
+    );
+    let still = core
+        .call(move |o| o.core.is_revoking(&h, &c, e))
+        .await
+        .unwrap_or(false);
     let state = if outcome.forced {
         "forced"
     } else if still {
@@ -261,14 +331,22 @@ async fn kick(core: &CoreHandle, server: String, force: bool) -> AdminReply {
     if !first.revoking.is_empty() {
         let s = server.clone();
         wait_for_acks(core, move |o| {
-            o.core.is_live(&s) && o.core.server_views(o.now).iter().any(|v| v.server_id == s && v.revoking > 0)
+            o.core.is_live(&s)
+                && o.core
+                    .server_views(o.now)
+                    .iter()
+                    .any(|v| v.server_id == s && v.revoking > 0)
         })
         .await;
     }
     let s = server.clone();
     let now_state = core
         .call(move |o| {
-            let detail = o.core.server_views(o.now).into_iter().find(|v| v.server_id == s);
+            let detail = o
+                .core
+                .server_views(o.now)
+                .into_iter()
+                .find(|v| v.server_id == s);
             let revoking: Vec<String> = o
                 .core
                 .camera_views(o.now)
@@ -280,5 +358,10 @@ async fn kick(core: &CoreHandle, server: String, force: bool) -> AdminReply {
         })
         .await;
     let (forgotten, revoking) = now_state.unwrap_or((first.forgotten, first.revoking.clone()));
-    ok(KickResult { server_id: server, forgotten, kept_newly_added: first.kept_newly_added, revoking })
+    ok(KickResult {
+        server_id: server,
+        forgotten,
+        kept_newly_added: first.kept_newly_added,
+        revoking,
+    })
 }

@@ -129,7 +129,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                     .key_views(o.now)
                     .into_iter()
                     .filter(|k| k.kind == crate::key::KeyKind::Network)
-                    .map(|k| HostedKey { key_id: k.key_id, demo: k.demo })
+                    .map(|k| HostedKey {
+                        key_id: k.key_id,
+                        demo: k.demo,
+                    })
                     .collect::<Vec<_>>()
             })
             .await
@@ -154,12 +157,18 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
     }
 
     async fn handle(&mut self, request: Request) -> Result<Response, Refusal> {
-        let closed = |_| Refusal::BadRequest { reason: "the daemon is shutting down".into() };
+        let closed = |_| Refusal::BadRequest {
+            reason: "the daemon is shutting down".into(),
+        };
         match request {
-            Request::Hello { .. } => {
-                Err(Refusal::BadRequest { reason: "Hello was already exchanged".into() })
-            }
-            Request::Enrol { code, name, version } => {
+            Request::Hello { .. } => Err(Refusal::BadRequest {
+                reason: "Hello was already exchanged".into(),
+            }),
+            Request::Enrol {
+                code,
+                name,
+                version,
+            } => {
                 let secret = super::random_bytes::<32>();
                 let req = EnrolRequest {
                     code,
@@ -185,18 +194,26 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                 self.server = Some(enrolled.server_id.clone());
                 // A re-enrolled server keeps its old secret: only new servers get one.
                 let secret = if reenrol { Vec::new() } else { secret.to_vec() };
-                Ok(Response::Enrolled { binding: binding(&enrolled), secret })
+                Ok(Response::Enrolled {
+                    binding: binding(&enrolled),
+                    secret,
+                })
             }
             Request::Login { server_id, secret } => {
                 if self.server.is_some() {
-                    return Err(Refusal::BadRequest { reason: "already logged in".into() });
+                    return Err(Refusal::BadRequest {
+                        reason: "already logged in".into(),
+                    });
                 }
                 let (push, conn, sid) = (self.push_tx.clone(), self.id, server_id.clone());
                 let proof = credential_of(&secret);
                 let enrolment = self
                     .core
                     .call(move |o| {
-                        let ok = o.core.credential(&sid).is_some_and(|c| constant_time_eq(c, &proof));
+                        let ok = o
+                            .core
+                            .credential(&sid)
+                            .is_some_and(|c| constant_time_eq(c, &proof));
                         if !ok {
                             return Err(Refusal::NotEnrolled);
                         }
@@ -208,7 +225,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                     .map_err(closed)??;
                 tracing::debug!(peer = %self.peer, server_id = %server_id, "video server logged in");
                 self.server = Some(server_id);
-                Ok(Response::LoggedIn { binding: binding(&enrolment) })
+                Ok(Response::LoggedIn {
+                    binding: binding(&enrolment),
+                })
             }
             other => {
                 let server = self.server.clone().ok_or(Refusal::NotEnrolled)?;
@@ -217,8 +236,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
         }
     }
 
-    async fn handle_enrolled(&mut self, server: String, request: Request) -> Result<Response, Refusal> {
-        let closed = |_| Refusal::BadRequest { reason: "the daemon is shutting down".into() };
+    async fn handle_enrolled(
+        &mut self,
+        server: String,
+        request: Request,
+    ) -> Result<Response, Refusal> {
+        let closed = |_| Refusal::BadRequest {
+            reason: "the daemon is shutting down".into(),
+        };
         match request {
             Request::Checkout { key, items } => self.checkout(server, key, items).await,
             Request::Release { cameras } => {
@@ -227,7 +252,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                     .call(move |o| o.core.release(o.now, &server, &cameras))
                     .await
                     .map_err(closed)??;
-                Ok(Response::Released(out.into_iter().map(|(c, r)| (c, r.err())).collect()))
+                Ok(Response::Released(
+                    out.into_iter().map(|(c, r)| (c, r.err())).collect(),
+                ))
             }
             Request::Heartbeat { digest } => {
                 let a = self
@@ -251,10 +278,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                     .call(move |o| o.core.acknowledge(o.now, &server, &camera, epoch))
                     .await
                     .map_err(closed)??;
-                Ok(Response::Acknowledged { seat_returned: freed })
+                Ok(Response::Acknowledged {
+                    seat_returned: freed,
+                })
             }
             Request::Hello { .. } | Request::Enrol { .. } | Request::Login { .. } => {
-                Err(Refusal::BadRequest { reason: "unexpected request".into() })
+                Err(Refusal::BadRequest {
+                    reason: "unexpected request".into(),
+                })
             }
         }
     }
@@ -267,9 +298,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
         key: Option<String>,
         items: Vec<CheckoutItem>,
     ) -> Result<Response, Refusal> {
-        let closed = |_| Refusal::BadRequest { reason: "the daemon is shutting down".into() };
+        let closed = |_| Refusal::BadRequest {
+            reason: "the daemon is shutting down".into(),
+        };
         if items.len() > 1024 {
-            return Err(Refusal::BadRequest { reason: "at most 1024 cameras per checkout".into() });
+            return Err(Refusal::BadRequest {
+                reason: "at most 1024 cameras per checkout".into(),
+            });
         }
         let (s, k, i) = (server.clone(), key.clone(), items.clone());
         let mut answer = self
@@ -291,12 +326,18 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             let notified = self.core.acks.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let (s, cams) = (server.clone(), waiting.iter().map(|i| i.camera.clone()).collect::<Vec<_>>());
+            let (s, cams) = (
+                server.clone(),
+                waiting.iter().map(|i| i.camera.clone()).collect::<Vec<_>>(),
+            );
             let still_held = self
                 .core
                 .call(move |o| {
-                    let Some(pool) = o.core.server_pool(&s).cloned() else { return false };
-                    cams.iter().any(|c| o.core.holder(&pool.key, c).is_some_and(|h| h != s))
+                    let Some(pool) = o.core.server_pool(&s).cloned() else {
+                        return false;
+                    };
+                    cams.iter()
+                        .any(|c| o.core.holder(&pool.key, c).is_some_and(|h| h != s))
                 })
                 .await
                 .map_err(closed)?;
@@ -337,7 +378,9 @@ fn binding(e: &crate::core::Enrolment) -> Binding {
 
 /// What the core keeps of a server's secret: its SHA-256, never the secret.
 pub fn credential_of(secret: &[u8]) -> Vec<u8> {
-    ring::digest::digest(&ring::digest::SHA256, secret).as_ref().to_vec()
+    ring::digest::digest(&ring::digest::SHA256, secret)
+        .as_ref()
+        .to_vec()
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -6,8 +6,16 @@ use tracing::{info, warn};
 
 pub fn event(e: &Event) {
     match e {
-        Event::KeyInstalled { key, revision, demo } => {
-            let mark = if *demo { " (DEMO key: not for production)" } else { "" };
+        Event::KeyInstalled {
+            key,
+            revision,
+            demo,
+        } => {
+            let mark = if *demo {
+                " (DEMO key: not for production)"
+            } else {
+                ""
+            };
             info!(key_id = %key, revision, demo, "key installed{mark}")
         }
         Event::CodeCreated { pool, expires_at } => {
@@ -16,47 +24,111 @@ pub fn event(e: &Event) {
         Event::Enrolled { server, name, pool } => {
             info!(server_id = %server, name = %name, pool = %pool, "video server enrolled")
         }
-        Event::Granted { key, camera, server, epoch, legacy, .. } => {
+        Event::Granted {
+            key,
+            camera,
+            server,
+            epoch,
+            legacy,
+            ..
+        } => {
             info!(key_id = %key, camera_id = %camera, server_id = %server, epoch, legacy, "licence granted")
         }
-        Event::Released { key, camera, server, epoch, reason } => {
+        Event::Released {
+            key,
+            camera,
+            server,
+            epoch,
+            reason,
+        } => {
             info!(key_id = %key, camera_id = %camera, server_id = %server, epoch, reason = ?reason, "licence released")
         }
-        Event::MoveRequested { key, camera, from, to } => {
+        Event::MoveRequested {
+            key,
+            camera,
+            from,
+            to,
+        } => {
             info!(key_id = %key, camera_id = %camera, server_id = %from, to = %to, "move requested of live holder")
         }
-        Event::MoveWithdrawn { key, camera, from, to } => {
+        Event::MoveWithdrawn {
+            key,
+            camera,
+            from,
+            to,
+        } => {
             info!(key_id = %key, camera_id = %camera, server_id = %from, to = %to, "move withdrawn: holder silent, no spare seat")
         }
-        Event::Moved { key, camera, from, to, epoch } => {
+        Event::Moved {
+            key,
+            camera,
+            from,
+            to,
+            epoch,
+        } => {
             info!(key_id = %key, camera_id = %camera, from = %from, server_id = %to, epoch, "camera moved")
         }
-        Event::RevocationIssued { server, key, camera, epoch, reason } => {
+        Event::RevocationIssued {
+            server,
+            key,
+            camera,
+            epoch,
+            reason,
+        } => {
             info!(key_id = %key, camera_id = %camera, server_id = %server, epoch, reason = reason.as_str(), "revocation issued")
         }
-        Event::RevokingEnded { key, camera, server, epoch, acknowledged } => {
+        Event::RevokingEnded {
+            key,
+            camera,
+            server,
+            epoch,
+            acknowledged,
+        } => {
             info!(key_id = %key, camera_id = %camera, server_id = %server, epoch, acknowledged, "revoking lease ended")
         }
-        Event::CameraContested { key, camera, moves, window_ms } => {
+        Event::CameraContested {
+            key,
+            camera,
+            moves,
+            window_ms,
+        } => {
             warn!(key_id = %key, camera_id = %camera, moves, window_s = window_ms / 1000, "CameraContested: camera keeps moving between servers")
         }
-        Event::ForcedOverlap { key, camera, server } => {
+        Event::ForcedOverlap {
+            key,
+            camera,
+            server,
+        } => {
             warn!(key_id = %key, camera_id = %camera, server_id = %server, "forced by administrator: deliberate overlap until the holder hears")
         }
-        Event::Kicked { server, forced } => info!(server_id = %server, forced, "video server kicked"),
+        Event::Kicked { server, forced } => {
+            info!(server_id = %server, forced, "video server kicked")
+        }
         Event::Forgotten { server } => info!(server_id = %server, "video server forgotten"),
         Event::ServerExpired { server, cameras } => {
             warn!(server_id = %server, cameras, "silent past its reservation: leases released")
         }
-        Event::EntryExpired { key, order, feature, count } => {
+        Event::EntryExpired {
+            key,
+            order,
+            feature,
+            count,
+        } => {
             warn!(key_id = %key, order = %order, feature = %feature, count, "key entry expired")
         }
-        Event::AllocationShrunk { pool, feature, in_use, total } => {
+        Event::AllocationShrunk {
+            pool,
+            feature,
+            in_use,
+            total,
+        } => {
             warn!(pool = %pool, feature = %feature, in_use, total, "allocation shrank below use: newest leases revoked")
         }
         Event::ServerMoved { server, from, to } => {
             info!(server_id = %server, from = %from, pool = %to, "video server moved")
         }
-        Event::ServerRenamed { server, name } => info!(server_id = %server, name = %name, "video server renamed"),
+        Event::ServerRenamed { server, name } => {
+            info!(server_id = %server, name = %name, "video server renamed")
+        }
     }
 }

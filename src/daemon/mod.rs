@@ -47,11 +47,20 @@ impl Default for Config {
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot open the admin socket {path}: {source}")]
-    AdminSocket { path: PathBuf, source: std::io::Error },
+    AdminSocket {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("state directory {path}: {source}")]
-    StateDir { path: PathBuf, source: std::io::Error },
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("the demo key did not verify: {0}")]
     DemoKey(String),
 }
@@ -80,28 +89,45 @@ pub struct Daemon {
 
 impl Daemon {
     pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Daemon, DaemonError> {
-        let state_err = |source| DaemonError::StateDir { path: config.state_dir.clone(), source };
+        let state_err = |source| DaemonError::StateDir {
+            path: config.state_dir.clone(),
+            source,
+        };
         ensure_private_dir(&config.state_dir).map_err(state_err)?;
-        let daemon_id = load_or_create_id(&config.state_dir.join("daemon-id")).map_err(state_err)?;
+        let daemon_id =
+            load_or_create_id(&config.state_dir.join("daemon-id")).map_err(state_err)?;
         let now = clock.now();
         let mut core = Core::new();
         if config.demo {
             let vendor = demo_vendor();
-            let file = vendor.issue(&demo_key(now)).map_err(|e| DaemonError::DemoKey(e.to_string()))?;
+            let file = vendor
+                .issue(&demo_key(now))
+                .map_err(|e| DaemonError::DemoKey(e.to_string()))?;
             let key = SignedKey::verify(&file, &[vendor.public()])
                 .map_err(|e| DaemonError::DemoKey(e.to_string()))?;
             core.install_key(now, key.document, true)
                 .map_err(|e| DaemonError::DemoKey(e.to_string()))?;
         }
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| DaemonError::Listen { addr: config.listen, source })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| DaemonError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
         let local_addr = listener
             .local_addr()
-            .map_err(|source| DaemonError::Listen { addr: config.listen, source })?;
-        let admin = admin::bind(&config.admin_socket).await.map_err(|source| {
-            DaemonError::AdminSocket { path: config.admin_socket.clone(), source }
-        })?;
+            .map_err(|source| DaemonError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let admin =
+            admin::bind(&config.admin_socket)
+                .await
+                .map_err(|source| DaemonError::AdminSocket {
+                    path: config.admin_socket.clone(),
+                    source,
+                })?;
         let info = Arc::new(DaemonInfo {
             daemon_id,
             software: format!("netkeyd {}", env!("CARGO_PKG_VERSION")),
@@ -112,8 +138,18 @@ impl Daemon {
         let shutdown = CancellationToken::new();
         let (handle, owner) = owner::spawn(core, clock, shutdown.child_token());
         let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(accept_loop(listener, handle.clone(), info.clone(), shutdown.clone())));
-        tasks.push(tokio::spawn(admin::serve(admin, handle.clone(), info.clone(), shutdown.clone())));
+        tasks.push(tokio::spawn(accept_loop(
+            listener,
+            handle.clone(),
+            info.clone(),
+            shutdown.clone(),
+        )));
+        tasks.push(tokio::spawn(admin::serve(
+            admin,
+            handle.clone(),
+            info.clone(),
+            shutdown.clone(),
+        )));
         tracing::info!(
             listen = %local_addr,
             admin_socket = %config.admin_socket.display(),
@@ -162,7 +198,12 @@ impl Daemon {
     }
 }
 
-async fn accept_loop(listener: TcpListener, core: CoreHandle, info: Arc<DaemonInfo>, shutdown: CancellationToken) {
+async fn accept_loop(
+    listener: TcpListener,
+    core: CoreHandle,
+    info: Arc<DaemonInfo>,
+    shutdown: CancellationToken,
+) {
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut connections = tokio::task::JoinSet::new();
     loop {
@@ -198,7 +239,10 @@ async fn accept_loop(listener: TcpListener, core: CoreHandle, info: Arc<DaemonIn
 fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     if !dir.exists() {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
     }
     Ok(())
 }
@@ -223,7 +267,9 @@ pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
     // The system RNG failing is unrecoverable for a licence server; ids would collide.
     #[allow(clippy::expect_used)]
-    ring::rand::SystemRandom::new().fill(&mut b).expect("the system random number generator failed");
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .expect("the system random number generator failed");
     b
 }
 

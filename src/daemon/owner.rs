@@ -32,7 +32,9 @@ pub struct Owner {
 
 impl std::fmt::Debug for Owner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Owner").field("now", &self.now).finish_non_exhaustive()
+        f.debug_struct("Owner")
+            .field("now", &self.now)
+            .finish_non_exhaustive()
     }
 }
 
@@ -40,7 +42,10 @@ impl Owner {
     /// Registers a live connection for `server`: revocations are pushed to it.
     pub fn open_session(&mut self, server: &str, conn: u64, push: mpsc::Sender<Push>) {
         self.core.session_opened(self.now, server);
-        self.sessions.entry(server.to_string()).or_default().push((conn, push));
+        self.sessions
+            .entry(server.to_string())
+            .or_default()
+            .push((conn, push));
     }
 
     pub fn close_session(&mut self, server: &str, conn: u64) {
@@ -102,8 +107,15 @@ pub fn spawn(
 ) -> (CoreHandle, tokio::task::JoinHandle<Core>) {
     let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
     let acks = Arc::new(Notify::new());
-    let handle = CoreHandle { tx, acks: acks.clone() };
-    let owner = Owner { core, now: clock.now(), sessions: HashMap::new() };
+    let handle = CoreHandle {
+        tx,
+        acks: acks.clone(),
+    };
+    let owner = Owner {
+        core,
+        now: clock.now(),
+        sessions: HashMap::new(),
+    };
     let task = tokio::spawn(run(owner, rx, clock, acks, shutdown));
     (handle, task)
 }
@@ -166,7 +178,13 @@ fn dispatch_events(owner: &mut Owner) -> bool {
     for event in owner.core.drain_events() {
         super::log::event(&event);
         match event {
-            Event::RevocationIssued { server, camera, epoch, reason, .. } => {
+            Event::RevocationIssued {
+                server,
+                camera,
+                epoch,
+                reason,
+                ..
+            } => {
                 let rev = owner
                     .core
                     .server_revocations(&server)
@@ -175,11 +193,22 @@ fn dispatch_events(owner: &mut Owner) -> bool {
                 if let Some(rev) = rev {
                     owner.push(&server, Push::Revoke(rev));
                 } else {
-                    tracing::debug!(server, camera, epoch, reason = reason.as_str(), "revocation already settled");
+                    tracing::debug!(
+                        server,
+                        camera,
+                        epoch,
+                        reason = reason.as_str(),
+                        "revocation already settled"
+                    );
                 }
             }
-            Event::Released { reason: ReleaseReason::Acknowledged, .. }
-            | Event::RevokingEnded { acknowledged: true, .. } => acknowledged = true,
+            Event::Released {
+                reason: ReleaseReason::Acknowledged,
+                ..
+            }
+            | Event::RevokingEnded {
+                acknowledged: true, ..
+            } => acknowledged = true,
             _ => {}
         }
     }

@@ -14,15 +14,37 @@ pub enum AdminRequest {
     Status,
     KeyList,
     PoolList,
-    PoolShow { pool: String },
-    PoolCode { pool: String },
+    PoolShow {
+        pool: String,
+    },
+    PoolCode {
+        pool: String,
+    },
     ServerList,
-    ServerShow { server: String },
-    ServerRename { server: String, name: String },
-    ServerMove { server: String, pool: String },
-    ServerKick { server: String, force: bool },
-    CameraList { server: Option<String>, pool: Option<String> },
-    CameraFree { camera: String, key: Option<String>, force: bool },
+    ServerShow {
+        server: String,
+    },
+    ServerRename {
+        server: String,
+        name: String,
+    },
+    ServerMove {
+        server: String,
+        pool: String,
+    },
+    ServerKick {
+        server: String,
+        force: bool,
+    },
+    CameraList {
+        server: Option<String>,
+        pool: Option<String>,
+    },
+    CameraFree {
+        camera: String,
+        key: Option<String>,
+        force: bool,
+    },
 }
 
 /// The answer line: exactly one of `ok` or `error`.

@@ -51,7 +51,9 @@ pub fn encode<M: Serialize>(msg: &M) -> Result<Bytes, FrameError> {
 pub fn decode<M: DeserializeOwned>(payload: &[u8]) -> Result<M, FrameError> {
     let (msg, rest) = postcard::take_from_bytes(payload)?;
     if !rest.is_empty() {
-        return Err(FrameError::Decode(postcard::Error::DeserializeUnexpectedEnd));
+        return Err(FrameError::Decode(
+            postcard::Error::DeserializeUnexpectedEnd,
+        ));
     }
     Ok(msg)
 }

@@ -18,17 +18,39 @@ pub struct ClientFrame {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// Must be the first request on a connection.
-    Hello { protocol: u16, software: String },
+    Hello {
+        protocol: u16,
+        software: String,
+    },
     /// Exchanges a one-time code for an enrolment. On a connection already logged in,
     /// re-enrols that server into the code's pool (keeping its id).
-    Enrol { code: String, name: String, version: String },
+    Enrol {
+        code: String,
+        name: String,
+        version: String,
+    },
     /// Authenticates the connection as an enrolled server.
-    Login { server_id: String, secret: Vec<u8> },
-    Checkout { key: Option<String>, items: Vec<CheckoutItem> },
-    Release { cameras: Vec<String> },
-    Heartbeat { digest: [u8; 32] },
-    Sync { claimed: Vec<(String, u64)> },
-    Acknowledge { camera: String, epoch: u64 },
+    Login {
+        server_id: String,
+        secret: Vec<u8>,
+    },
+    Checkout {
+        key: Option<String>,
+        items: Vec<CheckoutItem>,
+    },
+    Release {
+        cameras: Vec<String>,
+    },
+    Heartbeat {
+        digest: [u8; 32],
+    },
+    Sync {
+        claimed: Vec<(String, u64)>,
+    },
+    Acknowledge {
+        camera: String,
+        epoch: u64,
+    },
 }
 
 /// What the daemon sends: an answer to a request, or a push.
@@ -57,18 +79,32 @@ pub struct Binding {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
-    Welcome { protocol: u16, daemon_id: String, software: String, keys: Vec<HostedKey> },
-    Enrolled { binding: Binding, secret: Vec<u8> },
-    LoggedIn { binding: Binding },
+    Welcome {
+        protocol: u16,
+        daemon_id: String,
+        software: String,
+        keys: Vec<HostedKey>,
+    },
+    Enrolled {
+        binding: Binding,
+        secret: Vec<u8>,
+    },
+    LoggedIn {
+        binding: Binding,
+    },
     Checkout(CheckoutAnswer),
     Released(Vec<(String, Option<Refusal>)>),
     Heartbeat(HeartbeatAnswer),
     Synced(SyncAnswer),
-    Acknowledged { seat_returned: bool },
+    Acknowledged {
+        seat_returned: bool,
+    },
     /// A business refusal of the whole request; the connection stays open.
     Refused(Refusal),
     /// A protocol error; the daemon closes the connection after sending it.
-    Error { reason: String },
+    Error {
+        reason: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

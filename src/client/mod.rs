@@ -1,0 +1,339 @@
+//! `netkey::client`: what a video server embeds. It enrols once (binding and credentials
+//! in a state file), checks cameras out and releases them, and `run` keeps a live
+//! session: heartbeats at the key's interval, sync on a digest mismatch, revocations
+//! acknowledged once reported, reconnection with back-off, and an offline grace period
+//! that always ends before the daemon's reservation does (invariant 6).
+//!
+//! The vendor's public keys come only from the embedding program (`Trust`), never from
+//! the state file.
+
+mod connection;
+mod run;
+mod state;
+
+pub use connection::{Connection, Welcome};
+pub use run::{ClientEvent, VideoServer};
+pub use state::{ClientState, HeldCamera};
+
+use crate::clock::Clock;
+use crate::core::{CameraOutcome, CheckoutItem, Refusal};
+use crate::key::VendorPublicKey;
+use crate::proto::{Binding, Request, Response};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Whose keys this client accepts: the built-in demo vendor (opt-in, says DEMO), or the
+/// vendor public keys compiled into or passed by the embedding program.
+#[derive(Clone, Debug)]
+pub enum Trust {
+    Demo,
+    Vendors(Vec<VendorPublicKey>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the licence daemon at {addr}: {reason}")]
+    Unreachable { addr: String, reason: String },
+    #[error("connection to the licence daemon failed: {0}")]
+    Io(std::io::Error),
+    #[error("licence protocol error: {0}")]
+    Protocol(String),
+    #[error("{0}")]
+    Refused(Refusal),
+    #[error("{0}")]
+    State(String),
+    #[error("not enrolled: run `enrol CODE --name NAME` first")]
+    NotEnrolled,
+    #[error("no daemon address: pass --daemon ADDR:PORT")]
+    NoAddress,
+    #[error("this client is bound to daemon {expected}, but {addr} is daemon {found}; re-enrol to change daemons")]
+    WrongDaemon {
+        expected: String,
+        found: String,
+        addr: String,
+    },
+    #[error("the daemon at {addr} hosts only DEMO keys, and this client trusts production vendors only (use --demo to accept demo keys)")]
+    DemoRefused { addr: String },
+    #[error("the daemon at {addr} hosts no DEMO key; a --demo client only talks to demo daemons")]
+    NotDemo { addr: String },
+}
+
+/// A video server's handle on its licences, for one-shot operations from a program or
+/// the shell (`netkeyctl client`). For a long-lived session use `VideoServer`.
+#[derive(Debug)]
+pub struct Client {
+    state_path: PathBuf,
+    state: Option<ClientState>,
+    trust: Trust,
+    daemon: Option<String>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Client {
+    /// Opens (or prepares) the state file. `daemon` overrides the address in it.
+    pub fn open(
+        state_path: &Path,
+        trust: Trust,
+        daemon: Option<String>,
+    ) -> Result<Client, ClientError> {
+        Self::with_clock(state_path, trust, daemon, crate::clock::SystemClock::new())
+    }
+
+    pub fn with_clock(
+        state_path: &Path,
+        trust: Trust,
+        daemon: Option<String>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Client, ClientError> {
+        let state = ClientState::load(state_path)?;
+        Ok(Client {
+            state_path: state_path.to_path_buf(),
+            state,
+            trust,
+            daemon,
+            clock,
+        })
+    }
+
+    pub fn state(&self) -> Option<&ClientState> {
+        self.state.as_ref()
+    }
+
+    fn address(&self) -> Result<String, ClientError> {
+        self.daemon
+            .clone()
+            .or_else(|| self.state.as_ref().map(|s| s.daemon_addr.clone()))
+            .ok_or(ClientError::NoAddress)
+    }
+
+    /// Checks what the daemon says about itself against this client's trust.
+    fn check_trust(&self, conn: &Connection) -> Result<(), ClientError> {
+        let any_demo = conn.welcome.keys.iter().any(|k| k.demo);
+        let any_production = conn.welcome.keys.iter().any(|k| !k.demo);
+        match &self.trust {
+            Trust::Demo if !any_demo => Err(ClientError::NotDemo {
+                addr: conn.addr.clone(),
+            }),
+            Trust::Vendors(_) if !any_production => Err(ClientError::DemoRefused {
+                addr: conn.addr.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Exchanges a one-time enrolment code for a binding to the code's pool.
+    pub async fn enrol(
+        &mut self,
+        code: &str,
+        name: &str,
+        version: &str,
+    ) -> Result<Binding, ClientError> {
+        let addr = self.address()?;
+        let mut conn = Connection::connect(&addr).await?;
+        self.check_trust(&conn)?;
+        let reenrol = match &self.state {
+            Some(s) if s.daemon_id == conn.welcome.daemon_id => {
+                self.login(&mut conn).await?;
+                true
+            }
+            _ => false,
+        };
+        let req = Request::Enrol {
+            code: code.to_string(),
+            name: name.to_string(),
+            version: version.to_string(),
+        };
+        let (binding, secret) = match conn.request(req).await? {
+            Response::Enrolled { binding, secret } => (binding, secret),
+            Response::Refused(r) => return Err(ClientError::Refused(r)),
+            other => {
+                return Err(ClientError::Protocol(format!(
+                    "unexpected answer to Enrol: {other:?}"
+                )))
+            }
+        };
+        let secret = if reenrol {
+            self.state
+                .as_ref()
+                .map(|s| s.secret.clone())
+                .unwrap_or_default()
+        } else {
+            ClientState::encode_secret(&secret)
+        };
+        let cameras = if reenrol {
+            self.state
+                .as_ref()
+                .map(|s| s.cameras.clone())
+                .unwrap_or_default()
+        } else {
+            Default::default()
+        };
+        let state = ClientState {
+            daemon_id: conn.welcome.daemon_id.clone(),
+            daemon_addr: addr,
+            key_id: binding.key_id.clone(),
+            pool: binding.pool.clone(),
+            server_id: binding.server_id.clone(),
+            name: name.to_string(),
+            secret,
+            demo: binding.demo,
+            heartbeat_interval_ms: binding.heartbeat_interval_ms,
+            offline_grace_ms: binding.offline_grace_ms,
+            cameras,
+            deadline: None,
+        };
+        state.save(&self.state_path)?;
+        self.state = Some(state);
+        Ok(binding)
+    }
+
+    async fn login(&self, conn: &mut Connection) -> Result<Binding, ClientError> {
+        let state = self.state.as_ref().ok_or(ClientError::NotEnrolled)?;
+        if conn.welcome.daemon_id != state.daemon_id {
+            return Err(ClientError::WrongDaemon {
+                expected: state.daemon_id.clone(),
+                found: conn.welcome.daemon_id.clone(),
+                addr: conn.addr.clone(),
+            });
+        }
+        let req = Request::Login {
+            server_id: state.server_id.clone(),
+            secret: state.secret_bytes()?,
+        };
+        match conn.request(req).await? {
+            Response::LoggedIn { binding } => Ok(binding),
+            Response::Refused(r) => Err(ClientError::Refused(r)),
+            other => Err(ClientError::Protocol(format!(
+                "unexpected answer to Login: {other:?}"
+            ))),
+        }
+    }
+
+    /// Connects to the bound daemon, checks trust, and logs in.
+    pub async fn connect(&self) -> Result<Connection, ClientError> {
+        if self.state.is_none() {
+            return Err(ClientError::NotEnrolled);
+        }
+        let mut conn = Connection::connect(&self.address()?).await?;
+        self.check_trust(&conn)?;
+        self.login(&mut conn).await?;
+        Ok(conn)
+    }
+
+    /// Checks out cameras. Cameras this client already holds are re-claimed with their
+    /// epoch (idempotent). Returns one outcome per camera.
+    pub async fn checkout(
+        &mut self,
+        items: Vec<CheckoutItem>,
+    ) -> Result<Vec<(String, CameraOutcome)>, ClientError> {
+        let mut conn = self.connect().await?;
+        let out = self.checkout_on(&mut conn, items).await?;
+        Ok(out)
+    }
+
+    pub(crate) async fn checkout_on(
+        &mut self,
+        conn: &mut Connection,
+        mut items: Vec<CheckoutItem>,
+    ) -> Result<Vec<(String, CameraOutcome)>, ClientError> {
+        let state = self.state.as_ref().ok_or(ClientError::NotEnrolled)?;
+        for item in &mut items {
+            if item.epoch.is_none() {
+                item.epoch = state.cameras.get(&item.camera).map(|h| h.epoch);
+            }
+        }
+        let key = Some(state.key_id.clone());
+        let sent_at = self.clock.now();
+        let answer = match conn
+            .request(Request::Checkout {
+                key,
+                items: items.clone(),
+            })
+            .await?
+        {
+            Response::Checkout(a) => a,
+            Response::Refused(r) => return Err(ClientError::Refused(r)),
+            other => {
+                return Err(ClientError::Protocol(format!(
+                    "unexpected answer to Checkout: {other:?}"
+                )))
+            }
+        };
+        let state = self.state.as_mut().ok_or(ClientError::NotEnrolled)?;
+        for ((camera, outcome), item) in answer.outcomes.iter().zip(&items) {
+            match outcome {
+                CameraOutcome::Granted { epoch, .. } => {
+                    state.cameras.insert(
+                        camera.clone(),
+                        HeldCamera {
+                            epoch: *epoch,
+                            class: item.class.clone(),
+                            modules: item.modules.clone(),
+                            device_version: item.device_version.clone(),
+                        },
+                    );
+                }
+                CameraOutcome::Refused(Refusal::Moved { .. }) => {
+                    state.cameras.remove(camera);
+                }
+                _ => {}
+            }
+        }
+        if answer
+            .outcomes
+            .iter()
+            .any(|(_, o)| matches!(o, CameraOutcome::Granted { .. }))
+        {
+            state.deadline = Some(sent_at.plus(answer.valid_for_ms));
+        }
+        state.save(&self.state_path)?;
+        Ok(answer.outcomes)
+    }
+
+    /// Releases cameras; the seats return at once.
+    pub async fn release(
+        &mut self,
+        cameras: Vec<String>,
+    ) -> Result<Vec<(String, Option<Refusal>)>, ClientError> {
+        let mut conn = self.connect().await?;
+        let out = match conn.request(Request::Release { cameras }).await? {
+            Response::Released(out) => out,
+            Response::Refused(r) => return Err(ClientError::Refused(r)),
+            other => {
+                return Err(ClientError::Protocol(format!(
+                    "unexpected answer to Release: {other:?}"
+                )))
+            }
+        };
+        let state = self.state.as_mut().ok_or(ClientError::NotEnrolled)?;
+        for (camera, _) in &out {
+            state.cameras.remove(camera);
+        }
+        state.save(&self.state_path)?;
+        Ok(out)
+    }
+
+    /// One heartbeat (with a sync if the daemon's view differs) and acknowledgement of
+    /// pending revocations: brings the state file up to date with the daemon.
+    pub async fn refresh(&mut self) -> Result<Vec<ClientEvent>, ClientError> {
+        let mut conn = self.connect().await?;
+        let mut events = Vec::new();
+        run::heartbeat_once(self, &mut conn, &mut events).await?;
+        Ok(events)
+    }
+
+    pub(crate) fn state_mut(&mut self) -> Result<&mut ClientState, ClientError> {
+        self.state.as_mut().ok_or(ClientError::NotEnrolled)
+    }
+
+    pub(crate) fn save(&self) -> Result<(), ClientError> {
+        match &self.state {
+            Some(s) => s.save(&self.state_path),
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) fn now(&self) -> crate::core::Timestamp {
+        self.clock.now()
+    }
+}

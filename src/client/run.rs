@@ -1,0 +1,409 @@
+//! A live video server: keeps a session to its bound daemon, heartbeats at the key's
+//! interval, syncs on a digest mismatch, acknowledges revocations after reporting them,
+//! reconnects with back-off, and stops every camera when its grace deadline passes.
+
+use super::{Client, ClientError, Connection};
+use crate::core::{CameraOutcome, CheckoutItem, Refusal, Revocation, RevocationReason, Timestamp};
+use crate::proto::{Push, Request, Response, ServerFrame};
+use std::collections::BTreeSet;
+use std::fmt;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// What happened to the video server's licences. Stop recording a camera on `Revoked`,
+/// `Lost` and `GraceEnded`: the library acknowledges a revocation once the event is sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientEvent {
+    Connected {
+        daemon_id: String,
+        addr: String,
+    },
+    Granted {
+        camera: String,
+        epoch: u64,
+        legacy: bool,
+        renewed: bool,
+    },
+    Refused {
+        camera: String,
+        refusal: Refusal,
+    },
+    Revoked {
+        camera: String,
+        reason: RevocationReason,
+    },
+    /// The daemon says this server does not hold the camera (it moved while offline, or
+    /// the reservation ended).
+    Lost {
+        camera: String,
+        why: String,
+    },
+    ContactLost {
+        error: String,
+        deadline: Option<Timestamp>,
+    },
+    GraceEnded {
+        cameras: usize,
+    },
+    Unenrolled {
+        reason: String,
+    },
+}
+
+impl fmt::Display for ClientEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientEvent::Connected { daemon_id, addr } => {
+                write!(f, "connected to daemon {daemon_id} at {addr}")
+            }
+            ClientEvent::Granted {
+                camera,
+                epoch,
+                legacy,
+                renewed,
+            } => write!(
+                f,
+                "{} {camera} (epoch {epoch}){}",
+                if *renewed { "holding" } else { "granted" },
+                if *legacy { " legacy licence" } else { "" }
+            ),
+            ClientEvent::Refused { camera, refusal } => write!(f, "refused {camera}: {refusal}"),
+            ClientEvent::Revoked { camera, reason } => {
+                write!(
+                    f,
+                    "{} {camera}: stopped recording, acknowledged",
+                    reason.as_str()
+                )
+            }
+            ClientEvent::Lost { camera, why } => {
+                write!(f, "lost {camera}: {why}; stopped recording")
+            }
+            ClientEvent::ContactLost { error, deadline } => match deadline {
+                Some(d) => write!(f, "contact lost ({error}); recording on grace until {d}"),
+                None => write!(f, "contact lost ({error})"),
+            },
+            ClientEvent::GraceEnded { cameras } => {
+                write!(f, "grace period ended: stopped recording {cameras} cameras")
+            }
+            ClientEvent::Unenrolled { reason } => write!(f, "no longer enrolled: {reason}"),
+        }
+    }
+}
+
+/// Drops a revoked camera from the state, reports it, then acknowledges.
+async fn settle_revocation(
+    client: &mut Client,
+    conn: &mut Connection,
+    rev: Revocation,
+    events: &mut Vec<ClientEvent>,
+) -> Result<(), ClientError> {
+    let state = client.state_mut()?;
+    let held_at = state.cameras.get(&rev.camera).map(|h| h.epoch);
+    if held_at == Some(rev.epoch) {
+        state.cameras.remove(&rev.camera);
+        client.save()?;
+        events.push(ClientEvent::Revoked {
+            camera: rev.camera.clone(),
+            reason: rev.reason,
+        });
+    }
+    let ack = Request::Acknowledge {
+        camera: rev.camera,
+        epoch: rev.epoch,
+    };
+    match conn.request(ack).await? {
+        Response::Acknowledged { .. } => Ok(()),
+        Response::Refused(r) => Err(ClientError::Refused(r)),
+        other => Err(ClientError::Protocol(format!(
+            "unexpected answer to Acknowledge: {other:?}"
+        ))),
+    }
+}
+
+async fn settle_pushes(
+    client: &mut Client,
+    conn: &mut Connection,
+    events: &mut Vec<ClientEvent>,
+) -> Result<(), ClientError> {
+    loop {
+        let pushes = conn.take_pushes();
+        if pushes.is_empty() {
+            return Ok(());
+        }
+        for Push::Revoke(rev) in pushes {
+            settle_revocation(client, conn, rev, events).await?;
+        }
+    }
+}
+
+/// One heartbeat, a sync if the digests differ, and every revocation settled.
+pub(crate) async fn heartbeat_once(
+    client: &mut Client,
+    conn: &mut Connection,
+    events: &mut Vec<ClientEvent>,
+) -> Result<(), ClientError> {
+    let sent_at = client.now();
+    let digest = client.state_mut()?.digest();
+    let answer = match conn.request(Request::Heartbeat { digest }).await? {
+        Response::Heartbeat(a) => a,
+        Response::Refused(r) => return Err(ClientError::Refused(r)),
+        other => {
+            return Err(ClientError::Protocol(format!(
+                "unexpected answer to Heartbeat: {other:?}"
+            )))
+        }
+    };
+    for rev in answer.revocations.clone() {
+        settle_revocation(client, conn, rev, events).await?;
+    }
+    if answer.sync_needed {
+        let claimed: Vec<(String, u64)> = client
+            .state_mut()?
+            .cameras
+            .iter()
+            .map(|(c, h)| (c.clone(), h.epoch))
+            .collect();
+        let synced = match conn.request(Request::Sync { claimed }).await? {
+            Response::Synced(a) => a,
+            Response::Refused(r) => return Err(ClientError::Refused(r)),
+            other => {
+                return Err(ClientError::Protocol(format!(
+                    "unexpected answer to Sync: {other:?}"
+                )))
+            }
+        };
+        let state = client.state_mut()?;
+        for camera in synced.not_held {
+            if state.cameras.remove(&camera).is_some() {
+                events.push(ClientEvent::Lost {
+                    camera,
+                    why: "the daemon does not count it as ours".into(),
+                });
+            }
+        }
+        for rev in synced.revocations {
+            settle_revocation(client, conn, rev, events).await?;
+        }
+    }
+    // `valid_for` covers only cameras not revoked in this answer, and they are gone now.
+    client.state_mut()?.deadline = Some(sent_at.plus(answer.valid_for_ms));
+    client.save()?;
+    settle_pushes(client, conn, events).await
+}
+
+/// A long-lived video server session.
+#[derive(Debug)]
+pub struct VideoServer {
+    client: Client,
+    wanted: Vec<CheckoutItem>,
+}
+
+impl VideoServer {
+    /// `wanted`: the cameras this server records; checked out on every (re)connection.
+    pub fn new(client: Client, wanted: Vec<CheckoutItem>) -> Self {
+        VideoServer { client, wanted }
+    }
+
+    /// Runs until `shutdown` fires (cameras stay held: a restarted server re-claims them)
+    /// or the server is no longer enrolled.
+    pub async fn run(
+        mut self,
+        events: mpsc::Sender<ClientEvent>,
+        shutdown: CancellationToken,
+    ) -> Result<(), ClientError> {
+        let mut backoff = Duration::from_secs(1);
+        let mut lost_reported = false;
+        loop {
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            let result = match self.client.connect().await {
+                Ok(conn) => {
+                    backoff = Duration::from_secs(1);
+                    lost_reported = false;
+                    self.session(conn, &events, &shutdown).await
+                }
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => return Ok(()),
+                Err(ClientError::Refused(Refusal::NotEnrolled)) => {
+                    let n = self.stop_all()?;
+                    let _ = events
+                        .send(ClientEvent::Unenrolled {
+                            reason: format!("{} (stopped {n} cameras)", Refusal::NotEnrolled),
+                        })
+                        .await;
+                    return Err(ClientError::Refused(Refusal::NotEnrolled));
+                }
+                Err(
+                    e @ (ClientError::WrongDaemon { .. }
+                    | ClientError::DemoRefused { .. }
+                    | ClientError::NotDemo { .. }
+                    | ClientError::State(_)),
+                ) => {
+                    return Err(e);
+                }
+                Err(e) => {
+                    if !lost_reported {
+                        let deadline = self.client.state().and_then(|s| s.deadline);
+                        let _ = events
+                            .send(ClientEvent::ContactLost {
+                                error: e.to_string(),
+                                deadline,
+                            })
+                            .await;
+                        lost_reported = true;
+                    }
+                }
+            }
+            self.check_grace(&events).await?;
+            let jitter = Duration::from_millis(jitter_ms(500));
+            tokio::select! {
+                _ = tokio::time::sleep(backoff + jitter) => {}
+                _ = shutdown.cancelled() => return Ok(()),
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    fn stop_all(&mut self) -> Result<usize, ClientError> {
+        let state = self.client.state_mut()?;
+        let n = state.cameras.len();
+        state.cameras.clear();
+        state.deadline = None;
+        self.client.save()?;
+        Ok(n)
+    }
+
+    async fn check_grace(&mut self, events: &mpsc::Sender<ClientEvent>) -> Result<(), ClientError> {
+        let now = self.client.now();
+        let over = self
+            .client
+            .state()
+            .and_then(|s| s.deadline)
+            .is_some_and(|d| d <= now);
+        let holding = self.client.state().is_some_and(|s| !s.cameras.is_empty());
+        if over && holding {
+            let n = self.stop_all()?;
+            let _ = events.send(ClientEvent::GraceEnded { cameras: n }).await;
+        }
+        Ok(())
+    }
+
+    async fn session(
+        &mut self,
+        mut conn: Connection,
+        out: &mpsc::Sender<ClientEvent>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ClientError> {
+        let _ = out
+            .send(ClientEvent::Connected {
+                daemon_id: conn.welcome.daemon_id.clone(),
+                addr: conn.addr.clone(),
+            })
+            .await;
+        let mut events = Vec::new();
+        heartbeat_once(&mut self.client, &mut conn, &mut events).await?;
+        flush(out, &mut events).await;
+        if !self.wanted.is_empty() {
+            let outcomes = self
+                .client
+                .checkout_on(&mut conn, self.wanted.clone())
+                .await?;
+            let mut dropped = BTreeSet::new();
+            for (camera, outcome) in outcomes {
+                let event = match outcome {
+                    CameraOutcome::Granted {
+                        epoch,
+                        legacy,
+                        renewed,
+                        ..
+                    } => ClientEvent::Granted {
+                        camera,
+                        epoch,
+                        legacy,
+                        renewed,
+                    },
+                    CameraOutcome::Refused(Refusal::Moved { epoch }) => {
+                        dropped.insert(camera.clone());
+                        ClientEvent::Lost {
+                            camera,
+                            why: format!("it moved to another server (epoch {epoch})"),
+                        }
+                    }
+                    CameraOutcome::Refused(refusal) => ClientEvent::Refused { camera, refusal },
+                    CameraOutcome::AwaitingHolder { holder } => ClientEvent::Refused {
+                        camera,
+                        refusal: Refusal::HeldBySilentServer { holder },
+                    },
+                };
+                events.push(event);
+            }
+            // A camera that moved away is no longer ours to claim on reconnect.
+            self.wanted.retain(|i| !dropped.contains(&i.camera));
+            settle_pushes(&mut self.client, &mut conn, &mut events).await?;
+            flush(out, &mut events).await;
+        }
+        let interval = Duration::from_millis(
+            self.client
+                .state()
+                .map(|s| s.heartbeat_interval_ms)
+                .unwrap_or(60_000)
+                .max(1000),
+        );
+        let mut next = tokio::time::Instant::now() + interval;
+        loop {
+            tokio::select! {
+                frame = conn.read_frame() => {
+                    match frame? {
+                        ServerFrame::Push(Push::Revoke(rev)) => {
+                            settle_revocation(&mut self.client, &mut conn, rev, &mut events).await?;
+                            settle_pushes(&mut self.client, &mut conn, &mut events).await?;
+                        }
+                        ServerFrame::Response { response: Response::Error { reason }, .. } => {
+                            return Err(ClientError::Protocol(reason));
+                        }
+                        ServerFrame::Response { id, .. } => {
+                            tracing::debug!(id, "ignoring an answer nobody waits for");
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(next) => {
+                    heartbeat_once(&mut self.client, &mut conn, &mut events).await?;
+                    next = tokio::time::Instant::now() + interval;
+                }
+                _ = shutdown.cancelled() => return Ok(()),
+            }
+            self.forget_revoked(&events);
+            flush(out, &mut events).await;
+        }
+    }
+
+    fn forget_revoked(&mut self, events: &[ClientEvent]) {
+        for e in events {
+            if let ClientEvent::Revoked { camera, .. } | ClientEvent::Lost { camera, .. } = e {
+                self.wanted.retain(|i| i.camera != *camera);
+            }
+        }
+    }
+}
+
+async fn flush(out: &mpsc::Sender<ClientEvent>, events: &mut Vec<ClientEvent>) {
+    for e in events.drain(..) {
+        let _ = out.send(e).await;
+    }
+}
+
+/// Random jitter so servers cut off together do not reconnect in lockstep.
+fn jitter_ms(max: u64) -> u64 {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 8];
+    match ring::rand::SystemRandom::new().fill(&mut b) {
+        Ok(()) => u64::from_le_bytes(b) % max.max(1),
+        Err(_) => max / 2,
+    }
+}
