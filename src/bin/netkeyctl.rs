@@ -1,1 +1,701 @@
-fn main() {}
+//! netkeyctl: the administrator's tool (over the admin socket) and a video server from
+//! the shell (`netkeyctl client ...`, over the licence protocol). Exit 0 on success;
+//! otherwise one line on stderr saying why, and a non-zero status.
+
+use clap::{Args as ClapArgs, Parser, Subcommand};
+use netkey::client::{Client, ClientEvent, Trust, VideoServer};
+use netkey::core::{
+    CameraOutcome, CameraView, CheckoutItem, KeyView, PoolView, SeatUsage, ServerView,
+};
+use netkey::key::VendorPublicKey;
+use netkey::proto::admin::*;
+use serde::de::DeserializeOwned;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "netkeyctl",
+    version,
+    about = "Administer netkeyd, or act as a video server from the shell"
+)]
+struct Cli {
+    /// The daemon's admin socket.
+    #[arg(long, global = true, default_value = "/run/netkey/admin.sock")]
+    socket: PathBuf,
+    /// Print one JSON document on stdout instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Keys, seat usage and servers at a glance.
+    Status,
+    #[command(subcommand)]
+    Key(KeyCmd),
+    #[command(subcommand)]
+    Pool(PoolCmd),
+    #[command(subcommand)]
+    Server(ServerCmd),
+    #[command(subcommand)]
+    Camera(CameraCmd),
+    /// Act as a video server (for testing a deployment and for scripts).
+    Client(ClientArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum KeyCmd {
+    /// Installed keys with their seats.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+enum PoolCmd {
+    List,
+    Show {
+        pool: String,
+    },
+    /// Print a one-time 8-digit enrolment code for POOL, valid 24 hours.
+    Code {
+        pool: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ServerCmd {
+    List,
+    Show {
+        id: String,
+    },
+    Rename {
+        id: String,
+        name: String,
+    },
+    Move {
+        id: String,
+        pool: String,
+    },
+    /// Revoke a server's cameras (newly added ones stay) and forget it once it holds nothing.
+    Kick {
+        id: String,
+        /// Free its seats at once, without waiting for it (an audited overlap).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CameraCmd {
+    List {
+        #[arg(long)]
+        server: Option<String>,
+        #[arg(long)]
+        pool: Option<String>,
+    },
+    /// Free a camera's licence: the holder is told to stop recording it.
+    Free {
+        camera: String,
+        /// The key, where the camera id exists on several keys.
+        #[arg(long)]
+        key: Option<String>,
+        /// Free the seat at once, without waiting for the holder (an audited overlap).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(ClapArgs, Debug)]
+struct ClientArgs {
+    /// The video server's state file (binding, credentials, held cameras).
+    #[arg(long)]
+    state: PathBuf,
+    /// Trust the built-in demo vendor (DEMO keys only).
+    #[arg(long, conflicts_with = "vendor_key")]
+    demo: bool,
+    /// A vendor public key file to trust (repeatable).
+    #[arg(long = "vendor-key", value_name = "FILE")]
+    vendor_key: Vec<PathBuf>,
+    /// The daemon's address (ADDR:PORT); defaults to the one in the state file.
+    #[arg(long)]
+    daemon: Option<String>,
+    #[command(subcommand)]
+    command: ClientCmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum ClientCmd {
+    /// Enrol with a one-time code from `pool code`.
+    Enrol {
+        code: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
+        version: String,
+    },
+    Checkout {
+        #[arg(required = true)]
+        cameras: Vec<String>,
+        #[arg(long)]
+        class: Option<String>,
+        #[arg(long = "module")]
+        modules: Vec<String>,
+        #[arg(long)]
+        device_version: Option<String>,
+    },
+    Release {
+        #[arg(required = true)]
+        cameras: Vec<String>,
+    },
+    Status,
+    /// Run as a live video server until SIGTERM, one line per event.
+    Run {
+        cameras: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json = cli.json;
+    let result = match cli.command {
+        Command::Client(args) => run_client(args, json),
+        other => run_admin(&cli.socket, json, other),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("netkeyctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Fallible<T> = Result<T, String>;
+
+fn admin<T: DeserializeOwned>(socket: &PathBuf, req: &AdminRequest) -> Fallible<T> {
+    let mut stream = UnixStream::connect(socket).map_err(|e| {
+        format!(
+            "cannot reach netkeyd's admin socket {}: {e} (is netkeyd running? see --socket)",
+            socket.display()
+        )
+    })?;
+    let mut line = serde_json::to_string(req).map_err(|e| e.to_string())?;
+    line.push('\n');
+    stream
+        .write_all(line.as_bytes())
+        .map_err(|e| format!("admin socket: {e}"))?;
+    let mut answer = String::new();
+    BufReader::new(stream)
+        .read_line(&mut answer)
+        .map_err(|e| format!("admin socket: {e}"))?;
+    let reply: AdminReply = serde_json::from_str(&answer)
+        .map_err(|e| format!("unreadable answer from netkeyd: {e}"))?;
+    match (reply.ok, reply.error) {
+        (_, Some(e)) => Err(e),
+        (Some(v), None) => {
+            serde_json::from_value(v).map_err(|e| format!("unexpected answer from netkeyd: {e}"))
+        }
+        (None, None) => Err("empty answer from netkeyd".into()),
+    }
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Fallible<()> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).map_err(|e| e.to_string())?
+    );
+    Ok(())
+}
+
+fn demo_mark(demo: bool) -> &'static str {
+    if demo {
+        " [DEMO]"
+    } else {
+        ""
+    }
+}
+
+fn seats_line(seats: &[SeatUsage]) -> String {
+    seats
+        .iter()
+        .map(|s| {
+            let rev = if s.revoking > 0 {
+                format!(" ({} revoking)", s.revoking)
+            } else {
+                String::new()
+            };
+            format!("{} {}/{}{rev}", s.feature, s.in_use, s.total)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn run_admin(socket: &PathBuf, json: bool, command: Command) -> Fallible<ExitCode> {
+    match command {
+        Command::Status => {
+            let s: Status = admin(socket, &AdminRequest::Status)?;
+            if json {
+                print_json(&s)?;
+            } else {
+                println!(
+                    "{}  daemon {}{}",
+                    s.software,
+                    s.daemon_id,
+                    if s.demo { "  DEMO mode" } else { "" }
+                );
+                println!("listening on {}, up since {}", s.listen, s.started_at);
+                println!(
+                    "video servers: {} ({} live), cameras licensed: {}",
+                    s.servers, s.servers_live, s.cameras
+                );
+                print_keys(&s.keys);
+            }
+        }
+        Command::Key(KeyCmd::List) => {
+            let keys: Vec<KeyView> = admin(socket, &AdminRequest::KeyList)?;
+            if json {
+                print_json(&keys)?;
+            } else {
+                print_keys(&keys);
+            }
+        }
+        Command::Pool(PoolCmd::List) => {
+            let pools: Vec<PoolView> = admin(socket, &AdminRequest::PoolList)?;
+            if json {
+                print_json(&pools)?;
+            } else {
+                println!("{:<24} {:>7}  SEATS (in use/total)", "POOL", "SERVERS");
+                for p in pools {
+                    println!(
+                        "{:<24} {:>7}  {}{}",
+                        p.pool,
+                        p.servers,
+                        seats_line(&p.seats),
+                        demo_mark(p.demo)
+                    );
+                }
+            }
+        }
+        Command::Pool(PoolCmd::Show { pool }) => {
+            let d: PoolDetail = admin(socket, &AdminRequest::PoolShow { pool })?;
+            if json {
+                print_json(&d)?;
+            } else {
+                println!("pool {}{}", d.pool.pool, demo_mark(d.pool.demo));
+                for s in &d.pool.seats {
+                    println!(
+                        "  {:<10} in use {:>5}  revoking {:>4}  free {:>5}  total {:>5}",
+                        s.feature, s.in_use, s.revoking, s.free, s.total
+                    );
+                }
+                print_servers(&d.servers);
+            }
+        }
+        Command::Pool(PoolCmd::Code { pool }) => {
+            let c: CodeIssued = admin(socket, &AdminRequest::PoolCode { pool })?;
+            if json {
+                print_json(&c)?;
+            } else {
+                println!("{}", c.code);
+                eprintln!(
+                    "one-time enrolment code for pool {}, valid until {}",
+                    c.pool, c.expires_at
+                );
+            }
+        }
+        Command::Server(ServerCmd::List) => {
+            let servers: Vec<ServerView> = admin(socket, &AdminRequest::ServerList)?;
+            if json {
+                print_json(&servers)?;
+            } else {
+                print_servers(&servers);
+            }
+        }
+        Command::Server(ServerCmd::Show { id }) => {
+            let d: ServerDetail = admin(socket, &AdminRequest::ServerShow { server: id })?;
+            if json {
+                print_json(&d)?;
+            } else {
+                print_servers(std::slice::from_ref(&d.server));
+                print_cameras(&d.cameras);
+            }
+        }
+        Command::Server(ServerCmd::Rename { id, name }) => {
+            let v: serde_json::Value = admin(
+                socket,
+                &AdminRequest::ServerRename {
+                    server: id.clone(),
+                    name: name.clone(),
+                },
+            )?;
+            if json {
+                print_json(&v)?;
+            } else {
+                println!("server {id} is now called {name:?}");
+            }
+        }
+        Command::Server(ServerCmd::Move { id, pool }) => {
+            let v: serde_json::Value = admin(
+                socket,
+                &AdminRequest::ServerMove {
+                    server: id.clone(),
+                    pool,
+                },
+            )?;
+            if json {
+                print_json(&v)?;
+            } else {
+                println!(
+                    "server {id} moved to pool {}",
+                    v.get("pool").and_then(|p| p.as_str()).unwrap_or("?")
+                );
+            }
+        }
+        Command::Server(ServerCmd::Kick { id, force }) => {
+            let k: KickResult = admin(socket, &AdminRequest::ServerKick { server: id, force })?;
+            if json {
+                print_json(&k)?;
+            } else if k.forgotten {
+                println!("server {} kicked and forgotten", k.server_id);
+            } else {
+                let mut parts = Vec::new();
+                if !k.revoking.is_empty() {
+                    parts.push(format!(
+                        "{} cameras revoking until it acknowledges or its reservation ends ({})",
+                        k.revoking.len(),
+                        k.revoking.join(", ")
+                    ));
+                }
+                if !k.kept_newly_added.is_empty() {
+                    parts.push(format!(
+                        "{} newly added cameras kept ({})",
+                        k.kept_newly_added.len(),
+                        k.kept_newly_added.join(", ")
+                    ));
+                }
+                println!(
+                    "server {} kicked; not forgotten yet: {}",
+                    k.server_id,
+                    parts.join("; ")
+                );
+            }
+        }
+        Command::Camera(CameraCmd::List { server, pool }) => {
+            let cams: Vec<CameraView> = admin(socket, &AdminRequest::CameraList { server, pool })?;
+            if json {
+                print_json(&cams)?;
+            } else {
+                print_cameras(&cams);
+            }
+        }
+        Command::Camera(CameraCmd::Free { camera, key, force }) => {
+            let f: FreeResult = admin(socket, &AdminRequest::CameraFree { camera, key, force })?;
+            if json {
+                print_json(&f)?;
+            } else {
+                let what = match f.state.as_str() {
+                    "freed" => "freed: the holder acknowledged and the seat is back",
+                    "forced" => "freed by force: the seat is back now; the holder is told when it next connects (audited overlap)",
+                    _ => "revoking: the seat returns when the holder acknowledges or its reservation ends",
+                };
+                println!("camera {} on server {}: {what}", f.camera_id, f.server_id);
+            }
+        }
+        Command::Client(_) => unreachable!("handled by run_client"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_keys(keys: &[KeyView]) {
+    println!(
+        "{:<16} {:<8} {:>4}  {:<22} {:<21} SEATS (in use/total)",
+        "KEY", "KIND", "REV", "CUSTOMER", "EXPIRES"
+    );
+    for k in keys {
+        println!(
+            "{:<16} {:<8} {:>4}  {:<22} {:<21} {}{}",
+            k.key_id,
+            format!("{:?}", k.kind).to_lowercase(),
+            k.revision,
+            k.customer,
+            k.expires_at.to_string(),
+            seats_line(&k.seats),
+            demo_mark(k.demo)
+        );
+    }
+}
+
+fn print_servers(servers: &[ServerView]) {
+    println!(
+        "{:<18} {:<16} {:<18} {:>7}  {:<8} {:<21} LICENCES",
+        "SERVER", "NAME", "POOL", "CAMERAS", "STATE", "LAST CHECK-IN"
+    );
+    for s in servers {
+        println!(
+            "{:<18} {:<16} {:<18} {:>7}  {:<8} {:<21} {}",
+            s.server_id,
+            s.name,
+            s.pool,
+            s.cameras,
+            s.state,
+            s.last_checkin.to_string(),
+            seats_line(&s.seats)
+        );
+    }
+}
+
+fn print_cameras(cams: &[CameraView]) {
+    println!(
+        "{:<20} {:<16} {:<18} {:<9} {:>5}  {:<21} FEATURES",
+        "CAMERA", "KEY", "SERVER", "STATE", "EPOCH", "SINCE"
+    );
+    for c in cams {
+        let features: Vec<String> = c.features.iter().map(|(f, n)| format!("{f}={n}")).collect();
+        let since = c
+            .granted_at
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<20} {:<16} {:<18} {:<9} {:>5}  {:<21} {}{}",
+            c.camera_id,
+            c.key_id,
+            c.server_id,
+            c.state,
+            c.epoch,
+            since,
+            features.join(","),
+            if c.legacy { " legacy" } else { "" }
+        );
+    }
+}
+
+fn run_client(args: ClientArgs, json: bool) -> Fallible<ExitCode> {
+    let trust = if args.demo {
+        Trust::Demo
+    } else if !args.vendor_key.is_empty() {
+        let mut keys = Vec::new();
+        for path in &args.vendor_key {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            keys.push(
+                VendorPublicKey::from_text(&text)
+                    .map_err(|e| format!("{}: {e}", path.display()))?,
+            );
+        }
+        Trust::Vendors(keys)
+    } else {
+        return Err(
+            "say whom to trust: --demo, or --vendor-key FILE for each vendor public key".into(),
+        );
+    };
+    let runtime = tokio::runtime::Runtime::new()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(client_command(args, trust, json))
+}
+
+async fn client_command(args: ClientArgs, trust: Trust, json: bool) -> Fallible<ExitCode> {
+    let demo = matches!(trust, Trust::Demo);
+    let mut client =
+        Client::open(&args.state, trust, args.daemon.clone()).map_err(|e| e.to_string())?;
+    match args.command {
+        ClientCmd::Enrol {
+            code,
+            name,
+            version,
+        } => {
+            let b = client
+                .enrol(&code, &name, &version)
+                .await
+                .map_err(|e| e.to_string())?;
+            if json {
+                print_json(&serde_json::json!({
+                    "server_id": b.server_id, "key_id": b.key_id, "pool": b.pool, "demo": b.demo,
+                    "daemon_id": client.state().map(|s| s.daemon_id.clone()),
+                }))?;
+            } else {
+                println!(
+                    "enrolled as server {} in pool {} (key {}){}",
+                    b.server_id,
+                    b.pool,
+                    b.key_id,
+                    if b.demo || demo { " DEMO" } else { "" }
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ClientCmd::Checkout {
+            cameras,
+            class,
+            modules,
+            device_version,
+        } => {
+            let items = cameras
+                .iter()
+                .map(|c| CheckoutItem {
+                    camera: c.clone(),
+                    class: class.clone(),
+                    modules: modules.clone(),
+                    device_version: device_version.clone(),
+                    epoch: None,
+                })
+                .collect();
+            let outcomes = client.checkout(items).await.map_err(|e| e.to_string())?;
+            let mut refused = Vec::new();
+            let mut rows = Vec::new();
+            for (camera, outcome) in &outcomes {
+                match outcome {
+                    CameraOutcome::Granted {
+                        epoch,
+                        features,
+                        legacy,
+                        renewed,
+                    } => {
+                        rows.push(serde_json::json!({"camera_id": camera, "granted": true, "epoch": epoch, "features": features, "legacy": legacy, "renewed": renewed}));
+                        if !json {
+                            println!(
+                                "{} {camera} (epoch {epoch}){}",
+                                if *renewed { "holding" } else { "granted" },
+                                if *legacy { " legacy" } else { "" }
+                            );
+                        }
+                    }
+                    CameraOutcome::Refused(r) => {
+                        rows.push(serde_json::json!({"camera_id": camera, "granted": false, "refusal": r, "reason": r.to_string()}));
+                        refused.push(format!("{camera}: {r}"));
+                    }
+                    CameraOutcome::AwaitingHolder { holder } => {
+                        refused.push(format!("{camera}: still held by {holder}"));
+                    }
+                }
+            }
+            if json {
+                print_json(&serde_json::json!({"outcomes": rows}))?;
+            }
+            if refused.is_empty() {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                Err(format!("refused {}", refused.join("; ")))
+            }
+        }
+        ClientCmd::Release { cameras } => {
+            let out = client.release(cameras).await.map_err(|e| e.to_string())?;
+            let mut problems = Vec::new();
+            for (camera, refusal) in &out {
+                match refusal {
+                    None if !json => println!("released {camera}"),
+                    None => {}
+                    Some(r) => problems.push(format!("{camera}: {r}")),
+                }
+            }
+            if json {
+                let rows: Vec<_> = out.iter().map(|(c, r)| serde_json::json!({"camera_id": c, "released": r.is_none(), "reason": r.as_ref().map(|r| r.to_string())})).collect();
+                print_json(&serde_json::json!({"released": rows}))?;
+            }
+            if problems.is_empty() {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                Err(format!("not released {}", problems.join("; ")))
+            }
+        }
+        ClientCmd::Status => {
+            let contact = client.refresh().await;
+            let state = client
+                .state()
+                .ok_or("not enrolled: run `client enrol CODE --name NAME` first")?;
+            if json {
+                let cams: Vec<_> = state
+                    .cameras
+                    .iter()
+                    .map(|(c, h)| serde_json::json!({"camera_id": c, "epoch": h.epoch}))
+                    .collect();
+                print_json(&serde_json::json!({
+                    "server_id": state.server_id, "name": state.name, "daemon_id": state.daemon_id,
+                    "daemon_addr": state.daemon_addr, "key_id": state.key_id, "pool": state.pool, "demo": state.demo,
+                    "connected": contact.is_ok(), "error": contact.as_ref().err().map(|e| e.to_string()),
+                    "deadline": state.deadline, "cameras": cams,
+                }))?;
+            } else {
+                println!(
+                    "server {} ({}) in pool {}{}",
+                    state.server_id,
+                    state.name,
+                    state.pool,
+                    demo_mark(state.demo)
+                );
+                println!(
+                    "daemon {} at {}: {}",
+                    state.daemon_id,
+                    state.daemon_addr,
+                    match &contact {
+                        Ok(_) => "reachable".to_string(),
+                        Err(e) => e.to_string(),
+                    }
+                );
+                if let Ok(events) = &contact {
+                    for e in events {
+                        println!("{e}");
+                    }
+                }
+                if let Some(d) = state.deadline {
+                    println!("licensed without contact until {d}");
+                }
+                for (c, h) in &state.cameras {
+                    println!("  {c} (epoch {})", h.epoch);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ClientCmd::Run { cameras } => {
+            let mut wanted: Vec<CheckoutItem> =
+                cameras.iter().map(|c| CheckoutItem::camera(c)).collect();
+            if let Some(s) = client.state() {
+                for (c, h) in &s.cameras {
+                    if !cameras.contains(c) {
+                        wanted.push(CheckoutItem {
+                            camera: c.clone(),
+                            class: h.class.clone(),
+                            modules: h.modules.clone(),
+                            device_version: h.device_version.clone(),
+                            epoch: None,
+                        });
+                    }
+                }
+            }
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<ClientEvent>(1024);
+            let server = VideoServer::new(client, wanted);
+            let stop = shutdown.clone();
+            let task = tokio::spawn(server.run(tx, stop));
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .map_err(|e| e.to_string())?;
+            let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+                .map_err(|e| e.to_string())?;
+            loop {
+                tokio::select! {
+                    e = rx.recv() => match e {
+                        Some(e) => {
+                            if json {
+                                println!("{}", serde_json::json!({"event": format!("{e:?}").split([' ', '{']).next().unwrap_or(""), "text": e.to_string()}));
+                            } else {
+                                println!("{e}");
+                            }
+                        }
+                        None => break,
+                    },
+                    _ = term.recv() => { shutdown.cancel(); }
+                    _ = int.recv() => { shutdown.cancel(); }
+                }
+            }
+            match task.await {
+                Ok(Ok(())) => Ok(ExitCode::SUCCESS),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    }
+}

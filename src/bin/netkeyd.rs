@@ -1,1 +1,110 @@
-fn main() {}
+//! netkeyd: the licence daemon. Thin: parses flags, sets up logging, starts
+//! `netkey::daemon::Daemon`, and stops it on SIGTERM or SIGINT.
+
+use clap::Parser;
+use netkey::daemon::{Config, Daemon, SystemClock};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "netkeyd",
+    version,
+    about = "netkey floating-licence daemon (TCP and UDP port 1947)"
+)]
+struct Args {
+    /// Address and port for the licence protocol.
+    #[arg(long, default_value = "0.0.0.0:1947")]
+    listen: SocketAddr,
+    /// State directory (daemon identity, later the store).
+    #[arg(long, default_value = "/var/lib/netkey")]
+    state_dir: PathBuf,
+    /// Unix socket for netkeyctl (mode 0660).
+    #[arg(long, default_value = "/run/netkey/admin.sock")]
+    admin_socket: PathBuf,
+    /// Run with the built-in demo vendor and a DEMO network key (16 camera, 4 lpr).
+    #[arg(long)]
+    demo: bool,
+    /// Never send broadcast datagrams (discovery answers only).
+    #[arg(long)]
+    no_broadcast: bool,
+    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&args.log_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("netkeyd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("netkeyd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let config = Config {
+        listen: args.listen,
+        admin_socket: args.admin_socket.clone(),
+        state_dir: args.state_dir,
+        demo: args.demo,
+        no_broadcast: args.no_broadcast,
+    };
+    let daemon = Daemon::start(config, SystemClock::new()).await?;
+    if args.demo {
+        let sock = args.admin_socket.display();
+        println!(
+            "netkeyd DEMO mode: listening on {}, daemon id {}",
+            daemon.local_addr(),
+            daemon.daemon_id()
+        );
+        println!("Connect a video server:");
+        println!("  CODE=$(netkeyctl --socket {sock} pool code Default)");
+        println!(
+            "  netkeyctl client --state /tmp/vs1.json --demo --daemon {} enrol $CODE --name vs1",
+            connect_addr(daemon.local_addr())
+        );
+        println!("  netkeyctl client --state /tmp/vs1.json --demo run cam-1 cam-2 cam-3");
+        println!("Watch it: netkeyctl --socket {sock} status");
+    }
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    daemon.shutdown().await;
+    Ok(())
+}
+
+/// The address a client on this host should use (0.0.0.0 is not connectable).
+fn connect_addr(a: SocketAddr) -> SocketAddr {
+    if a.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], a.port()))
+    } else {
+        a
+    }
+}
+
+async fn wait_for_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

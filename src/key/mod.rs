@@ -205,3 +205,52 @@ impl KeyDocument {
 pub fn describe_interval(secs: u64) -> String {
     crate::core::time::human_span(secs.saturating_mul(SECOND))
 }
+
+/// What a vendor writes to issue a key (`netkey-vendor issue SPEC.toml`): a key document
+/// whose issue instant defaults to now. `docs/KEYS.md` documents every field.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySpec {
+    pub key_id: KeyId,
+    #[serde(default = "one")]
+    pub revision: u32,
+    #[serde(default = "network")]
+    pub kind: KeyKind,
+    pub customer: String,
+    #[serde(default)]
+    pub issued_at: Option<Timestamp>,
+    pub entries: Vec<Entry>,
+    #[serde(default)]
+    pub policy: Policy,
+    #[serde(default)]
+    pub host: Option<HostBinding>,
+}
+
+fn one() -> u32 {
+    1
+}
+fn network() -> KeyKind {
+    KeyKind::Network
+}
+
+impl KeySpec {
+    pub fn from_toml(text: &str) -> Result<KeySpec, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    pub fn into_document(self, now: Timestamp) -> Result<KeyDocument, String> {
+        let doc = KeyDocument {
+            key_id: self.key_id,
+            revision: self.revision,
+            kind: self.kind,
+            customer: self.customer,
+            issued_at: self.issued_at.unwrap_or(now),
+            demo: false,
+            entries: self.entries,
+            policy: self.policy,
+            host: self.host,
+        };
+        doc.validate()?;
+        Ok(doc)
+    }
+}
