@@ -3,7 +3,7 @@
 use std::cmp::Ordering;
 use std::fmt;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct DeviceVersion(Vec<u64>);
 
 impl DeviceVersion {
@@ -38,6 +38,15 @@ impl Ord for DeviceVersion {
         Ordering::Equal
     }
 }
+
+// "4.0" and "4" are the same version, so equality follows the ordering.
+impl PartialEq for DeviceVersion {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for DeviceVersion {}
 
 impl PartialOrd for DeviceVersion {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
