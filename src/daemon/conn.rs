@@ -59,6 +59,15 @@ pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             tracing::debug!(peer = %peer, "handshake failed: {e}");
+            if matches!(e, FrameError::Decode(_)) {
+                let reason = format!("expected Hello: {e}");
+                let _ = conn
+                    .send(ServerFrame::Response {
+                        id: 0,
+                        response: Response::Error { reason },
+                    })
+                    .await;
+            }
             return;
         }
         Err(_) => {

@@ -137,19 +137,10 @@ impl Daemon {
         });
         let shutdown = CancellationToken::new();
         let (handle, owner) = owner::spawn(core, clock, shutdown.child_token());
-        let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(accept_loop(
-            listener,
-            handle.clone(),
-            info.clone(),
-            shutdown.clone(),
-        )));
-        tasks.push(tokio::spawn(admin::serve(
-            admin,
-            handle.clone(),
-            info.clone(),
-            shutdown.clone(),
-        )));
+        let tasks = vec![
+            tokio::spawn(accept_loop(listener, handle.clone(), info.clone(), shutdown.clone())),
+            tokio::spawn(admin::serve(admin, handle.clone(), info.clone(), shutdown.clone())),
+        ];
         tracing::info!(
             listen = %local_addr,
             admin_socket = %config.admin_socket.display(),

@@ -1,0 +1,279 @@
+//! The daemon in-process with an injected clock, driven through the client library.
+//! Time moves only when a test says so.
+
+use netkey::client::{Client, ClientEvent, Trust, VideoServer};
+use netkey::core::{CameraOutcome, CheckoutItem, PoolId, Refusal, RevocationReason, Timestamp};
+use netkey::daemon::{Config, Daemon, ManualClock};
+use std::sync::Arc;
+
+const T0: Timestamp = Timestamp(1_800_000_000_000);
+/// The demo key's policy: heartbeat 10 s, grace 1 h.
+const INTERVAL: u64 = 10_000;
+const GRACE: u64 = 3_600_000;
+
+struct Harness {
+    daemon: Daemon,
+    clock: Arc<ManualClock>,
+    dir: tempfile::TempDir,
+}
+
+impl Harness {
+    async fn start() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(T0);
+        let config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            admin_socket: dir.path().join("admin.sock"),
+            state_dir: dir.path().join("state"),
+            demo: true,
+            no_broadcast: true,
+        };
+        let daemon = Daemon::start(config, clock.clone()).await.unwrap();
+        Harness { daemon, clock, dir }
+    }
+
+    async fn code(&self) -> String {
+        let code: String = format!("{:08}", rand_code());
+        let c = code.clone();
+        self.daemon
+            .core()
+            .call(move |o| o.core.create_code(o.now, &PoolId::default_of("DEMO"), &c))
+            .await
+            .unwrap()
+            .unwrap();
+        code
+    }
+
+    async fn client(&self, name: &str) -> Client {
+        let path = self.dir.path().join(format!("{name}.json"));
+        let mut c = Client::with_clock(
+            &path,
+            Trust::Demo,
+            Some(self.daemon.local_addr().to_string()),
+            self.clock.clone(),
+        )
+        .unwrap();
+        c.enrol(&self.code().await, name, "1.0").await.unwrap();
+        c
+    }
+
+    /// Counted `camera` seats (held + revoking) and the revoking part.
+    async fn camera_use(&self) -> (u64, u64) {
+        self.daemon
+            .core()
+            .call(|o| {
+                let u = o.core.usage(&PoolId::default_of("DEMO"), "camera");
+                o.core.check_invariants(o.now).unwrap();
+                (u.counted(), u.revoking)
+            })
+            .await
+            .unwrap()
+    }
+
+    async fn reservation_end(&self, server: &str) -> Timestamp {
+        let s = server.to_string();
+        self.daemon
+            .core()
+            .call(move |o| o.core.reservation_end(&s))
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    async fn stop(self) {
+        self.daemon.shutdown().await;
+    }
+}
+
+fn rand_code() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(10_000_000);
+    N.fetch_add(7919, Ordering::Relaxed)
+}
+
+fn items(cams: &[&str]) -> Vec<CheckoutItem> {
+    cams.iter().map(|c| CheckoutItem::camera(c)).collect()
+}
+
+fn all_granted(out: &[(String, CameraOutcome)]) {
+    for (c, o) in out {
+        assert!(matches!(o, CameraOutcome::Granted { .. }), "{c}: {o:?}");
+    }
+}
+
+fn server_id(c: &Client) -> String {
+    c.state().unwrap().server_id.clone()
+}
+
+#[tokio::test]
+async fn silent_server_past_its_reservation_loses_its_leases() {
+    let h = Harness::start().await;
+    let mut a = h.client("A").await;
+    all_granted(&a.checkout(items(&["c1", "c2"])).await.unwrap());
+    assert_eq!(h.camera_use().await, (2, 0));
+    let end = h.reservation_end(&server_id(&a)).await;
+    assert_eq!(end, T0.plus(GRACE + INTERVAL));
+    h.clock.set(end.minus(1));
+    assert_eq!(
+        h.camera_use().await,
+        (2, 0),
+        "still reserved a millisecond before the end"
+    );
+    h.clock.set(end);
+    assert_eq!(
+        h.camera_use().await,
+        (0, 0),
+        "seats return at the reservation end"
+    );
+    // Still enrolled: it comes back, learns it holds nothing, and checks out again.
+    let events = a.refresh().await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Lost { camera, .. } if camera == "c1")),
+        "{events:?}"
+    );
+    assert!(a.state().unwrap().cameras.is_empty());
+    all_granted(&a.checkout(items(&["c1"])).await.unwrap());
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn move_from_silent_server_takes_a_spare_seat_returned_on_acknowledgement() {
+    let h = Harness::start().await;
+    let mut a = h.client("A").await;
+    let mut b = h.client("B").await;
+    all_granted(&a.checkout(items(&["c1"])).await.unwrap());
+    h.clock.advance(1_000);
+    all_granted(&b.checkout(items(&["c1"])).await.unwrap());
+    assert_eq!(
+        h.camera_use().await,
+        (2, 1),
+        "A's old lease is revoking and still counted"
+    );
+    h.clock.advance(1_000);
+    let events = a.refresh().await.unwrap();
+    assert!(
+        events.iter().any(|e| matches!(e, ClientEvent::Revoked { camera, reason: RevocationReason::Moved } if camera == "c1")),
+        "{events:?}"
+    );
+    assert_eq!(h.camera_use().await, (1, 0), "the revoking seat returned");
+    assert!(!a.state().unwrap().cameras.contains_key("c1"));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn stale_reclaim_after_a_move_gets_moved() {
+    let h = Harness::start().await;
+    let mut a = h.client("A").await;
+    let mut b = h.client("B").await;
+    all_granted(&a.checkout(items(&["c1"])).await.unwrap());
+    all_granted(&b.checkout(items(&["c1"])).await.unwrap());
+    // A re-claims with its old epoch (from its state file), without hearing of the move.
+    let out = a.checkout(items(&["c1"])).await.unwrap();
+    assert!(
+        matches!(
+            out[0].1,
+            CameraOutcome::Refused(Refusal::Moved { epoch: 2 })
+        ),
+        "{out:?}"
+    );
+    assert!(
+        !a.state().unwrap().cameras.contains_key("c1"),
+        "the client drops it"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn digest_mismatch_syncs_releases_unclaimed_and_reports_not_held() {
+    let h = Harness::start().await;
+    let mut a = h.client("A").await;
+    all_granted(&a.checkout(items(&["c1", "c2"])).await.unwrap());
+    // Make A's belief differ: it forgets c2 and believes it holds c9.
+    let path = h.dir.path().join("A.json");
+    let mut state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let cams = state["cameras"].as_object_mut().unwrap();
+    let c1 = cams["c1"].clone();
+    cams.remove("c2");
+    cams.insert("c9".into(), c1);
+    std::fs::write(&path, serde_json::to_string(&state).unwrap()).unwrap();
+    let mut a = Client::with_clock(&path, Trust::Demo, None, h.clock.clone()).unwrap();
+    let events = a.refresh().await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Lost { camera, .. } if camera == "c9")),
+        "{events:?}"
+    );
+    assert_eq!(
+        h.camera_use().await,
+        (1, 0),
+        "c2 released: the sync no longer claimed it"
+    );
+    assert_eq!(
+        a.state().unwrap().cameras.keys().collect::<Vec<_>>(),
+        vec!["c1"]
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn client_deadline_always_falls_before_the_reservation_end() {
+    let h = Harness::start().await;
+    let mut a = h.client("A").await;
+    all_granted(&a.checkout(items(&["c1"])).await.unwrap());
+    for step in [0, 1, 9_999, 10_000, 25_000, 3_000_000] {
+        h.clock.advance(step);
+        a.refresh().await.unwrap();
+        let deadline = a.state().unwrap().deadline.unwrap();
+        let end = h.reservation_end(&server_id(&a)).await;
+        assert!(
+            deadline < end,
+            "after +{step} ms: deadline {deadline} not before reservation end {end}"
+        );
+    }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn live_holder_acknowledges_a_move_and_no_seat_is_spent() {
+    let h = Harness::start().await;
+    let a = h.client("A").await;
+    let mut b = h.client("B").await;
+    let cams: Vec<String> = (1..=16).map(|i| format!("cam-{i}")).collect();
+    let wanted: Vec<CheckoutItem> = cams.iter().map(|c| CheckoutItem::camera(c)).collect();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(VideoServer::new(a, wanted).run(tx, stop.clone()));
+    let mut granted = 0;
+    while granted < 16 {
+        if let ClientEvent::Granted { .. } = rx.recv().await.unwrap() {
+            granted += 1;
+        }
+    }
+    let out = b.checkout(items(&["cam-17"])).await.unwrap();
+    assert!(matches!(
+        &out[0].1,
+        CameraOutcome::Refused(Refusal::NoSeats {
+            in_use: 16,
+            total: 16,
+            ..
+        })
+    ));
+    all_granted(&b.checkout(items(&["cam-3"])).await.unwrap());
+    assert_eq!(h.camera_use().await, (16, 0));
+    loop {
+        if let ClientEvent::Revoked { camera, reason } = rx.recv().await.unwrap() {
+            assert_eq!(
+                (camera.as_str(), reason),
+                ("cam-3", RevocationReason::Moved)
+            );
+            break;
+        }
+    }
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    h.stop().await;
+}

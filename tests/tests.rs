@@ -1,0 +1,7 @@
+//! Integration tests: one binary. `inprocess` runs the daemon inside the test with an
+//! injected clock; `blackbox` starts the real binaries on port 0.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod blackbox;
+mod inprocess;
+mod util;
