@@ -69,24 +69,36 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let daemon = Daemon::start(config, SystemClock::new()).await?;
     if args.demo {
         let sock = args.admin_socket.display();
+        let ctl = sibling("netkeyctl");
         println!(
             "netkeyd DEMO mode: listening on {}, daemon id {}",
             daemon.local_addr(),
             daemon.daemon_id()
         );
         println!("Connect a video server:");
-        println!("  CODE=$(netkeyctl --socket {sock} pool code Default)");
+        println!("  CODE=$({ctl} --socket {sock} pool code Default)");
         println!(
-            "  netkeyctl client --state /tmp/vs1.json --demo --daemon {} enrol $CODE --name vs1",
+            "  {ctl} client --state /tmp/vs1.json --demo --daemon {} enrol $CODE --name vs1",
             connect_addr(daemon.local_addr())
         );
-        println!("  netkeyctl client --state /tmp/vs1.json --demo run cam-1 cam-2 cam-3");
-        println!("Watch it: netkeyctl --socket {sock} status");
+        println!("  {ctl} client --state /tmp/vs1.json --demo run cam-1 cam-2 cam-3");
+        println!("Watch it: {ctl} --socket {sock} status");
     }
     wait_for_signal().await?;
     tracing::info!("shutting down");
     daemon.shutdown().await;
     Ok(())
+}
+
+/// `netkeyctl` next to this binary when it is there (as after `cargo build`), else the
+/// bare name for one on PATH.
+fn sibling(name: &str) -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join(name)))
+        .filter(|p| p.exists())
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| name.to_string())
 }
 
 /// The address a client on this host should use (0.0.0.0 is not connectable).
