@@ -680,7 +680,11 @@ async fn client_command(args: ClientArgs, trust: Trust, json: bool) -> Fallible<
                     e = rx.recv() => match e {
                         Some(e) => {
                             if json {
-                                println!("{}", serde_json::json!({"event": format!("{e:?}").split([' ', '{']).next().unwrap_or(""), "text": e.to_string()}));
+                                let mut v = serde_json::to_value(&e).unwrap_or_default();
+                                if let Some(o) = v.as_object_mut() {
+                                    o.insert("text".into(), e.to_string().into());
+                                }
+                                println!("{v}");
                             } else {
                                 println!("{e}");
                             }

@@ -15,7 +15,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// What happened to the video server's licences. Stop recording a camera on `Revoked`,
 /// `Lost` and `GraceEnded`: the library acknowledges a revocation once the event is sent.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
 pub enum ClientEvent {
     Connected {
         daemon_id: String,
