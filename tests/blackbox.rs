@@ -248,3 +248,83 @@ fn vendor_tool_issues_and_verifies_and_rejects_tampering() {
         stderr(&wrong)
     );
 }
+
+fn run_client(d: &DaemonProcess, name: &str, cams: &[&str], out: &std::path::Path) -> Background {
+    Background(
+        Command::new(env!("CARGO_BIN_EXE_netkeyctl"))
+            .args(["client", "--state"])
+            .arg(d.state(name))
+            .args(["--demo", "--daemon", &d.addr, "run"])
+            .args(cams)
+            .stdout(std::fs::File::create(out).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+#[test]
+fn free_and_kick_a_live_server_then_a_silent_one() {
+    let d = DaemonProcess::start_demo();
+    let code = d.code();
+    assert!(d
+        .client("a", &["enrol", &code, "--name", "A"])
+        .status
+        .success());
+    let a_out = d.dir.path().join("a.out");
+    let a = run_client(&d, "a", &["cam-1", "cam-2", "cam-3"], &a_out);
+    eventually("A to hold 3 cameras", || d.camera_in_use() == 3);
+
+    // A live holder acknowledges within the wait: the seat is back when the command returns.
+    let f = d.json(&["camera", "free", "cam-1"]);
+    assert_eq!(f["state"], "freed", "{f}");
+    assert_eq!(d.camera_in_use(), 2);
+    eventually("A to report the free", || {
+        read(&a_out).contains("freed cam-1")
+    });
+
+    let a_id = d.json(&["server", "list"])[0]["server_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let k = d.json(&["server", "kick", &a_id]);
+    assert_eq!(k["forgotten"], true, "{k}");
+    assert_eq!(d.camera_in_use(), 0);
+    eventually("A to hear it is no longer enrolled", || {
+        read(&a_out).contains("no longer enrolled")
+    });
+    drop(a);
+
+    // A silent holder: a free leaves a counted `revoking` seat; --force returns it at once.
+    let code = d.code();
+    assert!(d
+        .client("b", &["enrol", &code, "--name", "B"])
+        .status
+        .success());
+    assert!(d
+        .client("b", &["checkout", "cam-7", "cam-8"])
+        .status
+        .success());
+    let f = d.json(&["camera", "free", "cam-7"]);
+    assert_eq!(f["state"], "revoking", "{f}");
+    let cams = d.json(&["camera", "list"]);
+    let row = cams
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["camera_id"] == "cam-7")
+        .unwrap();
+    assert_eq!(row["state"], "revoking");
+    assert_eq!(d.camera_in_use(), 2, "revoking seats still count");
+    let f = d.json(&["camera", "free", "cam-8", "--force"]);
+    assert_eq!(f["state"], "forced");
+    assert_eq!(d.camera_in_use(), 1);
+    // B comes back: it hears both, acknowledges, and the revoking seat returns.
+    let status = d.client("b", &["status"]);
+    let text = stdout(&status);
+    assert!(
+        text.contains("freed cam-7") && text.contains("freed cam-8"),
+        "{text}"
+    );
+    assert_eq!(d.camera_in_use(), 0);
+}

@@ -36,6 +36,8 @@ struct Conn<T> {
     id: u64,
     server: Option<String>,
     push_tx: mpsc::Sender<Push>,
+    /// Cancelled by the core task when this server is forgotten.
+    forgotten: CancellationToken,
 }
 
 pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(
@@ -54,6 +56,7 @@ pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(
         id: NEXT_CONN.fetch_add(1, Ordering::Relaxed),
         server: None,
         push_tx,
+        forgotten: CancellationToken::new(),
     };
     match timeout(HANDSHAKE_TIMEOUT, conn.handshake()).await {
         Ok(Ok(())) => {}
@@ -95,6 +98,10 @@ pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(
             Some(push) = push_rx.recv() => {
                 if conn.send(ServerFrame::Push(push)).await.is_err() { break; }
             }
+            _ = conn.forgotten.cancelled() => {
+                tracing::debug!(peer = %peer, "server forgotten: closing its connection");
+                break;
+            }
             _ = shutdown.cancelled() => break,
         }
     }
@@ -113,6 +120,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
 
     async fn answer(&mut self, id: u32, response: Response) -> Result<(), FrameError> {
         self.send(ServerFrame::Response { id, response }).await
+    }
+
+    fn session(&self) -> super::owner::Session {
+        super::owner::Session {
+            conn: self.id,
+            push: self.push_tx.clone(),
+            close: self.forgotten.clone(),
+        }
     }
 
     async fn handshake(&mut self) -> Result<(), FrameError> {
@@ -188,13 +203,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                     existing: self.server.clone(),
                 };
                 let reenrol = self.server.is_some();
-                let (push, conn, was) = (self.push_tx.clone(), self.id, self.server.clone());
+                let session = self.session();
+                let was = self.server.clone();
                 let enrolled = self
                     .core
                     .call(move |o| {
                         let e = o.core.enrol(o.now, req)?;
                         if was.is_none() {
-                            o.open_session(&e.server_id, conn, push);
+                            o.open_session(&e.server_id, session);
                         }
                         Ok::<_, Refusal>(e)
                     })
@@ -214,7 +230,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                         reason: "already logged in".into(),
                     });
                 }
-                let (push, conn, sid) = (self.push_tx.clone(), self.id, server_id.clone());
+                let (session, sid) = (self.session(), server_id.clone());
                 let proof = credential_of(&secret);
                 let enrolment = self
                     .core
@@ -227,7 +243,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                             return Err(Refusal::NotEnrolled);
                         }
                         let e = o.core.enrolment(&sid)?;
-                        o.open_session(&sid, conn, push);
+                        o.open_session(&sid, session);
                         Ok(e)
                     })
                     .await

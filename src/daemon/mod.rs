@@ -9,7 +9,7 @@ mod owner;
 
 pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use conn::ACK_WAIT;
-pub use owner::{CoreHandle, Owner, ShuttingDown};
+pub use owner::{CoreHandle, Owner, Session, ShuttingDown};
 
 use crate::core::{Core, Timestamp};
 use crate::key::{demo_key, demo_vendor, SignedKey};
@@ -138,8 +138,18 @@ impl Daemon {
         let shutdown = CancellationToken::new();
         let (handle, owner) = owner::spawn(core, clock, shutdown.child_token());
         let tasks = vec![
-            tokio::spawn(accept_loop(listener, handle.clone(), info.clone(), shutdown.clone())),
-            tokio::spawn(admin::serve(admin, handle.clone(), info.clone(), shutdown.clone())),
+            tokio::spawn(accept_loop(
+                listener,
+                handle.clone(),
+                info.clone(),
+                shutdown.clone(),
+            )),
+            tokio::spawn(admin::serve(
+                admin,
+                handle.clone(),
+                info.clone(),
+                shutdown.clone(),
+            )),
         ];
         tracing::info!(
             listen = %local_addr,

@@ -22,12 +22,21 @@ type Job = Box<dyn FnOnce(&mut Owner) -> Reply + Send>;
 #[error("the daemon is shutting down")]
 pub struct ShuttingDown;
 
+/// A live connection of an enrolled server.
+#[derive(Debug)]
+pub struct Session {
+    pub conn: u64,
+    pub push: mpsc::Sender<Push>,
+    /// Cancelled when the server is forgotten: its connections close.
+    pub close: CancellationToken,
+}
+
 /// What the task that owns the core holds.
 pub struct Owner {
     pub core: Core,
     /// The instant of the batch being applied: every job of a batch sees the same one.
     pub now: Timestamp,
-    sessions: HashMap<String, Vec<(u64, mpsc::Sender<Push>)>>,
+    sessions: HashMap<String, Vec<Session>>,
 }
 
 impl std::fmt::Debug for Owner {
@@ -40,18 +49,18 @@ impl std::fmt::Debug for Owner {
 
 impl Owner {
     /// Registers a live connection for `server`: revocations are pushed to it.
-    pub fn open_session(&mut self, server: &str, conn: u64, push: mpsc::Sender<Push>) {
+    pub fn open_session(&mut self, server: &str, session: Session) {
         self.core.session_opened(self.now, server);
         self.sessions
             .entry(server.to_string())
             .or_default()
-            .push((conn, push));
+            .push(session);
     }
 
     pub fn close_session(&mut self, server: &str, conn: u64) {
         if let Some(v) = self.sessions.get_mut(server) {
             let before = v.len();
-            v.retain(|(c, _)| *c != conn);
+            v.retain(|s| s.conn != conn);
             if v.len() < before {
                 self.core.session_closed(self.now, server);
             }
@@ -63,10 +72,10 @@ impl Owner {
 
     fn push(&mut self, server: &str, push: Push) {
         if let Some(v) = self.sessions.get(server) {
-            for (_, tx) in v {
+            for s in v {
                 // A full queue means the connection is not reading; the revocation stays
                 // pending in the core and goes out with the next heartbeat answer.
-                let _ = tx.try_send(push.clone());
+                let _ = s.push.try_send(push.clone());
             }
         }
     }
@@ -200,6 +209,11 @@ fn dispatch_events(owner: &mut Owner) -> bool {
                         reason = reason.as_str(),
                         "revocation already settled"
                     );
+                }
+            }
+            Event::Forgotten { server } => {
+                for s in owner.sessions.remove(&server).unwrap_or_default() {
+                    s.close.cancel();
                 }
             }
             Event::Released {
