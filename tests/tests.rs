@@ -4,4 +4,5 @@
 
 mod blackbox;
 mod inprocess;
+mod protocol_doc;
 mod util;

@@ -1,0 +1,672 @@
+//! Keeps `docs/PROTOCOL.md` honest: every `<!-- example: NAME -->` hex block must decode
+//! to the value built here under NAME, and that value must encode to exactly those bytes.
+//! An example without a value here, or a value here without an example, fails the test.
+
+use netkey::core::digest;
+use netkey::core::{
+    CameraOutcome, CheckoutAnswer, CheckoutItem, HeartbeatAnswer, Refusal, Revocation,
+    RevocationReason, SyncAnswer, Timestamp,
+};
+use netkey::proto::{
+    self, Binding, ClientFrame, HostedKey, Push, Request, Response, ServerFrame, MAX_FRAME,
+    PROTOCOL_VERSION,
+};
+use std::collections::{BTreeMap, BTreeSet};
+
+fn doc() -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/PROTOCOL.md");
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
+}
+
+/// Every example the document must contain, one per name.
+const NAMES: &[&str] = &[
+    // Requests
+    "hello",
+    "enrol",
+    "login",
+    "checkout_simple",
+    "checkout_full",
+    "release",
+    "heartbeat",
+    "heartbeat_nothing_held",
+    "sync",
+    "acknowledge",
+    // Responses and the push
+    "welcome",
+    "enrolled",
+    "enrolled_again",
+    "logged_in",
+    "checkout_granted",
+    "checkout_mixed",
+    "checkout_legacy",
+    "released",
+    "heartbeat_answer",
+    "heartbeat_answer_revocations",
+    "synced",
+    "acknowledged",
+    "error_malformed",
+    "error_version",
+    "push_revoke",
+    // One of each refusal
+    "refusal_no_seats",
+    "refusal_bound_to_other_key",
+    "refusal_moved",
+    "refusal_held_by_silent_server",
+    "refusal_version_refused",
+    "refusal_legacy_not_entitled",
+    "refusal_key_expired",
+    "refusal_not_enrolled",
+    "refusal_code_invalid",
+    "refusal_code_expired",
+    "refusal_rate_limited",
+    "refusal_clock_rollback",
+    "refusal_not_held",
+    "refusal_newly_added",
+    "refusal_unknown_class",
+    "refusal_unknown_key",
+    "refusal_unknown_pool",
+    "refusal_unknown_server",
+    "refusal_unknown_camera",
+    "refusal_server_kicked",
+    "refusal_over_allocated",
+    "refusal_server_version_refused",
+    "refusal_bad_request",
+];
+
+#[derive(Debug)]
+enum Msg {
+    Client(ClientFrame),
+    Server(ServerFrame),
+}
+
+const KEY: &str = "ACME-0001";
+const SERVER: &str = "srv-3fa94c01b2d7";
+const DAEMON: &str = "nkd-8c1e5b2a90d4f617";
+/// 2026-01-01T00:00:00Z.
+const NEW_YEAR_2026: u64 = 1_767_225_600_000;
+const HOUR_MS: u64 = 3_600_000;
+
+fn c(id: u32, request: Request) -> Option<Msg> {
+    Some(Msg::Client(ClientFrame { id, request }))
+}
+
+fn s(id: u32, response: Response) -> Option<Msg> {
+    Some(Msg::Server(ServerFrame::Response { id, response }))
+}
+
+/// A refusal of the whole request.
+fn refused(id: u32, refusal: Refusal) -> Option<Msg> {
+    s(id, Response::Refused(refusal))
+}
+
+/// A refusal of one camera in a checkout answer.
+fn camera_refused(id: u32, camera: &str, refusal: Refusal) -> Option<Msg> {
+    s(
+        id,
+        Response::Checkout(CheckoutAnswer {
+            outcomes: vec![(camera.to_string(), CameraOutcome::Refused(refusal))],
+            valid_for_ms: 1_209_598_500,
+        }),
+    )
+}
+
+fn features(pairs: &[(&str, u32)]) -> BTreeMap<String, u32> {
+    pairs.iter().map(|(f, n)| (f.to_string(), *n)).collect()
+}
+
+fn secret() -> Vec<u8> {
+    (0u8..32).collect()
+}
+
+fn binding() -> Binding {
+    Binding {
+        server_id: SERVER.into(),
+        key_id: KEY.into(),
+        pool: "ACME-0001/Default".into(),
+        demo: false,
+        heartbeat_interval_ms: 60_000,
+        offline_grace_ms: 1_209_600_000,
+    }
+}
+
+fn revocation(camera: &str, epoch: u64, reason: RevocationReason, provisional: bool) -> Revocation {
+    Revocation {
+        camera: camera.into(),
+        epoch,
+        reason,
+        issued_at: Timestamp::from_millis(NEW_YEAR_2026),
+        provisional,
+    }
+}
+
+/// The cameras of the heartbeat example and their epochs.
+const HELD: [(&str, u64); 2] = [("cam-01", 1), ("cam-02", 3)];
+
+fn expected(name: &str) -> Option<Msg> {
+    use Refusal::*;
+    match name {
+        "hello" => c(
+            1,
+            Request::Hello {
+                protocol: 1,
+                software: "acme-vms 7.2".into(),
+            },
+        ),
+        "enrol" => c(
+            2,
+            Request::Enrol {
+                code: "04718253".into(),
+                name: "Recorder 3".into(),
+                version: "7.2.0".into(),
+            },
+        ),
+        "login" => c(
+            2,
+            Request::Login {
+                server_id: SERVER.into(),
+                secret: secret(),
+            },
+        ),
+        "checkout_simple" => c(
+            3,
+            Request::Checkout {
+                key: Some(KEY.into()),
+                items: vec![CheckoutItem::camera("cam-01")],
+            },
+        ),
+        "checkout_full" => c(
+            4,
+            Request::Checkout {
+                key: None,
+                items: vec![
+                    CheckoutItem {
+                        camera: "enc-7".into(),
+                        class: Some("encoder-4ch".into()),
+                        modules: vec!["lpr".into()],
+                        device_version: Some("2.4.1".into()),
+                        epoch: Some(7),
+                    },
+                    CheckoutItem::camera("cam-02"),
+                ],
+            },
+        ),
+        "release" => c(
+            5,
+            Request::Release {
+                cameras: vec!["cam-01".into(), "cam-09".into()],
+            },
+        ),
+        "heartbeat" => c(
+            6,
+            Request::Heartbeat {
+                digest: digest::holdings(HELD),
+            },
+        ),
+        "heartbeat_nothing_held" => c(
+            300,
+            Request::Heartbeat {
+                digest: digest::holdings([]),
+            },
+        ),
+        "sync" => c(
+            7,
+            Request::Sync {
+                claimed: HELD.iter().map(|(c, e)| (c.to_string(), *e)).collect(),
+            },
+        ),
+        "acknowledge" => c(
+            8,
+            Request::Acknowledge {
+                camera: "cam-02".into(),
+                epoch: 3,
+            },
+        ),
+        "welcome" => s(
+            1,
+            Response::Welcome {
+                protocol: 1,
+                daemon_id: DAEMON.into(),
+                software: "netkeyd 0.1.0".into(),
+                keys: vec![HostedKey {
+                    key_id: KEY.into(),
+                    demo: false,
+                }],
+            },
+        ),
+        "enrolled" => s(
+            2,
+            Response::Enrolled {
+                binding: binding(),
+                secret: secret(),
+            },
+        ),
+        "enrolled_again" => s(
+            3,
+            Response::Enrolled {
+                binding: binding(),
+                secret: Vec::new(),
+            },
+        ),
+        "logged_in" => s(2, Response::LoggedIn { binding: binding() }),
+        "checkout_granted" => s(
+            3,
+            Response::Checkout(CheckoutAnswer {
+                outcomes: vec![(
+                    "cam-01".into(),
+                    CameraOutcome::Granted {
+                        epoch: 1,
+                        features: features(&[("camera", 1)]),
+                        legacy: false,
+                        renewed: false,
+                    },
+                )],
+                valid_for_ms: 1_209_600_000,
+            }),
+        ),
+        "checkout_mixed" => s(
+            4,
+            Response::Checkout(CheckoutAnswer {
+                outcomes: vec![
+                    (
+                        "enc-7".into(),
+                        CameraOutcome::Granted {
+                            epoch: 7,
+                            features: features(&[("camera", 4), ("lpr", 1)]),
+                            legacy: false,
+                            renewed: true,
+                        },
+                    ),
+                    (
+                        "cam-02".into(),
+                        CameraOutcome::AwaitingHolder {
+                            holder: "Recorder 1 (srv-0b9d44e1a6c3)".into(),
+                        },
+                    ),
+                    (
+                        "cam-03".into(),
+                        CameraOutcome::Refused(NoSeats {
+                            feature: "camera".into(),
+                            in_use: 64,
+                            total: 64,
+                        }),
+                    ),
+                ],
+                valid_for_ms: 1_209_598_500,
+            }),
+        ),
+        "checkout_legacy" => s(
+            5,
+            Response::Checkout(CheckoutAnswer {
+                outcomes: vec![(
+                    "cam-old".into(),
+                    CameraOutcome::Granted {
+                        epoch: 2,
+                        features: BTreeMap::new(),
+                        legacy: true,
+                        renewed: false,
+                    },
+                )],
+                valid_for_ms: 1_209_600_000,
+            }),
+        ),
+        "released" => s(
+            5,
+            Response::Released(vec![
+                ("cam-01".into(), None),
+                ("cam-09".into(), Some(NotHeld)),
+            ]),
+        ),
+        "heartbeat_answer" => s(
+            6,
+            Response::Heartbeat(HeartbeatAnswer {
+                valid_for_ms: 1_209_600_000,
+                heartbeat_interval_ms: 60_000,
+                sync_needed: false,
+                revocations: Vec::new(),
+            }),
+        ),
+        "heartbeat_answer_revocations" => s(
+            6,
+            Response::Heartbeat(HeartbeatAnswer {
+                valid_for_ms: 1_209_540_000,
+                heartbeat_interval_ms: 60_000,
+                sync_needed: true,
+                revocations: vec![
+                    revocation("cam-01", 1, RevocationReason::Freed, false),
+                    revocation("cam-02", 3, RevocationReason::Shrunk, false),
+                ],
+            }),
+        ),
+        "synced" => s(
+            7,
+            Response::Synced(SyncAnswer {
+                not_held: vec!["cam-02".into()],
+                released: vec!["cam-05".into()],
+                valid_for_ms: 1_209_600_000,
+                revocations: vec![revocation("cam-01", 1, RevocationReason::Kicked, false)],
+            }),
+        ),
+        "acknowledged" => s(
+            8,
+            Response::Acknowledged {
+                seat_returned: true,
+            },
+        ),
+        "error_malformed" => s(
+            0,
+            Response::Error {
+                reason: "frame is not a valid message: Hit the end of buffer, expected more data"
+                    .into(),
+            },
+        ),
+        "error_version" => s(
+            1,
+            Response::Error {
+                reason: "protocol version 2 is not supported; this daemon speaks 1".into(),
+            },
+        ),
+        "push_revoke" => Some(Msg::Server(ServerFrame::Push(Push::Revoke(revocation(
+            "cam-02",
+            3,
+            RevocationReason::Moved,
+            true,
+        ))))),
+        "refusal_no_seats" => camera_refused(
+            3,
+            "cam-65",
+            NoSeats {
+                feature: "camera".into(),
+                in_use: 64,
+                total: 64,
+            },
+        ),
+        "refusal_bound_to_other_key" => refused(
+            3,
+            BoundToOtherKey {
+                key: "ACME-0002".into(),
+            },
+        ),
+        "refusal_moved" => camera_refused(3, "cam-02", Moved { epoch: 4 }),
+        "refusal_held_by_silent_server" => camera_refused(
+            3,
+            "cam-02",
+            HeldBySilentServer {
+                holder: "Recorder 1 (srv-0b9d44e1a6c3)".into(),
+            },
+        ),
+        "refusal_version_refused" => camera_refused(
+            3,
+            "cam-old",
+            VersionRefused {
+                min: "1.0.0".into(),
+            },
+        ),
+        "refusal_legacy_not_entitled" => camera_refused(3, "cam-old", LegacyNotEntitled),
+        "refusal_key_expired" => camera_refused(3, "cam-01", KeyExpired { key: KEY.into() }),
+        "refusal_not_enrolled" => refused(2, NotEnrolled),
+        "refusal_code_invalid" => refused(2, CodeInvalid),
+        "refusal_code_expired" => refused(2, CodeExpired),
+        "refusal_rate_limited" => refused(
+            2,
+            RateLimited {
+                retry_after_ms: 30_000,
+            },
+        ),
+        "refusal_clock_rollback" => refused(
+            3,
+            ClockRollback {
+                mark: Timestamp::from_millis(NEW_YEAR_2026 + HOUR_MS),
+            },
+        ),
+        "refusal_not_held" => s(
+            5,
+            Response::Released(vec![("cam-09".into(), Some(NotHeld))]),
+        ),
+        "refusal_newly_added" => refused(
+            9,
+            NewlyAdded {
+                until: Timestamp::from_millis(NEW_YEAR_2026 + 24 * HOUR_MS),
+            },
+        ),
+        "refusal_unknown_class" => camera_refused(
+            3,
+            "enc-7",
+            UnknownClass {
+                class: "encoder-8ch".into(),
+            },
+        ),
+        "refusal_unknown_key" => refused(
+            2,
+            UnknownKey {
+                key: "ACME-0001".into(),
+            },
+        ),
+        "refusal_unknown_pool" => refused(
+            3,
+            UnknownPool {
+                pool: "ACME-0002/Lobby".into(),
+            },
+        ),
+        "refusal_unknown_server" => refused(
+            3,
+            UnknownServer {
+                server: SERVER.into(),
+            },
+        ),
+        "refusal_unknown_camera" => refused(
+            9,
+            UnknownCamera {
+                camera: "cam-77".into(),
+            },
+        ),
+        "refusal_server_kicked" => camera_refused(3, "cam-01", ServerKicked),
+        "refusal_over_allocated" => camera_refused(
+            3,
+            "cam-01",
+            OverAllocated {
+                feature: "camera".into(),
+                in_use: 50,
+                total: 48,
+            },
+        ),
+        "refusal_server_version_refused" => refused(
+            2,
+            ServerVersionRefused {
+                min: "7.0.0".into(),
+            },
+        ),
+        "refusal_bad_request" => refused(
+            9,
+            BadRequest {
+                reason: "Hello was already exchanged".into(),
+            },
+        ),
+        _ => None,
+    }
+}
+
+/// The hex blocks of the document marked `<!-- KIND: NAME -->` on the line just above
+/// their opening fence, in document order.
+fn blocks(kind: &str) -> Vec<(String, Vec<u8>)> {
+    let doc = doc();
+    let lines: Vec<&str> = doc.lines().collect();
+    let prefix = format!("<!-- {kind}:");
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let line = line.trim();
+        let Some(rest) = line.strip_prefix(&prefix) else {
+            continue;
+        };
+        let name = rest
+            .strip_suffix("-->")
+            .unwrap_or_else(|| panic!("line {}: marker not closed: {line}", i + 1))
+            .trim()
+            .to_string();
+        assert_eq!(
+            lines.get(i + 1).map(|l| l.trim()),
+            Some("```hex"),
+            "line {}: `{kind}: {name}` must be followed by a ```hex block",
+            i + 1
+        );
+        let mut bytes = Vec::new();
+        let mut closed = false;
+        for l in &lines[i + 2..] {
+            if l.trim() == "```" {
+                closed = true;
+                break;
+            }
+            for pair in l.split_whitespace() {
+                assert!(
+                    pair.len() == 2
+                        && pair
+                            .bytes()
+                            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+                    "example {name}: {pair:?} is not a lowercase hex byte"
+                );
+                bytes.push(u8::from_str_radix(pair, 16).unwrap());
+            }
+        }
+        assert!(closed, "example {name}: hex block not closed");
+        assert!(!bytes.is_empty(), "example {name}: empty hex block");
+        out.push((name, bytes));
+    }
+    out
+}
+
+fn encode(msg: &Msg) -> Vec<u8> {
+    match msg {
+        Msg::Client(m) => proto::encode(m).unwrap().to_vec(),
+        Msg::Server(m) => proto::encode(m).unwrap().to_vec(),
+    }
+}
+
+#[test]
+fn every_example_decodes_to_its_value_and_back() {
+    let examples = blocks("example");
+    let mut seen = BTreeSet::new();
+    for (name, _) in &examples {
+        assert!(seen.insert(name.as_str()), "example {name} appears twice");
+    }
+    let listed: BTreeSet<&str> = NAMES.iter().copied().collect();
+    assert_eq!(listed.len(), NAMES.len(), "a name is listed twice in NAMES");
+    let undocumented: Vec<_> = listed.difference(&seen).collect();
+    let unlisted: Vec<_> = seen.difference(&listed).collect();
+    assert!(
+        undocumented.is_empty(),
+        "no example in docs/PROTOCOL.md for {undocumented:?}"
+    );
+    assert!(
+        unlisted.is_empty(),
+        "examples in docs/PROTOCOL.md without an expected value here: {unlisted:?}"
+    );
+    for name in NAMES {
+        assert!(
+            expected(name).is_some(),
+            "no expected value built for {name}"
+        );
+    }
+
+    for (name, bytes) in &examples {
+        let want = expected(name).unwrap();
+        match &want {
+            Msg::Client(v) => {
+                let got: ClientFrame = proto::decode(bytes)
+                    .unwrap_or_else(|e| panic!("example {name} does not decode: {e}"));
+                assert_eq!(&got, v, "example {name} decodes to another value");
+            }
+            Msg::Server(v) => {
+                let got: ServerFrame = proto::decode(bytes)
+                    .unwrap_or_else(|e| panic!("example {name} does not decode: {e}"));
+                assert_eq!(&got, v, "example {name} decodes to another value");
+            }
+        }
+        assert_eq!(
+            &encode(&want),
+            bytes,
+            "example {name}: the value encodes to other bytes"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_frame_example_has_its_length_prefix() {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+
+    let frames = blocks("frame");
+    assert!(!frames.is_empty(), "docs/PROTOCOL.md has no frame example");
+    for (name, bytes) in frames {
+        assert!(bytes.len() > 4, "frame {name} is shorter than its prefix");
+        let len = u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
+        assert_eq!(len, bytes.len() - 4, "frame {name}: wrong length prefix");
+        let want = expected(&name)
+            .unwrap_or_else(|| panic!("frame {name} must be named after an example"));
+        assert_eq!(bytes[4..], encode(&want), "frame {name}: payload differs");
+
+        // The daemon's own codec reads it as one frame with that payload.
+        let (mut tx, rx) = tokio::io::duplex(1024);
+        tx.write_all(&bytes).await.unwrap();
+        drop(tx);
+        let mut framed = proto::framed(rx);
+        let payload = framed.next().await.unwrap().unwrap();
+        assert_eq!(
+            payload[..],
+            bytes[4..],
+            "frame {name}: codec payload differs"
+        );
+        assert!(
+            framed.next().await.is_none(),
+            "frame {name}: bytes left over"
+        );
+    }
+}
+
+#[test]
+fn every_hex_block_is_checked() {
+    let doc = doc();
+    let fences = doc.lines().filter(|l| l.trim() == "```hex").count();
+    let checked: usize = ["example", "frame", "digest-input", "digest"]
+        .iter()
+        .map(|kind| blocks(kind).len())
+        .sum();
+    assert_eq!(
+        fences, checked,
+        "docs/PROTOCOL.md has a hex block without an example, frame or digest marker"
+    );
+}
+
+#[test]
+fn the_documented_constants_hold() {
+    assert_eq!(MAX_FRAME, 65_536);
+    assert_eq!(PROTOCOL_VERSION, 1);
+}
+
+/// The digest section's worked example: the SHA-256 input written out byte by byte,
+/// and the digest that the `heartbeat` example carries.
+#[test]
+fn the_digest_example_matches_the_implementation() {
+    let inputs = blocks("digest-input");
+    assert_eq!(inputs.len(), 1, "one digest-input block expected");
+    let (_, input) = &inputs[0];
+    let mut documented_rule = Vec::new();
+    let mut sorted = HELD.to_vec();
+    sorted.sort();
+    for (camera, epoch) in sorted {
+        documented_rule.extend_from_slice(camera.as_bytes());
+        documented_rule.push(0);
+        documented_rule.extend_from_slice(&epoch.to_le_bytes());
+    }
+    assert_eq!(input, &documented_rule);
+    let sha = ring::digest::digest(&ring::digest::SHA256, input);
+    assert_eq!(sha.as_ref(), digest::holdings(HELD));
+    let digests = blocks("digest");
+    assert_eq!(digests.len(), 2, "two digest blocks expected");
+    for (name, bytes) in digests {
+        let want = match name.as_str() {
+            "heartbeat" => digest::holdings(HELD),
+            "heartbeat_nothing_held" => digest::holdings([]),
+            other => panic!("unknown digest block {other}"),
+        };
+        assert_eq!(bytes, want, "digest {name}");
+    }
+}
