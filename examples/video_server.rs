@@ -25,9 +25,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // A real product compiles its vendor's public keys in: `Trust::Vendors(vec![...])`.
     // This example talks to `netkeyd --demo`.
     let mut client = Client::open(&PathBuf::from(state), Trust::Demo, Some(daemon))?;
-    if rest.first().is_some_and(|a| a.len() == 8 && a.bytes().all(|b| b.is_ascii_digit())) {
+    if rest
+        .first()
+        .is_some_and(|a| a.len() == 8 && a.bytes().all(|b| b.is_ascii_digit()))
+    {
         let code = rest.remove(0);
-        let binding = client.enrol(&code, "example video server", env!("CARGO_PKG_VERSION")).await?;
+        let binding = client
+            .enrol(&code, "example video server", env!("CARGO_PKG_VERSION"))
+            .await?;
         println!("enrolled as {} in pool {}", binding.server_id, binding.pool);
     }
     let cameras: Vec<CheckoutItem> = rest.iter().map(|c| CheckoutItem::camera(c)).collect();

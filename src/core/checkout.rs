@@ -164,8 +164,31 @@ impl Core {
         }
         Ok(CheckoutAnswer {
             outcomes,
-            valid_for_ms: self.valid_for(now, server),
+            valid_for_ms: self.checkout_valid_for(now, server),
         })
+    }
+
+    /// `valid_for` for a checkout answer. Unlike a heartbeat's, it carries no revocations,
+    /// so a client that has not heard of one would keep recording that camera until its
+    /// new deadline: the deadline must not outlast the seat still counted for the server's
+    /// `revoking` leases (invariants 2 and 6). The next heartbeat tells it and restores
+    /// the full span.
+    fn checkout_valid_for(&self, now: Timestamp, server: &str) -> u64 {
+        let valid = self.valid_for(now, server);
+        let Some(s) = self.servers.get(server) else {
+            return valid;
+        };
+        s.revoking
+            .iter()
+            .filter_map(|(camera, epoch)| {
+                let rec = self.cameras.get(&(s.pool.key.clone(), camera.clone()))?;
+                let r = rec
+                    .revoking
+                    .iter()
+                    .find(|r| r.server == server && r.epoch == *epoch)?;
+                Some(r.until.since(now))
+            })
+            .fold(valid, u64::min)
     }
 
     fn checkout_one(
@@ -182,6 +205,17 @@ impl Core {
                 reason: "a camera id is 1-128 bytes".into(),
             });
         }
+        // A stale epoch is answered Moved before anything else about the item: it is what
+        // tells the client to stop recording the camera.
+        let ck = (pool.key.clone(), item.camera.clone());
+        let record = self.cameras.get(&ck).cloned().unwrap_or_default();
+        if let Some(e) = item.epoch {
+            if e < record.epoch {
+                return Refused(Refusal::Moved {
+                    epoch: record.epoch,
+                });
+            }
+        }
         let Some(key) = self.keys.get(&pool.key) else {
             return Refused(Refusal::UnknownKey {
                 key: pool.key.clone(),
@@ -196,15 +230,6 @@ impl Core {
             Ok(c) => c,
             Err(r) => return Refused(r),
         };
-        let ck = (pool.key.clone(), item.camera.clone());
-        let record = self.cameras.get(&ck).cloned().unwrap_or_default();
-        if let Some(e) = item.epoch {
-            if e < record.epoch {
-                return Refused(Refusal::Moved {
-                    epoch: record.epoch,
-                });
-            }
-        }
         match &record.lease {
             Some(lease) if lease.server == server => {
                 // Idempotent re-claim by the holder, also after a reconnect.

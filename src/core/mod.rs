@@ -251,16 +251,36 @@ impl Core {
             .get(&key)
             .map(|k| k.document.entries.clone())
             .unwrap_or_default();
-        let pool = self.pools.entry(pool_id.clone()).or_insert_with(|| Pool {
-            id: pool_id,
+        self.pools.entry(pool_id.clone()).or_insert_with(|| Pool {
+            id: pool_id.clone(),
             seats: BTreeMap::new(),
             usage: BTreeMap::new(),
         });
-        // A higher revision keeps pools and leases: new or grown entries go to Default.
+        // A higher revision keeps pools and leases: new or grown entries go to Default; a
+        // lowered count takes its seats back from Default first, then the other pools, and
+        // use above what is left is revoked as for any shrink (invariant 1).
+        let mut shrunk: BTreeSet<(PoolId, Feature)> = BTreeSet::new();
         for (i, e) in document.entries.iter().enumerate() {
             let before = previous.get(i).map(|p| p.count).unwrap_or(0);
-            let extra = e.count.saturating_sub(before);
-            *pool.seats.entry(i).or_insert(0) += extra;
+            let mut excess = before.saturating_sub(e.count);
+            if let Some(pool) = self.pools.get_mut(&pool_id) {
+                *pool.seats.entry(i).or_insert(0) += e.count.saturating_sub(before);
+            }
+            let others = self.pools.keys().filter(|p| p.key == key && **p != pool_id);
+            let order: Vec<PoolId> = std::iter::once(pool_id.clone())
+                .chain(others.cloned())
+                .collect();
+            for p in order {
+                let Some(n) = self.pools.get_mut(&p).and_then(|p| p.seats.get_mut(&i)) else {
+                    continue;
+                };
+                let take = excess.min(*n);
+                if take > 0 {
+                    *n -= take;
+                    excess -= take;
+                    shrunk.insert((p, previous[i].feature.clone()));
+                }
+            }
         }
         for e in &document.entries {
             self.next_due = self.next_due.min(e.not_after);
@@ -270,11 +290,14 @@ impl Core {
             revision: document.revision,
             demo,
         });
-        let expired_entries = self
+        let mut expired_entries = self
             .keys
             .remove(&key)
             .map(|k| k.expired_entries)
             .unwrap_or_default();
+        // An expired entry the new revision extends counts again, so it must be able to
+        // expire (and shrink its pools) again.
+        expired_entries.retain(|i| document.entries.get(*i).is_some_and(|e| e.not_after <= now));
         self.keys.insert(
             key,
             InstalledKey {
@@ -284,6 +307,9 @@ impl Core {
                 expired_entries,
             },
         );
+        for (pool, feature) in shrunk {
+            self.shrink(now, &pool, &feature, RevocationReason::Shrunk);
+        }
         self.advance(now);
         Ok(())
     }
@@ -742,5 +768,9 @@ impl Core {
     }
 }
 
+#[cfg(test)]
+mod model_tests;
+#[cfg(test)]
+mod prop_tests;
 #[cfg(test)]
 mod tests;
