@@ -55,3 +55,26 @@ impl Clock for ManualClock {
         Timestamp::from_millis(self.0.load(Ordering::SeqCst))
     }
 }
+
+/// `inner` shifted forward so it starts no earlier than `floor`: after a restart, time
+/// resumes from the last persisted instant even if the wall clock was set back, and runs
+/// on from there at the monotonic rate (a frozen clock would extend every lease).
+#[derive(Debug)]
+pub struct Floored {
+    inner: Arc<dyn Clock>,
+    offset: u64,
+}
+
+pub fn floored(inner: Arc<dyn Clock>, floor: Timestamp) -> Arc<dyn Clock> {
+    let offset = floor.since(inner.now());
+    if offset == 0 {
+        return inner;
+    }
+    Arc::new(Floored { inner, offset })
+}
+
+impl Clock for Floored {
+    fn now(&self) -> Timestamp {
+        self.inner.now().plus(self.offset)
+    }
+}

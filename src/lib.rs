@@ -14,3 +14,4 @@ pub mod core;
 pub mod daemon;
 pub mod key;
 pub mod proto;
+pub mod store;

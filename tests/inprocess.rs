@@ -2,7 +2,9 @@
 //! Time moves only when a test says so.
 
 use netkey::client::{Client, ClientEvent, Trust, VideoServer};
-use netkey::core::{CameraOutcome, CheckoutItem, PoolId, Refusal, RevocationReason, Timestamp};
+use netkey::core::{
+    CameraOutcome, CheckoutItem, Command, Outcome, PoolId, Refusal, RevocationReason, Timestamp,
+};
 use netkey::daemon::{Config, Daemon, ManualClock};
 use std::sync::Arc;
 
@@ -35,12 +37,16 @@ impl Harness {
     async fn code(&self) -> String {
         let code: String = format!("{:08}", rand_code());
         let c = code.clone();
-        self.daemon
+        let out = self
+            .daemon
             .core()
-            .call(move |o| o.core.create_code(o.now, &PoolId::default_of("DEMO"), &c))
+            .execute(Command::CreateCode {
+                pool: PoolId::default_of("DEMO"),
+                code: c,
+            })
             .await
-            .unwrap()
             .unwrap();
+        assert!(matches!(out, Outcome::CodeCreated { .. }), "{out:?}");
         code
     }
 
@@ -62,8 +68,8 @@ impl Harness {
         self.daemon
             .core()
             .call(|o| {
-                let u = o.core.usage(&PoolId::default_of("DEMO"), "camera");
-                o.core.check_invariants(o.now).unwrap();
+                let u = o.core().usage(&PoolId::default_of("DEMO"), "camera");
+                o.core().check_invariants(o.now).unwrap();
                 (u.counted(), u.revoking)
             })
             .await
@@ -74,7 +80,7 @@ impl Harness {
         let s = server.to_string();
         self.daemon
             .core()
-            .call(move |o| o.core.reservation_end(&s))
+            .call(move |o| o.core().reservation_end(&s))
             .await
             .unwrap()
             .unwrap()

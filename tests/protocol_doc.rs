@@ -8,8 +8,8 @@ use netkey::core::{
     RevocationReason, SyncAnswer, Timestamp,
 };
 use netkey::proto::{
-    self, Binding, ClientFrame, HostedKey, Push, Request, Response, ServerFrame, MAX_FRAME,
-    PROTOCOL_VERSION,
+    self, AuditHead, Binding, ClientFrame, HostedKey, Push, Request, Response, ServerFrame,
+    MAX_FRAME, PROTOCOL_VERSION,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -71,6 +71,7 @@ const NAMES: &[&str] = &[
     "refusal_over_allocated",
     "refusal_server_version_refused",
     "refusal_bad_request",
+    "refusal_unavailable",
 ];
 
 #[derive(Debug)]
@@ -137,6 +138,16 @@ fn revocation(camera: &str, epoch: u64, reason: RevocationReason, provisional: b
         issued_at: Timestamp::from_millis(NEW_YEAR_2026),
         provisional,
     }
+}
+
+/// An audit head with `count` records whose last hash is `hash` (64 hex digits).
+fn audit_head(count: u64, hash: &str) -> AuditHead {
+    assert_eq!(hash.len(), 64);
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hash[2 * i..2 * i + 2], 16).unwrap();
+    }
+    AuditHead { count, hash: out }
 }
 
 /// The cameras of the heartbeat example and their epochs.
@@ -318,24 +329,36 @@ fn expected(name: &str) -> Option<Msg> {
         ),
         "heartbeat_answer" => s(
             6,
-            Response::Heartbeat(HeartbeatAnswer {
-                valid_for_ms: 1_209_600_000,
-                heartbeat_interval_ms: 60_000,
-                sync_needed: false,
-                revocations: Vec::new(),
-            }),
+            Response::Heartbeat {
+                answer: HeartbeatAnswer {
+                    valid_for_ms: 1_209_600_000,
+                    heartbeat_interval_ms: 60_000,
+                    sync_needed: false,
+                    revocations: Vec::new(),
+                },
+                audit: audit_head(
+                    1234,
+                    "c2f9a84a7f187f828744398cea40b08119dcf303fa32573a48dd6e67d3e97bb4",
+                ),
+            },
         ),
         "heartbeat_answer_revocations" => s(
             6,
-            Response::Heartbeat(HeartbeatAnswer {
-                valid_for_ms: 1_209_540_000,
-                heartbeat_interval_ms: 60_000,
-                sync_needed: true,
-                revocations: vec![
-                    revocation("cam-01", 1, RevocationReason::Freed, false),
-                    revocation("cam-02", 3, RevocationReason::Shrunk, false),
-                ],
-            }),
+            Response::Heartbeat {
+                answer: HeartbeatAnswer {
+                    valid_for_ms: 1_209_540_000,
+                    heartbeat_interval_ms: 60_000,
+                    sync_needed: true,
+                    revocations: vec![
+                        revocation("cam-01", 1, RevocationReason::Freed, false),
+                        revocation("cam-02", 3, RevocationReason::Shrunk, false),
+                    ],
+                },
+                audit: audit_head(
+                    1236,
+                    "1d36c4b3875cf0a70425cd311170e3912535be50c2ef7dabd201a63d7300b41a",
+                ),
+            },
         ),
         "synced" => s(
             7,
@@ -479,6 +502,12 @@ fn expected(name: &str) -> Option<Msg> {
             9,
             BadRequest {
                 reason: "Hello was already exchanged".into(),
+            },
+        ),
+        "refusal_unavailable" => refused(
+            3,
+            Unavailable {
+                reason: "the daemon is shutting down".into(),
             },
         ),
         _ => None,

@@ -17,41 +17,51 @@ impl DaemonProcess {
     pub fn start_demo() -> DaemonProcess {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("admin.sock");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_netkeyd"))
-            .args([
-                "--demo",
-                "--no-broadcast",
-                "--listen",
-                "127.0.0.1:0",
-                "--log-level",
-                "warn",
-            ])
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .arg("--admin-socket")
-            .arg(&socket)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let first = lines.next().expect("netkeyd printed nothing").unwrap();
-        // "netkeyd DEMO mode: listening on 127.0.0.1:PORT, daemon id ..."
-        let addr = first
-            .split("listening on ")
-            .nth(1)
-            .and_then(|r| r.split(',').next())
-            .unwrap_or_else(|| panic!("unexpected first line: {first}"))
-            .to_string();
-        // Keep draining stdout so the daemon never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        let (child, addr) = spawn_demo(&dir.path().join("state"), &socket);
         DaemonProcess {
             child,
             addr,
             socket,
             dir,
         }
+    }
+
+    /// Starts `netkeyd --demo` on `dir/state`, which may hold state already.
+    pub fn start_with_state(dir: tempfile::TempDir) -> DaemonProcess {
+        let socket = dir.path().join("admin.sock");
+        let (child, addr) = spawn_demo(&dir.path().join("state"), &socket);
+        DaemonProcess {
+            child,
+            addr,
+            socket,
+            dir,
+        }
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// SIGKILL, then start again on the same state directory (on a new port).
+    pub fn crash_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.start_again();
+    }
+
+    /// SIGTERM and wait: a clean stop.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+
+    pub fn start_again(&mut self) {
+        let (child, addr) = spawn_demo(&self.state_dir(), &self.socket);
+        self.child = child;
+        self.addr = addr;
     }
 
     pub fn ctl(&self, args: &[&str]) -> Output {
@@ -148,4 +158,38 @@ pub fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 
 pub fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// Spawns `netkeyd --demo` on `state` and reads its address from the first line it prints.
+pub fn spawn_demo(state: &Path, socket: &Path) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_netkeyd"))
+        .args([
+            "--demo",
+            "--no-broadcast",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-level",
+            "warn",
+        ])
+        .arg("--state-dir")
+        .arg(state)
+        .arg("--admin-socket")
+        .arg(socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let first = lines.next().expect("netkeyd printed nothing").unwrap();
+    // "netkeyd DEMO mode: listening on 127.0.0.1:PORT, daemon id ..."
+    let addr = first
+        .split("listening on ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .unwrap_or_else(|| panic!("unexpected first line: {first}"))
+        .to_string();
+    // Keep draining stdout so the daemon never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
 }

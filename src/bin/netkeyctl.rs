@@ -4,11 +4,13 @@
 
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use netkey::client::{Client, ClientEvent, Trust, VideoServer};
+use netkey::core::Timestamp;
 use netkey::core::{
     CameraOutcome, CameraView, CheckoutItem, KeyView, PoolView, SeatUsage, ServerView,
 };
 use netkey::key::VendorPublicKey;
 use netkey::proto::admin::*;
+use netkey::proto::AuditHead;
 use serde::de::DeserializeOwned;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -44,8 +46,37 @@ enum Command {
     Server(ServerCmd),
     #[command(subcommand)]
     Camera(CameraCmd),
+    /// Export the audit log, or verify its hash chain.
+    Audit(AuditArgs),
+    /// Write a consistent backup of the daemon's state (never its identity's private key).
+    Backup {
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Act as a video server (for testing a deployment and for scripts).
     Client(ClientArgs),
+}
+
+#[derive(ClapArgs, Debug)]
+struct AuditArgs {
+    /// Only records at or after this RFC 3339 instant.
+    #[arg(long)]
+    since: Option<String>,
+    /// csv or json (default: a table).
+    #[arg(long)]
+    format: Option<String>,
+    #[command(subcommand)]
+    verify: Option<AuditCmd>,
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCmd {
+    /// Check the hash chain; with --anchor, also that it extends an earlier head (an
+    /// earlier `audit --format json` export, or a video server's state file).
+    Verify {
+        #[arg(long)]
+        anchor: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -405,7 +436,124 @@ fn run_admin(socket: &PathBuf, json: bool, command: Command) -> Fallible<ExitCod
                 println!("camera {} on server {}: {what}", f.camera_id, f.server_id);
             }
         }
+        Command::Audit(args) => return audit(socket, json, args),
+        Command::Backup { out } => {
+            use base64::Engine as _;
+            let b: BackupFile = admin(socket, &AdminRequest::Backup)?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(&b.data)
+                .map_err(|e| format!("backup data from netkeyd is not base64: {e}"))?;
+            write_private(&out, &bytes)?;
+            if json {
+                print_json(
+                    &serde_json::json!({"out": out, "bytes": bytes.len(), "taken_at": b.taken_at}),
+                )?;
+            } else {
+                println!(
+                    "backup of {} bytes taken at {} written to {}",
+                    bytes.len(),
+                    b.taken_at,
+                    out.display()
+                );
+            }
+        }
         Command::Client(_) => unreachable!("handled by run_client"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_private(path: &PathBuf, bytes: &[u8]) -> Fallible<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// Reads an audit head from an earlier export (`head`), a client state file
+/// (`audit_head`), or a bare `{count, hash}`.
+fn read_anchor(path: &PathBuf) -> Fallible<AuditHead> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{} is not JSON: {e}", path.display()))?;
+    let head = v.get("head").or_else(|| v.get("audit_head")).unwrap_or(&v);
+    serde_json::from_value(head.clone()).map_err(|_| {
+        format!(
+            "{} holds no audit head (an `audit --format json` export or a client state file)",
+            path.display()
+        )
+    })
+}
+
+fn audit(socket: &PathBuf, json: bool, args: AuditArgs) -> Fallible<ExitCode> {
+    let since = args
+        .since
+        .as_deref()
+        .map(Timestamp::parse_rfc3339)
+        .transpose()
+        .map_err(|e| format!("--since: {e}"))?;
+    if let Some(AuditCmd::Verify { anchor }) = args.verify {
+        let export: AuditExport = admin(socket, &AdminRequest::Audit { since: None })?;
+        let anchor = anchor.as_ref().map(read_anchor).transpose()?;
+        let head =
+            netkey::store::audit::verify(&export.records, anchor).map_err(|e| e.to_string())?;
+        if head != export.head {
+            return Err(format!(
+                "the daemon reports head {} but its records chain to {head}",
+                export.head
+            ));
+        }
+        if json {
+            print_json(&serde_json::json!({"intact": true, "head": head, "anchor": anchor}))?;
+        } else {
+            match anchor {
+                Some(a) => println!("audit log intact: {head}; it extends the anchor ({a})"),
+                None => println!("audit log intact: {head}"),
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let export: AuditExport = admin(socket, &AdminRequest::Audit { since })?;
+    match args.format.as_deref() {
+        Some("json") => print_json(&export)?,
+        Some("csv") => {
+            print!("{}", netkey::store::audit::to_csv(&export.records));
+            println!(
+                "# head,{},{}",
+                export.head.count,
+                netkey::store::audit::hex(&export.head.hash)
+            );
+        }
+        Some(other) => return Err(format!("--format {other}: use csv or json")),
+        None if json => print_json(&export)?,
+        None => {
+            for r in &export.records {
+                let who = [
+                    r.key_id.as_deref(),
+                    r.pool.as_deref(),
+                    r.server_id.as_deref(),
+                    r.camera_id.as_deref(),
+                ]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join(" ");
+                println!(
+                    "{:>6} {} {:<18} {who} {}",
+                    r.index, r.at, r.action, r.detail
+                );
+            }
+            println!("head: {}", export.head);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -29,6 +29,10 @@ struct Args {
     /// Never send broadcast datagrams (discovery answers only).
     #[arg(long)]
     no_broadcast: bool,
+    /// Restore a backup (from `netkeyctl backup`) into --state-dir, then exit. The state
+    /// directory keeps its own daemon identity and the newer time high-water mark.
+    #[arg(long, value_name = "FILE")]
+    restore: Option<PathBuf>,
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -59,6 +63,20 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    if let Some(file) = &args.restore {
+        let bytes =
+            std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        let backup = netkey::store::Backup::from_bytes(&bytes)
+            .map_err(|e| format!("{}: {e}", file.display()))?;
+        let hwm = backup.restore_into(&args.state_dir)?;
+        println!(
+            "restored the backup taken at {} into {} ({} audit records; time high-water mark {hwm}); start netkeyd to serve it",
+            backup.taken_at,
+            args.state_dir.display(),
+            backup.audit.len()
+        );
+        return Ok(());
+    }
     let config = Config {
         listen: args.listen,
         admin_socket: args.admin_socket.clone(),

@@ -181,6 +181,7 @@ impl Client {
             offline_grace_ms: binding.offline_grace_ms,
             cameras,
             deadline: None,
+            audit_head: self.state.as_ref().and_then(|s| s.audit_head),
         };
         state.save(&self.state_path)?;
         self.state = Some(state);

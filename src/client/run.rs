@@ -149,7 +149,10 @@ pub(crate) async fn heartbeat_once(
     let sent_at = client.now();
     let digest = client.state_mut()?.digest();
     let answer = match conn.request(Request::Heartbeat { digest }).await? {
-        Response::Heartbeat(a) => a,
+        Response::Heartbeat { answer, audit } => {
+            client.state_mut()?.audit_head = Some(audit);
+            answer
+        }
         Response::Refused(r) => return Err(ClientError::Refused(r)),
         other => {
             return Err(ClientError::Protocol(format!(

@@ -40,6 +40,10 @@ pub struct ClientState {
     pub cameras: BTreeMap<String, HeldCamera>,
     /// The instant the grace period ends if no heartbeat is answered before it.
     pub deadline: Option<Timestamp>,
+    /// The daemon's audit head in its latest heartbeat answer: evidence against later
+    /// rewriting of the daemon's audit log.
+    #[serde(default)]
+    pub audit_head: Option<crate::proto::AuditHead>,
 }
 
 impl ClientState {

@@ -200,9 +200,14 @@ impl Core {
         after_wait: bool,
     ) -> CameraOutcome {
         use CameraOutcome::*;
-        if item.camera.is_empty() || item.camera.len() > MAX_CAMERA_ID {
+        // No control characters: ids appear in logs and listings, and a 0x00 byte would
+        // make the holdings digest ambiguous.
+        if item.camera.is_empty()
+            || item.camera.len() > MAX_CAMERA_ID
+            || item.camera.chars().any(char::is_control)
+        {
             return Refused(Refusal::BadRequest {
-                reason: "a camera id is 1-128 bytes".into(),
+                reason: "a camera id is 1-128 bytes without control characters".into(),
             });
         }
         // A stale epoch is answered Moved before anything else about the item: it is what

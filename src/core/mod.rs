@@ -9,6 +9,7 @@
 
 mod admin;
 mod checkout;
+mod command;
 pub mod digest;
 mod event;
 mod expiry;
@@ -20,6 +21,7 @@ pub use admin::{FreeOutcome, KickOutcome};
 pub use checkout::{
     CameraOutcome, CheckoutAnswer, CheckoutItem, HeartbeatAnswer, ReleaseOutcomes, SyncAnswer,
 };
+pub use command::{Command, EnrolRequestRecord, Outcome};
 pub use event::{Event, ReleaseReason, RevocationReason};
 pub use refusal::Refusal;
 pub use time::Timestamp;
@@ -204,7 +206,6 @@ pub struct Core {
     #[serde(skip)]
     events: Vec<Event>,
     /// Servers renewed in memory since the last `renewals_persisted`.
-    #[serde(skip)]
     unpersisted: BTreeSet<ServerId>,
 }
 
@@ -468,6 +469,37 @@ impl Core {
             if let Some(s) = self.servers.get_mut(&id) {
                 s.persisted_renewal = s.persisted_renewal.max(s.renewed_at.min(at));
             }
+        }
+    }
+
+    /// Renewals made in memory and not yet persisted, as (server, renewed at): what the
+    /// daemon writes in a `RenewalsPersisted` command.
+    pub fn pending_renewals(&self) -> Vec<(ServerId, Timestamp)> {
+        self.unpersisted
+            .iter()
+            .filter_map(|id| self.servers.get(id).map(|s| (id.clone(), s.renewed_at)))
+            .collect()
+    }
+
+    /// These renewals are durable now (replayed from the log after a restart).
+    pub fn apply_persisted_renewals(&mut self, renewals: &[(ServerId, Timestamp)]) {
+        for (id, at) in renewals {
+            if let Some(s) = self.servers.get_mut(id) {
+                s.renewed_at = s.renewed_at.max(*at);
+                s.persisted_renewal = s.persisted_renewal.max(*at);
+                if s.renewed_at <= s.persisted_renewal {
+                    self.unpersisted.remove(id);
+                }
+            }
+        }
+    }
+
+    /// After a restart no connection is open: every server is silent, and move requests
+    /// that were waiting for a live holder are withdrawn (their movers are gone).
+    pub fn reset_sessions(&mut self) {
+        for s in self.servers.values_mut() {
+            s.sessions = 0;
+            s.revocations.retain(|_, r| !r.provisional);
         }
     }
 

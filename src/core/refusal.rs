@@ -82,6 +82,11 @@ pub enum Refusal {
     BadRequest {
         reason: String,
     },
+    /// The daemon could not save the change (disk full, state directory not writable),
+    /// so it did not make it; or it is shutting down.
+    Unavailable {
+        reason: String,
+    },
 }
 
 impl fmt::Display for Refusal {
@@ -138,6 +143,7 @@ impl fmt::Display for Refusal {
                 write!(f, "the video server's version is below the key's minimum {min}")
             }
             BadRequest { reason } => write!(f, "bad request: {reason}"),
+            Unavailable { reason } => write!(f, "the licence daemon cannot make changes now: {reason}"),
         }
     }
 }

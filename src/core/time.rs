@@ -52,7 +52,7 @@ impl Timestamp {
             return "never".to_string();
         }
         let t = self.to_system_time();
-        if self.0 % 1000 == 0 {
+        if self.0.is_multiple_of(1000) {
             humantime::format_rfc3339_seconds(t).to_string()
         } else {
             humantime::format_rfc3339_millis(t).to_string()

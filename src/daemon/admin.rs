@@ -5,7 +5,8 @@
 use super::conn::ACK_WAIT;
 use super::owner::CoreHandle;
 use super::DaemonInfo;
-use crate::core::{PoolId, Refusal};
+use crate::core::{Command, Outcome, PoolId, Refusal};
+use crate::outcome;
 use crate::proto::admin::*;
 use serde::Serialize;
 use std::path::Path;
@@ -146,10 +147,9 @@ async fn handle(req: AdminRequest, core: &CoreHandle, info: &Arc<DaemonInfo>) ->
 
 fn query(o: &mut super::owner::Owner, req: AdminRequest, info: &DaemonInfo) -> AdminReply {
     let now = o.now;
-    let core = &mut o.core;
     match req {
         AdminRequest::Status => {
-            let servers = core.server_views(now);
+            let servers = o.core().server_views(now);
             ok(Status {
                 daemon_id: info.daemon_id.clone(),
                 software: info.software.clone(),
@@ -160,18 +160,26 @@ fn query(o: &mut super::owner::Owner, req: AdminRequest, info: &DaemonInfo) -> A
                 servers: servers.len() as u64,
                 servers_live: servers.iter().filter(|s| s.state == "live").count() as u64,
                 cameras: servers.iter().map(|s| s.cameras).sum(),
-                keys: core.key_views(now),
+                keys: o.core().key_views(now),
+                audit_head: o.audit_head(),
+                store_error: o.degraded.clone(),
             })
         }
-        AdminRequest::KeyList => ok(core.key_views(now)),
-        AdminRequest::PoolList => ok(core.pool_views(now)),
-        AdminRequest::PoolShow { pool } => match core.resolve_pool(&pool) {
+        AdminRequest::KeyList => ok(o.core().key_views(now)),
+        AdminRequest::PoolList => ok(o.core().pool_views(now)),
+        AdminRequest::PoolShow { pool } => match o.core().resolve_pool(&pool) {
             Ok(id) => {
                 let name = id.to_string();
-                let Some(view) = core.pool_views(now).into_iter().find(|p| p.pool == name) else {
+                let Some(view) = o
+                    .core()
+                    .pool_views(now)
+                    .into_iter()
+                    .find(|p| p.pool == name)
+                else {
                     return err(Refusal::UnknownPool { pool });
                 };
-                let servers = core
+                let servers = o
+                    .core()
                     .server_views(now)
                     .into_iter()
                     .filter(|s| s.pool == name)
@@ -184,14 +192,15 @@ fn query(o: &mut super::owner::Owner, req: AdminRequest, info: &DaemonInfo) -> A
             Err(e) => err(e),
         },
         AdminRequest::PoolCode { pool } => {
-            let id = match core.resolve_pool(&pool) {
+            let id = match o.core().resolve_pool(&pool) {
                 Ok(id) => id,
                 Err(e) => return err(e),
             };
             // A fresh random code; a clash with a live code is vanishingly rare, so retry.
             for _ in 0..8 {
                 let code = super::enrolment_code();
-                if let Ok(expires_at) = core.create_code(now, &id, &code) {
+                if let Ok(expires_at) = outcome!(o.execute(Command::CreateCode { pool: id.clone(), code: code.clone() }), Outcome::CodeCreated { expires_at } => expires_at)
+                {
                     return ok(CodeIssued {
                         pool: id.to_string(),
                         code,
@@ -201,16 +210,18 @@ fn query(o: &mut super::owner::Owner, req: AdminRequest, info: &DaemonInfo) -> A
             }
             err("could not issue a unique code")
         }
-        AdminRequest::ServerList => ok(core.server_views(now)),
+        AdminRequest::ServerList => ok(o.core().server_views(now)),
         AdminRequest::ServerShow { server } => {
-            let Some(view) = core
+            let Some(view) = o
+                .core()
                 .server_views(now)
                 .into_iter()
                 .find(|s| s.server_id == server)
             else {
                 return err(Refusal::UnknownServer { server });
             };
-            let cameras = core
+            let cameras = o
+                .core()
                 .camera_views(now)
                 .into_iter()
                 .filter(|c| c.server_id == server)
@@ -221,14 +232,15 @@ fn query(o: &mut super::owner::Owner, req: AdminRequest, info: &DaemonInfo) -> A
             })
         }
         AdminRequest::ServerRename { server, name } => {
-            match core.rename_server(now, &server, &name) {
+            match outcome!(o.execute(Command::RenameServer { server: server.clone(), name: name.clone() }), Outcome::Done => ())
+            {
                 Ok(()) => ok(serde_json::json!({"server_id": server, "name": name})),
                 Err(e) => err(e),
             }
         }
         AdminRequest::ServerMove { server, pool } => {
-            let result = core.resolve_pool(&pool).and_then(|id: PoolId| {
-                core.move_server(now, &server, &id)?;
+            let result = o.core().resolve_pool(&pool).and_then(|id: PoolId| {
+                outcome!(o.execute(Command::MoveServer { server: server.clone(), pool: id.clone() }), Outcome::Done => ())?;
                 Ok(id)
             });
             match result {
@@ -237,17 +249,37 @@ fn query(o: &mut super::owner::Owner, req: AdminRequest, info: &DaemonInfo) -> A
             }
         }
         AdminRequest::CameraList { server, pool } => {
-            let pool = match pool.map(|p| core.resolve_pool(&p)).transpose() {
+            let pool = match pool.map(|p| o.core().resolve_pool(&p)).transpose() {
                 Ok(p) => p.map(|p| p.to_string()),
                 Err(e) => return err(e),
             };
-            let cams: Vec<_> = core
+            let cams: Vec<_> = o
+                .core()
                 .camera_views(now)
                 .into_iter()
                 .filter(|c| server.as_ref().is_none_or(|s| c.server_id == *s))
                 .filter(|c| pool.as_ref().is_none_or(|p| c.pool == *p))
                 .collect();
             ok(cams)
+        }
+        AdminRequest::Audit { since } => match o.store().audit_records(since) {
+            Ok(records) => ok(AuditExport {
+                head: o.audit_head(),
+                records,
+            }),
+            Err(e) => err(e),
+        },
+        AdminRequest::Backup => {
+            use base64::Engine as _;
+            let taken =
+                crate::store::Backup::take(o.store(), o.core(), now).and_then(|b| b.to_bytes());
+            match taken {
+                Ok(bytes) => ok(BackupFile {
+                    taken_at: now,
+                    data: base64::engine::general_purpose::STANDARD.encode(bytes),
+                }),
+                Err(e) => err(e),
+            }
         }
         AdminRequest::ServerKick { .. } | AdminRequest::CameraFree { .. } => {
             err("internal: routed elsewhere")
@@ -279,7 +311,7 @@ where
 async fn free(core: &CoreHandle, camera: String, key: Option<String>, force: bool) -> AdminReply {
     let c = camera.clone();
     let outcome = match core
-        .call(move |o| o.core.free(o.now, key.as_deref(), &c, force))
+        .call(move |o| outcome!(o.execute(Command::Free { key, camera: c, force }), Outcome::Freed(f) => f))
         .await
     {
         Ok(Ok(out)) => out,
@@ -293,7 +325,7 @@ async fn free(core: &CoreHandle, camera: String, key: Option<String>, force: boo
             outcome.epoch,
         );
         wait_for_acks(core, move |o| {
-            o.core.is_live(&h) && o.core.is_revoking(&h, &c, e)
+            o.core().is_live(&h) && o.core().is_revoking(&h, &c, e)
         })
         .await;
     }
@@ -303,7 +335,7 @@ async fn free(core: &CoreHandle, camera: String, key: Option<String>, force: boo
         outcome.epoch,
     );
     let still = core
-        .call(move |o| o.core.is_revoking(&h, &c, e))
+        .call(move |o| o.core().is_revoking(&h, &c, e))
         .await
         .unwrap_or(false);
     let state = if outcome.forced {
@@ -323,7 +355,7 @@ async fn free(core: &CoreHandle, camera: String, key: Option<String>, force: boo
 
 async fn kick(core: &CoreHandle, server: String, force: bool) -> AdminReply {
     let s = server.clone();
-    let first = match core.call(move |o| o.core.kick(o.now, &s, force)).await {
+    let first = match core.call(move |o| outcome!(o.execute(Command::Kick { server: s, force }), Outcome::Kicked(k) => k)).await {
         Ok(Ok(out)) => out,
         Ok(Err(e)) => return err(e),
         Err(e) => return err(e),
@@ -331,8 +363,8 @@ async fn kick(core: &CoreHandle, server: String, force: bool) -> AdminReply {
     if !first.revoking.is_empty() {
         let s = server.clone();
         wait_for_acks(core, move |o| {
-            o.core.is_live(&s)
-                && o.core
+            o.core().is_live(&s)
+                && o.core()
                     .server_views(o.now)
                     .iter()
                     .any(|v| v.server_id == s && v.revoking > 0)
@@ -343,12 +375,12 @@ async fn kick(core: &CoreHandle, server: String, force: bool) -> AdminReply {
     let now_state = core
         .call(move |o| {
             let detail = o
-                .core
+                .core()
                 .server_views(o.now)
                 .into_iter()
                 .find(|v| v.server_id == s);
             let revoking: Vec<String> = o
-                .core
+                .core()
                 .camera_views(o.now)
                 .into_iter()
                 .filter(|c| c.server_id == s && c.state == "revoking")

@@ -4,7 +4,8 @@
 
 use super::owner::CoreHandle;
 use super::DaemonInfo;
-use crate::core::{CameraOutcome, CheckoutItem, EnrolRequest, Refusal};
+use crate::core::{CameraOutcome, CheckoutItem, Command, EnrolRequest, Outcome, Refusal};
+use crate::outcome;
 use crate::proto::{
     self, Binding, ClientFrame, FrameError, HostedKey, Push, Request, Response, ServerFrame,
     PROTOCOL_VERSION,
@@ -149,7 +150,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
         let keys = self
             .core
             .call(|o| {
-                o.core
+                o.core()
                     .key_views(o.now)
                     .into_iter()
                     .filter(|k| k.kind == crate::key::KeyKind::Network)
@@ -181,8 +182,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
     }
 
     async fn handle(&mut self, request: Request) -> Result<Response, Refusal> {
-        let closed = |_| Refusal::BadRequest {
-            reason: "the daemon is shutting down".into(),
+        let closed = |e: super::owner::CallError| Refusal::Unavailable {
+            reason: e.to_string(),
         };
         match request {
             Request::Hello { .. } => Err(Refusal::BadRequest {
@@ -208,7 +209,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                 let enrolled = self
                     .core
                     .call(move |o| {
-                        let e = o.core.enrol(o.now, req)?;
+                        let e = outcome!(o.execute(Command::Enrol { request: req.into() }), Outcome::Enrolled(e) => e)?;
                         if was.is_none() {
                             o.open_session(&e.server_id, session);
                         }
@@ -236,13 +237,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                     .core
                     .call(move |o| {
                         let ok = o
-                            .core
+                            .core()
                             .credential(&sid)
                             .is_some_and(|c| constant_time_eq(c, &proof));
                         if !ok {
                             return Err(Refusal::NotEnrolled);
                         }
-                        let e = o.core.enrolment(&sid)?;
+                        let e = o.core().enrolment(&sid)?;
                         o.open_session(&sid, session);
                         Ok(e)
                     })
@@ -266,15 +267,17 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
         server: String,
         request: Request,
     ) -> Result<Response, Refusal> {
-        let closed = |_| Refusal::BadRequest {
-            reason: "the daemon is shutting down".into(),
+        let closed = |e: super::owner::CallError| Refusal::Unavailable {
+            reason: e.to_string(),
         };
         match request {
             Request::Checkout { key, items } => self.checkout(server, key, items).await,
             Request::Release { cameras } => {
                 let out = self
                     .core
-                    .call(move |o| o.core.release(o.now, &server, &cameras))
+                    .call(move |o| {
+                        outcome!(o.execute(Command::Release { server, cameras }), Outcome::Released(r) => r)
+                    })
                     .await
                     .map_err(closed)??;
                 Ok(Response::Released(
@@ -282,17 +285,20 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                 ))
             }
             Request::Heartbeat { digest } => {
-                let a = self
+                let (answer, audit) = self
                     .core
-                    .call(move |o| o.core.heartbeat(o.now, &server, &digest))
+                    .call(move |o| {
+                        let a = outcome!(o.execute(Command::Heartbeat { server, digest }), Outcome::Heartbeat(a) => a)?;
+                        Ok::<_, Refusal>((a, o.audit_head()))
+                    })
                     .await
                     .map_err(closed)??;
-                Ok(Response::Heartbeat(a))
+                Ok(Response::Heartbeat { answer, audit })
             }
             Request::Sync { claimed } => {
                 let a = self
                     .core
-                    .call(move |o| o.core.sync(o.now, &server, &claimed))
+                    .call(move |o| outcome!(o.execute(Command::Sync { server, claimed }), Outcome::Synced(a) => a))
                     .await
                     .map_err(closed)??;
                 Ok(Response::Synced(a))
@@ -300,7 +306,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             Request::Acknowledge { camera, epoch } => {
                 let freed = self
                     .core
-                    .call(move |o| o.core.acknowledge(o.now, &server, &camera, epoch))
+                    .call(move |o| {
+                        outcome!(
+                            o.execute(Command::Acknowledge { server, camera, epoch }),
+                            Outcome::Acknowledged { seat_returned } => seat_returned
+                        )
+                    })
                     .await
                     .map_err(closed)??;
                 Ok(Response::Acknowledged {
@@ -323,8 +334,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
         key: Option<String>,
         items: Vec<CheckoutItem>,
     ) -> Result<Response, Refusal> {
-        let closed = |_| Refusal::BadRequest {
-            reason: "the daemon is shutting down".into(),
+        let closed = |e: super::owner::CallError| Refusal::Unavailable {
+            reason: e.to_string(),
         };
         if items.len() > 1024 {
             return Err(Refusal::BadRequest {
@@ -334,7 +345,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
         let (s, k, i) = (server.clone(), key.clone(), items.clone());
         let mut answer = self
             .core
-            .call(move |o| o.core.checkout(o.now, &s, k.as_deref(), &i, false))
+            .call(move |o| {
+                let c = Command::Checkout {
+                    server: s,
+                    key: k,
+                    items: i,
+                    after_wait: false,
+                };
+                outcome!(o.execute(c), Outcome::Checkout(a) => a)
+            })
             .await
             .map_err(closed)??;
         let waiting: Vec<CheckoutItem> = items
@@ -358,11 +377,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             let still_held = self
                 .core
                 .call(move |o| {
-                    let Some(pool) = o.core.server_pool(&s).cloned() else {
+                    let Some(pool) = o.core().server_pool(&s).cloned() else {
                         return false;
                     };
                     cams.iter()
-                        .any(|c| o.core.holder(&pool.key, c).is_some_and(|h| h != s))
+                        .any(|c| o.core().holder(&pool.key, c).is_some_and(|h| h != s))
                 })
                 .await
                 .map_err(closed)?;
@@ -377,7 +396,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
         let (s, w) = (server, waiting);
         let second = self
             .core
-            .call(move |o| o.core.checkout(o.now, &s, key.as_deref(), &w, true))
+            .call(move |o| {
+                let c = Command::Checkout {
+                    server: s,
+                    key,
+                    items: w,
+                    after_wait: true,
+                };
+                outcome!(o.execute(c), Outcome::Checkout(a) => a)
+            })
             .await
             .map_err(closed)??;
         for (camera, outcome) in second.outcomes {

@@ -11,8 +11,9 @@ pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use conn::ACK_WAIT;
 pub use owner::{CoreHandle, Owner, Session, ShuttingDown};
 
-use crate::core::{Core, Timestamp};
+use crate::core::{Command, Core, Outcome, Timestamp};
 use crate::key::{demo_key, demo_vendor, SignedKey};
+use crate::store::Store;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -63,6 +64,10 @@ pub enum DaemonError {
     },
     #[error("the demo key did not verify: {0}")]
     DemoKey(String),
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("cannot start: {0}")]
+    Startup(String),
 }
 
 /// What every connection may tell about this daemon.
@@ -96,18 +101,28 @@ impl Daemon {
         ensure_private_dir(&config.state_dir).map_err(state_err)?;
         let daemon_id =
             load_or_create_id(&config.state_dir.join("daemon-id")).map_err(state_err)?;
+        let (store, loaded) = Store::open(&config.state_dir)?;
+        tracing::info!(
+            state_dir = %config.state_dir.display(),
+            replayed = loaded.replayed,
+            servers = loaded.core.server_count(),
+            "state loaded"
+        );
+        // Time resumes from the last persisted instant if the wall clock is behind it.
+        let clock = crate::clock::floored(clock, loaded.hwm);
         let now = clock.now();
-        let mut core = Core::new();
-        if config.demo {
+        let demo_key = if config.demo {
             let vendor = demo_vendor();
             let file = vendor
                 .issue(&demo_key(now))
                 .map_err(|e| DaemonError::DemoKey(e.to_string()))?;
             let key = SignedKey::verify(&file, &[vendor.public()])
                 .map_err(|e| DaemonError::DemoKey(e.to_string()))?;
-            core.install_key(now, key.document, true)
-                .map_err(|e| DaemonError::DemoKey(e.to_string()))?;
-        }
+            (!loaded.core.has_key(&key.document.key_id)).then_some(key.document)
+        } else {
+            None
+        };
+        let core = loaded.core;
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -136,7 +151,25 @@ impl Daemon {
             started_at: now,
         });
         let shutdown = CancellationToken::new();
-        let (handle, owner) = owner::spawn(core, clock, shutdown.child_token());
+        let (handle, owner) = owner::spawn(core, store, clock, shutdown.child_token());
+        // Mark the restart in the log before anything else, durably.
+        handle
+            .execute(Command::Restarted)
+            .await
+            .map_err(|e| DaemonError::Startup(e.to_string()))?;
+        if let Some(document) = demo_key {
+            match handle
+                .execute(Command::InstallKey {
+                    document,
+                    demo: true,
+                })
+                .await
+            {
+                Ok(Outcome::Refused(r)) => return Err(DaemonError::DemoKey(r.to_string())),
+                Ok(_) => {}
+                Err(e) => return Err(DaemonError::DemoKey(e.to_string())),
+            }
+        }
         let tasks = vec![
             tokio::spawn(accept_loop(
                 listener,

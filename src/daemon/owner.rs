@@ -1,26 +1,41 @@
 //! The one task that owns the allocation core. Connection tasks send it jobs over a
-//! bounded channel; it drains every job waiting, applies them in order, commits once,
-//! then answers them all (group commit). It also logs the core's events and pushes
-//! revocations to the holders' live connections.
+//! bounded channel; it drains every job waiting, applies them in order, commits the
+//! batch to the store once, then answers them all (group commit). Nothing is answered
+//! before the store holds it; if a commit fails, every job of the batch is answered with
+//! the failure and the core is rebuilt from what is durable. It also logs the core's
+//! events, audits them, and pushes revocations to the holders' live connections.
 
 use crate::clock::Clock;
-use crate::core::{Core, Event, ReleaseReason, Timestamp};
-use crate::proto::Push;
-use std::collections::HashMap;
+use crate::core::{Command, Core, Event, Outcome, Refusal, ReleaseReason, Timestamp};
+use crate::proto::{AuditHead, Push};
+use crate::store::{audit, AuditEntry, BatchRecord, Store};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
-/// Jobs waiting at most this many per batch, so one flood cannot starve the timers.
+/// Jobs taken per batch at most, so one flood cannot starve the timers.
 const MAX_BATCH: usize = 1024;
 const CHANNEL_DEPTH: usize = 4096;
+/// In-memory renewals are made durable at least this often (well inside any key's
+/// heartbeat interval, as the Restart rule asks).
+const RENEWAL_PERSIST_MS: u64 = 1_000;
+/// Refusals are audited as one line per server and reason per this interval.
+const REFUSAL_AUDIT_MS: u64 = 60_000;
 
-type Reply = Box<dyn FnOnce() + Send>;
+type Reply = Box<dyn FnOnce(Option<String>) + Send>;
 type Job = Box<dyn FnOnce(&mut Owner) -> Reply + Send>;
 
-#[derive(Debug, thiserror::Error)]
-#[error("the daemon is shutting down")]
-pub struct ShuttingDown;
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum CallError {
+    #[error("the daemon is shutting down")]
+    ShuttingDown,
+    #[error("the change was not saved, so it was not made: {0}")]
+    NotPersisted(String),
+}
+
+/// Kept for callers that only care that the daemon is going away.
+pub type ShuttingDown = CallError;
 
 /// A live connection of an enrolled server.
 #[derive(Debug)]
@@ -33,10 +48,23 @@ pub struct Session {
 
 /// What the task that owns the core holds.
 pub struct Owner {
-    pub core: Core,
+    core: Core,
     /// The instant of the batch being applied: every job of a batch sees the same one.
     pub now: Timestamp,
     sessions: HashMap<String, Vec<Session>>,
+    store: Store,
+    /// Commands applied in this batch that go into the log.
+    pending: Vec<Command>,
+    durable: bool,
+    audit_head: AuditHead,
+    refusals: BTreeMap<(String, String), u64>,
+    refusals_since: Timestamp,
+    renewals_persisted_at: Timestamp,
+    /// The store failed and changes are refused until a commit succeeds again.
+    pub degraded: Option<String>,
+    /// The core may hold changes that were never committed: rebuild it before trusting it.
+    needs_reload: bool,
+    last_recovery_attempt: Timestamp,
 }
 
 impl std::fmt::Debug for Owner {
@@ -47,10 +75,78 @@ impl std::fmt::Debug for Owner {
     }
 }
 
+fn server_of(c: &Command) -> Option<&str> {
+    match c {
+        Command::Checkout { server, .. }
+        | Command::Release { server, .. }
+        | Command::Heartbeat { server, .. }
+        | Command::Sync { server, .. }
+        | Command::Acknowledge { server, .. } => Some(server),
+        _ => None,
+    }
+}
+
+fn refusal_code(r: &Refusal) -> String {
+    let s = format!("{r:?}");
+    s.split([' ', '{', '(']).next().unwrap_or("").to_string()
+}
+
 impl Owner {
+    pub fn core(&self) -> &Core {
+        &self.core
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn audit_head(&self) -> AuditHead {
+        self.audit_head
+    }
+
+    /// Applies a command to the core and notes it for the batch's log record. While the
+    /// store fails, changes are refused unapplied; heartbeats and sessions go on in memory.
+    pub fn execute(&mut self, command: Command) -> Outcome {
+        if let Some(reason) = &self.degraded {
+            if command.must_be_durable() {
+                return Outcome::Refused(Refusal::Unavailable {
+                    reason: format!("the state store cannot be written ({reason})"),
+                });
+            }
+        }
+        let server = server_of(&command).map(str::to_string);
+        if command.is_logged() && self.degraded.is_none() {
+            self.pending.push(command.clone());
+        }
+        self.durable |= command.must_be_durable();
+        let out = self.core.apply(self.now, command);
+        if let Some(server) = server {
+            let mut note = |r: &Refusal| {
+                *self
+                    .refusals
+                    .entry((server.clone(), refusal_code(r)))
+                    .or_insert(0) += 1;
+            };
+            match &out {
+                Outcome::Refused(r) => note(r),
+                Outcome::Checkout(a) => {
+                    for (_, o) in &a.outcomes {
+                        if let crate::core::CameraOutcome::Refused(r) = o {
+                            note(r);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
     /// Registers a live connection for `server`: revocations are pushed to it.
     pub fn open_session(&mut self, server: &str, session: Session) {
-        self.core.session_opened(self.now, server);
+        self.execute(Command::SessionOpened {
+            server: server.to_string(),
+        });
         self.sessions
             .entry(server.to_string())
             .or_default()
@@ -61,11 +157,14 @@ impl Owner {
         if let Some(v) = self.sessions.get_mut(server) {
             let before = v.len();
             v.retain(|s| s.conn != conn);
-            if v.len() < before {
-                self.core.session_closed(self.now, server);
-            }
+            let closed = v.len() < before;
             if v.is_empty() {
                 self.sessions.remove(server);
+            }
+            if closed {
+                self.execute(Command::SessionClosed {
+                    server: server.to_string(),
+                });
             }
         }
     }
@@ -90,8 +189,8 @@ pub struct CoreHandle {
 }
 
 impl CoreHandle {
-    /// Runs `f` on the core in the owner task; the answer comes after the batch commits.
-    pub async fn call<R, F>(&self, f: F) -> Result<R, ShuttingDown>
+    /// Runs `f` in the owner task; the answer comes after the batch is committed.
+    pub async fn call<R, F>(&self, f: F) -> Result<R, CallError>
     where
         R: Send + 'static,
         F: FnOnce(&mut Owner) -> R + Send + 'static,
@@ -99,18 +198,31 @@ impl CoreHandle {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |owner: &mut Owner| {
             let r = f(owner);
-            Box::new(move || {
-                let _ = tx.send(r);
+            Box::new(move |failure: Option<String>| {
+                let _ = tx.send(match failure {
+                    None => Ok(r),
+                    Some(e) => Err(CallError::NotPersisted(e)),
+                });
             })
         });
-        self.tx.send(job).await.map_err(|_| ShuttingDown)?;
-        rx.await.map_err(|_| ShuttingDown)
+        self.tx
+            .send(job)
+            .await
+            .map_err(|_| CallError::ShuttingDown)?;
+        rx.await.map_err(|_| CallError::ShuttingDown)?
+    }
+
+    /// Applies one command and returns its outcome once committed.
+    pub async fn execute(&self, command: Command) -> Result<Outcome, CallError> {
+        self.call(move |o| o.execute(command)).await
     }
 }
 
-/// Starts the owner task. It ends when `shutdown` fires and the jobs queued are done.
+/// Starts the owner task. It ends when `shutdown` fires and the jobs queued are done,
+/// and hands back the core and the store (after a final snapshot).
 pub fn spawn(
     core: Core,
+    store: Store,
     clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
 ) -> (CoreHandle, tokio::task::JoinHandle<Core>) {
@@ -120,10 +232,21 @@ pub fn spawn(
         tx,
         acks: acks.clone(),
     };
+    let now = clock.now();
     let owner = Owner {
         core,
-        now: clock.now(),
+        now,
         sessions: HashMap::new(),
+        audit_head: store.head(),
+        store,
+        pending: Vec::new(),
+        durable: false,
+        refusals: BTreeMap::new(),
+        refusals_since: now,
+        renewals_persisted_at: now,
+        degraded: None,
+        needs_reload: false,
+        last_recovery_attempt: now,
     };
     let task = tokio::spawn(run(owner, rx, clock, acks, shutdown));
     (handle, task)
@@ -136,7 +259,7 @@ async fn run(
     acks: Arc<Notify>,
     shutdown: CancellationToken,
 ) -> Core {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch: Vec<Job> = Vec::new();
     loop {
@@ -162,36 +285,182 @@ async fn run(
         }
         apply(&mut owner, &mut batch, &clock, &acks);
     }
+    persist_renewals(&mut owner, true);
+    if let Err(e) = owner.store.snapshot(&owner.core) {
+        tracing::warn!(
+            "could not write a snapshot at shutdown (the log still holds everything): {e}"
+        );
+    }
     owner.core
 }
 
+/// While the store fails, tries once a second to reopen it, rebuild the core from what is
+/// durable, and write again.
+fn try_recover(owner: &mut Owner) {
+    if owner.degraded.is_none() || owner.now.since(owner.last_recovery_attempt) < 1_000 {
+        return;
+    }
+    owner.last_recovery_attempt = owner.now;
+    if owner.needs_reload {
+        match owner.store.reload() {
+            Ok(core) => {
+                owner.core = core;
+                owner.needs_reload = false;
+            }
+            Err(e) => {
+                owner.degraded = Some(e.to_string());
+                return;
+            }
+        }
+    }
+    let probe = AuditEntry {
+        action: "store_recovered".into(),
+        detail: format!(
+            "writes failed: {}",
+            owner.degraded.clone().unwrap_or_default()
+        ),
+        ..AuditEntry::default()
+    };
+    let record = BatchRecord {
+        now: owner.now,
+        commands: Vec::new(),
+    };
+    match owner.store.commit(&record, vec![probe], true) {
+        Ok(head) => {
+            owner.audit_head = head;
+            let was = owner.degraded.take().unwrap_or_default();
+            tracing::warn!("the state store accepts writes again (it failed: {was})");
+            // The rebuilt core knows no live connection; tell it of the ones still open.
+            let live: Vec<(String, usize)> = owner
+                .sessions
+                .iter()
+                .map(|(k, v)| (k.clone(), v.len()))
+                .collect();
+            for (server, n) in live {
+                for _ in 0..n {
+                    owner.execute(Command::SessionOpened {
+                        server: server.clone(),
+                    });
+                }
+            }
+        }
+        Err(e) => owner.degraded = Some(e.to_string()),
+    }
+}
+
 fn apply(owner: &mut Owner, batch: &mut Vec<Job>, clock: &Arc<dyn Clock>, acks: &Notify) {
-    owner.now = clock.now();
-    owner.core.advance(owner.now);
+    owner.now = clock.now().max(owner.now);
+    try_recover(owner);
+    if owner.now >= owner.core.next_deadline() {
+        owner.execute(Command::Advance);
+    }
     let replies: Vec<Reply> = batch.drain(..).map(|job| job(owner)).collect();
-    let acknowledged = dispatch_events(owner);
-    // Commit point. With no store yet, memory is the record, so renewals count as
-    // persisted at once; the Durability issue moves this after the store's commit.
-    owner.core.renewals_persisted(owner.now);
+    let events = owner.core.drain_events();
+    let mut audit: Vec<AuditEntry> = events.iter().map(audit::entry_for).collect();
+    if owner.now.since(owner.refusals_since) >= REFUSAL_AUDIT_MS && !owner.refusals.is_empty() {
+        for ((server, code), n) in std::mem::take(&mut owner.refusals) {
+            audit.push(AuditEntry {
+                action: "refused".into(),
+                server_id: Some(server),
+                detail: format!("{code} x{n} since {}", owner.refusals_since),
+                ..AuditEntry::default()
+            });
+        }
+        owner.refusals_since = owner.now;
+    }
+    let commands = std::mem::take(&mut owner.pending);
+    let durable = std::mem::replace(&mut owner.durable, false);
+    let mut failure = None;
+    if owner.degraded.is_some() {
+        // Nothing is written while the store fails; what happened in memory (renewals,
+        // sessions, time passing) is rebuilt from the store when it recovers.
+        audit.clear();
+    }
+    if !commands.is_empty() || !audit.is_empty() {
+        let record = BatchRecord {
+            now: owner.now,
+            commands,
+        };
+        if let Err(e) = owner.store.commit(&record, audit, durable) {
+            failure = Some(e.to_string());
+        } else {
+            owner.audit_head = owner.store.head();
+        }
+    }
+    if let Some(reason) = &failure {
+        // Nothing of this batch may be acknowledged: rebuild the core from the store.
+        tracing::error!(reason = %reason, "COMMIT FAILED: this batch's changes are refused; leases go on being renewed in memory");
+        owner.degraded = Some(reason.clone());
+        owner.last_recovery_attempt = owner.now;
+        match owner.store.reload() {
+            Ok(core) => owner.core = core,
+            Err(e) => {
+                tracing::error!("cannot reload the state store yet: {e}");
+                owner.needs_reload = true;
+            }
+        }
+        for reply in replies {
+            reply(Some(reason.clone()));
+        }
+        return;
+    }
+    let acknowledged = dispatch_events(owner, events);
     for reply in replies {
-        reply();
+        reply(None);
     }
     if acknowledged {
         acks.notify_waiters();
     }
+    persist_renewals(owner, false);
+    if owner.store.wants_snapshot() {
+        if let Err(e) = owner.store.snapshot(&owner.core) {
+            tracing::warn!("snapshot failed (the log still holds everything): {e}");
+        }
+    }
+}
+
+/// Makes in-memory renewals durable, at most once per `RENEWAL_PERSIST_MS` unless forced.
+fn persist_renewals(owner: &mut Owner, force: bool) {
+    if owner.degraded.is_some() || !owner.core.has_unpersisted_renewals() {
+        return;
+    }
+    if !force && owner.now.since(owner.renewals_persisted_at) < RENEWAL_PERSIST_MS {
+        return;
+    }
+    let renewals = owner.core.pending_renewals();
+    let command = Command::RenewalsPersisted { renewals };
+    let record = BatchRecord {
+        now: owner.now,
+        commands: vec![command.clone()],
+    };
+    match owner.store.commit(&record, Vec::new(), true) {
+        Ok(_) => {
+            owner.core.apply(owner.now, command);
+            owner.renewals_persisted_at = owner.now;
+        }
+        Err(e) => {
+            // Renewals stay in memory; answers keep counting valid_for from the last
+            // persisted renewal, so clients' deadlines shrink instead of outliving it.
+            tracing::error!("cannot persist renewals: {e}");
+            owner.degraded = Some(e.to_string());
+            owner.renewals_persisted_at = owner.now;
+            owner.last_recovery_attempt = owner.now;
+            // The failed transaction may have closed the database: reopen before use.
+            owner.needs_reload = true;
+        }
+    }
 }
 
 /// Logs every event and pushes revocations; returns whether a holder acknowledged.
-fn dispatch_events(owner: &mut Owner) -> bool {
+fn dispatch_events(owner: &mut Owner, events: Vec<Event>) -> bool {
     let mut acknowledged = false;
-    for event in owner.core.drain_events() {
+    for event in events {
         super::log::event(&event);
         match event {
             Event::RevocationIssued {
                 server,
                 camera,
                 epoch,
-                reason,
                 ..
             } => {
                 let rev = owner
@@ -201,14 +470,6 @@ fn dispatch_events(owner: &mut Owner) -> bool {
                     .find(|r| r.camera == camera && r.epoch == epoch);
                 if let Some(rev) = rev {
                     owner.push(&server, Push::Revoke(rev));
-                } else {
-                    tracing::debug!(
-                        server,
-                        camera,
-                        epoch,
-                        reason = reason.as_str(),
-                        "revocation already settled"
-                    );
                 }
             }
             Event::Forgotten { server } => {

@@ -3,6 +3,7 @@
 //! `docs/ADMIN-API.md` lists every request and answer.
 
 use crate::core::{CameraView, KeyView, PoolView, ServerView, Timestamp};
+use crate::proto::AuditHead;
 use serde::{Deserialize, Serialize};
 
 /// The longest request line the daemon reads.
@@ -45,6 +46,12 @@ pub enum AdminRequest {
         key: Option<String>,
         force: bool,
     },
+    /// Audit records from `since` (all when absent), with the chain's head.
+    Audit {
+        since: Option<Timestamp>,
+    },
+    /// A consistent backup of the state, without the daemon identity's private key.
+    Backup,
 }
 
 /// The answer line: exactly one of `ok` or `error`.
@@ -68,6 +75,10 @@ pub struct Status {
     pub servers_live: u64,
     pub cameras: u64,
     pub keys: Vec<KeyView>,
+    pub audit_head: AuditHead,
+    /// Set while the state store refuses writes (disk full, not writable): changes are
+    /// refused, leases are renewed in memory.
+    pub store_error: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,4 +115,17 @@ pub struct KickResult {
     pub forgotten: bool,
     pub kept_newly_added: Vec<String>,
     pub revoking: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditExport {
+    pub head: AuditHead,
+    pub records: Vec<crate::store::AuditRecord>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupFile {
+    pub taken_at: Timestamp,
+    /// The backup file's bytes, base64.
+    pub data: String,
 }

@@ -94,7 +94,10 @@ pub enum Response {
     },
     Checkout(CheckoutAnswer),
     Released(Vec<(String, Option<Refusal>)>),
-    Heartbeat(HeartbeatAnswer),
+    Heartbeat {
+        answer: HeartbeatAnswer,
+        audit: AuditHead,
+    },
     Synced(SyncAnswer),
     Acknowledged {
         seat_returned: bool,
@@ -111,4 +114,55 @@ pub enum Response {
 pub enum Push {
     /// Stop recording the camera, then send `Acknowledge`.
     Revoke(Revocation),
+}
+
+/// The audit chain's head: how many records, and the last one's hash. Every heartbeat
+/// answer carries it; a later head that does not extend an earlier one proves tampering.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditHead {
+    pub count: u64,
+    #[serde(with = "hex32")]
+    pub hash: [u8; 32],
+}
+
+impl AuditHead {
+    pub const EMPTY: AuditHead = AuditHead {
+        count: 0,
+        hash: [0; 32],
+    };
+}
+
+impl std::fmt::Display for AuditHead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let h: String = self.hash.iter().map(|x| format!("{x:02x}")).collect();
+        write!(f, "{} records, head {h}", self.count)
+    }
+}
+
+/// 32-byte hashes: hex text in JSON, raw bytes in postcard.
+pub(crate) mod hex32 {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.serialize_str(&v.iter().map(|x| format!("{x:02x}")).collect::<String>())
+        } else {
+            serde::Serialize::serialize(v, s)
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        if d.is_human_readable() {
+            let s = String::deserialize(d)?;
+            let mut out = [0u8; 32];
+            if s.len() != 64 {
+                return Err(serde::de::Error::custom("a hash is 64 hex digits"));
+            }
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16)
+                    .map_err(serde::de::Error::custom)?;
+            }
+            Ok(out)
+        } else {
+            <[u8; 32]>::deserialize(d)
+        }
+    }
 }

@@ -1,0 +1,264 @@
+//! Every change to the core as a value: `Core::apply(now, command) -> Outcome`. The
+//! daemon logs each batch of commands with its instant before answering, so replaying
+//! the log over the last snapshot rebuilds exactly the state that was acknowledged.
+
+use super::{
+    CheckoutAnswer, CheckoutItem, Core, EnrolRequest, Enrolment, FreeOutcome, HeartbeatAnswer,
+    KickOutcome, PoolId, Refusal, ReleaseOutcomes, SyncAnswer, Timestamp,
+};
+use crate::key::KeyDocument;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    InstallKey {
+        document: KeyDocument,
+        demo: bool,
+    },
+    CreateCode {
+        pool: PoolId,
+        code: String,
+    },
+    Enrol {
+        request: EnrolRequestRecord,
+    },
+    SessionOpened {
+        server: String,
+    },
+    SessionClosed {
+        server: String,
+    },
+    Checkout {
+        server: String,
+        key: Option<String>,
+        items: Vec<CheckoutItem>,
+        after_wait: bool,
+    },
+    Release {
+        server: String,
+        cameras: Vec<String>,
+    },
+    Heartbeat {
+        server: String,
+        digest: [u8; 32],
+    },
+    Sync {
+        server: String,
+        claimed: Vec<(String, u64)>,
+    },
+    Acknowledge {
+        server: String,
+        camera: String,
+        epoch: u64,
+    },
+    Free {
+        key: Option<String>,
+        camera: String,
+        force: bool,
+    },
+    Kick {
+        server: String,
+        force: bool,
+    },
+    MoveServer {
+        server: String,
+        pool: PoolId,
+    },
+    RenameServer {
+        server: String,
+        name: String,
+    },
+    /// These renewals (server, renewed at) are durable now. Heartbeats themselves are not
+    /// logged: they renew in memory, and this record makes their effect durable.
+    RenewalsPersisted {
+        renewals: Vec<(String, Timestamp)>,
+    },
+    /// Time passes: reservations end, entries expire.
+    Advance,
+    /// The daemon started: no connection is open any more, so every server is silent and
+    /// move requests waiting for live holders are withdrawn. Logged first by every daemon
+    /// start, so a replay across several restarts sees each one.
+    Restarted,
+}
+
+/// `EnrolRequest` as logged (the same fields; a separate type keeps the core's API free
+/// of serde concerns).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrolRequestRecord {
+    pub code: String,
+    pub name: String,
+    pub version: String,
+    pub server_id: String,
+    pub credential: Vec<u8>,
+    pub existing: Option<String>,
+}
+
+impl From<EnrolRequest> for EnrolRequestRecord {
+    fn from(r: EnrolRequest) -> Self {
+        EnrolRequestRecord {
+            code: r.code,
+            name: r.name,
+            version: r.version,
+            server_id: r.server_id,
+            credential: r.credential,
+            existing: r.existing,
+        }
+    }
+}
+
+impl From<EnrolRequestRecord> for EnrolRequest {
+    fn from(r: EnrolRequestRecord) -> Self {
+        EnrolRequest {
+            code: r.code,
+            name: r.name,
+            version: r.version,
+            server_id: r.server_id,
+            credential: r.credential,
+            existing: r.existing,
+        }
+    }
+}
+
+impl Command {
+    /// Whether the command goes into the log. Heartbeats do not: they only renew in
+    /// memory, and `RenewalsPersisted` records their effect in batches.
+    pub fn is_logged(&self) -> bool {
+        !matches!(self, Command::Heartbeat { .. })
+    }
+
+    /// Whether its answer must wait for a durable commit. Session changes and the
+    /// passage of time need not: sessions all end in a restart, and time is replayed.
+    pub fn must_be_durable(&self) -> bool {
+        !matches!(
+            self,
+            Command::Heartbeat { .. }
+                | Command::SessionOpened { .. }
+                | Command::SessionClosed { .. }
+                | Command::Advance
+        )
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Done,
+    CodeCreated { expires_at: Timestamp },
+    Enrolled(Enrolment),
+    Checkout(CheckoutAnswer),
+    Released(ReleaseOutcomes),
+    Heartbeat(HeartbeatAnswer),
+    Synced(SyncAnswer),
+    Acknowledged { seat_returned: bool },
+    Freed(FreeOutcome),
+    Kicked(KickOutcome),
+    Refused(Refusal),
+}
+
+fn from<T>(r: Result<T, Refusal>, f: impl FnOnce(T) -> Outcome) -> Outcome {
+    match r {
+        Ok(v) => f(v),
+        Err(e) => Outcome::Refused(e),
+    }
+}
+
+impl Core {
+    /// Applies one command at `now`. Deterministic: the same commands at the same
+    /// instants from the same state give the same state and outcomes.
+    pub fn apply(&mut self, now: Timestamp, command: Command) -> Outcome {
+        match command {
+            Command::InstallKey { document, demo } => {
+                from(self.install_key(now, document, demo), |_| Outcome::Done)
+            }
+            Command::CreateCode { pool, code } => {
+                from(self.create_code(now, &pool, &code), |expires_at| {
+                    Outcome::CodeCreated { expires_at }
+                })
+            }
+            Command::Enrol { request } => from(self.enrol(now, request.into()), Outcome::Enrolled),
+            Command::SessionOpened { server } => {
+                self.session_opened(now, &server);
+                Outcome::Done
+            }
+            Command::SessionClosed { server } => {
+                self.session_closed(now, &server);
+                Outcome::Done
+            }
+            Command::Checkout {
+                server,
+                key,
+                items,
+                after_wait,
+            } => from(
+                self.checkout(now, &server, key.as_deref(), &items, after_wait),
+                Outcome::Checkout,
+            ),
+            Command::Release { server, cameras } => {
+                from(self.release(now, &server, &cameras), Outcome::Released)
+            }
+            Command::Heartbeat { server, digest } => {
+                from(self.heartbeat(now, &server, &digest), Outcome::Heartbeat)
+            }
+            Command::Sync { server, claimed } => {
+                from(self.sync(now, &server, &claimed), Outcome::Synced)
+            }
+            Command::Acknowledge {
+                server,
+                camera,
+                epoch,
+            } => from(
+                self.acknowledge(now, &server, &camera, epoch),
+                |seat_returned| Outcome::Acknowledged { seat_returned },
+            ),
+            Command::Free { key, camera, force } => from(
+                self.free(now, key.as_deref(), &camera, force),
+                Outcome::Freed,
+            ),
+            Command::Kick { server, force } => {
+                from(self.kick(now, &server, force), Outcome::Kicked)
+            }
+            Command::MoveServer { server, pool } => {
+                from(self.move_server(now, &server, &pool), |_| Outcome::Done)
+            }
+            Command::RenameServer { server, name } => {
+                from(self.rename_server(now, &server, &name), |_| Outcome::Done)
+            }
+            Command::RenewalsPersisted { renewals } => {
+                self.advance(now);
+                self.apply_persisted_renewals(&renewals);
+                Outcome::Done
+            }
+            Command::Advance => {
+                self.advance(now);
+                Outcome::Done
+            }
+            Command::Restarted => {
+                self.reset_sessions();
+                Outcome::Done
+            }
+        }
+    }
+}
+
+impl Outcome {
+    /// The refusal inside, if this outcome is one.
+    pub fn refusal(&self) -> Option<&Refusal> {
+        match self {
+            Outcome::Refused(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+/// Takes the expected variant out of an `Outcome`, or its refusal.
+#[macro_export]
+macro_rules! outcome {
+    ($value:expr, $pattern:pat => $out:expr) => {
+        match $value {
+            $pattern => Ok($out),
+            $crate::core::Outcome::Refused(r) => Err(r),
+            other => Err($crate::core::Refusal::BadRequest {
+                reason: format!("internal: unexpected outcome {other:?}"),
+            }),
+        }
+    };
+}

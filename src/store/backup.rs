@@ -1,0 +1,83 @@
+//! Backups: a consistent copy of the state (the core, the audit chain, the time
+//! high-water mark) taken while the daemon runs, and restoring one into a state
+//! directory. The daemon identity never travels in a backup; a restore keeps the identity
+//! already in the target directory and the newer high-water mark.
+
+use super::audit::{self, AuditRecord};
+use super::{fail, Store, StoreError, AUDIT, LOG, META, SNAPSHOT};
+use crate::core::{Core, Timestamp};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+const MAGIC: &[u8; 16] = b"netkey backup v1";
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Backup {
+    pub schema: u32,
+    pub taken_at: Timestamp,
+    pub hwm: Timestamp,
+    pub core: Core,
+    pub audit: Vec<AuditRecord>,
+}
+
+impl Backup {
+    pub fn take(store: &Store, core: &Core, now: Timestamp) -> Result<Backup, StoreError> {
+        Ok(Backup {
+            schema: super::SCHEMA,
+            taken_at: now,
+            hwm: store.hwm().max(now),
+            core: core.clone(),
+            audit: store.audit_records(None)?,
+        })
+    }
+
+    pub fn to_bytes(&self) -> Result<Vec<u8>, StoreError> {
+        let mut out = MAGIC.to_vec();
+        out.extend(postcard::to_allocvec(self).map_err(fail)?);
+        Ok(out)
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Backup, StoreError> {
+        let body = bytes
+            .strip_prefix(MAGIC.as_slice())
+            .ok_or_else(|| StoreError::Corrupt("not a netkey backup file".into()))?;
+        let b: Backup = postcard::from_bytes(body)
+            .map_err(|e| StoreError::Corrupt(format!("backup file: {e}")))?;
+        if b.schema > super::SCHEMA {
+            return Err(StoreError::NewerSchema { found: b.schema });
+        }
+        audit::verify(&b.audit, None)
+            .map_err(|e| StoreError::Corrupt(format!("backup audit log: {e}")))?;
+        Ok(b)
+    }
+
+    /// Replaces the state in `dir` with this backup. The high-water mark becomes the newer
+    /// of the backup's and the directory's.
+    pub fn restore_into(&self, dir: &Path) -> Result<Timestamp, StoreError> {
+        let (store, _) = Store::open(dir)?;
+        let hwm = store.hwm().max(self.hwm);
+        let bytes = postcard::to_allocvec(&self.core).map_err(fail)?;
+        let tx = store.db_for_restore()?.begin_write().map_err(fail)?;
+        {
+            let mut snap = tx.open_table(SNAPSHOT).map_err(fail)?;
+            snap.retain(|_, _| false).map_err(fail)?;
+            snap.insert(0, bytes.as_slice()).map_err(fail)?;
+            tx.open_table(LOG)
+                .map_err(fail)?
+                .retain(|_, _| false)
+                .map_err(fail)?;
+            let mut table = tx.open_table(AUDIT).map_err(fail)?;
+            table.retain(|_, _| false).map_err(fail)?;
+            for r in &self.audit {
+                let rb = postcard::to_allocvec(r).map_err(fail)?;
+                table.insert(r.index, rb.as_slice()).map_err(fail)?;
+            }
+            tx.open_table(META)
+                .map_err(fail)?
+                .insert("hwm", hwm.0.to_le_bytes().as_slice())
+                .map_err(fail)?;
+        }
+        tx.commit().map_err(fail)?;
+        Ok(hwm)
+    }
+}

@@ -1,0 +1,380 @@
+//! Durable state under the state directory, in redb: a log of command batches over the
+//! last snapshot of the core, and the hash-chained audit log. A batch is committed before
+//! any of its answers go out (group commit); replaying the log over the snapshot rebuilds
+//! exactly the acknowledged state (invariant 4). redb commits are atomic and, with
+//! `Durability::Immediate`, fsynced before `commit` returns; non-durable commits are
+//! only for session changes and time passing, which a crash may lose harmlessly.
+
+pub mod audit;
+mod backup;
+
+pub use audit::{AuditEntry, AuditError, AuditHead, AuditRecord};
+pub use backup::Backup;
+
+use crate::core::{Command, Core, Timestamp};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// The on-disk schema this build writes. Older ones migrate; newer ones are refused.
+pub const SCHEMA: u32 = 1;
+/// Snapshot after this many log records, so restarts replay little.
+const SNAPSHOT_EVERY: u64 = 20_000;
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const SNAPSHOT: TableDefinition<u64, &[u8]> = TableDefinition::new("snapshot");
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("another netkeyd already uses the state directory {0} (its lock file is held)")]
+    Locked(PathBuf),
+    #[error("state directory {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the state store: {0}")]
+    Db(String),
+    #[error("the state directory was written by a newer netkeyd (schema {found}; this one reads up to {SCHEMA}); upgrade netkeyd or restore a backup")]
+    NewerSchema { found: u32 },
+    #[error("the state store is damaged: {0}")]
+    Corrupt(String),
+}
+
+fn fail<E: std::fmt::Display>(e: E) -> StoreError {
+    StoreError::Db(e.to_string())
+}
+
+/// One committed batch: the instant and the commands applied at it, in order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchRecord {
+    pub now: Timestamp,
+    pub commands: Vec<Command>,
+}
+
+#[derive(Debug)]
+pub struct Store {
+    /// `None` after an I/O error closed it: redb refuses all work after one, so the next
+    /// `reload` reopens the file.
+    db: Option<Database>,
+    /// The database file, when the store is file-backed (it can be reopened).
+    file: Option<PathBuf>,
+    _lock: Option<File>,
+    dir: PathBuf,
+    next_seq: u64,
+    since_snapshot: u64,
+    head: AuditHead,
+    /// The latest instant ever committed: the wall-clock high-water mark.
+    hwm: Timestamp,
+}
+
+/// What `open` found.
+#[derive(Debug)]
+pub struct Loaded {
+    pub core: Core,
+    pub replayed: u64,
+    pub hwm: Timestamp,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`, holding `dir/lock` so no second daemon
+    /// uses the same state, and rebuilds the core from snapshot and log.
+    pub fn open(dir: &Path) -> Result<(Store, Loaded), StoreError> {
+        let io = |source| StoreError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("lock"))
+            .map_err(io)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Locked(dir.to_path_buf()))
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+        }
+        let file = dir.join("netkey.redb");
+        let db = Database::create(&file).map_err(fail)?;
+        let (mut store, loaded) = Self::finish_open(db, Some(lock), dir)?;
+        store.file = Some(file);
+        Ok((store, loaded))
+    }
+
+    /// Opens a store on any redb backend (the power-loss tests use one that forgets
+    /// unsynced writes).
+    pub fn open_backend(backend: impl redb::StorageBackend) -> Result<(Store, Loaded), StoreError> {
+        let db = redb::Builder::new()
+            .create_with_backend(backend)
+            .map_err(fail)?;
+        Self::finish_open(db, None, Path::new(""))
+    }
+
+    fn finish_open(
+        db: Database,
+        lock: Option<File>,
+        dir: &Path,
+    ) -> Result<(Store, Loaded), StoreError> {
+        let tx = db.begin_write().map_err(fail)?;
+        {
+            let mut meta = tx.open_table(META).map_err(fail)?;
+            let schema = meta
+                .get("schema")
+                .map_err(fail)?
+                .map(|v| read_u32(v.value()));
+            match schema {
+                None => {
+                    meta.insert("schema", SCHEMA.to_le_bytes().as_slice())
+                        .map_err(fail)?;
+                }
+                Some(found) if found > SCHEMA => return Err(StoreError::NewerSchema { found }),
+                Some(_) => {}
+            }
+            tx.open_table(SNAPSHOT).map_err(fail)?;
+            tx.open_table(LOG).map_err(fail)?;
+            tx.open_table(AUDIT).map_err(fail)?;
+        }
+        tx.commit().map_err(fail)?;
+
+        let (core, last_seq, replayed, head, hwm) = load(&db)?;
+        let store = Store {
+            db: Some(db),
+            file: None,
+            _lock: lock,
+            dir: dir.to_path_buf(),
+            next_seq: last_seq + 1,
+            since_snapshot: replayed,
+            head,
+            hwm,
+        };
+        Ok((
+            store,
+            Loaded {
+                core,
+                replayed,
+                hwm,
+            },
+        ))
+    }
+
+    /// Rebuilds the core from what is durable: after a failed commit the daemon drops
+    /// what it applied in memory and carries on from here.
+    pub fn reload(&mut self) -> Result<Core, StoreError> {
+        if let Some(file) = &self.file {
+            // Close first: redb will not open a file it still holds.
+            self.db = None;
+            self.db = Some(Database::create(file).map_err(fail)?);
+        }
+        let (core, last_seq, _, head, hwm) = load(self.db()?)?;
+        self.next_seq = last_seq + 1;
+        self.head = head;
+        self.hwm = hwm;
+        Ok(core)
+    }
+
+    fn db(&self) -> Result<&Database, StoreError> {
+        self.db
+            .as_ref()
+            .ok_or_else(|| StoreError::Db("the database is closed after an I/O error".into()))
+    }
+
+    pub(crate) fn db_for_restore(&self) -> Result<&Database, StoreError> {
+        self.db()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    pub fn head(&self) -> AuditHead {
+        self.head
+    }
+    pub fn hwm(&self) -> Timestamp {
+        self.hwm
+    }
+
+    /// Commits one batch and its audit entries atomically. With `durable`, the data is
+    /// on disk when this returns.
+    pub fn commit(
+        &mut self,
+        record: &BatchRecord,
+        audit: Vec<AuditEntry>,
+        durable: bool,
+    ) -> Result<AuditHead, StoreError> {
+        let bytes = postcard::to_allocvec(record).map_err(fail)?;
+        let mut tx = self.db()?.begin_write().map_err(fail)?;
+        tx.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })
+        .map_err(fail)?;
+        let mut head = self.head;
+        let hwm = self.hwm.max(record.now);
+        {
+            if !record.commands.is_empty() {
+                let mut log = tx.open_table(LOG).map_err(fail)?;
+                log.insert(self.next_seq, bytes.as_slice()).map_err(fail)?;
+            }
+            let mut table = tx.open_table(AUDIT).map_err(fail)?;
+            for entry in audit {
+                let r = audit::chain(head, record.now, entry);
+                let rb = postcard::to_allocvec(&r).map_err(fail)?;
+                table.insert(r.index, rb.as_slice()).map_err(fail)?;
+                head = AuditHead {
+                    count: r.index,
+                    hash: r.hash,
+                };
+            }
+            let mut meta = tx.open_table(META).map_err(fail)?;
+            meta.insert("hwm", hwm.0.to_le_bytes().as_slice())
+                .map_err(fail)?;
+        }
+        tx.commit().map_err(fail)?;
+        if !record.commands.is_empty() {
+            self.next_seq += 1;
+            self.since_snapshot += 1;
+        }
+        self.head = head;
+        self.hwm = hwm;
+        Ok(head)
+    }
+
+    pub fn wants_snapshot(&self) -> bool {
+        self.since_snapshot >= SNAPSHOT_EVERY
+    }
+
+    /// Writes the core as the new snapshot and drops the log it covers, in one durable
+    /// transaction.
+    pub fn snapshot(&mut self, core: &Core) -> Result<(), StoreError> {
+        let bytes = postcard::to_allocvec(core).map_err(fail)?;
+        let covered = self.next_seq - 1;
+        let tx = self.db()?.begin_write().map_err(fail)?;
+        {
+            let mut snap = tx.open_table(SNAPSHOT).map_err(fail)?;
+            snap.retain(|_, _| false).map_err(fail)?;
+            snap.insert(covered, bytes.as_slice()).map_err(fail)?;
+            let mut log = tx.open_table(LOG).map_err(fail)?;
+            log.retain(|k, _| k > covered).map_err(fail)?;
+        }
+        tx.commit().map_err(fail)?;
+        self.since_snapshot = 0;
+        Ok(())
+    }
+
+    /// Audit records from `since` (inclusive), oldest first.
+    pub fn audit_records(&self, since: Option<Timestamp>) -> Result<Vec<AuditRecord>, StoreError> {
+        let rx = self.db()?.begin_read().map_err(fail)?;
+        let table = rx.open_table(AUDIT).map_err(fail)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(fail)? {
+            let (k, v) = entry.map_err(fail)?;
+            let r: AuditRecord = postcard::from_bytes(v.value())
+                .map_err(|e| StoreError::Corrupt(format!("audit record {}: {e}", k.value())))?;
+            if since.is_none_or(|s| r.at >= s) {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Overwrites one audit record's bytes: only for tamper tests, which stand in for a
+    /// root user editing the database file.
+    #[doc(hidden)]
+    pub fn tamper_audit_record(
+        &mut self,
+        index: u64,
+        record: &AuditRecord,
+    ) -> Result<(), StoreError> {
+        let tx = self.db()?.begin_write().map_err(fail)?;
+        {
+            let mut table = tx.open_table(AUDIT).map_err(fail)?;
+            let rb = postcard::to_allocvec(record).map_err(fail)?;
+            table.insert(index, rb.as_slice()).map_err(fail)?;
+        }
+        tx.commit().map_err(fail)
+    }
+
+    /// Removes the audit records after `count`: for truncation tests.
+    #[doc(hidden)]
+    pub fn truncate_audit(&mut self, count: u64) -> Result<(), StoreError> {
+        let tx = self.db()?.begin_write().map_err(fail)?;
+        {
+            let mut table = tx.open_table(AUDIT).map_err(fail)?;
+            table.retain(|k, _| k <= count).map_err(fail)?;
+        }
+        tx.commit().map_err(fail)
+    }
+}
+
+/// Reads snapshot and log into a core; returns it with the last log sequence, how many
+/// records were replayed, the audit head and the high-water mark.
+fn load(db: &Database) -> Result<(Core, u64, u64, AuditHead, Timestamp), StoreError> {
+    let rx = db.begin_read().map_err(fail)?;
+    let meta = rx.open_table(META).map_err(fail)?;
+    let hwm = meta
+        .get("hwm")
+        .map_err(fail)?
+        .map(|v| Timestamp(read_u64(v.value())))
+        .unwrap_or_default();
+    let snap = rx.open_table(SNAPSHOT).map_err(fail)?;
+    let (mut core, snap_seq) = match snap.last().map_err(fail)? {
+        Some((k, v)) => {
+            let core: Core = postcard::from_bytes(v.value())
+                .map_err(|e| StoreError::Corrupt(format!("snapshot {}: {e}", k.value())))?;
+            (core, k.value())
+        }
+        None => (Core::new(), 0),
+    };
+    let log = rx.open_table(LOG).map_err(fail)?;
+    let mut replayed = 0;
+    let mut last_seq = snap_seq;
+    for entry in log.range(snap_seq + 1..).map_err(fail)? {
+        let (k, v) = entry.map_err(fail)?;
+        let record: BatchRecord = postcard::from_bytes(v.value())
+            .map_err(|e| StoreError::Corrupt(format!("log record {}: {e}", k.value())))?;
+        for command in record.commands {
+            core.apply(record.now, command);
+        }
+        last_seq = k.value();
+        replayed += 1;
+    }
+    core.reset_sessions();
+    core.drain_events();
+    let audit = rx.open_table(AUDIT).map_err(fail)?;
+    let head = match audit.last().map_err(fail)? {
+        Some((_, v)) => {
+            let r: AuditRecord = postcard::from_bytes(v.value())
+                .map_err(|e| StoreError::Corrupt(format!("audit record: {e}")))?;
+            AuditHead {
+                count: r.index,
+                hash: r.hash,
+            }
+        }
+        None => AuditHead::EMPTY,
+    };
+    Ok((core, last_seq, replayed, head, hwm))
+}
+
+fn read_u32(b: &[u8]) -> u32 {
+    let mut a = [0u8; 4];
+    let n = 4.min(b.len());
+    a[..n].copy_from_slice(&b[..n]);
+    u32::from_le_bytes(a)
+}
+
+fn read_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    let n = 8.min(b.len());
+    a[..n].copy_from_slice(&b[..n]);
+    u64::from_le_bytes(a)
+}
+
+#[cfg(test)]
+mod tests;
