@@ -328,3 +328,141 @@ fn backup_while_running_then_restore_elsewhere() {
     let servers = restored.json(&["server", "list"]);
     assert_eq!(servers[0]["name"], "A");
 }
+
+/// Whether this test may mount file systems. Elsewhere it says why it skips; under
+/// CI=true a skip is a failure.
+fn root_or_skip(test: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let root = std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false);
+    if !root {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{test} needs root (mount), and CI runs as root"
+        );
+        eprintln!("skipping {test}: it needs root to mount a small tmpfs / a read-only bind mount");
+    }
+    root
+}
+
+/// A mount that is undone when dropped.
+struct Mount(std::path::PathBuf);
+
+impl Mount {
+    fn run(args: &[&str]) {
+        let out = Command::new("mount").args(args).output().unwrap();
+        assert!(out.status.success(), "mount {args:?}: {}", stderr(&out));
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_refuses_changes_keeps_renewing_and_recovers() {
+    if !root_or_skip("a_full_disk_refuses_changes_keeps_renewing_and_recovers") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    Mount::run(&[
+        "-t",
+        "tmpfs",
+        "-o",
+        "size=8m",
+        "tmpfs",
+        mnt.to_str().unwrap(),
+    ]);
+    let _mount = Mount(mnt.clone());
+    let socket = dir.path().join("admin.sock");
+    let (child, addr) = spawn_demo(&mnt.join("state"), &socket);
+    let d = DaemonProcess {
+        child,
+        addr,
+        socket,
+        dir,
+    };
+    let code = d.code();
+    assert!(d
+        .client("a", &["enrol", &code, "--name", "A"])
+        .status
+        .success());
+    assert!(d.client("a", &["checkout", "c0"]).status.success());
+    // Fill the file system.
+    let filler = mnt.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+    }
+    // Changes are refused (not acknowledged) once the store cannot write; a few may
+    // still fit into pages the store already owns.
+    let mut refused = None;
+    for i in 1..2000 {
+        let out = d.client("a", &["checkout", &format!("c{}", i % 15 + 1)]);
+        let _ = d.client("a", &["release", &format!("c{}", i % 15 + 1)]);
+        if !out.status.success() {
+            refused = Some(stderr(&out));
+            break;
+        }
+    }
+    let why = refused.expect("a full disk never refused a change");
+    assert!(why.contains("cannot make changes now"), "{why}");
+    let status = d.json(&["status"]);
+    assert!(status["store_error"].is_string(), "{status}");
+    // Heartbeats go on: the client still reaches the daemon.
+    let st = d.client("a", &["--json", "status"]);
+    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap_or_default();
+    assert_eq!(
+        v["connected"],
+        true,
+        "{}",
+        String::from_utf8_lossy(&st.stdout)
+    );
+    // Space comes back: the daemon recovers by itself.
+    std::fs::remove_file(&filler).unwrap();
+    eventually("the store to accept writes again", || {
+        d.client("a", &["checkout", "c14"]).status.success()
+    });
+    assert!(d.json(&["status"])["store_error"].is_null());
+    assert!(d.ctl_ok(&["audit", "verify"]).contains("intact"));
+}
+
+#[test]
+fn a_read_only_state_directory_is_refused_with_a_clear_message() {
+    if !root_or_skip("a_read_only_state_directory_is_refused_with_a_clear_message") {
+        return;
+    }
+    let mut d = DaemonProcess::start_demo();
+    let state = d.state_dir();
+    d.stop();
+    Mount::run(&["--bind", state.to_str().unwrap(), state.to_str().unwrap()]);
+    let _mount = Mount(state.clone());
+    Mount::run(&["-o", "remount,bind,ro", state.to_str().unwrap()]);
+    let sock = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_netkeyd"))
+        .args(["--demo", "--listen", "127.0.0.1:0", "--log-level", "error"])
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--admin-socket")
+        .arg(sock.path().join("a.sock"))
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "started on a read-only state directory"
+    );
+    let why = stderr(&out);
+    assert!(
+        why.contains("Read-only file system") || why.contains("read-only"),
+        "{why}"
+    );
+    assert_eq!(why.trim().lines().count(), 1, "one line: {why}");
+}
