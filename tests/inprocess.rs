@@ -283,3 +283,64 @@ async fn live_holder_acknowledges_a_move_and_no_seat_is_spent() {
     task.await.unwrap().unwrap();
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_live_video_server_carries_on_through_a_daemon_restart_without_new_grants() {
+    let h = Harness::start().await;
+    let addr = h.daemon.local_addr();
+    let a = h.client("A").await;
+    let wanted = items(&["c1", "c2", "c3"]);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(VideoServer::new(a, wanted).run(tx, stop.clone()));
+    let mut epochs = Vec::new();
+    while epochs.len() < 3 {
+        if let ClientEvent::Granted {
+            epoch,
+            renewed: false,
+            ..
+        } = rx.recv().await.unwrap()
+        {
+            epochs.push(epoch);
+        }
+    }
+    // Stop the daemon and start it again on the same state directory and port.
+    let Harness { daemon, clock, dir } = h;
+    daemon.shutdown().await;
+    let config = Config {
+        listen: addr,
+        admin_socket: dir.path().join("admin.sock"),
+        state_dir: dir.path().join("state"),
+        demo: true,
+        no_broadcast: true,
+    };
+    let daemon = Daemon::start(config, clock.clone()).await.unwrap();
+    let h = Harness { daemon, clock, dir };
+    assert_eq!(
+        h.camera_use().await,
+        (3, 0),
+        "the leases survived the restart"
+    );
+    // The client reconnects and re-claims with its epochs: renewals, not new grants.
+    let mut renewed = 0;
+    while renewed < 3 {
+        match rx.recv().await.unwrap() {
+            ClientEvent::Granted {
+                renewed: true,
+                epoch,
+                ..
+            } => {
+                assert_eq!(epoch, 1);
+                renewed += 1;
+            }
+            ClientEvent::Granted { camera, .. } => {
+                panic!("{camera} was granted anew after the restart")
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(h.camera_use().await, (3, 0));
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    h.stop().await;
+}
