@@ -8,6 +8,7 @@
 //! - [`client`]: what a video server embeds.
 //! - [`clock`]: where "now" comes from: the system's monotonic clock, or a test's.
 
+pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod core;

@@ -1,46 +1,14 @@
 //! netkey-vendor: the vendor's tool. Makes signing keys, issues signed keys from a TOML
 //! spec, and verifies key files.
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use netkey::core::Timestamp;
 use netkey::key::{KeySpec, SignedKey, VendorKeyPair, VendorPublicKey};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::SystemTime;
 
-#[derive(Parser, Debug)]
-#[command(
-    name = "netkey-vendor",
-    version,
-    about = "Issue and verify netkey licence keys"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Make a vendor signing key pair: DIR/vendor.key (secret, mode 0600) and DIR/vendor.pub.
-    Keygen {
-        #[arg(long)]
-        out: PathBuf,
-    },
-    /// Sign a key spec (TOML) into a key file.
-    Issue {
-        spec: PathBuf,
-        #[arg(long)]
-        signing_key: PathBuf,
-        #[arg(long)]
-        out: PathBuf,
-    },
-    /// Check a key file's signature against a vendor public key and print what it grants.
-    Verify {
-        file: PathBuf,
-        #[arg(long)]
-        public_key: PathBuf,
-    },
-}
+use netkey::cli::vendor::*;
 
 fn main() -> ExitCode {
     match run(Cli::parse().command) {

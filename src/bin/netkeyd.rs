@@ -4,39 +4,9 @@
 use clap::Parser;
 use netkey::daemon::{Config, Daemon, SystemClock};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-#[derive(Parser, Debug)]
-#[command(
-    name = "netkeyd",
-    version,
-    about = "netkey floating-licence daemon (TCP and UDP port 1947)"
-)]
-struct Args {
-    /// Address and port for the licence protocol.
-    #[arg(long, default_value = "0.0.0.0:1947")]
-    listen: SocketAddr,
-    /// State directory (daemon identity, later the store).
-    #[arg(long, default_value = "/var/lib/netkey")]
-    state_dir: PathBuf,
-    /// Unix socket for netkeyctl (mode 0660).
-    #[arg(long, default_value = "/run/netkey/admin.sock")]
-    admin_socket: PathBuf,
-    /// Run with the built-in demo vendor and a DEMO network key (16 camera, 4 lpr).
-    #[arg(long)]
-    demo: bool,
-    /// Never send broadcast datagrams (discovery answers only).
-    #[arg(long)]
-    no_broadcast: bool,
-    /// Restore a backup (from `netkeyctl backup`) into --state-dir, then exit. The state
-    /// directory keeps its own daemon identity and the newer time high-water mark.
-    #[arg(long, value_name = "FILE")]
-    restore: Option<PathBuf>,
-    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
-    #[arg(long, default_value = "info")]
-    log_level: String,
-}
+use netkey::cli::netkeyd::Args;
 
 fn main() -> ExitCode {
     let args = Args::parse();

@@ -1,0 +1,6 @@
+//! The command lines of the three binaries, defined once (clap derive) and used by the
+//! binaries, the man pages and the shell completions.
+
+pub mod netkeyctl;
+pub mod netkeyd;
+pub mod vendor;

@@ -1,0 +1,177 @@
+//! `netkeyctl`'s command line, in the library so man pages and completions are generated
+//! from the same definition.
+
+use clap::{Args as ClapArgs, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "netkeyctl",
+    version,
+    about = "Administer netkeyd, or act as a video server from the shell"
+)]
+pub struct Cli {
+    /// The daemon's admin socket.
+    #[arg(long, global = true, default_value = "/run/netkey/admin.sock")]
+    pub socket: PathBuf,
+    /// Print one JSON document on stdout instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Keys, seat usage and servers at a glance.
+    Status,
+    #[command(subcommand)]
+    Key(KeyCmd),
+    #[command(subcommand)]
+    Pool(PoolCmd),
+    #[command(subcommand)]
+    Server(ServerCmd),
+    #[command(subcommand)]
+    Camera(CameraCmd),
+    /// Export the audit log, or verify its hash chain.
+    Audit(AuditArgs),
+    /// Write a consistent backup of the daemon's state (never its identity's private key).
+    Backup {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Act as a video server (for testing a deployment and for scripts).
+    Client(ClientArgs),
+}
+
+#[derive(ClapArgs, Debug)]
+pub struct AuditArgs {
+    /// Only records at or after this RFC 3339 instant.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// csv or json (default: a table).
+    #[arg(long)]
+    pub format: Option<String>,
+    #[command(subcommand)]
+    pub verify: Option<AuditCmd>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCmd {
+    /// Check the hash chain; with --anchor, also that it extends an earlier head (an
+    /// earlier `audit --format json` export, or a video server's state file).
+    Verify {
+        #[arg(long)]
+        anchor: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCmd {
+    /// Installed keys with their seats.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PoolCmd {
+    List,
+    Show {
+        pool: String,
+    },
+    /// Print a one-time 8-digit enrolment code for POOL, valid 24 hours.
+    Code {
+        pool: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ServerCmd {
+    List,
+    Show {
+        id: String,
+    },
+    Rename {
+        id: String,
+        name: String,
+    },
+    Move {
+        id: String,
+        pool: String,
+    },
+    /// Revoke a server's cameras (newly added ones stay) and forget it once it holds nothing.
+    Kick {
+        id: String,
+        /// Free its seats at once, without waiting for it (an audited overlap).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CameraCmd {
+    List {
+        #[arg(long)]
+        server: Option<String>,
+        #[arg(long)]
+        pool: Option<String>,
+    },
+    /// Free a camera's licence: the holder is told to stop recording it.
+    Free {
+        camera: String,
+        /// The key, where the camera id exists on several keys.
+        #[arg(long)]
+        key: Option<String>,
+        /// Free the seat at once, without waiting for the holder (an audited overlap).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(ClapArgs, Debug)]
+pub struct ClientArgs {
+    /// The video server's state file (binding, credentials, held cameras).
+    #[arg(long)]
+    pub state: PathBuf,
+    /// Trust the built-in demo vendor (DEMO keys only).
+    #[arg(long, conflicts_with = "vendor_key")]
+    pub demo: bool,
+    /// A vendor public key file to trust (repeatable).
+    #[arg(long = "vendor-key", value_name = "FILE")]
+    pub vendor_key: Vec<PathBuf>,
+    /// The daemon's address (ADDR:PORT); defaults to the one in the state file.
+    #[arg(long)]
+    pub daemon: Option<String>,
+    #[command(subcommand)]
+    pub command: ClientCmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClientCmd {
+    /// Enrol with a one-time code from `pool code`.
+    Enrol {
+        code: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
+        version: String,
+    },
+    Checkout {
+        #[arg(required = true)]
+        cameras: Vec<String>,
+        #[arg(long)]
+        class: Option<String>,
+        #[arg(long = "module")]
+        modules: Vec<String>,
+        #[arg(long)]
+        device_version: Option<String>,
+    },
+    Release {
+        #[arg(required = true)]
+        cameras: Vec<String>,
+    },
+    Status,
+    /// Run as a live video server until SIGTERM, one line per event.
+    Run {
+        cameras: Vec<String>,
+    },
+}
