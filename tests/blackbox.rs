@@ -328,3 +328,77 @@ fn free_and_kick_a_live_server_then_a_silent_one() {
     );
     assert_eq!(d.camera_in_use(), 0);
 }
+
+#[test]
+fn tells_systemd_it_is_ready_and_pings_the_watchdog() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let notify = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&notify).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_netkeyd"))
+        .args([
+            "--demo",
+            "--no-broadcast",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-level",
+            "warn",
+        ])
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--admin-socket")
+        .arg(dir.path().join("admin.sock"))
+        .env("NOTIFY_SOCKET", &notify)
+        .env("WATCHDOG_USEC", "600000")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _guard = Background(child);
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while !(seen.contains("READY=1") && seen.contains("WATCHDOG=1")) {
+        let n = sock.recv(&mut buf).expect("no notification from netkeyd");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        seen.push('\n');
+    }
+    assert!(seen.contains("STATUS=DEMO (DEMO): camera 0/16"), "{seen}");
+}
+
+#[test]
+fn check_config_names_a_misspelt_setting_and_prints_the_effective_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "lisen = \"127.0.0.1:1\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_netkeyd"))
+        .arg("--config")
+        .arg(&bad)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("unknown field `lisen`"),
+        "{}",
+        stderr(&out)
+    );
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "listen = \"127.0.0.1:2000\"\nlog_level = \"debug\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_netkeyd"))
+        .arg("--config")
+        .arg(&good)
+        .args(["--check-config", "--listen", "127.0.0.1:3000"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("listen = \"127.0.0.1:3000\"") && text.contains("log_level = \"debug\""),
+        "{text}"
+    );
+}

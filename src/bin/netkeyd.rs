@@ -10,12 +10,28 @@ use netkey::cli::netkeyd::Args;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&args.log_level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .init();
+    let (settings, config_file) = match args.settings() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("netkeyd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.check_config {
+        match &config_file {
+            Some(p) => println!("# effective settings: {} plus flags", p.display()),
+            None => println!("# effective settings: defaults plus flags (no configuration file)"),
+        }
+        match toml::to_string(&settings) {
+            Ok(text) => print!("{text}"),
+            Err(e) => {
+                eprintln!("netkeyd: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
+    init_logging(&settings.log_level);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -23,40 +39,71 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
+    match runtime.block_on(run(args, settings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            tracing::error!("{e}");
             eprintln!("netkeyd: {e}");
             ExitCode::FAILURE
         }
     }
 }
 
-async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+/// Under systemd (JOURNAL_STREAM set) events go to the journal with their fields as
+/// journal fields (SERVER_ID, CAMERA_ID, KEY_ID, POOL, REASON, ...); on a terminal, a
+/// readable line each.
+fn init_logging(level: &str) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        if let Ok(journal) = tracing_journald::layer() {
+            let journal = journal
+                .with_field_prefix(None)
+                .with_syslog_identifier("netkeyd".into());
+            tracing_subscriber::registry()
+                .with(filter)
+                .with(journal)
+                .init();
+            return;
+        }
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+}
+
+async fn run(
+    args: Args,
+    settings: netkey::cli::netkeyd::Settings,
+) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(file) = &args.restore {
         let bytes =
             std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
         let backup = netkey::store::Backup::from_bytes(&bytes)
             .map_err(|e| format!("{}: {e}", file.display()))?;
-        let hwm = backup.restore_into(&args.state_dir)?;
+        let hwm = backup.restore_into(&settings.state_dir)?;
         println!(
             "restored the backup taken at {} into {} ({} audit records; time high-water mark {hwm}); start netkeyd to serve it",
             backup.taken_at,
-            args.state_dir.display(),
+            settings.state_dir.display(),
             backup.audit.len()
         );
         return Ok(());
     }
     let config = Config {
-        listen: args.listen,
-        admin_socket: args.admin_socket.clone(),
-        state_dir: args.state_dir,
-        demo: args.demo,
-        no_broadcast: args.no_broadcast,
+        listen: settings.listen,
+        admin_socket: settings.admin_socket.clone(),
+        state_dir: settings.state_dir.clone(),
+        demo: settings.demo,
+        no_broadcast: settings.no_broadcast,
     };
     let daemon = Daemon::start(config, SystemClock::new()).await?;
-    if args.demo {
-        let sock = args.admin_socket.display();
+    notify_ready(&daemon).await;
+    if settings.demo {
+        let sock = settings.admin_socket.display();
         let ctl = sibling("netkeyctl");
         println!(
             "netkeyd DEMO mode: listening on {}, daemon id {}",
@@ -74,8 +121,18 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     wait_for_signal().await?;
     tracing::info!("shutting down");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     daemon.shutdown().await;
     Ok(())
+}
+
+/// Tells systemd (Type=notify) that the listeners are bound and the state is loaded.
+async fn notify_ready(daemon: &Daemon) {
+    let status = daemon.status_line().await;
+    let _ = sd_notify::notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&status),
+    ]);
 }
 
 /// `netkeyctl` next to this binary when it is there (as after `cargo build`), else the

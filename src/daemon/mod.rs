@@ -216,6 +216,14 @@ impl Daemon {
     pub fn core(&self) -> &CoreHandle {
         &self.core
     }
+    /// One line on keys, seat use, servers and the store, as systemd's STATUS= shows it.
+    pub async fn status_line(&self) -> String {
+        self.core
+            .call(|o| owner::status_line(o))
+            .await
+            .unwrap_or_else(|e| e.to_string())
+    }
+
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
     }

@@ -252,6 +252,76 @@ pub fn spawn(
     (handle, task)
 }
 
+/// One line for systemd's STATUS=: keys and seat use, servers, the store's health.
+pub fn status_line(owner: &Owner) -> String {
+    let core = owner.core();
+    let keys: Vec<String> = core
+        .key_views(owner.now)
+        .iter()
+        .map(|k| {
+            let seats: Vec<String> = k
+                .seats
+                .iter()
+                .map(|s| format!("{} {}/{}", s.feature, s.in_use, s.total))
+                .collect();
+            format!(
+                "{}{}: {}",
+                k.key_id,
+                if k.demo { " (DEMO)" } else { "" },
+                seats.join(", ")
+            )
+        })
+        .collect();
+    let servers = core.server_views(owner.now);
+    let live = servers.iter().filter(|s| s.state == "live").count();
+    let mut line = format!(
+        "{}; {} video servers ({live} live)",
+        if keys.is_empty() {
+            "no keys".to_string()
+        } else {
+            keys.join("; ")
+        },
+        servers.len()
+    );
+    if let Some(e) = &owner.degraded {
+        line.push_str(&format!("; STATE STORE FAILING: {e}"));
+    }
+    line
+}
+
+/// Pings systemd's watchdog from the task that owns the core, so a wedged core gets the
+/// daemon restarted, and refreshes STATUS= now and then.
+struct Systemd {
+    watchdog: Option<std::time::Duration>,
+    last_ping: std::time::Instant,
+    last_status: std::time::Instant,
+}
+
+impl Systemd {
+    fn new() -> Self {
+        let now = std::time::Instant::now();
+        Systemd {
+            watchdog: sd_notify::watchdog_enabled(),
+            last_ping: now,
+            last_status: now,
+        }
+    }
+
+    fn tick(&mut self, owner: &Owner) {
+        if let Some(interval) = self.watchdog {
+            if self.last_ping.elapsed() >= interval / 3 {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                self.last_ping = std::time::Instant::now();
+            }
+        }
+        if self.last_status.elapsed() >= std::time::Duration::from_secs(10) {
+            let line = status_line(owner);
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&line)]);
+            self.last_status = std::time::Instant::now();
+        }
+    }
+}
+
 async fn run(
     mut owner: Owner,
     mut rx: mpsc::Receiver<Job>,
@@ -262,6 +332,7 @@ async fn run(
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch: Vec<Job> = Vec::new();
+    let mut systemd = Systemd::new();
     loop {
         tokio::select! {
             job = rx.recv() => match job {
@@ -284,6 +355,7 @@ async fn run(
             }
         }
         apply(&mut owner, &mut batch, &clock, &acks);
+        systemd.tick(&owner);
     }
     persist_renewals(&mut owner, true);
     if let Err(e) = owner.store.snapshot(&owner.core) {
