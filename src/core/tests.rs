@@ -643,3 +643,156 @@ fn core_state_round_trips_through_postcard() {
     back.check_invariants(T0).unwrap();
     assert!(back.holds("A", "c1", 1));
 }
+
+// ---- Tests added for the mutants `cargo mutants` found surviving (see the Core issue's
+// note): each pins one behaviour the property tests did not single out.
+
+#[test]
+fn releasing_a_lease_withdraws_only_its_own_pending_move_request() {
+    let mut c = two_servers(3, policy());
+    c.checkout(T0, "A", None, &cams(&["c1", "c2"]), false)
+        .unwrap();
+    // A forced free leaves a (non-provisional) revocation for c2 at epoch 1 pending.
+    c.free(T0, None, "c2", true).unwrap();
+    c.session_opened(T0, "A");
+    // B asks for c1: a provisional move request to A, also at epoch 1.
+    let o = &c
+        .checkout(T0, "B", None, &cams(&["c1"]), false)
+        .unwrap()
+        .outcomes[0]
+        .1;
+    assert!(matches!(o, CameraOutcome::AwaitingHolder { .. }));
+    c.release(T0, "A", &["c1".to_string()]).unwrap();
+    let left: Vec<(String, u64, bool)> = c
+        .server_revocations("A")
+        .into_iter()
+        .map(|r| (r.camera, r.epoch, r.provisional))
+        .collect();
+    assert_eq!(left, vec![("c2".to_string(), 1, false)]);
+}
+
+#[test]
+fn moving_a_server_to_another_pool_of_its_key_moves_its_seats() {
+    let mut c = two_servers(4, policy());
+    // A second pool of key K holding one camera seat taken from Default.
+    let p2 = PoolId::new("K", "P2");
+    c.pools.get_mut(&demo_pool()).unwrap().seats.insert(0, 3);
+    c.pools.insert(
+        p2.clone(),
+        Pool {
+            id: p2.clone(),
+            seats: [(0, 1)].into_iter().collect(),
+            usage: BTreeMap::new(),
+        },
+    );
+    c.checkout(T0, "A", None, &cams(&["c1", "c2"]), false)
+        .unwrap();
+    let err = c.move_server(T0, "A", &p2).unwrap_err();
+    assert_eq!(
+        err,
+        Refusal::NoSeats {
+            feature: "camera".into(),
+            in_use: 0,
+            total: 1
+        }
+    );
+    c.release(T0, "A", &["c2".to_string()]).unwrap();
+    c.move_server(T0, "A", &p2).unwrap();
+    assert_eq!(c.usage(&p2, "camera").held, 1);
+    assert_eq!(c.usage(&demo_pool(), "camera").held, 0);
+    assert_eq!(c.server_pool("A"), Some(&p2));
+    c.check_invariants(T0).unwrap();
+}
+
+#[test]
+fn camera_ids_are_1_to_128_bytes_without_control_characters() {
+    let mut c = two_servers(4, policy());
+    let ok = "x".repeat(128);
+    let out = c
+        .checkout(
+            T0,
+            "A",
+            None,
+            &cams(&[&ok, &"y".repeat(129), "", "a\0b"]),
+            false,
+        )
+        .unwrap();
+    granted(&out.outcomes[0].1);
+    for (_, o) in &out.outcomes[1..] {
+        assert!(matches!(refusal(o), Refusal::BadRequest { .. }), "{o:?}");
+    }
+}
+
+#[test]
+fn contested_counts_moves_strictly_inside_the_window_and_zero_disables_it() {
+    let p = Policy {
+        contested_moves: 2,
+        contested_window_secs: 10,
+        ..policy()
+    };
+    let mut c = two_servers(4, p);
+    c.checkout(T0, "A", None, &cams(&["c1"]), false).unwrap();
+    c.checkout(T0.plus(1_000), "B", None, &cams(&["c1"]), false)
+        .unwrap();
+    // The second move comes exactly one window after the first: it is not inside it.
+    c.checkout(T0.plus(11_000), "A", None, &cams(&["c1"]), false)
+        .unwrap();
+    assert!(!c
+        .drain_events()
+        .iter()
+        .any(|e| matches!(e, Event::CameraContested { .. })));
+    c.checkout(T0.plus(12_000), "B", None, &cams(&["c1"]), false)
+        .unwrap();
+    assert!(c
+        .drain_events()
+        .iter()
+        .any(|e| matches!(e, Event::CameraContested { moves: 2, .. })));
+
+    let off = Policy {
+        contested_moves: 0,
+        ..policy()
+    };
+    let mut c = two_servers(4, off);
+    for (i, who) in ["A", "B", "A", "B"].iter().enumerate() {
+        c.checkout(T0.plus(i as u64), who, None, &cams(&["c1"]), false)
+            .unwrap();
+    }
+    assert!(!c
+        .drain_events()
+        .iter()
+        .any(|e| matches!(e, Event::CameraContested { .. })));
+}
+
+#[test]
+fn a_sync_claiming_another_servers_camera_gets_not_held() {
+    let mut c = two_servers(4, policy());
+    c.checkout(T0, "A", None, &cams(&["c1"]), false).unwrap();
+    let s = c.sync(T0, "B", &[("c1".to_string(), 1)]).unwrap();
+    assert_eq!(s.not_held, vec!["c1".to_string()]);
+    assert!(c.holds("A", "c1", 1));
+}
+
+#[test]
+fn a_sync_that_releases_is_a_durable_check_in() {
+    let mut c = two_servers(4, policy());
+    c.checkout(T0, "A", None, &cams(&["c1", "c2"]), false)
+        .unwrap();
+    let later = T0.plus(20_000);
+    // Claims nothing new: no release, so the reservation still counts from T0.
+    c.sync(later, "A", &[("c1".to_string(), 1), ("c2".to_string(), 1)])
+        .unwrap();
+    assert_eq!(c.reservation_end("A"), Some(T0.plus(GRACE + INTERVAL)));
+    // Releases c2: that change is durable, and so is the renewal with it.
+    c.sync(later, "A", &[("c1".to_string(), 1)]).unwrap();
+    assert_eq!(c.reservation_end("A"), Some(later.plus(GRACE + INTERVAL)));
+}
+
+#[test]
+fn next_deadline_is_the_earliest_reservation_end() {
+    let mut c = two_servers(4, policy());
+    c.checkout(T0, "A", None, &cams(&["c1"]), false).unwrap();
+    c.checkout(T0.plus(5_000), "B", None, &cams(&["c2"]), false)
+        .unwrap();
+    c.advance(T0.plus(6_000));
+    assert_eq!(c.next_deadline(), T0.plus(GRACE + INTERVAL));
+}
