@@ -16,7 +16,12 @@ const KEY: &str = "DEMO";
 
 fn big_key(now: Timestamp, cameras: u32) -> netkey::key::KeyDocument {
     let mut k = demo_key(now);
-    k.entries = vec![Entry { feature: "camera".into(), count: cameras, not_after: now.plus(365 * 86_400_000), order: "BENCH".into() }];
+    k.entries = vec![Entry {
+        feature: "camera".into(),
+        count: cameras,
+        not_after: now.plus(365 * 86_400_000),
+        order: "BENCH".into(),
+    }];
     k
 }
 
@@ -28,10 +33,19 @@ async fn durable_checkouts(clients: usize, seconds: u64) -> (f64, Vec<Duration>)
         state_dir: dir.path().join("state"),
         demo: false,
         no_broadcast: true,
+        listener: None,
     };
-    let daemon = Daemon::start(config, SystemClock::new()).await.expect("daemon");
+    let daemon = Daemon::start(config, SystemClock::new())
+        .await
+        .expect("daemon");
     let now = Timestamp::from_system_time(std::time::SystemTime::now());
-    let out = daemon.core().execute(Command::InstallKey { document: big_key(now, 10_000_000), demo: true }).await;
+    let out = daemon
+        .core()
+        .execute(Command::InstallKey {
+            document: big_key(now, 10_000_000),
+            demo: true,
+        })
+        .await;
     assert!(matches!(out, Ok(Outcome::Done)), "{out:?}");
     let addr = daemon.local_addr().to_string();
     let mut tasks = Vec::new();
@@ -41,14 +55,20 @@ async fn durable_checkouts(clients: usize, seconds: u64) -> (f64, Vec<Duration>)
         let c2 = code.clone();
         daemon
             .core()
-            .execute(Command::CreateCode { pool: PoolId::default_of(KEY), code: c2 })
+            .execute(Command::CreateCode {
+                pool: PoolId::default_of(KEY),
+                code: c2,
+            })
             .await
             .expect("code");
         let path = dir.path().join(format!("vs{i}.json"));
         let addr = addr.clone();
         tasks.push(tokio::spawn(async move {
             let mut client = Client::open(&path, Trust::Demo, Some(addr)).expect("client");
-            client.enrol(&code, &format!("vs{i}"), "1").await.expect("enrol");
+            client
+                .enrol(&code, &format!("vs{i}"), "1")
+                .await
+                .expect("enrol");
             // One persistent connection; each checkout is one durable change.
             let mut conn = client.connect().await.expect("connect");
             let mut latencies = Vec::new();
@@ -94,10 +114,16 @@ fn restart_time(servers: usize, per_server: usize) -> (Duration, Duration, u64) 
     {
         let (mut store, _) = Store::open(dir.path()).expect("store");
         let mut core = Core::new();
-        let mut batch = vec![Command::InstallKey { document: big_key(now, (servers * per_server) as u32), demo: true }];
+        let mut batch = vec![Command::InstallKey {
+            document: big_key(now, (servers * per_server) as u32),
+            demo: true,
+        }];
         for s in 0..servers {
             let code = format!("{s:08}");
-            batch.push(Command::CreateCode { pool: PoolId::default_of(KEY), code: code.clone() });
+            batch.push(Command::CreateCode {
+                pool: PoolId::default_of(KEY),
+                code: code.clone(),
+            });
             batch.push(Command::Enrol {
                 request: EnrolRequestRecord {
                     code,
@@ -111,7 +137,9 @@ fn restart_time(servers: usize, per_server: usize) -> (Duration, Duration, u64) 
             batch.push(Command::Checkout {
                 server: format!("srv-{s}"),
                 key: None,
-                items: (0..per_server).map(|c| CheckoutItem::camera(&format!("s{s}-c{c}"))).collect(),
+                items: (0..per_server)
+                    .map(|c| CheckoutItem::camera(&format!("s{s}-c{c}")))
+                    .collect(),
                 after_wait: false,
             });
             if batch.len() >= 300 || s + 1 == servers {
@@ -119,15 +147,38 @@ fn restart_time(servers: usize, per_server: usize) -> (Duration, Duration, u64) 
                     core.apply(now, c.clone());
                 }
                 core.drain_events();
-                store.commit(&BatchRecord { now, commands: std::mem::take(&mut batch) }, Vec::new(), false).expect("commit");
+                store
+                    .commit(
+                        &BatchRecord {
+                            now,
+                            commands: std::mem::take(&mut batch),
+                        },
+                        Vec::new(),
+                        false,
+                    )
+                    .expect("commit");
             }
         }
-        store.commit(&BatchRecord { now, commands: vec![Command::Advance] }, Vec::new(), true).expect("sync");
+        store
+            .commit(
+                &BatchRecord {
+                    now,
+                    commands: vec![Command::Advance],
+                },
+                Vec::new(),
+                true,
+            )
+            .expect("sync");
     }
     let t = Instant::now();
     let (store, loaded) = Store::open(dir.path()).expect("reopen");
     let replay = t.elapsed();
-    let leases: u64 = loaded.core.server_views(now).iter().map(|s| s.cameras).sum();
+    let leases: u64 = loaded
+        .core
+        .server_views(now)
+        .iter()
+        .map(|s| s.cameras)
+        .sum();
     let mut store = store;
     store.snapshot(&loaded.core).expect("snapshot");
     drop((store, loaded));
@@ -142,7 +193,10 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     println!("durable checkouts (one camera per request, committed with fsync before the answer)");
-    println!("{:>8} {:>12} {:>10} {:>10} {:>10}", "clients", "checkouts/s", "p50", "p99", "p999");
+    println!(
+        "{:>8} {:>12} {:>10} {:>10} {:>10}",
+        "clients", "checkouts/s", "p50", "p99", "p999"
+    );
     for clients in [1, 16, 64] {
         let (rate, lat) = rt.block_on(durable_checkouts(clients, if quick { 2 } else { 8 }));
         println!(
@@ -153,8 +207,15 @@ fn main() {
         );
     }
     println!("\nrestart to ready (Store::open: load and replay)");
-    println!("{:>10} {:>16} {:>16}", "leases", "log replay", "from snapshot");
-    let sizes: &[(usize, usize)] = if quick { &[(100, 100)] } else { &[(100, 100), (10_000, 100)] };
+    println!(
+        "{:>10} {:>16} {:>16}",
+        "leases", "log replay", "from snapshot"
+    );
+    let sizes: &[(usize, usize)] = if quick {
+        &[(100, 100)]
+    } else {
+        &[(100, 100), (10_000, 100)]
+    };
     for &(servers, per) in sizes {
         let (replay, snap, leases) = restart_time(servers, per);
         println!("{leases:>10} {replay:>16.2?} {snap:>16.2?}");

@@ -17,21 +17,25 @@ struct Harness {
     daemon: Daemon,
     clock: Arc<ManualClock>,
     dir: tempfile::TempDir,
+    /// The licence socket, kept by the test so a restarted daemon serves the same port
+    /// (another test could otherwise take a freed port in between).
+    listener: Arc<std::net::TcpListener>,
 }
 
 impl Harness {
     async fn start() -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::new(T0);
-        let config = Config {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            admin_socket: dir.path().join("admin.sock"),
-            state_dir: dir.path().join("state"),
-            demo: true,
-            no_broadcast: true,
-        };
-        let daemon = Daemon::start(config, clock.clone()).await.unwrap();
-        Harness { daemon, clock, dir }
+        let listener = Arc::new(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+        let daemon = Daemon::start(config(&dir, &listener), clock.clone())
+            .await
+            .unwrap();
+        Harness {
+            daemon,
+            clock,
+            dir,
+            listener,
+        }
     }
 
     async fn code(&self) -> String {
@@ -88,6 +92,17 @@ impl Harness {
 
     async fn stop(self) {
         self.daemon.shutdown().await;
+    }
+}
+
+fn config(dir: &tempfile::TempDir, listener: &Arc<std::net::TcpListener>) -> Config {
+    Config {
+        listen: listener.local_addr().unwrap(),
+        admin_socket: dir.path().join("admin.sock"),
+        state_dir: dir.path().join("state"),
+        demo: true,
+        no_broadcast: true,
+        listener: Some(listener.clone()),
     }
 }
 
@@ -287,7 +302,6 @@ async fn live_holder_acknowledges_a_move_and_no_seat_is_spent() {
 #[tokio::test]
 async fn a_live_video_server_carries_on_through_a_daemon_restart_without_new_grants() {
     let h = Harness::start().await;
-    let addr = h.daemon.local_addr();
     let a = h.client("A").await;
     let wanted = items(&["c1", "c2", "c3"]);
     let (tx, mut rx) = tokio::sync::mpsc::channel(64);
@@ -304,18 +318,24 @@ async fn a_live_video_server_carries_on_through_a_daemon_restart_without_new_gra
             epochs.push(epoch);
         }
     }
-    // Stop the daemon and start it again on the same state directory and port.
-    let Harness { daemon, clock, dir } = h;
+    // Stop the daemon and start it again on the same state directory and socket.
+    let Harness {
+        daemon,
+        clock,
+        dir,
+        listener,
+    } = h;
     daemon.shutdown().await;
-    let config = Config {
-        listen: addr,
-        admin_socket: dir.path().join("admin.sock"),
-        state_dir: dir.path().join("state"),
-        demo: true,
-        no_broadcast: true,
+    let daemon = match Daemon::start(config(&dir, &listener), clock.clone()).await {
+        Ok(d) => d,
+        Err(e) => panic!("restart failed: {e}"),
     };
-    let daemon = Daemon::start(config, clock.clone()).await.unwrap();
-    let h = Harness { daemon, clock, dir };
+    let h = Harness {
+        daemon,
+        clock,
+        dir,
+        listener,
+    };
     assert_eq!(
         h.camera_use().await,
         (3, 0),

@@ -99,6 +99,7 @@ async fn run(
         state_dir: settings.state_dir.clone(),
         demo: settings.demo,
         no_broadcast: settings.no_broadcast,
+        listener: None,
     };
     let daemon = Daemon::start(config, SystemClock::new()).await?;
     notify_ready(&daemon).await;

@@ -31,6 +31,9 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub demo: bool,
     pub no_broadcast: bool,
+    /// An already bound licence-protocol socket to serve instead of binding `listen`
+    /// (handed over by a supervisor, or kept by a test across a restart).
+    pub listener: Option<Arc<std::net::TcpListener>>,
 }
 
 impl Default for Config {
@@ -41,6 +44,7 @@ impl Default for Config {
             state_dir: PathBuf::from("/var/lib/netkey"),
             demo: false,
             no_broadcast: false,
+            listener: None,
         }
     }
 }
@@ -123,13 +127,18 @@ impl Daemon {
             None
         };
         let core = loaded.core;
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| DaemonError::Listen {
-                    addr: config.listen,
-                    source,
-                })?;
+        let listen_err = |source| DaemonError::Listen {
+            addr: config.listen,
+            source,
+        };
+        let listener = match &config.listener {
+            Some(given) => {
+                let own = given.try_clone().map_err(listen_err)?;
+                own.set_nonblocking(true).map_err(listen_err)?;
+                TcpListener::from_std(own).map_err(listen_err)?
+            }
+            None => TcpListener::bind(config.listen).await.map_err(listen_err)?,
+        };
         let local_addr = listener
             .local_addr()
             .map_err(|source| DaemonError::Listen {
