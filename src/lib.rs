@@ -13,6 +13,7 @@ pub mod client;
 pub mod clock;
 pub mod core;
 pub mod daemon;
+pub mod discovery;
 pub mod key;
 pub mod proto;
 pub mod store;

@@ -343,6 +343,8 @@ fn tells_systemd_it_is_ready_and_pings_the_watchdog() {
             "--no-broadcast",
             "--listen",
             "127.0.0.1:0",
+            "--discovery",
+            "127.0.0.1:0",
             "--log-level",
             "warn",
         ])

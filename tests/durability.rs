@@ -17,7 +17,15 @@ fn a_second_daemon_on_the_same_state_directory_is_refused() {
     let d = DaemonProcess::start_demo();
     let other = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_netkeyd"))
-        .args(["--demo", "--listen", "127.0.0.1:0", "--log-level", "error"])
+        .args([
+            "--demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--discovery",
+            "127.0.0.1:0",
+            "--log-level",
+            "error",
+        ])
         .arg("--state-dir")
         .arg(d.state_dir())
         .arg("--admin-socket")
@@ -448,7 +456,15 @@ fn a_read_only_state_directory_is_refused_with_a_clear_message() {
     Mount::run(&["-o", "remount,bind,ro", state.to_str().unwrap()]);
     let sock = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_netkeyd"))
-        .args(["--demo", "--listen", "127.0.0.1:0", "--log-level", "error"])
+        .args([
+            "--demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--discovery",
+            "127.0.0.1:0",
+            "--log-level",
+            "error",
+        ])
         .arg("--state-dir")
         .arg(&state)
         .arg("--admin-socket")

@@ -103,6 +103,8 @@ fn config(dir: &tempfile::TempDir, listener: &Arc<std::net::TcpListener>) -> Con
         demo: true,
         no_broadcast: true,
         listener: Some(listener.clone()),
+        discovery: None,
+        peers: Vec::new(),
     }
 }
 

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod blackbox;
+mod discovery;
 mod durability;
 mod inprocess;
 mod protocol_doc;

@@ -38,6 +38,27 @@ impl DaemonProcess {
         }
     }
 
+    /// Starts `netkeyd --demo` with extra flags.
+    pub fn start_demo_with(extra: &[&str]) -> DaemonProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("admin.sock");
+        let (child, addr) = spawn_demo_with(&dir.path().join("state"), &socket, extra);
+        DaemonProcess {
+            child,
+            addr,
+            socket,
+            dir,
+        }
+    }
+
+    /// The UDP address discovery answers on.
+    pub fn discovery(&self) -> String {
+        self.json(&["status"])["discovery"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
     }
@@ -162,11 +183,18 @@ pub fn read(path: &Path) -> String {
 
 /// Spawns `netkeyd --demo` on `state` and reads its address from the first line it prints.
 pub fn spawn_demo(state: &Path, socket: &Path) -> (Child, String) {
+    spawn_demo_with(state, socket, &[])
+}
+
+/// `spawn_demo` with extra flags.
+pub fn spawn_demo_with(state: &Path, socket: &Path, extra: &[&str]) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_netkeyd"))
         .args([
             "--demo",
             "--no-broadcast",
             "--listen",
+            "127.0.0.1:0",
+            "--discovery",
             "127.0.0.1:0",
             "--log-level",
             "warn",
@@ -175,6 +203,7 @@ pub fn spawn_demo(state: &Path, socket: &Path) -> (Child, String) {
         .arg(state)
         .arg("--admin-socket")
         .arg(socket)
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

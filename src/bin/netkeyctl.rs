@@ -113,6 +113,19 @@ fn run_admin(socket: &PathBuf, json: bool, command: Command) -> Fallible<ExitCod
                     "video servers: {} ({} live), cameras licensed: {}",
                     s.servers, s.servers_live, s.cameras
                 );
+                println!("audit log: {}", s.audit_head);
+                if let Some(d) = &s.discovery {
+                    println!("discovery on UDP {d}");
+                }
+                for d in &s.duplicate_keys {
+                    println!(
+                        "DuplicateKey: key {} is also offered by daemon {} at {}",
+                        d.key_id, d.other_daemon, d.other_address
+                    );
+                }
+                if let Some(e) = &s.store_error {
+                    println!("STATE STORE FAILING: {e} (changes are refused; leases are renewed in memory)");
+                }
                 print_keys(&s.keys);
             }
         }
@@ -267,6 +280,7 @@ fn run_admin(socket: &PathBuf, json: bool, command: Command) -> Fallible<ExitCod
             }
         }
         Command::Audit(args) => return audit(socket, json, args),
+        Command::Discover { timeout, to } => return discover(json, timeout, to),
         Command::Backup { out } => {
             use base64::Engine as _;
             let b: BackupFile = admin(socket, &AdminRequest::Backup)?;
@@ -288,6 +302,111 @@ fn run_admin(socket: &PathBuf, json: bool, command: Command) -> Fallible<ExitCod
             }
         }
         Command::Client(_) => unreachable!("handled by run_client"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn discover(json: bool, timeout: f64, to: Vec<String>) -> Fallible<ExitCode> {
+    use netkey::discovery::{discover, Search};
+    let mut targets = Vec::new();
+    for t in &to {
+        let with_port = if t.contains(':') {
+            t.clone()
+        } else {
+            format!("{t}:1947")
+        };
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(&with_port)
+            .map_err(|e| format!("--to {t}: {e}"))?
+            .find(|a| a.is_ipv4())
+            .ok_or_else(|| format!("--to {t}: no IPv4 address"))?;
+        targets.push(addr);
+    }
+    if !(0.05..=60.0).contains(&timeout) {
+        return Err("--timeout is between 0.05 and 60 seconds".into());
+    }
+    let search = Search {
+        broadcast_port: targets.is_empty().then_some(1947),
+        to: targets,
+        key_id: None,
+        timeout: std::time::Duration::from_secs_f64(timeout),
+    };
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    let found = runtime
+        .block_on(discover(&search))
+        .map_err(|e| format!("discovery: {e}"))?;
+    // A key id offered by two daemons is a copy too many.
+    let mut owners: std::collections::BTreeMap<&str, std::collections::BTreeSet<&str>> =
+        Default::default();
+    for f in &found {
+        for k in &f.offer.keys {
+            owners
+                .entry(k.key_id.as_str())
+                .or_default()
+                .insert(f.offer.daemon_id.as_str());
+        }
+    }
+    let duplicated = |key: &str| owners.get(key).is_some_and(|d| d.len() > 1);
+    if json {
+        let rows: Vec<_> = found
+            .iter()
+            .map(|f| {
+                let keys: Vec<_> = f
+                    .offer
+                    .keys
+                    .iter()
+                    .map(|k| {
+                        let seats: Vec<_> = k
+                            .seats
+                            .iter()
+                            .map(|(feature, free, total)| serde_json::json!({"feature": feature, "free": free, "total": total, "in_use": total.saturating_sub(*free)}))
+                            .collect();
+                        serde_json::json!({"key_id": k.key_id, "demo": k.demo, "seats": seats, "duplicate": duplicated(&k.key_id)})
+                    })
+                    .collect();
+                serde_json::json!({"address": f.connect.to_string(), "from": f.from.to_string(), "daemon_id": f.offer.daemon_id, "software": f.offer.software, "keys": keys, "truncated": f.offer.truncated})
+            })
+            .collect();
+        print_json(&serde_json::json!({"daemons": rows}))?;
+    } else if found.is_empty() {
+        println!("no licence daemon answered within {timeout} s");
+    } else {
+        println!("{:<22} {:<22} KEYS (free/total)", "ADDRESS", "DAEMON");
+        for f in &found {
+            let keys: Vec<String> = f
+                .offer
+                .keys
+                .iter()
+                .map(|k| {
+                    let seats: Vec<String> = k
+                        .seats
+                        .iter()
+                        .map(|(feat, free, total)| format!("{feat} {free}/{total}"))
+                        .collect();
+                    format!(
+                        "{}{} {}{}",
+                        k.key_id,
+                        if k.demo { " [DEMO]" } else { "" },
+                        seats.join(", "),
+                        if duplicated(&k.key_id) {
+                            " DUPLICATE: offered by another daemon too"
+                        } else {
+                            ""
+                        }
+                    )
+                })
+                .collect();
+            println!(
+                "{:<22} {:<22} {}{}",
+                f.connect.to_string(),
+                f.offer.daemon_id,
+                keys.join("; "),
+                if f.offer.truncated {
+                    " (more keys not listed)"
+                } else {
+                    ""
+                }
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -100,6 +100,8 @@ async fn run(
         demo: settings.demo,
         no_broadcast: settings.no_broadcast,
         listener: None,
+        discovery: Some(settings.discovery),
+        peers: settings.peers.clone(),
     };
     let daemon = Daemon::start(config, SystemClock::new()).await?;
     notify_ready(&daemon).await;

@@ -33,6 +33,15 @@ pub enum Command {
     Server(ServerCmd),
     #[command(subcommand)]
     Camera(CameraCmd),
+    /// Find licence daemons on the LAN (UDP 1947), or ask the given addresses only.
+    Discover {
+        /// How long to collect answers.
+        #[arg(long, default_value_t = 2.0, value_name = "SECS")]
+        timeout: f64,
+        /// Ask this daemon directly (repeatable); with --to, nothing is broadcast.
+        #[arg(long = "to", value_name = "ADDR[:PORT]")]
+        to: Vec<String>,
+    },
     /// Export the audit log, or verify its hash chain.
     Audit(AuditArgs),
     /// Write a consistent backup of the daemon's state (never its identity's private key).

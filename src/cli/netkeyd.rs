@@ -26,6 +26,13 @@ pub struct Args {
     /// Address and port for the licence protocol [default: 0.0.0.0:1947].
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<SocketAddr>,
+    /// UDP address for discovery (DISCOVER/OFFER) [default: 0.0.0.0:1947].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub discovery: Option<SocketAddr>,
+    /// Another daemon to ask for duplicates of this daemon's keys (repeatable); with
+    /// peers given, nothing is broadcast.
+    #[arg(long = "peer", value_name = "ADDR:PORT")]
+    pub peers: Vec<SocketAddr>,
     /// State directory: the store, the audit log, the daemon id [default: /var/lib/netkey].
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
@@ -55,6 +62,8 @@ pub struct Args {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub listen: Option<SocketAddr>,
+    pub discovery: Option<SocketAddr>,
+    pub peers: Option<Vec<SocketAddr>>,
     pub state_dir: Option<PathBuf>,
     pub admin_socket: Option<PathBuf>,
     pub demo: Option<bool>,
@@ -66,6 +75,8 @@ pub struct FileConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Settings {
     pub listen: SocketAddr,
+    pub discovery: SocketAddr,
+    pub peers: Vec<SocketAddr>,
     pub state_dir: PathBuf,
     pub admin_socket: PathBuf,
     pub demo: bool,
@@ -114,6 +125,15 @@ impl Args {
                 .listen
                 .or(f.listen)
                 .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 1947))),
+            discovery: self
+                .discovery
+                .or(f.discovery)
+                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 1947))),
+            peers: if self.peers.is_empty() {
+                f.peers.unwrap_or_default()
+            } else {
+                self.peers.clone()
+            },
             state_dir: self
                 .state_dir
                 .clone()

@@ -163,6 +163,12 @@ fn query(o: &mut super::owner::Owner, req: AdminRequest, info: &DaemonInfo) -> A
                 keys: o.core().key_views(now),
                 audit_head: o.audit_head(),
                 store_error: o.degraded.clone(),
+                discovery: info.discovery.map(|a| a.to_string()),
+                duplicate_keys: info
+                    .duplicates
+                    .lock()
+                    .map(|d| d.clone())
+                    .unwrap_or_default(),
             })
         }
         AdminRequest::KeyList => ok(o.core().key_views(now)),

@@ -6,10 +6,12 @@ mod admin;
 mod conn;
 mod log;
 mod owner;
+mod port;
 
 pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use conn::ACK_WAIT;
 pub use owner::{CoreHandle, Owner, Session, ShuttingDown};
+use port::port_error;
 
 use crate::core::{Command, Core, Outcome, Timestamp};
 use crate::key::{demo_key, demo_vendor, SignedKey};
@@ -34,6 +36,10 @@ pub struct Config {
     /// An already bound licence-protocol socket to serve instead of binding `listen`
     /// (handed over by a supervisor, or kept by a test across a restart).
     pub listener: Option<Arc<std::net::TcpListener>>,
+    /// UDP address for discovery (None: no discovery).
+    pub discovery: Option<SocketAddr>,
+    /// Daemons to ask directly when looking for duplicates of this daemon's keys.
+    pub peers: Vec<SocketAddr>,
 }
 
 impl Default for Config {
@@ -45,6 +51,8 @@ impl Default for Config {
             demo: false,
             no_broadcast: false,
             listener: None,
+            discovery: Some(SocketAddr::from(([0, 0, 0, 0], 1947))),
+            peers: Vec::new(),
         }
     }
 }
@@ -72,6 +80,11 @@ pub enum DaemonError {
     Store(#[from] crate::store::StoreError),
     #[error("cannot start: {0}")]
     Startup(String),
+    #[error("cannot answer discovery on UDP {addr}: {source}")]
+    Discovery {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// What every connection may tell about this daemon.
@@ -80,6 +93,10 @@ pub struct DaemonInfo {
     pub daemon_id: String,
     pub software: String,
     pub listen: String,
+    /// Where discovery answers, if it runs.
+    pub discovery: Option<SocketAddr>,
+    /// Other daemons found offering a key this one hosts.
+    pub duplicates: Arc<std::sync::Mutex<Vec<crate::discovery::DuplicateKey>>>,
     pub demo: bool,
     pub started_at: Timestamp,
 }
@@ -127,9 +144,9 @@ impl Daemon {
             None
         };
         let core = loaded.core;
-        let listen_err = |source| DaemonError::Listen {
+        let listen_err = |source: std::io::Error| DaemonError::Listen {
             addr: config.listen,
-            source,
+            source: port_error(config.listen, source, "tcp"),
         };
         let listener = match &config.listener {
             Some(given) => {
@@ -152,15 +169,52 @@ impl Daemon {
                     path: config.admin_socket.clone(),
                     source,
                 })?;
+        let software = format!("netkeyd {}", env!("CARGO_PKG_VERSION"));
+        let shutdown = CancellationToken::new();
+        let duplicates = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let template = crate::discovery::Offer {
+            nonce: 0,
+            daemon_id: daemon_id.clone(),
+            tcp_port: local_addr.port(),
+            tcp_addr: (!local_addr.ip().is_unspecified()).then(|| local_addr.to_string()),
+            tls_identity: None,
+            software: software.clone(),
+            keys: Vec::new(),
+            truncated: false,
+        };
+        let (offer_tx, offer_rx) = tokio::sync::watch::channel(template);
+        let responder = match config.discovery {
+            Some(bind) => {
+                // Broadcast only where allowed: never in demo mode, with explicit peers,
+                // or with --no-broadcast.
+                let broadcast = !config.demo && !config.no_broadcast && config.peers.is_empty();
+                let r = crate::discovery::spawn_responder(
+                    bind,
+                    offer_rx,
+                    config.peers.clone(),
+                    broadcast,
+                    duplicates.clone(),
+                    shutdown.clone(),
+                )
+                .map_err(|source| DaemonError::Discovery {
+                    addr: bind,
+                    source: port_error(bind, source, "udp"),
+                })?;
+                Some(r)
+            }
+            None => None,
+        };
         let info = Arc::new(DaemonInfo {
             daemon_id,
-            software: format!("netkeyd {}", env!("CARGO_PKG_VERSION")),
+            software,
             listen: local_addr.to_string(),
+            discovery: responder.as_ref().map(|r| r.local_addr),
             demo: config.demo,
             started_at: now,
+            duplicates,
         });
-        let shutdown = CancellationToken::new();
-        let (handle, owner) = owner::spawn(core, store, clock, shutdown.child_token());
+        let (handle, owner) =
+            owner::spawn(core, store, clock, Some(offer_tx), shutdown.child_token());
         // Mark the restart in the log before anything else, durably.
         handle
             .execute(Command::Restarted)
@@ -217,6 +271,10 @@ impl Daemon {
     }
     pub fn admin_socket(&self) -> &Path {
         &self.admin_socket
+    }
+    /// The UDP address discovery answers on.
+    pub fn discovery_addr(&self) -> Option<SocketAddr> {
+        self.info.discovery
     }
     pub fn daemon_id(&self) -> &str {
         &self.info.daemon_id

@@ -7,11 +7,12 @@
 
 use crate::clock::Clock;
 use crate::core::{Command, Core, Event, Outcome, Refusal, ReleaseReason, Timestamp};
+use crate::discovery::{Offer, OfferedKey};
 use crate::proto::{AuditHead, Push};
 use crate::store::{audit, AuditEntry, BatchRecord, Store};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 /// Jobs taken per batch at most, so one flood cannot starve the timers.
@@ -65,6 +66,8 @@ pub struct Owner {
     /// The core may hold changes that were never committed: rebuild it before trusting it.
     needs_reload: bool,
     last_recovery_attempt: Timestamp,
+    /// The OFFER discovery answers with, refreshed as seats change.
+    offer: Option<watch::Sender<Offer>>,
 }
 
 impl std::fmt::Debug for Owner {
@@ -224,6 +227,7 @@ pub fn spawn(
     core: Core,
     store: Store,
     clock: Arc<dyn Clock>,
+    offer: Option<watch::Sender<Offer>>,
     shutdown: CancellationToken,
 ) -> (CoreHandle, tokio::task::JoinHandle<Core>) {
     let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
@@ -247,9 +251,37 @@ pub fn spawn(
         degraded: None,
         needs_reload: false,
         last_recovery_attempt: now,
+        offer,
     };
     let task = tokio::spawn(run(owner, rx, clock, acks, shutdown));
     (handle, task)
+}
+
+/// Keeps the discovery OFFER in step with the network keys and their free seats.
+fn refresh_offer(owner: &Owner) {
+    let Some(tx) = &owner.offer else { return };
+    let keys: Vec<OfferedKey> = owner
+        .core
+        .key_views(owner.now)
+        .into_iter()
+        .filter(|k| k.kind == crate::key::KeyKind::Network)
+        .map(|k| OfferedKey {
+            key_id: k.key_id,
+            demo: k.demo,
+            seats: k
+                .seats
+                .into_iter()
+                .map(|s| (s.feature, s.free, s.total))
+                .collect(),
+        })
+        .collect();
+    tx.send_if_modified(|o| {
+        let changed = o.keys != keys;
+        if changed {
+            o.keys = keys;
+        }
+        changed
+    });
 }
 
 /// One line for systemd's STATUS=: keys and seat use, servers, the store's health.
@@ -356,6 +388,7 @@ async fn run(
         }
         apply(&mut owner, &mut batch, &clock, &acks);
         systemd.tick(&owner);
+        refresh_offer(&owner);
     }
     persist_renewals(&mut owner, true);
     if let Err(e) = owner.store.snapshot(&owner.core) {

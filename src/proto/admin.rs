@@ -79,6 +79,10 @@ pub struct Status {
     /// Set while the state store refuses writes (disk full, not writable): changes are
     /// refused, leases are renewed in memory.
     pub store_error: Option<String>,
+    /// The UDP address discovery answers on.
+    pub discovery: Option<String>,
+    /// Other daemons offering a key this one hosts: a key belongs on one daemon only.
+    pub duplicate_keys: Vec<crate::discovery::DuplicateKey>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
