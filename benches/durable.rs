@@ -34,6 +34,8 @@ async fn durable_checkouts(clients: usize, seconds: u64) -> (f64, Vec<Duration>)
         demo: false,
         no_broadcast: true,
         listener: None,
+        discovery: None,
+        peers: Vec::new(),
     };
     let daemon = Daemon::start(config, SystemClock::new())
         .await
