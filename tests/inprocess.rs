@@ -13,17 +13,17 @@ const T0: Timestamp = Timestamp(1_800_000_000_000);
 const INTERVAL: u64 = 10_000;
 const GRACE: u64 = 3_600_000;
 
-struct Harness {
-    daemon: Daemon,
-    clock: Arc<ManualClock>,
-    dir: tempfile::TempDir,
+pub(crate) struct Harness {
+    pub daemon: Daemon,
+    pub clock: Arc<ManualClock>,
+    pub dir: tempfile::TempDir,
     /// The licence socket, kept by the test so a restarted daemon serves the same port
     /// (another test could otherwise take a freed port in between).
     listener: Arc<std::net::TcpListener>,
 }
 
 impl Harness {
-    async fn start() -> Harness {
+    pub async fn start() -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::new(T0);
         let listener = Arc::new(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
@@ -54,7 +54,7 @@ impl Harness {
         code
     }
 
-    async fn client(&self, name: &str) -> Client {
+    pub async fn client(&self, name: &str) -> Client {
         let path = self.dir.path().join(format!("{name}.json"));
         let mut c = Client::with_clock(
             &path,
@@ -68,7 +68,7 @@ impl Harness {
     }
 
     /// Counted `camera` seats (held + revoking) and the revoking part.
-    async fn camera_use(&self) -> (u64, u64) {
+    pub async fn camera_use(&self) -> (u64, u64) {
         self.daemon
             .core()
             .call(|o| {
@@ -80,7 +80,7 @@ impl Harness {
             .unwrap()
     }
 
-    async fn reservation_end(&self, server: &str) -> Timestamp {
+    pub async fn reservation_end(&self, server: &str) -> Timestamp {
         let s = server.to_string();
         self.daemon
             .core()
@@ -90,7 +90,7 @@ impl Harness {
             .unwrap()
     }
 
-    async fn stop(self) {
+    pub async fn stop(self) {
         self.daemon.shutdown().await;
     }
 }
@@ -114,7 +114,7 @@ fn rand_code() -> u32 {
     N.fetch_add(7919, Ordering::Relaxed)
 }
 
-fn items(cams: &[&str]) -> Vec<CheckoutItem> {
+pub(crate) fn items(cams: &[&str]) -> Vec<CheckoutItem> {
     cams.iter().map(|c| CheckoutItem::camera(c)).collect()
 }
 

@@ -6,5 +6,7 @@ mod blackbox;
 mod discovery;
 mod durability;
 mod inprocess;
+mod outage;
+mod netns;
 mod protocol_doc;
 mod util;

@@ -12,7 +12,7 @@ mod run;
 mod state;
 
 pub use connection::{Connection, Welcome};
-pub use run::{ClientEvent, VideoServer};
+pub use run::{Backoff, ClientEvent, VideoServer};
 pub use state::{ClientState, HeldCamera};
 
 use crate::clock::Clock;
@@ -99,7 +99,16 @@ impl Client {
         self.state.as_ref()
     }
 
-    fn address(&self) -> Result<String, ClientError> {
+    /// Points the client at a new address for its bound daemon (after re-discovery).
+    pub fn set_address(&mut self, addr: String) {
+        self.daemon = Some(addr.clone());
+        if let Some(s) = self.state.as_mut() {
+            s.daemon_addr = addr;
+            let _ = s.save(&self.state_path);
+        }
+    }
+
+    pub fn address(&self) -> Result<String, ClientError> {
         self.daemon
             .clone()
             .or_else(|| self.state.as_ref().map(|s| s.daemon_addr.clone()))

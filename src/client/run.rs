@@ -11,7 +11,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// While disconnected, the grace deadline is checked at least this often.
+const GRACE_CHECK: Duration = Duration::from_millis(250);
 
 /// What happened to the video server's licences. Stop recording a camera on `Revoked`,
 /// `Lost` and `GraceEnded`: the library acknowledges a revocation once the event is sent.
@@ -45,6 +46,11 @@ pub enum ClientEvent {
     ContactLost {
         error: String,
         deadline: Option<Timestamp>,
+    },
+    /// No contact for a while: the cameras stop at `deadline` unless contact returns.
+    GraceWarning {
+        remaining_ms: u64,
+        deadline: Timestamp,
     },
     GraceEnded {
         cameras: usize,
@@ -86,6 +92,11 @@ impl fmt::Display for ClientEvent {
                 Some(d) => write!(f, "contact lost ({error}); recording on grace until {d}"),
                 None => write!(f, "contact lost ({error})"),
             },
+            ClientEvent::GraceWarning { remaining_ms, deadline } => write!(
+                f,
+                "grace warning: no contact with the licence daemon; recording stops at {deadline} (in {})",
+                crate::core::time::human_span(*remaining_ms)
+            ),
             ClientEvent::GraceEnded { cameras } => {
                 write!(f, "grace period ended: stopped recording {cameras} cameras")
             }
@@ -198,17 +209,66 @@ pub(crate) async fn heartbeat_once(
     settle_pushes(client, conn, events).await
 }
 
+/// How a disconnected video server retries: "full jitter" exponential back-off, so
+/// thousands of servers cut off together (a daemon restart) spread their reconnects over
+/// seconds instead of arriving in the same instant.
+#[derive(Clone, Copy, Debug)]
+pub struct Backoff {
+    /// The window of the first retry: uniformly within (0, first].
+    pub first: Duration,
+    /// The largest window.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { first: Duration::from_secs(5), max: Duration::from_secs(60) }
+    }
+}
+
+impl Backoff {
+    /// The delay before retry number `attempt` (0-based), for a uniform `r` in [0, 1).
+    pub fn delay(&self, attempt: u32, r: f64) -> Duration {
+        let window = self.first.saturating_mul(1u32 << attempt.min(16)).min(self.max);
+        let floor = Duration::from_millis(50).min(window);
+        floor + (window - floor).mul_f64(r.clamp(0.0, 1.0))
+    }
+}
+
 /// A long-lived video server session.
 #[derive(Debug)]
 pub struct VideoServer {
     client: Client,
     wanted: Vec<CheckoutItem>,
+    backoff: Backoff,
+    /// Warn once this share of the offline grace has passed without contact.
+    grace_warning_share: f64,
+    /// Where to look for the bound daemon when its address stops answering.
+    rediscover: Option<crate::discovery::Search>,
 }
 
 impl VideoServer {
     /// `wanted`: the cameras this server records; checked out on every (re)connection.
     pub fn new(client: Client, wanted: Vec<CheckoutItem>) -> Self {
-        VideoServer { client, wanted }
+        VideoServer { client, wanted, backoff: Backoff::default(), grace_warning_share: 0.25, rediscover: None }
+    }
+
+    pub fn with_backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Warn (`GraceWarning`) once `share` (0..1) of the offline grace has passed.
+    pub fn with_grace_warning(mut self, share: f64) -> Self {
+        self.grace_warning_share = share.clamp(0.0, 1.0);
+        self
+    }
+
+    /// Re-discover the bound daemon (by its daemon id) with this search when its last
+    /// address does not answer: the daemon may have moved.
+    pub fn with_rediscovery(mut self, search: crate::discovery::Search) -> Self {
+        self.rediscover = Some(search);
+        self
     }
 
     /// Runs until `shutdown` fires (cameras stay held: a restarted server re-claims them)
@@ -218,16 +278,18 @@ impl VideoServer {
         events: mpsc::Sender<ClientEvent>,
         shutdown: CancellationToken,
     ) -> Result<(), ClientError> {
-        let mut backoff = Duration::from_secs(1);
+        let mut attempt = 0u32;
         let mut lost_reported = false;
+        let mut warned = false;
         loop {
             if shutdown.is_cancelled() {
                 return Ok(());
             }
             let result = match self.client.connect().await {
                 Ok(conn) => {
-                    backoff = Duration::from_secs(1);
+                    attempt = 0;
                     lost_reported = false;
+                    warned = false;
                     self.session(conn, &events, &shutdown).await
                 }
                 Err(e) => Err(e),
@@ -255,23 +317,47 @@ impl VideoServer {
                     if !lost_reported {
                         let deadline = self.client.state().and_then(|s| s.deadline);
                         let _ = events
-                            .send(ClientEvent::ContactLost {
-                                error: e.to_string(),
-                                deadline,
-                            })
+                            .send(ClientEvent::ContactLost { error: e.to_string(), deadline })
                             .await;
                         lost_reported = true;
                     }
+                    if self.rediscover().await {
+                        continue;
+                    }
                 }
             }
-            self.check_grace(&events).await?;
-            let jitter = Duration::from_millis(jitter_ms(500));
-            tokio::select! {
-                _ = tokio::time::sleep(backoff + jitter) => {}
-                _ = shutdown.cancelled() => return Ok(()),
+            // Wait for the next try, checking the grace period all along: the cameras
+            // must stop at the deadline, not at the next retry.
+            let retry_at = tokio::time::Instant::now() + self.backoff.delay(attempt, jitter_unit());
+            attempt = attempt.saturating_add(1);
+            loop {
+                self.check_grace(&events, &mut warned).await?;
+                let now = tokio::time::Instant::now();
+                if now >= retry_at {
+                    break;
+                }
+                let nap = (retry_at - now).min(GRACE_CHECK);
+                tokio::select! {
+                    _ = tokio::time::sleep(nap) => {}
+                    _ = shutdown.cancelled() => return Ok(()),
+                }
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
+    }
+
+    /// Looks for the bound daemon elsewhere; true if it was found at a new address.
+    async fn rediscover(&mut self) -> bool {
+        let Some(search) = self.rediscover.clone() else { return false };
+        let Some(daemon_id) = self.client.state().map(|s| s.daemon_id.clone()) else { return false };
+        let Ok(found) = crate::discovery::discover(&search).await else { return false };
+        let Some(f) = found.into_iter().find(|f| f.offer.daemon_id == daemon_id) else { return false };
+        let addr = f.connect.to_string();
+        if self.client.address().ok().as_deref() == Some(addr.as_str()) {
+            return false;
+        }
+        tracing::info!(daemon_id = %daemon_id, addr = %addr, "the bound daemon answers at a new address");
+        self.client.set_address(addr);
+        true
     }
 
     fn stop_all(&mut self) -> Result<usize, ClientError> {
@@ -283,8 +369,18 @@ impl VideoServer {
         Ok(n)
     }
 
-    async fn check_grace(&mut self, events: &mpsc::Sender<ClientEvent>) -> Result<(), ClientError> {
+    async fn check_grace(&mut self, events: &mpsc::Sender<ClientEvent>, warned: &mut bool) -> Result<(), ClientError> {
         let now = self.client.now();
+        if let Some(s) = self.client.state() {
+            if let (Some(deadline), false) = (s.deadline, s.cameras.is_empty()) {
+                let remaining = deadline.since(now);
+                let warn_below = (s.offline_grace_ms as f64 * (1.0 - self.grace_warning_share)) as u64;
+                if !*warned && remaining > 0 && remaining <= warn_below {
+                    *warned = true;
+                    let _ = events.send(ClientEvent::GraceWarning { remaining_ms: remaining, deadline }).await;
+                }
+            }
+        }
         let over = self
             .client
             .state()
@@ -402,12 +498,59 @@ async fn flush(out: &mpsc::Sender<ClientEvent>, events: &mut Vec<ClientEvent>) {
     }
 }
 
-/// Random jitter so servers cut off together do not reconnect in lockstep.
-fn jitter_ms(max: u64) -> u64 {
+/// A uniform number in [0, 1) for jitter, so servers cut off together do not reconnect
+/// in lockstep.
+fn jitter_unit() -> f64 {
     use ring::rand::SecureRandom;
     let mut b = [0u8; 8];
     match ring::rand::SystemRandom::new().fill(&mut b) {
-        Ok(()) => u64::from_le_bytes(b) % max.max(1),
-        Err(_) => max / 2,
+        Ok(()) => (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64,
+        Err(_) => 0.5,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ten_thousand_servers_cut_off_together_do_not_reconnect_together() {
+        // A daemon restart: every server loses contact at 0 and the daemon is back at
+        // 3 s. Count the reconnects that succeed per 100 ms (a deterministic generator
+        // stands in for the random jitter).
+        let b = Backoff::default();
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut unit = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let mut buckets = std::collections::BTreeMap::<u64, u32>::new();
+        for _ in 0..10_000 {
+            let (mut t, mut attempt) = (Duration::ZERO, 0);
+            loop {
+                t += b.delay(attempt, unit());
+                attempt += 1;
+                if t >= Duration::from_secs(3) {
+                    break;
+                }
+            }
+            *buckets.entry(t.as_millis() as u64 / 100).or_default() += 1;
+        }
+        let busiest = buckets.values().max().copied().unwrap_or(0);
+        let busiest_second: u32 = (0..200u64).map(|s| (s * 10..s * 10 + 10).filter_map(|k| buckets.get(&k)).sum()).max().unwrap_or(0);
+        assert!(busiest <= 300, "{busiest} of 10000 reconnect within one 100 ms");
+        // Spread over several seconds: no second sees more than 30% of them.
+        assert!(busiest_second <= 3_000, "{busiest_second} of 10000 reconnect within one second");
+    }
+
+    #[test]
+    fn backoff_grows_to_its_cap() {
+        let b = Backoff { first: Duration::from_secs(1), max: Duration::from_secs(8) };
+        assert_eq!(b.delay(0, 1.0), Duration::from_secs(1));
+        assert_eq!(b.delay(3, 1.0), Duration::from_secs(8));
+        assert_eq!(b.delay(30, 1.0), Duration::from_secs(8));
+        assert_eq!(b.delay(0, 0.0), Duration::from_millis(50));
     }
 }
