@@ -404,3 +404,29 @@ fn check_config_names_a_misspelt_setting_and_prints_the_effective_ones() {
         "{text}"
     );
 }
+
+#[test]
+fn guessing_enrolment_codes_hits_a_limit() {
+    let d = DaemonProcess::start_demo();
+    let mut limited = false;
+    for i in 0..12 {
+        let out = d.client(
+            "guesser",
+            &["enrol", &format!("{:08}", 55_550_000 + i), "--name", "g"],
+        );
+        assert!(!out.status.success());
+        if stderr(&out).contains("too many attempts") {
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited, "twelve wrong codes in a row were all tried");
+    // A real code is refused too while the source waits.
+    let code = d.code();
+    let out = d.client("guesser", &["enrol", &code, "--name", "g"]);
+    assert!(
+        stderr(&out).contains("too many attempts"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -39,7 +39,12 @@ impl Proxy {
                 l.lock().unwrap().push(link.abort_handle());
             }
         });
-        Proxy { addr, cut, links, task }
+        Proxy {
+            addr,
+            cut,
+            links,
+            task,
+        }
     }
 
     fn cut(&self) {
@@ -61,7 +66,11 @@ impl Drop for Proxy {
     }
 }
 
-async fn next_event(rx: &mut tokio::sync::mpsc::Receiver<ClientEvent>, what: &str, pick: impl Fn(&ClientEvent) -> bool) -> ClientEvent {
+async fn next_event(
+    rx: &mut tokio::sync::mpsc::Receiver<ClientEvent>,
+    what: &str,
+    pick: impl Fn(&ClientEvent) -> bool,
+) -> ClientEvent {
     let wait = async {
         loop {
             let e = rx.recv().await.expect("the video server stopped");
@@ -70,19 +79,31 @@ async fn next_event(rx: &mut tokio::sync::mpsc::Receiver<ClientEvent>, what: &st
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(30), wait).await.unwrap_or_else(|_| panic!("no {what} event"))
+    tokio::time::timeout(Duration::from_secs(30), wait)
+        .await
+        .unwrap_or_else(|_| panic!("no {what} event"))
 }
 
 fn video_server(h: &Harness, proxy: &Proxy) -> VideoServer {
     let path = h.dir.path().join("A.json");
-    let client = Client::with_clock(&path, Trust::Demo, Some(proxy.addr.to_string()), h.clock.clone()).unwrap();
+    let client = Client::with_clock(
+        &path,
+        Trust::Demo,
+        Some(proxy.addr.to_string()),
+        h.clock.clone(),
+    )
+    .unwrap();
     VideoServer::new(client, items(&["c1", "c2"]))
-        .with_backoff(Backoff { first: Duration::from_millis(20), max: Duration::from_millis(100) })
+        .with_backoff(Backoff {
+            first: Duration::from_millis(20),
+            max: Duration::from_millis(100),
+        })
         .with_grace_warning(0.25)
 }
 
 #[tokio::test]
-async fn cut_off_the_client_keeps_recording_on_grace_and_stops_before_the_daemon_reservation_ends() {
+async fn cut_off_the_client_keeps_recording_on_grace_and_stops_before_the_daemon_reservation_ends()
+{
     let h = Harness::start().await;
     let enrolled = h.client("A").await;
     let server = enrolled.state().unwrap().server_id.clone();
@@ -92,21 +113,43 @@ async fn cut_off_the_client_keeps_recording_on_grace_and_stops_before_the_daemon
     let stop = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(video_server(&h, &proxy).run(tx, stop.clone()));
     for _ in 0..2 {
-        next_event(&mut rx, "grant", |e| matches!(e, ClientEvent::Granted { renewed: false, .. })).await;
+        next_event(&mut rx, "grant", |e| {
+            matches!(e, ClientEvent::Granted { renewed: false, .. })
+        })
+        .await;
     }
 
     // Cut: contact lost, the cameras keep recording on grace.
     proxy.cut();
-    let lost = next_event(&mut rx, "contact lost", |e| matches!(e, ClientEvent::ContactLost { .. })).await;
-    let ClientEvent::ContactLost { deadline: Some(deadline), .. } = lost else { panic!("{lost:?}") };
+    let lost = next_event(&mut rx, "contact lost", |e| {
+        matches!(e, ClientEvent::ContactLost { .. })
+    })
+    .await;
+    assert!(
+        matches!(
+            lost,
+            ClientEvent::ContactLost {
+                deadline: Some(_),
+                ..
+            }
+        ),
+        "{lost:?}"
+    );
     h.clock.advance(grace * 30 / 100);
-    next_event(&mut rx, "grace warning", |e| matches!(e, ClientEvent::GraceWarning { .. })).await;
+    next_event(&mut rx, "grace warning", |e| {
+        matches!(e, ClientEvent::GraceWarning { .. })
+    })
+    .await;
 
     // Mended before the deadline: the client carries on, re-claiming, not re-granting.
     proxy.mend();
     let mut renewed = 0;
     while renewed < 2 {
-        match next_event(&mut rx, "re-claim", |e| matches!(e, ClientEvent::Granted { .. })).await {
+        match next_event(&mut rx, "re-claim", |e| {
+            matches!(e, ClientEvent::Granted { .. })
+        })
+        .await
+        {
             ClientEvent::Granted { renewed: true, .. } => renewed += 1,
             other => panic!("granted anew after reconnecting: {other:?}"),
         }
@@ -115,27 +158,56 @@ async fn cut_off_the_client_keeps_recording_on_grace_and_stops_before_the_daemon
 
     // Cut again, and restart the video server in between: its deadline survives.
     proxy.cut();
-    let lost = next_event(&mut rx, "contact lost", |e| matches!(e, ClientEvent::ContactLost { .. })).await;
-    let ClientEvent::ContactLost { deadline: Some(deadline), .. } = lost else { panic!("{lost:?}") };
+    let lost = next_event(&mut rx, "contact lost", |e| {
+        matches!(e, ClientEvent::ContactLost { .. })
+    })
+    .await;
+    let ClientEvent::ContactLost {
+        deadline: Some(deadline),
+        ..
+    } = lost
+    else {
+        panic!("{lost:?}")
+    };
     stop.cancel();
     task.await.unwrap().unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::channel(256);
     let stop = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(video_server(&h, &proxy).run(tx, stop.clone()));
-    let lost = next_event(&mut rx, "contact lost after restart", |e| matches!(e, ClientEvent::ContactLost { .. })).await;
-    assert!(matches!(lost, ClientEvent::ContactLost { deadline: Some(d), .. } if d == deadline), "{lost:?}");
+    let lost = next_event(&mut rx, "contact lost after restart", |e| {
+        matches!(e, ClientEvent::ContactLost { .. })
+    })
+    .await;
+    assert!(
+        matches!(lost, ClientEvent::ContactLost { deadline: Some(d), .. } if d == deadline),
+        "{lost:?}"
+    );
 
     // Time runs out: the client stops at its deadline, while the daemon still reserves.
     let reservation_end = h.reservation_end(&server).await;
-    assert!(deadline < reservation_end, "deadline {deadline} vs reservation end {reservation_end}");
+    assert!(
+        deadline < reservation_end,
+        "deadline {deadline} vs reservation end {reservation_end}"
+    );
     h.clock.set(deadline);
-    next_event(&mut rx, "grace ended", |e| matches!(e, ClientEvent::GraceEnded { cameras: 2 })).await;
-    assert_eq!(h.camera_use().await, (2, 0), "the daemon still reserves the seats when the client stops");
+    next_event(&mut rx, "grace ended", |e| {
+        matches!(e, ClientEvent::GraceEnded { cameras: 2 })
+    })
+    .await;
+    assert_eq!(
+        h.camera_use().await,
+        (2, 0),
+        "the daemon still reserves the seats when the client stops"
+    );
     // Renewals persisted since may have moved the reservation later, never earlier.
     let reservation_end = h.reservation_end(&server).await.max(reservation_end);
     assert!(deadline < reservation_end);
     h.clock.set(reservation_end);
-    assert_eq!(h.camera_use().await, (0, 0), "and frees them at its reservation end");
+    assert_eq!(
+        h.camera_use().await,
+        (0, 0),
+        "and frees them at its reservation end"
+    );
     stop.cancel();
     task.await.unwrap().unwrap();
     drop(proxy);
@@ -158,39 +230,81 @@ async fn the_client_finds_its_daemon_again_at_a_new_address() {
         peers: Vec::new(),
     };
     let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let d1 = Daemon::start(config(local, local), clock.clone()).await.unwrap();
+    let d1 = Daemon::start(config(local, local), clock.clone())
+        .await
+        .unwrap();
     let udp = d1.discovery_addr().unwrap();
     let code = "31415926".to_string();
     let c = code.clone();
     let out = d1
         .core()
-        .execute(netkey::core::Command::CreateCode { pool: netkey::core::PoolId::default_of("DEMO"), code: c })
+        .execute(netkey::core::Command::CreateCode {
+            pool: netkey::core::PoolId::default_of("DEMO"),
+            code: c,
+        })
         .await
         .unwrap();
     assert!(matches!(out, netkey::core::Outcome::CodeCreated { .. }));
     let path = dir.path().join("A.json");
-    let mut client = Client::with_clock(&path, Trust::Demo, Some(d1.local_addr().to_string()), clock.clone()).unwrap();
+    let mut client = Client::with_clock(
+        &path,
+        Trust::Demo,
+        Some(d1.local_addr().to_string()),
+        clock.clone(),
+    )
+    .unwrap();
     client.enrol(&code, "A", "1").await.unwrap();
     let client = Client::with_clock(&path, Trust::Demo, None, clock.clone()).unwrap();
-    let search = netkey::discovery::Search { to: vec![udp], broadcast_port: None, key_id: None, timeout: Duration::from_millis(300) };
+    let search = netkey::discovery::Search {
+        to: vec![udp],
+        broadcast_port: None,
+        key_id: None,
+        timeout: Duration::from_millis(300),
+    };
     let vs = VideoServer::new(client, items(&["c1"]))
-        .with_backoff(Backoff { first: Duration::from_millis(20), max: Duration::from_millis(100) })
+        .with_backoff(Backoff {
+            first: Duration::from_millis(20),
+            max: Duration::from_millis(100),
+        })
         .with_rediscovery(search);
     let (tx, mut rx) = tokio::sync::mpsc::channel(256);
     let stop = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(vs.run(tx, stop.clone()));
-    next_event(&mut rx, "grant", |e| matches!(e, ClientEvent::Granted { renewed: false, .. })).await;
+    next_event(&mut rx, "grant", |e| {
+        matches!(e, ClientEvent::Granted { renewed: false, .. })
+    })
+    .await;
     let old = d1.local_addr();
     d1.shutdown().await;
     // The daemon comes back on another TCP port (same state, same discovery socket).
-    let d2 = Daemon::start(config(local, udp), clock.clone()).await.unwrap();
+    let d2 = match Daemon::start(config(local, udp), clock.clone()).await {
+        Ok(d) => d,
+        Err(e) => panic!("restart on {udp}: {e}"),
+    };
     assert_ne!(d2.local_addr(), old);
-    let back = next_event(&mut rx, "reconnect", |e| matches!(e, ClientEvent::Connected { .. })).await;
-    assert!(matches!(&back, ClientEvent::Connected { addr, .. } if *addr == d2.local_addr().to_string()), "{back:?}");
-    let again = next_event(&mut rx, "re-claim", |e| matches!(e, ClientEvent::Granted { .. })).await;
-    assert!(matches!(again, ClientEvent::Granted { renewed: true, .. }), "{again:?}");
-    let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    assert_eq!(saved["daemon_addr"], d2.local_addr().to_string().as_str(), "the new address is remembered");
+    let back = next_event(&mut rx, "reconnect", |e| {
+        matches!(e, ClientEvent::Connected { .. })
+    })
+    .await;
+    assert!(
+        matches!(&back, ClientEvent::Connected { addr, .. } if *addr == d2.local_addr().to_string()),
+        "{back:?}"
+    );
+    let again = next_event(&mut rx, "re-claim", |e| {
+        matches!(e, ClientEvent::Granted { .. })
+    })
+    .await;
+    assert!(
+        matches!(again, ClientEvent::Granted { renewed: true, .. }),
+        "{again:?}"
+    );
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(
+        saved["daemon_addr"],
+        d2.local_addr().to_string().as_str(),
+        "the new address is remembered"
+    );
     stop.cancel();
     task.await.unwrap().unwrap();
     d2.shutdown().await;

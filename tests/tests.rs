@@ -6,7 +6,7 @@ mod blackbox;
 mod discovery;
 mod durability;
 mod inprocess;
-mod outage;
 mod netns;
+mod outage;
 mod protocol_doc;
 mod util;

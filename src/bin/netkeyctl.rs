@@ -37,6 +37,28 @@ fn main() -> ExitCode {
 
 type Fallible<T> = Result<T, String>;
 
+/// `println!` that ends quietly when stdout is closed (`netkeyctl ... | head`).
+#[macro_export]
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout(), $($t)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
+/// `print!` that ends quietly when stdout is closed.
+#[macro_export]
+macro_rules! out_raw {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        if write!(std::io::stdout(), $($t)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
 fn admin<T: DeserializeOwned>(socket: &PathBuf, req: &AdminRequest) -> Fallible<T> {
     let mut stream = UnixStream::connect(socket).map_err(|e| {
         format!(
@@ -65,7 +87,7 @@ fn admin<T: DeserializeOwned>(socket: &PathBuf, req: &AdminRequest) -> Fallible<
 }
 
 fn print_json<T: serde::Serialize>(v: &T) -> Fallible<()> {
-    println!(
+    out!(
         "{}",
         serde_json::to_string_pretty(v).map_err(|e| e.to_string())?
     );
@@ -102,29 +124,33 @@ fn run_admin(socket: &PathBuf, json: bool, command: Command) -> Fallible<ExitCod
             if json {
                 print_json(&s)?;
             } else {
-                println!(
+                out!(
                     "{}  daemon {}{}",
                     s.software,
                     s.daemon_id,
                     if s.demo { "  DEMO mode" } else { "" }
                 );
-                println!("listening on {}, up since {}", s.listen, s.started_at);
-                println!(
+                out!("listening on {}, up since {}", s.listen, s.started_at);
+                out!(
                     "video servers: {} ({} live), cameras licensed: {}",
-                    s.servers, s.servers_live, s.cameras
+                    s.servers,
+                    s.servers_live,
+                    s.cameras
                 );
-                println!("audit log: {}", s.audit_head);
+                out!("audit log: {}", s.audit_head);
                 if let Some(d) = &s.discovery {
-                    println!("discovery on UDP {d}");
+                    out!("discovery on UDP {d}");
                 }
                 for d in &s.duplicate_keys {
-                    println!(
+                    out!(
                         "DuplicateKey: key {} is also offered by daemon {} at {}",
-                        d.key_id, d.other_daemon, d.other_address
+                        d.key_id,
+                        d.other_daemon,
+                        d.other_address
                     );
                 }
                 if let Some(e) = &s.store_error {
-                    println!("STATE STORE FAILING: {e} (changes are refused; leases are renewed in memory)");
+                    out!("STATE STORE FAILING: {e} (changes are refused; leases are renewed in memory)");
                 }
                 print_keys(&s.keys);
             }
@@ -142,9 +168,9 @@ fn run_admin(socket: &PathBuf, json: bool, command: Command) -> Fallible<ExitCod
             if json {
                 print_json(&pools)?;
             } else {
-                println!("{:<24} {:>7}  SEATS (in use/total)", "POOL", "SERVERS");
+                out!("{:<24} {:>7}  SEATS (in use/total)", "POOL", "SERVERS");
                 for p in pools {
-                    println!(
+                    out!(
                         "{:<24} {:>7}  {}{}",
                         p.pool,
                         p.servers,
@@ -159,11 +185,15 @@ fn run_admin(socket: &PathBuf, json: bool, command: Command) -> Fallible<ExitCod
             if json {
                 print_json(&d)?;
             } else {
-                println!("pool {}{}", d.pool.pool, demo_mark(d.pool.demo));
+                out!("pool {}{}", d.pool.pool, demo_mark(d.pool.demo));
                 for s in &d.pool.seats {
-                    println!(
+                    out!(
                         "  {:<10} in use {:>5}  revoking {:>4}  free {:>5}  total {:>5}",
-                        s.feature, s.in_use, s.revoking, s.free, s.total
+                        s.feature,
+                        s.in_use,
+                        s.revoking,
+                        s.free,
+                        s.total
                     );
                 }
                 print_servers(&d.servers);
@@ -174,7 +204,7 @@ fn run_admin(socket: &PathBuf, json: bool, command: Command) -> Fallible<ExitCod
             if json {
                 print_json(&c)?;
             } else {
-                println!("{}", c.code);
+                out!("{}", c.code);
                 eprintln!(
                     "one-time enrolment code for pool {}, valid until {}",
                     c.pool, c.expires_at
@@ -209,7 +239,7 @@ fn run_admin(socket: &PathBuf, json: bool, command: Command) -> Fallible<ExitCod
             if json {
                 print_json(&v)?;
             } else {
-                println!("server {id} is now called {name:?}");
+                out!("server {id} is now called {name:?}");
             }
         }
         Command::Server(ServerCmd::Move { id, pool }) => {
@@ -223,7 +253,7 @@ fn run_admin(socket: &PathBuf, json: bool, command: Command) -> Fallible<ExitCod
             if json {
                 print_json(&v)?;
             } else {
-                println!(
+                out!(
                     "server {id} moved to pool {}",
                     v.get("pool").and_then(|p| p.as_str()).unwrap_or("?")
                 );
@@ -234,7 +264,7 @@ fn run_admin(socket: &PathBuf, json: bool, command: Command) -> Fallible<ExitCod
             if json {
                 print_json(&k)?;
             } else if k.forgotten {
-                println!("server {} kicked and forgotten", k.server_id);
+                out!("server {} kicked and forgotten", k.server_id);
             } else {
                 let mut parts = Vec::new();
                 if !k.revoking.is_empty() {
@@ -251,7 +281,7 @@ fn run_admin(socket: &PathBuf, json: bool, command: Command) -> Fallible<ExitCod
                         k.kept_newly_added.join(", ")
                     ));
                 }
-                println!(
+                out!(
                     "server {} kicked; not forgotten yet: {}",
                     k.server_id,
                     parts.join("; ")
@@ -276,7 +306,7 @@ fn run_admin(socket: &PathBuf, json: bool, command: Command) -> Fallible<ExitCod
                     "forced" => "freed by force: the seat is back now; the holder is told when it next connects (audited overlap)",
                     _ => "revoking: the seat returns when the holder acknowledges or its reservation ends",
                 };
-                println!("camera {} on server {}: {what}", f.camera_id, f.server_id);
+                out!("camera {} on server {}: {what}", f.camera_id, f.server_id);
             }
         }
         Command::Audit(args) => return audit(socket, json, args),
@@ -293,7 +323,7 @@ fn run_admin(socket: &PathBuf, json: bool, command: Command) -> Fallible<ExitCod
                     &serde_json::json!({"out": out, "bytes": bytes.len(), "taken_at": b.taken_at}),
                 )?;
             } else {
-                println!(
+                out!(
                     "backup of {} bytes taken at {} written to {}",
                     bytes.len(),
                     b.taken_at,
@@ -368,9 +398,9 @@ fn discover(json: bool, timeout: f64, to: Vec<String>) -> Fallible<ExitCode> {
             .collect();
         print_json(&serde_json::json!({"daemons": rows}))?;
     } else if found.is_empty() {
-        println!("no licence daemon answered within {timeout} s");
+        out!("no licence daemon answered within {timeout} s");
     } else {
-        println!("{:<22} {:<22} KEYS (free/total)", "ADDRESS", "DAEMON");
+        out!("{:<22} {:<22} KEYS (free/total)", "ADDRESS", "DAEMON");
         for f in &found {
             let keys: Vec<String> = f
                 .offer
@@ -395,7 +425,7 @@ fn discover(json: bool, timeout: f64, to: Vec<String>) -> Fallible<ExitCode> {
                     )
                 })
                 .collect();
-            println!(
+            out!(
                 "{:<22} {:<22} {}{}",
                 f.connect.to_string(),
                 f.offer.daemon_id,
@@ -465,8 +495,8 @@ fn audit(socket: &PathBuf, json: bool, args: AuditArgs) -> Fallible<ExitCode> {
             print_json(&serde_json::json!({"intact": true, "head": head, "anchor": anchor}))?;
         } else {
             match anchor {
-                Some(a) => println!("audit log intact: {head}; it extends the anchor ({a})"),
-                None => println!("audit log intact: {head}"),
+                Some(a) => out!("audit log intact: {head}; it extends the anchor ({a})"),
+                None => out!("audit log intact: {head}"),
             }
         }
         return Ok(ExitCode::SUCCESS);
@@ -475,8 +505,8 @@ fn audit(socket: &PathBuf, json: bool, args: AuditArgs) -> Fallible<ExitCode> {
     match args.format.as_deref() {
         Some("json") => print_json(&export)?,
         Some("csv") => {
-            print!("{}", netkey::store::audit::to_csv(&export.records));
-            println!(
+            out_raw!("{}", netkey::store::audit::to_csv(&export.records));
+            out!(
                 "# head,{},{}",
                 export.head.count,
                 netkey::store::audit::hex(&export.head.hash)
@@ -496,24 +526,31 @@ fn audit(socket: &PathBuf, json: bool, args: AuditArgs) -> Fallible<ExitCode> {
                 .flatten()
                 .collect::<Vec<_>>()
                 .join(" ");
-                println!(
+                out!(
                     "{:>6} {} {:<18} {who} {}",
-                    r.index, r.at, r.action, r.detail
+                    r.index,
+                    r.at,
+                    r.action,
+                    r.detail
                 );
             }
-            println!("head: {}", export.head);
+            out!("head: {}", export.head);
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn print_keys(keys: &[KeyView]) {
-    println!(
+    out!(
         "{:<16} {:<8} {:>4}  {:<22} {:<21} SEATS (in use/total)",
-        "KEY", "KIND", "REV", "CUSTOMER", "EXPIRES"
+        "KEY",
+        "KIND",
+        "REV",
+        "CUSTOMER",
+        "EXPIRES"
     );
     for k in keys {
-        println!(
+        out!(
             "{:<16} {:<8} {:>4}  {:<22} {:<21} {}{}",
             k.key_id,
             format!("{:?}", k.kind).to_lowercase(),
@@ -527,12 +564,17 @@ fn print_keys(keys: &[KeyView]) {
 }
 
 fn print_servers(servers: &[ServerView]) {
-    println!(
+    out!(
         "{:<18} {:<16} {:<18} {:>7}  {:<8} {:<21} LICENCES",
-        "SERVER", "NAME", "POOL", "CAMERAS", "STATE", "LAST CHECK-IN"
+        "SERVER",
+        "NAME",
+        "POOL",
+        "CAMERAS",
+        "STATE",
+        "LAST CHECK-IN"
     );
     for s in servers {
-        println!(
+        out!(
             "{:<18} {:<16} {:<18} {:>7}  {:<8} {:<21} {}",
             s.server_id,
             s.name,
@@ -546,9 +588,14 @@ fn print_servers(servers: &[ServerView]) {
 }
 
 fn print_cameras(cams: &[CameraView]) {
-    println!(
+    out!(
         "{:<20} {:<16} {:<18} {:<9} {:>5}  {:<21} FEATURES",
-        "CAMERA", "KEY", "SERVER", "STATE", "EPOCH", "SINCE"
+        "CAMERA",
+        "KEY",
+        "SERVER",
+        "STATE",
+        "EPOCH",
+        "SINCE"
     );
     for c in cams {
         let features: Vec<String> = c.features.iter().map(|(f, n)| format!("{f}={n}")).collect();
@@ -556,7 +603,7 @@ fn print_cameras(cams: &[CameraView]) {
             .granted_at
             .map(|t| t.to_string())
             .unwrap_or_else(|| "-".into());
-        println!(
+        out!(
             "{:<20} {:<16} {:<18} {:<9} {:>5}  {:<21} {}{}",
             c.camera_id,
             c.key_id,
@@ -614,7 +661,7 @@ async fn client_command(args: ClientArgs, trust: Trust, json: bool) -> Fallible<
                     "daemon_id": client.state().map(|s| s.daemon_id.clone()),
                 }))?;
             } else {
-                println!(
+                out!(
                     "enrolled as server {} in pool {} (key {}){}",
                     b.server_id,
                     b.pool,
@@ -653,7 +700,7 @@ async fn client_command(args: ClientArgs, trust: Trust, json: bool) -> Fallible<
                     } => {
                         rows.push(serde_json::json!({"camera_id": camera, "granted": true, "epoch": epoch, "features": features, "legacy": legacy, "renewed": renewed}));
                         if !json {
-                            println!(
+                            out!(
                                 "{} {camera} (epoch {epoch}){}",
                                 if *renewed { "holding" } else { "granted" },
                                 if *legacy { " legacy" } else { "" }
@@ -683,7 +730,7 @@ async fn client_command(args: ClientArgs, trust: Trust, json: bool) -> Fallible<
             let mut problems = Vec::new();
             for (camera, refusal) in &out {
                 match refusal {
-                    None if !json => println!("released {camera}"),
+                    None if !json => out!("released {camera}"),
                     None => {}
                     Some(r) => problems.push(format!("{camera}: {r}")),
                 }
@@ -716,14 +763,14 @@ async fn client_command(args: ClientArgs, trust: Trust, json: bool) -> Fallible<
                     "deadline": state.deadline, "cameras": cams,
                 }))?;
             } else {
-                println!(
+                out!(
                     "server {} ({}) in pool {}{}",
                     state.server_id,
                     state.name,
                     state.pool,
                     demo_mark(state.demo)
                 );
-                println!(
+                out!(
                     "daemon {} at {}: {}",
                     state.daemon_id,
                     state.daemon_addr,
@@ -734,14 +781,14 @@ async fn client_command(args: ClientArgs, trust: Trust, json: bool) -> Fallible<
                 );
                 if let Ok(events) = &contact {
                     for e in events {
-                        println!("{e}");
+                        out!("{e}");
                     }
                 }
                 if let Some(d) = state.deadline {
-                    println!("licensed without contact until {d}");
+                    out!("licensed without contact until {d}");
                 }
                 for (c, h) in &state.cameras {
-                    println!("  {c} (epoch {})", h.epoch);
+                    out!("  {c} (epoch {})", h.epoch);
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -781,9 +828,9 @@ async fn client_command(args: ClientArgs, trust: Trust, json: bool) -> Fallible<
                                 if let Some(o) = v.as_object_mut() {
                                     o.insert("text".into(), e.to_string().into());
                                 }
-                                println!("{v}");
+                                out!("{v}");
                             } else {
-                                println!("{e}");
+                                out!("{e}");
                             }
                         }
                         None => break,

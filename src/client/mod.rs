@@ -22,6 +22,15 @@ use crate::proto::{Binding, Request, Response};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// The client's deadline: its send instant plus `valid_for`, less 0.1% for the two
+/// clocks running at slightly different rates over a long grace period.
+pub fn deadline_from(sent_at: crate::core::Timestamp, valid_for_ms: u64) -> crate::core::Timestamp {
+    sent_at.plus(valid_for_ms - valid_for_ms / 1000)
+}
+
+/// Cameras per checkout request; the daemon takes at most 1024.
+const CHECKOUT_CHUNK: usize = 256;
+
 /// Whose keys this client accepts: the built-in demo vendor (opt-in, says DEMO), or the
 /// vendor public keys compiled into or passed by the embedding program.
 #[derive(Clone, Debug)]
@@ -254,21 +263,30 @@ impl Client {
         }
         let key = Some(state.key_id.clone());
         let sent_at = self.clock.now();
-        let answer = match conn
-            .request(Request::Checkout {
-                key,
-                items: items.clone(),
-            })
-            .await?
-        {
-            Response::Checkout(a) => a,
-            Response::Refused(r) => return Err(ClientError::Refused(r)),
-            other => {
-                return Err(ClientError::Protocol(format!(
-                    "unexpected answer to Checkout: {other:?}"
-                )))
-            }
+        // Large batches go in chunks, so every request and answer fits in a frame.
+        let mut answer = crate::core::CheckoutAnswer {
+            outcomes: Vec::new(),
+            valid_for_ms: u64::MAX,
         };
+        for chunk in items.chunks(CHECKOUT_CHUNK) {
+            let part = match conn
+                .request(Request::Checkout {
+                    key: key.clone(),
+                    items: chunk.to_vec(),
+                })
+                .await?
+            {
+                Response::Checkout(a) => a,
+                Response::Refused(r) => return Err(ClientError::Refused(r)),
+                other => {
+                    return Err(ClientError::Protocol(format!(
+                        "unexpected answer to Checkout: {other:?}"
+                    )))
+                }
+            };
+            answer.valid_for_ms = answer.valid_for_ms.min(part.valid_for_ms);
+            answer.outcomes.extend(part.outcomes);
+        }
         let state = self.state.as_mut().ok_or(ClientError::NotEnrolled)?;
         for ((camera, outcome), item) in answer.outcomes.iter().zip(&items) {
             match outcome {
@@ -294,7 +312,7 @@ impl Client {
             .iter()
             .any(|(_, o)| matches!(o, CameraOutcome::Granted { .. }))
         {
-            state.deadline = Some(sent_at.plus(answer.valid_for_ms));
+            state.deadline = Some(deadline_from(sent_at, answer.valid_for_ms));
         }
         state.save(&self.state_path)?;
         Ok(answer.outcomes)

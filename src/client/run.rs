@@ -204,7 +204,7 @@ pub(crate) async fn heartbeat_once(
         }
     }
     // `valid_for` covers only cameras not revoked in this answer, and they are gone now.
-    client.state_mut()?.deadline = Some(sent_at.plus(answer.valid_for_ms));
+    client.state_mut()?.deadline = Some(super::deadline_from(sent_at, answer.valid_for_ms));
     client.save()?;
     settle_pushes(client, conn, events).await
 }
@@ -222,14 +222,20 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Backoff { first: Duration::from_secs(5), max: Duration::from_secs(60) }
+        Backoff {
+            first: Duration::from_secs(5),
+            max: Duration::from_secs(60),
+        }
     }
 }
 
 impl Backoff {
     /// The delay before retry number `attempt` (0-based), for a uniform `r` in [0, 1).
     pub fn delay(&self, attempt: u32, r: f64) -> Duration {
-        let window = self.first.saturating_mul(1u32 << attempt.min(16)).min(self.max);
+        let window = self
+            .first
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.max);
         let floor = Duration::from_millis(50).min(window);
         floor + (window - floor).mul_f64(r.clamp(0.0, 1.0))
     }
@@ -250,7 +256,13 @@ pub struct VideoServer {
 impl VideoServer {
     /// `wanted`: the cameras this server records; checked out on every (re)connection.
     pub fn new(client: Client, wanted: Vec<CheckoutItem>) -> Self {
-        VideoServer { client, wanted, backoff: Backoff::default(), grace_warning_share: 0.25, rediscover: None }
+        VideoServer {
+            client,
+            wanted,
+            backoff: Backoff::default(),
+            grace_warning_share: 0.25,
+            rediscover: None,
+        }
     }
 
     pub fn with_backoff(mut self, backoff: Backoff) -> Self {
@@ -285,7 +297,18 @@ impl VideoServer {
             if shutdown.is_cancelled() {
                 return Ok(());
             }
-            let result = match self.client.connect().await {
+            // Connecting may take long (timeouts): never past the grace deadline.
+            let connect = match self.grace_left() {
+                Some(left) => match tokio::time::timeout(left, self.client.connect()).await {
+                    Ok(r) => r,
+                    Err(_) => Err(ClientError::Unreachable {
+                        addr: self.client.address().unwrap_or_default(),
+                        reason: "no answer before the grace period ended".into(),
+                    }),
+                },
+                None => self.client.connect().await,
+            };
+            let result = match connect {
                 Ok(conn) => {
                     attempt = 0;
                     lost_reported = false;
@@ -317,7 +340,10 @@ impl VideoServer {
                     if !lost_reported {
                         let deadline = self.client.state().and_then(|s| s.deadline);
                         let _ = events
-                            .send(ClientEvent::ContactLost { error: e.to_string(), deadline })
+                            .send(ClientEvent::ContactLost {
+                                error: e.to_string(),
+                                deadline,
+                            })
                             .await;
                         lost_reported = true;
                     }
@@ -347,10 +373,18 @@ impl VideoServer {
 
     /// Looks for the bound daemon elsewhere; true if it was found at a new address.
     async fn rediscover(&mut self) -> bool {
-        let Some(search) = self.rediscover.clone() else { return false };
-        let Some(daemon_id) = self.client.state().map(|s| s.daemon_id.clone()) else { return false };
-        let Ok(found) = crate::discovery::discover(&search).await else { return false };
-        let Some(f) = found.into_iter().find(|f| f.offer.daemon_id == daemon_id) else { return false };
+        let Some(search) = self.rediscover.clone() else {
+            return false;
+        };
+        let Some(daemon_id) = self.client.state().map(|s| s.daemon_id.clone()) else {
+            return false;
+        };
+        let Ok(found) = crate::discovery::discover(&search).await else {
+            return false;
+        };
+        let Some(f) = found.into_iter().find(|f| f.offer.daemon_id == daemon_id) else {
+            return false;
+        };
         let addr = f.connect.to_string();
         if self.client.address().ok().as_deref() == Some(addr.as_str()) {
             return false;
@@ -358,6 +392,15 @@ impl VideoServer {
         tracing::info!(daemon_id = %daemon_id, addr = %addr, "the bound daemon answers at a new address");
         self.client.set_address(addr);
         true
+    }
+
+    /// Time left until the grace deadline, while cameras are held.
+    fn grace_left(&self) -> Option<Duration> {
+        let s = self.client.state()?;
+        if s.cameras.is_empty() {
+            return None;
+        }
+        Some(Duration::from_millis(s.deadline?.since(self.client.now())))
     }
 
     fn stop_all(&mut self) -> Result<usize, ClientError> {
@@ -369,15 +412,25 @@ impl VideoServer {
         Ok(n)
     }
 
-    async fn check_grace(&mut self, events: &mpsc::Sender<ClientEvent>, warned: &mut bool) -> Result<(), ClientError> {
+    async fn check_grace(
+        &mut self,
+        events: &mpsc::Sender<ClientEvent>,
+        warned: &mut bool,
+    ) -> Result<(), ClientError> {
         let now = self.client.now();
         if let Some(s) = self.client.state() {
             if let (Some(deadline), false) = (s.deadline, s.cameras.is_empty()) {
                 let remaining = deadline.since(now);
-                let warn_below = (s.offline_grace_ms as f64 * (1.0 - self.grace_warning_share)) as u64;
+                let warn_below =
+                    (s.offline_grace_ms as f64 * (1.0 - self.grace_warning_share)) as u64;
                 if !*warned && remaining > 0 && remaining <= warn_below {
                     *warned = true;
-                    let _ = events.send(ClientEvent::GraceWarning { remaining_ms: remaining, deadline }).await;
+                    let _ = events
+                        .send(ClientEvent::GraceWarning {
+                            remaining_ms: remaining,
+                            deadline,
+                        })
+                        .await;
                 }
             }
         }
@@ -473,7 +526,14 @@ impl VideoServer {
                     }
                 }
                 _ = tokio::time::sleep_until(next) => {
-                    heartbeat_once(&mut self.client, &mut conn, &mut events).await?;
+                    // A daemon that stops answering must not keep us past the deadline.
+                    let limit = self.grace_left().unwrap_or(Duration::from_secs(3600));
+                    match tokio::time::timeout(limit, heartbeat_once(&mut self.client, &mut conn, &mut events)).await {
+                        Ok(r) => r?,
+                        Err(_) => {
+                            return Err(ClientError::Protocol("no heartbeat answer before the grace period ended".into()))
+                        }
+                    }
                     next = tokio::time::Instant::now() + interval;
                 }
                 _ = shutdown.cancelled() => return Ok(()),
@@ -539,15 +599,27 @@ mod tests {
             *buckets.entry(t.as_millis() as u64 / 100).or_default() += 1;
         }
         let busiest = buckets.values().max().copied().unwrap_or(0);
-        let busiest_second: u32 = (0..200u64).map(|s| (s * 10..s * 10 + 10).filter_map(|k| buckets.get(&k)).sum()).max().unwrap_or(0);
-        assert!(busiest <= 300, "{busiest} of 10000 reconnect within one 100 ms");
+        let busiest_second: u32 = (0..200u64)
+            .map(|s| (s * 10..s * 10 + 10).filter_map(|k| buckets.get(&k)).sum())
+            .max()
+            .unwrap_or(0);
+        assert!(
+            busiest <= 300,
+            "{busiest} of 10000 reconnect within one 100 ms"
+        );
         // Spread over several seconds: no second sees more than 30% of them.
-        assert!(busiest_second <= 3_000, "{busiest_second} of 10000 reconnect within one second");
+        assert!(
+            busiest_second <= 3_000,
+            "{busiest_second} of 10000 reconnect within one second"
+        );
     }
 
     #[test]
     fn backoff_grows_to_its_cap() {
-        let b = Backoff { first: Duration::from_secs(1), max: Duration::from_secs(8) };
+        let b = Backoff {
+            first: Duration::from_secs(1),
+            max: Duration::from_secs(8),
+        };
         assert_eq!(b.delay(0, 1.0), Duration::from_secs(1));
         assert_eq!(b.delay(3, 1.0), Duration::from_secs(8));
         assert_eq!(b.delay(30, 1.0), Duration::from_secs(8));

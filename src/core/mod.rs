@@ -214,6 +214,12 @@ impl Core {
         Core::default()
     }
 
+    /// How many events wait to be drained (the caller can tell whether a command did
+    /// anything by comparing before and after).
+    pub fn pending_events(&self) -> usize {
+        self.events.len()
+    }
+
     /// Events since the last call, oldest first.
     pub fn drain_events(&mut self) -> Vec<Event> {
         std::mem::take(&mut self.events)
@@ -328,6 +334,7 @@ impl Core {
                 pool: pool.to_string(),
             });
         }
+        self.codes.retain(|_, c| c.expires_at > now);
         if self.codes.contains_key(code) {
             return Err(Refusal::BadRequest {
                 reason: "code already issued".into(),
@@ -357,8 +364,9 @@ impl Core {
             .get(&req.code)
             .cloned()
             .ok_or(Refusal::CodeInvalid)?;
+        // A refusal changes nothing (the caller need not log it); expired codes are
+        // swept when the next code is created.
         if code.expires_at <= now {
-            self.codes.remove(&req.code);
             return Err(Refusal::CodeExpired);
         }
         if req.name.trim().is_empty() || req.name.len() > MAX_NAME {

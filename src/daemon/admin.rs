@@ -28,6 +28,14 @@ pub async fn bind(path: &Path) -> std::io::Result<UnixListener> {
                 ),
             ));
         }
+        // Only a stale socket is replaced: a mistyped path must not delete a file.
+        use std::os::unix::fs::FileTypeExt;
+        if !std::fs::symlink_metadata(path)?.file_type().is_socket() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ));
+        }
         std::fs::remove_file(path)?;
     }
     if let Some(dir) = path.parent() {
@@ -84,7 +92,8 @@ async fn connection(
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
-        let reply = if line.len() > MAX_ADMIN_LINE {
+        let too_long = line.len() > MAX_ADMIN_LINE;
+        let reply = if too_long {
             AdminReply {
                 ok: None,
                 error: Some("request too long".into()),
@@ -102,7 +111,9 @@ async fn connection(
             return;
         };
         text.push('\n');
-        if write.write_all(text.as_bytes()).await.is_err() {
+        // After an overlong line the rest of it is still unread: close rather than
+        // answer its tail as a second request.
+        if write.write_all(text.as_bytes()).await.is_err() || too_long {
             return;
         }
     }
@@ -136,7 +147,7 @@ async fn handle(req: AdminRequest, core: &CoreHandle, info: &Arc<DaemonInfo>) ->
             let info = info.clone();
             core.call(move |o| query(o, other, &info))
                 .await
-                .unwrap_or_else(|_| err("the daemon is shutting down"))
+                .unwrap_or_else(err)
         }
     };
     if let Some(e) = &result.error {

@@ -26,6 +26,11 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection with no frame for this long is closed (heartbeats are far more frequent).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 const PUSH_QUEUE: usize = 256;
+/// Revocations listed in one heartbeat answer at most, so the answer fits in a frame.
+const MAX_REVOCATIONS_PER_ANSWER: usize = 256;
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// After Hello, a connection must log in or enrol within this long.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
@@ -79,8 +84,13 @@ pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(
             return;
         }
     }
+    let login_deadline = tokio::time::Instant::now() + LOGIN_TIMEOUT;
     loop {
         tokio::select! {
+            _ = tokio::time::sleep_until(login_deadline), if conn.server.is_none() => {
+                tracing::debug!(peer = %peer, "no login or enrolment in time: closing");
+                break;
+            }
             frame = timeout(IDLE_TIMEOUT, conn.framed.next()) => {
                 let result = match frame {
                     Err(_) => Err(FrameError::Closed),
@@ -113,14 +123,43 @@ pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
+    /// Sends one frame; a peer that does not read within `SEND_TIMEOUT` is dropped, so it
+    /// cannot pin this task (or shutdown) forever.
     async fn send(&mut self, frame: ServerFrame) -> Result<(), FrameError> {
         let bytes = proto::encode(&frame)?;
-        self.framed.send(bytes).await?;
+        match timeout(SEND_TIMEOUT, self.framed.send(bytes)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(FrameError::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the peer stopped reading",
+                )))
+            }
+        }
         Ok(())
     }
 
     async fn answer(&mut self, id: u32, response: Response) -> Result<(), FrameError> {
         self.send(ServerFrame::Response { id, response }).await
+    }
+
+    /// Refuses at once while this source (or everyone) is guessing too fast.
+    fn guard_guessing(&self) -> Result<(), Refusal> {
+        let mut g = self.info.guesses.lock().unwrap_or_else(|e| e.into_inner());
+        g.check(self.peer.ip(), std::time::Instant::now())
+    }
+
+    /// Counts a failed code or credential against this source.
+    fn note_attempt<R>(&self, r: Result<R, Refusal>) -> Result<R, Refusal> {
+        let mut g = self.info.guesses.lock().unwrap_or_else(|e| e.into_inner());
+        match &r {
+            Ok(_) => g.succeeded(self.peer.ip()),
+            Err(Refusal::CodeInvalid | Refusal::CodeExpired | Refusal::NotEnrolled) => {
+                g.failed(self.peer.ip(), std::time::Instant::now())
+            }
+            Err(_) => {}
+        }
+        r
     }
 
     fn session(&self) -> super::owner::Session {
@@ -194,6 +233,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                 name,
                 version,
             } => {
+                // Bounded before anything else: these come from anyone on the LAN.
+                if code.len() > 32 || name.len() > 128 || version.len() > 64 {
+                    return Err(Refusal::BadRequest {
+                        reason: "code, name or version too long".into(),
+                    });
+                }
+                self.guard_guessing()?;
                 let secret = super::random_bytes::<32>();
                 let req = EnrolRequest {
                     code,
@@ -216,7 +262,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                         Ok::<_, Refusal>(e)
                     })
                     .await
-                    .map_err(closed)??;
+                    .map_err(closed)?;
+                let enrolled = self.note_attempt(enrolled)?;
                 self.server = Some(enrolled.server_id.clone());
                 // A re-enrolled server keeps its old secret: only new servers get one.
                 let secret = if reenrol { Vec::new() } else { secret.to_vec() };
@@ -231,6 +278,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                         reason: "already logged in".into(),
                     });
                 }
+                if server_id.len() > 64 || secret.len() > 64 {
+                    return Err(Refusal::NotEnrolled);
+                }
+                self.guard_guessing()?;
                 let (session, sid) = (self.session(), server_id.clone());
                 let proof = credential_of(&secret);
                 let enrolment = self
@@ -248,7 +299,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                         Ok(e)
                     })
                     .await
-                    .map_err(closed)??;
+                    .map_err(closed)?;
+                let enrolment = self.note_attempt(enrolment)?;
                 tracing::debug!(peer = %self.peer, server_id = %server_id, "video server logged in");
                 self.server = Some(server_id);
                 Ok(Response::LoggedIn {
@@ -293,6 +345,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                     })
                     .await
                     .map_err(closed)??;
+                let mut answer = answer;
+                // Bounded: the rest go out with the next answers (and as pushes).
+                answer.revocations.truncate(MAX_REVOCATIONS_PER_ANSWER);
                 Ok(Response::Heartbeat { answer, audit })
             }
             Request::Sync { claimed } => {

@@ -4,6 +4,7 @@
 
 mod admin;
 mod conn;
+mod guess;
 mod log;
 mod owner;
 mod port;
@@ -95,6 +96,8 @@ pub struct DaemonInfo {
     pub listen: String,
     /// Where discovery answers, if it runs.
     pub discovery: Option<SocketAddr>,
+    /// Failed enrolment codes and logins, per source and in total.
+    pub guesses: std::sync::Mutex<guess::GuessLimiter>,
     /// Other daemons found offering a key this one hosts.
     pub duplicates: Arc<std::sync::Mutex<Vec<crate::discovery::DuplicateKey>>>,
     pub demo: bool,
@@ -212,6 +215,7 @@ impl Daemon {
             demo: config.demo,
             started_at: now,
             duplicates,
+            guesses: std::sync::Mutex::new(guess::GuessLimiter::default()),
         });
         let (handle, owner) =
             owner::spawn(core, store, clock, Some(offer_tx), shutdown.child_token());
@@ -233,7 +237,7 @@ impl Daemon {
                 Err(e) => return Err(DaemonError::DemoKey(e.to_string())),
             }
         }
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(accept_loop(
                 listener,
                 handle.clone(),
@@ -247,6 +251,10 @@ impl Daemon {
                 shutdown.clone(),
             )),
         ];
+        // Shutdown waits for the discovery task too, so its socket is closed on return.
+        if let Some(r) = responder {
+            tasks.push(r.task);
+        }
         tracing::info!(
             listen = %local_addr,
             admin_socket = %config.admin_socket.display(),
@@ -342,7 +350,15 @@ async fn accept_loop(
         }
         while connections.try_join_next().is_some() {}
     }
-    while connections.join_next().await.is_some() {}
+    // Give connections a moment to finish what they are answering, then cut them.
+    let drained = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        connections.abort_all();
+        while connections.join_next().await.is_some() {}
+    }
 }
 
 fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
@@ -366,8 +382,17 @@ fn load_or_create_id(path: &Path) -> std::io::Result<String> {
     }
     let id = format!("nkd-{}", conn::hex(&random_bytes::<8>()));
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, format!("{id}\n"))?;
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(format!("{id}\n").as_bytes())?;
+        f.sync_all()?;
+    }
     std::fs::rename(&tmp, path)?;
+    // The id must survive a power cut: clients refuse a daemon whose id changed.
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
     Ok(id)
 }
 

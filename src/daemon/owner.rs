@@ -68,6 +68,9 @@ pub struct Owner {
     last_recovery_attempt: Timestamp,
     /// The OFFER discovery answers with, refreshed as seats change.
     offer: Option<watch::Sender<Offer>>,
+    /// Sessions opened in the batch being applied: dropped again if its commit fails,
+    /// since their connections were told the login failed.
+    opened_in_batch: Vec<(String, u64)>,
 }
 
 impl std::fmt::Debug for Owner {
@@ -118,11 +121,23 @@ impl Owner {
             }
         }
         let server = server_of(&command).map(str::to_string);
-        if command.is_logged() && self.degraded.is_none() {
+        let logged = command.is_logged() && self.degraded.is_none();
+        let durable = command.must_be_durable();
+        if logged {
             self.pending.push(command.clone());
         }
-        self.durable |= command.must_be_durable();
+        let events_before = self.core.pending_events();
         let out = self.core.apply(self.now, command);
+        if logged && matches!(out, Outcome::Refused(_)) {
+            // A refused command changes nothing but the passage of time: log that alone
+            // (if it did anything), so refusals cannot fill the disk or force syncs.
+            self.pending.pop();
+            if self.core.pending_events() > events_before {
+                self.pending.push(Command::Advance);
+            }
+        } else {
+            self.durable |= durable;
+        }
         if let Some(server) = server {
             let mut note = |r: &Refusal| {
                 *self
@@ -150,6 +165,8 @@ impl Owner {
         self.execute(Command::SessionOpened {
             server: server.to_string(),
         });
+        self.opened_in_batch
+            .push((server.to_string(), session.conn));
         self.sessions
             .entry(server.to_string())
             .or_default()
@@ -252,6 +269,7 @@ pub fn spawn(
         needs_reload: false,
         last_recovery_attempt: now,
         offer,
+        opened_in_batch: Vec::new(),
     };
     let task = tokio::spawn(run(owner, rx, clock, acks, shutdown));
     (handle, task)
@@ -406,6 +424,9 @@ fn try_recover(owner: &mut Owner) {
         return;
     }
     owner.last_recovery_attempt = owner.now;
+    // Whatever happened in memory while the store failed (sessions, time) was not
+    // logged: rebuild from what is durable, then re-open the live sessions once.
+    owner.needs_reload = true;
     if owner.needs_reload {
         match owner.store.reload() {
             Ok(core) => {
@@ -459,6 +480,7 @@ fn apply(owner: &mut Owner, batch: &mut Vec<Job>, clock: &Arc<dyn Clock>, acks: 
     if owner.now >= owner.core.next_deadline() {
         owner.execute(Command::Advance);
     }
+    owner.opened_in_batch.clear();
     let replies: Vec<Reply> = batch.drain(..).map(|job| job(owner)).collect();
     let events = owner.core.drain_events();
     let mut audit: Vec<AuditEntry> = events.iter().map(audit::entry_for).collect();
@@ -474,7 +496,9 @@ fn apply(owner: &mut Owner, batch: &mut Vec<Job>, clock: &Arc<dyn Clock>, acks: 
         owner.refusals_since = owner.now;
     }
     let commands = std::mem::take(&mut owner.pending);
-    let durable = std::mem::replace(&mut owner.durable, false);
+    // Audit records are handed out as heads (heartbeats, exports): they must be durable,
+    // or a power cut could make an honest log look rewritten.
+    let durable = std::mem::replace(&mut owner.durable, false) || !audit.is_empty();
     let mut failure = None;
     if owner.degraded.is_some() {
         // Nothing is written while the store fails; what happened in memory (renewals,
@@ -497,6 +521,14 @@ fn apply(owner: &mut Owner, batch: &mut Vec<Job>, clock: &Arc<dyn Clock>, acks: 
         tracing::error!(reason = %reason, "COMMIT FAILED: this batch's changes are refused; leases go on being renewed in memory");
         owner.degraded = Some(reason.clone());
         owner.last_recovery_attempt = owner.now;
+        for (server, conn) in std::mem::take(&mut owner.opened_in_batch) {
+            if let Some(v) = owner.sessions.get_mut(&server) {
+                v.retain(|s| s.conn != conn);
+                if v.is_empty() {
+                    owner.sessions.remove(&server);
+                }
+            }
+        }
         match owner.store.reload() {
             Ok(core) => owner.core = core,
             Err(e) => {
@@ -517,7 +549,7 @@ fn apply(owner: &mut Owner, batch: &mut Vec<Job>, clock: &Arc<dyn Clock>, acks: 
         acks.notify_waiters();
     }
     persist_renewals(owner, false);
-    if owner.store.wants_snapshot() {
+    if owner.degraded.is_none() && owner.store.wants_snapshot() {
         if let Err(e) = owner.store.snapshot(&owner.core) {
             tracing::warn!("snapshot failed (the log still holds everything): {e}");
         }

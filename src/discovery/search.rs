@@ -34,7 +34,15 @@ pub fn broadcast_targets(port: u16) -> Vec<SocketAddr> {
         .unwrap_or_default()
         .into_iter()
         .filter_map(|i| match i.addr {
-            if_addrs::IfAddr::V4(v4) if !v4.is_loopback() => v4.broadcast,
+            // An address added without `brd` reports itself (or nothing) as broadcast:
+            // compute the subnet's broadcast address from the netmask instead.
+            if_addrs::IfAddr::V4(v4) if !v4.is_loopback() => match v4.broadcast {
+                Some(b) if b != v4.ip => Some(b),
+                _ if v4.prefixlen < 31 => {
+                    Some(Ipv4Addr::from(u32::from(v4.ip) | !u32::from(v4.netmask)))
+                }
+                _ => None,
+            },
             _ => None,
         })
         .map(|b| SocketAddr::V4(SocketAddrV4::new(b, port)))
