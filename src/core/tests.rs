@@ -796,3 +796,31 @@ fn next_deadline_is_the_earliest_reservation_end() {
     c.advance(T0.plus(6_000));
     assert_eq!(c.next_deadline(), T0.plus(GRACE + INTERVAL));
 }
+
+#[test]
+fn a_shrinking_feature_revokes_the_newest_lease_that_uses_it() {
+    let mut k = key("K", 4, policy());
+    // The lpr seat expires; the newest lease (c2) has no lpr and must be left alone.
+    k.entries[1].not_after = T0.plus(100_000);
+    let mut c = core_with(&[k]);
+    enrol(&mut c, T0, &demo_pool(), "A");
+    let mut with_lpr = CheckoutItem::camera("c1");
+    with_lpr.modules = vec!["lpr".into()];
+    c.checkout(T0, "A", None, &[with_lpr], false).unwrap();
+    c.checkout(T0.plus(1), "A", None, &cams(&["c2"]), false).unwrap();
+    c.session_opened(T0, "A");
+    c.heartbeat(T0.plus(50_000), "A", &c.holdings_digest("A")).unwrap();
+    c.renewals_persisted(T0.plus(50_000));
+    c.drain_events();
+    c.advance(T0.plus(100_000));
+    let revoked: Vec<String> = c
+        .drain_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::RevocationIssued { camera, .. } => Some(camera),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(revoked, vec!["c1".to_string()]);
+    assert!(c.holds("A", "c2", 1));
+}
