@@ -1,12 +1,15 @@
 //! Keeps `docs/PROTOCOL.md` honest: every `<!-- example: NAME -->` hex block must decode
 //! to the value built here under NAME, and that value must encode to exactly those bytes.
 //! An example without a value here, or a value here without an example, fails the test.
+//! The same holds for the discovery datagrams, marked `<!-- datagram: NAME -->`: a
+//! DISCOVER is shown without its zero padding, an OFFER in full.
 
 use netkey::core::digest;
 use netkey::core::{
     CameraOutcome, CheckoutAnswer, CheckoutItem, HeartbeatAnswer, Refusal, Revocation,
     RevocationReason, SyncAnswer, Timestamp,
 };
+use netkey::discovery::{self, Datagram, Discover, Offer, OfferedKey, DISCOVER_SIZE};
 use netkey::proto::{
     self, AuditHead, Binding, ClientFrame, HostedKey, Push, Request, Response, ServerFrame,
     MAX_FRAME, PROTOCOL_VERSION,
@@ -654,13 +657,13 @@ async fn the_frame_example_has_its_length_prefix() {
 fn every_hex_block_is_checked() {
     let doc = doc();
     let fences = doc.lines().filter(|l| l.trim() == "```hex").count();
-    let checked: usize = ["example", "frame", "digest-input", "digest"]
+    let checked: usize = ["example", "frame", "digest-input", "digest", "datagram"]
         .iter()
         .map(|kind| blocks(kind).len())
         .sum();
     assert_eq!(
         fences, checked,
-        "docs/PROTOCOL.md has a hex block without an example, frame or digest marker"
+        "docs/PROTOCOL.md has a hex block without an example, frame, digest or datagram marker"
     );
 }
 
@@ -668,6 +671,9 @@ fn every_hex_block_is_checked() {
 fn the_documented_constants_hold() {
     assert_eq!(MAX_FRAME, 65_536);
     assert_eq!(PROTOCOL_VERSION, 1);
+    assert_eq!(DISCOVER_SIZE, 1200);
+    assert_eq!(discovery::MAGIC, *b"NKY");
+    assert_eq!(discovery::VERSION, 1);
 }
 
 /// The digest section's worked example: the SHA-256 input written out byte by byte,
@@ -698,4 +704,175 @@ fn the_digest_example_matches_the_implementation() {
         };
         assert_eq!(bytes, want, "digest {name}");
     }
+}
+
+/// Every discovery datagram the document must contain, one per name.
+const DATAGRAM_NAMES: &[&str] = &[
+    "discover",
+    "discover_key_from_daemon",
+    "offer_demo",
+    "offer_truncated",
+];
+
+/// The nonces of the discovery examples: random 64-bit numbers, as a client draws them.
+const NONCE_CLIENT: u64 = 0x9e37_79b9_7f4a_7c15;
+const NONCE_DAEMON: u64 = 0x2545_f491_4f6c_dd1d;
+
+fn expected_datagram(name: &str) -> Option<Datagram> {
+    let offer = |nonce, tcp_addr: Option<&str>, keys, truncated| Offer {
+        nonce,
+        daemon_id: DAEMON.into(),
+        tcp_port: 1947,
+        tcp_addr: tcp_addr.map(String::from),
+        tls_identity: None,
+        software: "netkeyd 0.1.0".into(),
+        keys,
+        truncated,
+    };
+    let key = |key_id: &str, demo, seats: &[(&str, u64, u64)]| OfferedKey {
+        key_id: key_id.into(),
+        demo,
+        seats: seats
+            .iter()
+            .map(|(f, free, total)| (f.to_string(), *free, *total))
+            .collect(),
+    };
+    Some(match name {
+        "discover" => Datagram::Discover(Discover {
+            nonce: NONCE_CLIENT,
+            key_id: None,
+            from_daemon: None,
+        }),
+        "discover_key_from_daemon" => Datagram::Discover(Discover {
+            nonce: NONCE_DAEMON,
+            key_id: Some(KEY.into()),
+            from_daemon: Some("nkd-51d0a7c39e2b4f86".into()),
+        }),
+        "offer_demo" => Datagram::Offer(offer(
+            NONCE_CLIENT,
+            None,
+            vec![key("DEMO", true, &[("camera", 16, 16), ("lpr", 4, 4)])],
+            false,
+        )),
+        "offer_truncated" => Datagram::Offer(offer(
+            NONCE_DAEMON,
+            Some("192.0.2.10:1947"),
+            vec![key(KEY, false, &[("camera", 40, 64)])],
+            true,
+        )),
+        _ => return None,
+    })
+}
+
+#[test]
+fn every_datagram_example_decodes_to_its_value_and_back() {
+    let examples = blocks("datagram");
+    let mut seen = BTreeSet::new();
+    for (name, _) in &examples {
+        assert!(seen.insert(name.as_str()), "datagram {name} appears twice");
+    }
+    let listed: BTreeSet<&str> = DATAGRAM_NAMES.iter().copied().collect();
+    assert_eq!(
+        listed.len(),
+        DATAGRAM_NAMES.len(),
+        "a name is listed twice in DATAGRAM_NAMES"
+    );
+    let undocumented: Vec<_> = listed.difference(&seen).collect();
+    let unlisted: Vec<_> = seen.difference(&listed).collect();
+    assert!(
+        undocumented.is_empty(),
+        "no datagram example in docs/PROTOCOL.md for {undocumented:?}"
+    );
+    assert!(
+        unlisted.is_empty(),
+        "datagram examples in docs/PROTOCOL.md without an expected value here: {unlisted:?}"
+    );
+    for name in DATAGRAM_NAMES {
+        assert!(
+            expected_datagram(name).is_some(),
+            "no expected value built for datagram {name}"
+        );
+    }
+
+    for (name, bytes) in &examples {
+        let want = expected_datagram(name).unwrap();
+        assert_eq!(
+            discovery::decode(bytes).as_ref(),
+            Some(&want),
+            "datagram {name} does not decode to its value"
+        );
+        match &want {
+            Datagram::Discover(d) => {
+                // The document shows the header and body; the sender pads with zeros.
+                let full = discovery::encode_discover(d);
+                assert_eq!(full.len(), DISCOVER_SIZE, "datagram {name}: not padded");
+                assert!(
+                    full.len() > bytes.len(),
+                    "datagram {name}: longer than a DISCOVER"
+                );
+                assert_eq!(
+                    &full[..bytes.len()],
+                    &bytes[..],
+                    "datagram {name}: the value encodes to other bytes"
+                );
+                assert!(
+                    full[bytes.len()..].iter().all(|b| *b == 0),
+                    "datagram {name}: the bytes after the shown ones are not all padding"
+                );
+                // Nothing shown is padding: one byte less no longer decodes.
+                assert_eq!(
+                    discovery::decode(&bytes[..bytes.len() - 1]),
+                    None,
+                    "datagram {name}: the shown bytes include padding"
+                );
+                assert_eq!(
+                    discovery::decode(&full).as_ref(),
+                    Some(&want),
+                    "datagram {name}: the padded datagram decodes to another value"
+                );
+            }
+            Datagram::Offer(o) => {
+                assert_eq!(
+                    discovery::encode_offer(o, DISCOVER_SIZE).as_ref(),
+                    Some(bytes),
+                    "datagram {name}: the value encodes to other bytes"
+                );
+            }
+        }
+    }
+}
+
+/// Section 12's size rule: an OFFER keeps as many keys as fit in the DISCOVER's size,
+/// dropping them from the end, and says so.
+#[test]
+fn an_offer_keeps_the_leading_keys_that_fit() {
+    let Some(Datagram::Offer(template)) = expected_datagram("offer_demo") else {
+        panic!("offer_demo is an OFFER")
+    };
+    let many = Offer {
+        keys: (0..100)
+            .map(|i| OfferedKey {
+                key_id: format!("ACME-{i:04}"),
+                ..template.keys[0].clone()
+            })
+            .collect(),
+        ..template
+    };
+    let bytes = discovery::encode_offer(&many, DISCOVER_SIZE).unwrap();
+    assert!(bytes.len() <= DISCOVER_SIZE);
+    let Some(Datagram::Offer(got)) = discovery::decode(&bytes) else {
+        panic!("not an OFFER")
+    };
+    let kept = got.keys.len();
+    assert!(got.truncated && kept > 0 && kept < many.keys.len());
+    assert_eq!(got.keys[..], many.keys[..kept], "not the leading keys");
+    let one_more = Offer {
+        keys: many.keys[..kept + 1].to_vec(),
+        truncated: true,
+        ..many.clone()
+    };
+    let whole = discovery::encode_offer(&one_more, usize::MAX).unwrap();
+    assert!(whole.len() > DISCOVER_SIZE, "a key was dropped that fitted");
+    // Nothing at all fits a request too small for an OFFER without keys: no reply.
+    assert_eq!(discovery::encode_offer(&many, 12), None);
 }

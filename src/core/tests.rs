@@ -807,9 +807,11 @@ fn a_shrinking_feature_revokes_the_newest_lease_that_uses_it() {
     let mut with_lpr = CheckoutItem::camera("c1");
     with_lpr.modules = vec!["lpr".into()];
     c.checkout(T0, "A", None, &[with_lpr], false).unwrap();
-    c.checkout(T0.plus(1), "A", None, &cams(&["c2"]), false).unwrap();
+    c.checkout(T0.plus(1), "A", None, &cams(&["c2"]), false)
+        .unwrap();
     c.session_opened(T0, "A");
-    c.heartbeat(T0.plus(50_000), "A", &c.holdings_digest("A")).unwrap();
+    c.heartbeat(T0.plus(50_000), "A", &c.holdings_digest("A"))
+        .unwrap();
     c.renewals_persisted(T0.plus(50_000));
     c.drain_events();
     c.advance(T0.plus(100_000));

@@ -122,6 +122,7 @@ async fn run(
     // The first search waits until the daemon's keys are in the OFFER.
     let mut next_search = tokio::time::Instant::now() + Duration::from_millis(300);
     let own_nonce = u64::from_le_bytes(crate::daemon::random_bytes::<8>());
+    let mut asked_back: HashMap<String, Instant> = HashMap::new();
     loop {
         tokio::select! {
             received = socket.recv_from(&mut buf) => {
@@ -145,7 +146,20 @@ async fn run(
                         }
                         // Another daemon looking for duplicates: ask it back, so both
                         // sides learn of a key they share.
-                        if d.from_daemon.is_some() && limiter.allow(from.ip(), Instant::now()) {
+                        let ask_back = d.from_daemon.as_ref().is_some_and(|other| {
+                            // Once per daemon per search period, or two daemons would
+                            // bounce their searches back and forth.
+                            let now = Instant::now();
+                            let due = asked_back.get(other).is_none_or(|t: &Instant| now.duration_since(*t) >= DUPLICATE_SEARCH);
+                            if due {
+                                if asked_back.len() >= MAX_SOURCES {
+                                    asked_back.clear();
+                                }
+                                asked_back.insert(other.clone(), now);
+                            }
+                            due
+                        });
+                        if ask_back && limiter.allow(from.ip(), Instant::now()) {
                             let me = offer.borrow().daemon_id.clone();
                             let ask = encode_discover(&Discover { nonce: own_nonce, key_id: None, from_daemon: Some(me) });
                             let _ = socket.send_to(&ask, from).await;
