@@ -325,13 +325,14 @@ pub fn status_line(owner: &Owner) -> String {
     let servers = core.server_views(owner.now);
     let live = servers.iter().filter(|s| s.state == "live").count();
     let mut line = format!(
-        "{}; {} video servers ({live} live)",
+        "{}; {} video server{} ({live} live)",
         if keys.is_empty() {
             "no keys".to_string()
         } else {
             keys.join("; ")
         },
-        servers.len()
+        servers.len(),
+        if servers.len() == 1 { "" } else { "s" }
     );
     if let Some(e) = &owner.degraded {
         line.push_str(&format!("; STATE STORE FAILING: {e}"));
