@@ -15,32 +15,20 @@ pub struct DaemonProcess {
 impl DaemonProcess {
     /// Starts `netkeyd --demo` on a free loopback port with a temporary state dir.
     pub fn start_demo() -> DaemonProcess {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("admin.sock");
-        let (child, addr) = spawn_demo(&dir.path().join("state"), &socket);
-        DaemonProcess {
-            child,
-            addr,
-            socket,
-            dir,
-        }
+        Self::start_demo_with(&[])
     }
 
     /// Starts `netkeyd --demo` on `dir/state`, which may hold state already.
     pub fn start_with_state(dir: tempfile::TempDir) -> DaemonProcess {
-        let socket = dir.path().join("admin.sock");
-        let (child, addr) = spawn_demo(&dir.path().join("state"), &socket);
-        DaemonProcess {
-            child,
-            addr,
-            socket,
-            dir,
-        }
+        Self::start_in(dir, &[])
     }
 
     /// Starts `netkeyd --demo` with extra flags.
     pub fn start_demo_with(extra: &[&str]) -> DaemonProcess {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), extra)
+    }
+
+    fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> DaemonProcess {
         let socket = dir.path().join("admin.sock");
         let (child, addr) = spawn_demo_with(&dir.path().join("state"), &socket, extra);
         DaemonProcess {

@@ -441,20 +441,9 @@ fn discover(json: bool, timeout: f64, to: Vec<String>) -> Fallible<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn write_private(path: &PathBuf, bytes: &[u8]) -> Fallible<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("cannot write {}: {e}", path.display()))
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> Fallible<()> {
+    netkey::client::write_private_atomic(path, bytes)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 /// Reads an audit head from an earlier export (`head`), a client state file

@@ -13,7 +13,7 @@ mod state;
 
 pub use connection::{Connection, Welcome};
 pub use run::{Backoff, ClientEvent, VideoServer};
-pub use state::{ClientState, HeldCamera};
+pub use state::{write_private_atomic, ClientState, HeldCamera};
 
 use crate::clock::Clock;
 use crate::core::{CameraOutcome, CheckoutItem, Refusal};

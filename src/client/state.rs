@@ -64,23 +64,10 @@ impl ClientState {
     }
 
     pub fn save(&self, path: &Path) -> Result<(), ClientError> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let fail =
-            |e: std::io::Error| ClientError::State(format!("cannot write {}: {e}", path.display()));
         let text =
             serde_json::to_string_pretty(self).map_err(|e| ClientError::State(e.to_string()))?;
-        let tmp = path.with_extension("tmp");
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(fail)?;
-        f.write_all(text.as_bytes()).map_err(fail)?;
-        f.sync_all().map_err(fail)?;
-        std::fs::rename(&tmp, path).map_err(fail)?;
-        Ok(())
+        write_private_atomic(path, text.as_bytes())
+            .map_err(|e| ClientError::State(format!("cannot write {}: {e}", path.display())))
     }
 
     pub fn secret_bytes(&self) -> Result<Vec<u8>, ClientError> {
@@ -96,4 +83,20 @@ impl ClientState {
     pub fn digest(&self) -> [u8; 32] {
         crate::core::digest::holdings(self.cameras.iter().map(|(c, h)| (c.as_str(), h.epoch)))
     }
+}
+
+/// Writes a file only its owner may read (mode 0600), atomically: a temporary file,
+/// fsync, then rename, so a crash leaves the old contents or the new, never half.
+pub fn write_private_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
