@@ -649,26 +649,31 @@ fn core_state_round_trips_through_postcard() {
 
 #[test]
 fn releasing_a_lease_withdraws_only_its_own_pending_move_request() {
-    let mut c = two_servers(3, policy());
-    c.checkout(T0, "A", None, &cams(&["c1", "c2"]), false)
+    let mut c = two_servers(4, policy());
+    c.checkout(T0, "A", None, &cams(&["c1", "c2", "c3"]), false)
         .unwrap();
     // A forced free leaves a (non-provisional) revocation for c2 at epoch 1 pending.
     c.free(T0, None, "c2", true).unwrap();
     c.session_opened(T0, "A");
-    // B asks for c1: a provisional move request to A, also at epoch 1.
-    let o = &c
-        .checkout(T0, "B", None, &cams(&["c1"]), false)
-        .unwrap()
-        .outcomes[0]
-        .1;
-    assert!(matches!(o, CameraOutcome::AwaitingHolder { .. }));
+    // B asks for c1 and c3: provisional move requests to A, also at epoch 1.
+    for cam in ["c1", "c3"] {
+        let o = &c
+            .checkout(T0, "B", None, &cams(&[cam]), false)
+            .unwrap()
+            .outcomes[0]
+            .1;
+        assert!(matches!(o, CameraOutcome::AwaitingHolder { .. }));
+    }
     c.release(T0, "A", &["c1".to_string()]).unwrap();
     let left: Vec<(String, u64, bool)> = c
         .server_revocations("A")
         .into_iter()
         .map(|r| (r.camera, r.epoch, r.provisional))
         .collect();
-    assert_eq!(left, vec![("c2".to_string(), 1, false)]);
+    assert_eq!(
+        left,
+        vec![("c2".to_string(), 1, false), ("c3".to_string(), 1, true)]
+    );
 }
 
 #[test]
