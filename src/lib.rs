@@ -8,6 +8,10 @@
 //! - [`client`]: what a video server embeds.
 //! - [`clock`]: where "now" comes from: the system's monotonic clock, or a test's.
 
+/// The licence protocol's TCP port and discovery's UDP port (shared with Sentinel's
+/// License Manager on many LANs, which is why datagrams carry a magic prefix).
+pub const DEFAULT_PORT: u16 = 1947;
+
 pub mod cli;
 pub mod client;
 pub mod clock;

@@ -1,5 +1,5 @@
 //! Discovery and the licence protocol over a small LAN built from Linux network
-//! namespaces, with the real binaries and the real port 1947 (inside the namespaces only):
+//! namespaces, with the real binaries on a port of the test's own (inside the namespaces only):
 //!
 //! ```text
 //!   ns-d 10.203.61.1   ──┐
@@ -24,6 +24,10 @@ use crate::util::{eventually, Background};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+
+/// The daemon's port inside the namespaces: not the product's default, so nothing here
+/// ever binds that one.
+const PORT: u16 = 19_547;
 
 /// The daemon's LAN and the subnet behind the router. Test-only ranges that never leave
 /// the namespaces.
@@ -303,7 +307,14 @@ fn admin(socket: &Path, args: &[&str]) -> serde_json::Value {
 /// Starts `netkeyctl --json discover --timeout 2 EXTRA` in a namespace.
 fn spawn_discover(ns: &Namespaces, role: &str, extra: &[&str]) -> Child {
     ns.exec(role, env!("CARGO_BIN_EXE_netkeyctl"))
-        .args(["--json", "discover", "--timeout", "2"])
+        .args([
+            "--json",
+            "discover",
+            "--timeout",
+            "2",
+            "--port",
+            &PORT.to_string(),
+        ])
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -389,8 +400,8 @@ fn discovery_and_checkout_across_a_namespace_lan_and_a_router() {
     let a_brd = ns.ip("a", &["route", "get", &format!("{LAN}.255")]);
     assert!(a_brd.starts_with("broadcast"), "{a_brd}");
     let daemon_ip = format!("{LAN}.1");
-    let daemon_at = format!("{daemon_ip}:1947");
-    let daemon = NsDaemon::start(&ns, "0.0.0.0:1947", "0.0.0.0:1947");
+    let daemon_at = format!("{daemon_ip}:{PORT}");
+    let daemon = NsDaemon::start(&ns, &format!("0.0.0.0:{PORT}"), &format!("0.0.0.0:{PORT}"));
 
     // Three searches at once: by broadcast from ns-a (same LAN) and from ns-b (behind the
     // router), and by unicast from ns-b.
@@ -475,7 +486,7 @@ fn discover_finds_the_daemon_from_an_interface_without_a_broadcast_address() {
     };
     bridge(&mut ns, &[("d", 1, true), ("a", 2, false)]);
     assert_no_limited_broadcast_route(&ns, "a");
-    let daemon = NsDaemon::start(&ns, "0.0.0.0:1947", "0.0.0.0:1947");
+    let daemon = NsDaemon::start(&ns, &format!("0.0.0.0:{PORT}"), &format!("0.0.0.0:{PORT}"));
     let found = daemons("discover in ns-a", spawn_discover(&ns, "a", &[]));
     assert_eq!(found.len(), 1, "ns-a (no brd) by broadcast: {found:?}");
     assert_eq!(found[0]["daemon_id"], daemon.id.as_str());

@@ -719,11 +719,12 @@ const NONCE_CLIENT: u64 = 0x9e37_79b9_7f4a_7c15;
 const NONCE_DAEMON: u64 = 0x2545_f491_4f6c_dd1d;
 
 fn expected_datagram(name: &str) -> Option<Datagram> {
-    let offer = |nonce, tcp_addr: Option<&str>, keys, truncated| Offer {
+    let offer = |nonce, tcp_addr: Option<String>, keys, truncated| Offer {
         nonce,
         daemon_id: DAEMON.into(),
-        tcp_port: 1947,
-        tcp_addr: tcp_addr.map(String::from),
+        // The documented example offers the product's default port.
+        tcp_port: netkey::DEFAULT_PORT,
+        tcp_addr,
         tls_identity: None,
         software: "netkeyd 0.1.0".into(),
         keys,
@@ -756,7 +757,7 @@ fn expected_datagram(name: &str) -> Option<Datagram> {
         )),
         "offer_truncated" => Datagram::Offer(offer(
             NONCE_DAEMON,
-            Some("192.0.2.10:1947"),
+            Some(format!("192.0.2.10:{}", netkey::DEFAULT_PORT)),
             vec![key(KEY, false, &[("camera", 40, 64)])],
             true,
         )),

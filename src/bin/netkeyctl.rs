@@ -310,7 +310,7 @@ fn run_admin(socket: &PathBuf, json: bool, command: Command) -> Fallible<ExitCod
             }
         }
         Command::Audit(args) => return audit(socket, json, args),
-        Command::Discover { timeout, to } => return discover(json, timeout, to),
+        Command::Discover { timeout, port, to } => return discover(json, timeout, port, to),
         Command::Backup { out } => {
             use base64::Engine as _;
             let b: BackupFile = admin(socket, &AdminRequest::Backup)?;
@@ -336,14 +336,14 @@ fn run_admin(socket: &PathBuf, json: bool, command: Command) -> Fallible<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
-fn discover(json: bool, timeout: f64, to: Vec<String>) -> Fallible<ExitCode> {
+fn discover(json: bool, timeout: f64, port: u16, to: Vec<String>) -> Fallible<ExitCode> {
     use netkey::discovery::{discover, Search};
     let mut targets = Vec::new();
     for t in &to {
         let with_port = if t.contains(':') {
             t.clone()
         } else {
-            format!("{t}:1947")
+            format!("{t}:{port}")
         };
         let addr = std::net::ToSocketAddrs::to_socket_addrs(&with_port)
             .map_err(|e| format!("--to {t}: {e}"))?
@@ -355,7 +355,7 @@ fn discover(json: bool, timeout: f64, to: Vec<String>) -> Fallible<ExitCode> {
         return Err("--timeout is between 0.05 and 60 seconds".into());
     }
     let search = Search {
-        broadcast_port: targets.is_empty().then_some(1947),
+        broadcast_port: targets.is_empty().then_some(port),
         to: targets,
         key_id: None,
         timeout: std::time::Duration::from_secs_f64(timeout),

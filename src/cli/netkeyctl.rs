@@ -38,6 +38,9 @@ pub enum Command {
         /// How long to collect answers.
         #[arg(long, default_value_t = 2.0, value_name = "SECS")]
         timeout: f64,
+        /// The UDP port to broadcast to, and for --to addresses without one.
+        #[arg(long, default_value_t = crate::DEFAULT_PORT)]
+        port: u16,
         /// Ask this daemon directly (repeatable); with --to, nothing is broadcast.
         #[arg(long = "to", value_name = "ADDR[:PORT]")]
         to: Vec<String>,

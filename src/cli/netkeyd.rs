@@ -124,11 +124,11 @@ impl Args {
             listen: self
                 .listen
                 .or(f.listen)
-                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 1947))),
+                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], crate::DEFAULT_PORT))),
             discovery: self
                 .discovery
                 .or(f.discovery)
-                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 1947))),
+                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], crate::DEFAULT_PORT))),
             peers: if self.peers.is_empty() {
                 f.peers.unwrap_or_default()
             } else {

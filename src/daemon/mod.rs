@@ -46,13 +46,13 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            listen: SocketAddr::from(([0, 0, 0, 0], 1947)),
+            listen: SocketAddr::from(([0, 0, 0, 0], crate::DEFAULT_PORT)),
             admin_socket: PathBuf::from("/run/netkey/admin.sock"),
             state_dir: PathBuf::from("/var/lib/netkey"),
             demo: false,
             no_broadcast: false,
             listener: None,
-            discovery: Some(SocketAddr::from(([0, 0, 0, 0], 1947))),
+            discovery: Some(SocketAddr::from(([0, 0, 0, 0], crate::DEFAULT_PORT))),
             peers: Vec::new(),
         }
     }

@@ -123,7 +123,7 @@ mod tests {
         Offer {
             nonce: 7,
             daemon_id: "nkd-1".into(),
-            tcp_port: 1947,
+            tcp_port: crate::DEFAULT_PORT,
             tcp_addr: None,
             tls_identity: None,
             software: "netkeyd 0.1.0".into(),

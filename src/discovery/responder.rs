@@ -198,7 +198,7 @@ async fn run(
                 next_search = tokio::time::Instant::now() + DUPLICATE_SEARCH;
                 let me = offer.borrow().daemon_id.clone();
                 let ask = encode_discover(&Discover { nonce: own_nonce, key_id: None, from_daemon: Some(me) });
-                let port = socket.local_addr().map(|a| a.port()).unwrap_or(1947);
+                let port = socket.local_addr().map(|a| a.port()).unwrap_or(crate::DEFAULT_PORT);
                 for peer in &peers {
                     let _ = socket.send_to(&ask, peer).await;
                 }
