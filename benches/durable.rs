@@ -5,7 +5,7 @@
 //! `cargo bench --bench durable` (add `-- --quick` for a short run).
 
 use netkey::client::{Client, Trust};
-use netkey::core::{CheckoutItem, Command, Core, EnrolRequestRecord, Outcome, PoolId, Timestamp};
+use netkey::core::{CheckoutItem, Command, Core, Outcome, PoolId, Timestamp};
 use netkey::daemon::{Config, Daemon, SystemClock};
 use netkey::key::{demo_key, Entry};
 use netkey::proto::{Request, Response};
@@ -127,7 +127,7 @@ fn restart_time(servers: usize, per_server: usize) -> (Duration, Duration, u64) 
                 code: code.clone(),
             });
             batch.push(Command::Enrol {
-                request: EnrolRequestRecord {
+                request: netkey::core::EnrolRequest {
                     code,
                     name: format!("vs{s}"),
                     version: "1".into(),

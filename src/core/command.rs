@@ -20,7 +20,7 @@ pub enum Command {
         code: String,
     },
     Enrol {
-        request: EnrolRequestRecord,
+        request: EnrolRequest,
     },
     SessionOpened {
         server: String,
@@ -81,44 +81,6 @@ pub enum Command {
     Restarted,
 }
 
-/// `EnrolRequest` as logged (the same fields; a separate type keeps the core's API free
-/// of serde concerns).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EnrolRequestRecord {
-    pub code: String,
-    pub name: String,
-    pub version: String,
-    pub server_id: String,
-    pub credential: Vec<u8>,
-    pub existing: Option<String>,
-}
-
-impl From<EnrolRequest> for EnrolRequestRecord {
-    fn from(r: EnrolRequest) -> Self {
-        EnrolRequestRecord {
-            code: r.code,
-            name: r.name,
-            version: r.version,
-            server_id: r.server_id,
-            credential: r.credential,
-            existing: r.existing,
-        }
-    }
-}
-
-impl From<EnrolRequestRecord> for EnrolRequest {
-    fn from(r: EnrolRequestRecord) -> Self {
-        EnrolRequest {
-            code: r.code,
-            name: r.name,
-            version: r.version,
-            server_id: r.server_id,
-            credential: r.credential,
-            existing: r.existing,
-        }
-    }
-}
-
 impl Command {
     /// Whether the command goes into the log. Heartbeats do not: they only renew in
     /// memory, and `RenewalsPersisted` records their effect in batches.
@@ -174,7 +136,7 @@ impl Core {
                     Outcome::CodeCreated { expires_at }
                 })
             }
-            Command::Enrol { request } => from(self.enrol(now, request.into()), Outcome::Enrolled),
+            Command::Enrol { request } => from(self.enrol(now, request), Outcome::Enrolled),
             Command::SessionOpened { server } => {
                 self.session_opened(now, &server);
                 Outcome::Done

@@ -21,7 +21,7 @@ pub use admin::{FreeOutcome, KickOutcome};
 pub use checkout::{
     CameraOutcome, CheckoutAnswer, CheckoutItem, HeartbeatAnswer, ReleaseOutcomes, SyncAnswer,
 };
-pub use command::{Command, EnrolRequestRecord, Outcome};
+pub use command::{Command, Outcome};
 pub use event::{Event, ReleaseReason, RevocationReason};
 pub use refusal::Refusal;
 pub use time::Timestamp;
@@ -173,7 +173,7 @@ pub struct EnrolmentCode {
 }
 
 /// What `enrol` needs; the caller makes the id and the credential.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnrolRequest {
     pub code: String,
     pub name: String,

@@ -336,8 +336,10 @@ fn digest_mismatch_leads_to_a_sync_that_only_releases() {
 
 #[test]
 fn free_and_kick_skip_newly_added_cameras_even_forced() {
+    // A grace longer than the protection, so A is still reserved when it ends.
     let p = Policy {
         revocation_period_secs: 3600,
+        offline_grace_secs: 7200,
         ..policy()
     };
     let mut c = two_servers(2, p);
@@ -351,12 +353,10 @@ fn free_and_kick_skip_newly_added_cameras_even_forced() {
     let k = c.kick(T0, "A", true).unwrap();
     assert_eq!(k.kept_newly_added, vec!["c1".to_string()]);
     assert!(!k.forgotten);
-    // Once the period has passed, a kick revokes it; the server keeps its reservation.
-    let later = T0.plus(3_600_000);
-    c.heartbeat(T0.plus(5_000), "A", &c.holdings_digest("A"))
-        .unwrap();
-    c.renewals_persisted(T0.plus(5_000));
-    let _ = later;
+    // Once the period has passed, a kick revokes it.
+    let k = c.kick(T0.plus(3_600_000), "A", false).unwrap();
+    assert!(k.kept_newly_added.is_empty(), "{k:?}");
+    assert_eq!(k.revoking, vec!["c1".to_string()]);
 }
 
 #[test]

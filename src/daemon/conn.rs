@@ -255,7 +255,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                 let enrolled = self
                     .core
                     .call(move |o| {
-                        let e = outcome!(o.execute(Command::Enrol { request: req.into() }), Outcome::Enrolled(e) => e)?;
+                        let e = outcome!(o.execute(Command::Enrol { request: req }), Outcome::Enrolled(e) => e)?;
                         if was.is_none() {
                             o.open_session(&e.server_id, session);
                         }

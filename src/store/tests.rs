@@ -2,7 +2,7 @@
 //! that was committed durably, schema and lock refusals, backups.
 
 use super::*;
-use crate::core::{CheckoutItem, EnrolRequestRecord, PoolId};
+use crate::core::{CheckoutItem, PoolId};
 use crate::key::{demo_key, Entry};
 use std::sync::{Arc, Mutex};
 
@@ -104,7 +104,7 @@ fn enrol(server: &str, code: &str) -> Vec<Command> {
             code: code.into(),
         },
         Command::Enrol {
-            request: EnrolRequestRecord {
+            request: crate::core::EnrolRequest {
                 code: code.into(),
                 name: server.into(),
                 version: "1".into(),
