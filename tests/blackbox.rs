@@ -221,7 +221,11 @@ fn vendor_tool_issues_and_verifies_and_rejects_tampering() {
     assert!(ok.status.success(), "{}", stderr(&ok));
     assert!(stdout(&ok).contains("ACME-0001"));
     let mut text = std::fs::read_to_string(p("acme.key")).unwrap();
-    text = text.replacen("48", "49", 1);
+    // Raise the first entry's count inside the signed document (not some "48" that a
+    // random signature or fingerprint may happen to contain).
+    let signed_count = r#"\"count\": 48"#;
+    assert!(text.contains(signed_count), "{text}");
+    text = text.replacen(signed_count, r#"\"count\": 49"#, 1);
     std::fs::write(p("tampered.key"), text).unwrap();
     let bad = vendor(&[
         "verify",
