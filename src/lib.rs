@@ -12,12 +12,19 @@
 /// License Manager on many LANs, which is why datagrams carry a magic prefix).
 pub const DEFAULT_PORT: u16 = 1947;
 
+/// Lower-case hex of `bytes`: how ids, hashes and fingerprints are shown.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod core;
 pub mod daemon;
 pub mod discovery;
+pub mod files;
+pub mod identity;
 pub mod key;
 pub mod proto;
 pub mod store;

@@ -245,7 +245,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                     code,
                     name,
                     version,
-                    server_id: format!("srv-{}", hex(&super::random_bytes::<6>())),
+                    server_id: format!("srv-{}", crate::hex(&super::random_bytes::<6>())),
                     credential: credential_of(&secret),
                     existing: self.server.clone(),
                 };
@@ -492,8 +492,4 @@ pub fn credential_of(secret: &[u8]) -> Vec<u8> {
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -86,12 +86,16 @@ pub enum DaemonError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Identity(String),
 }
 
 /// What every connection may tell about this daemon.
 #[derive(Debug)]
 pub struct DaemonInfo {
     pub daemon_id: String,
+    /// The daemon identity: behind the TLS certificate, named by host-bound keys.
+    pub identity: Arc<crate::identity::Identity>,
     pub software: String,
     pub listen: String,
     /// Where discovery answers, if it runs.
@@ -122,9 +126,12 @@ impl Daemon {
             path: config.state_dir.clone(),
             source,
         };
-        ensure_private_dir(&config.state_dir).map_err(state_err)?;
-        let daemon_id =
-            load_or_create_id(&config.state_dir.join("daemon-id")).map_err(state_err)?;
+        crate::files::ensure_private_dir(&config.state_dir).map_err(state_err)?;
+        let identity = Arc::new(
+            crate::identity::Identity::load_or_create(&config.state_dir)
+                .map_err(|e| DaemonError::Identity(e.to_string()))?,
+        );
+        let daemon_id = identity.public().daemon_id();
         let (store, loaded) = Store::open(&config.state_dir)?;
         tracing::info!(
             state_dir = %config.state_dir.display(),
@@ -209,6 +216,7 @@ impl Daemon {
         };
         let info = Arc::new(DaemonInfo {
             daemon_id,
+            identity,
             software,
             listen: local_addr.to_string(),
             discovery: responder.as_ref().map(|r| r.local_addr),
@@ -359,41 +367,6 @@ async fn accept_loop(
         connections.abort_all();
         while connections.join_next().await.is_some() {}
     }
-}
-
-fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
-    }
-    Ok(())
-}
-
-/// The daemon id clients bind to: made once, kept in the state directory.
-fn load_or_create_id(path: &Path) -> std::io::Result<String> {
-    match std::fs::read_to_string(path) {
-        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_string()),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let id = format!("nkd-{}", conn::hex(&random_bytes::<8>()));
-    let tmp = path.with_extension("tmp");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(format!("{id}\n").as_bytes())?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    // The id must survive a power cut: clients refuse a daemon whose id changed.
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(id)
 }
 
 pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {

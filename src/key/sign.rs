@@ -57,7 +57,7 @@ impl VendorPublicKey {
     /// a vendor.
     pub fn fingerprint(&self) -> String {
         let d = ring::digest::digest(&ring::digest::SHA256, &self.bytes);
-        hex8(d.as_ref())
+        crate::hex(&d.as_ref()[..8])
     }
     /// The text form written by `netkey-vendor keygen` (`vendor.pub`).
     pub fn to_text(&self) -> String {
@@ -80,10 +80,6 @@ impl VendorPublicKey {
             .verify(message, signature)
             .is_ok()
     }
-}
-
-pub(crate) fn hex8(bytes: &[u8]) -> String {
-    bytes.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 /// A vendor's signing key pair (PKCS#8), held only by the vendor.

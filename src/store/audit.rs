@@ -39,9 +39,7 @@ pub struct AuditEntry {
 
 pub use crate::proto::AuditHead;
 
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+pub use crate::hex;
 
 use crate::proto::hex32;
 
