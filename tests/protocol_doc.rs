@@ -11,8 +11,8 @@ use netkey::core::{
 };
 use netkey::discovery::{self, Datagram, Discover, Offer, OfferedKey, DISCOVER_SIZE};
 use netkey::proto::{
-    self, AuditHead, Binding, ClientFrame, HostedKey, Push, Request, Response, ServerFrame,
-    MAX_FRAME, PROTOCOL_VERSION,
+    self, AuditHead, Binding, ClientFrame, HostedKey, LeaseToken, Push, Request, Response,
+    ServerFrame, MAX_FRAME, PROTOCOL_VERSION,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -118,8 +118,21 @@ fn features(pairs: &[(&str, u32)]) -> BTreeMap<String, u32> {
     pairs.iter().map(|(f, n)| (f.to_string(), *n)).collect()
 }
 
-fn secret() -> Vec<u8> {
-    (0u8..32).collect()
+/// The client's clock when it sent the heartbeats of the examples.
+const SENT_AT: Timestamp = Timestamp::from_millis(1_795_000_000_000);
+
+/// A stand-in for a signed key file (a real one is about a kilobyte of JSON).
+const KEY_FILE: &str = "{\"format\":1}";
+
+/// A lease token as the examples show it; the signature bytes are a stand-in (0..64).
+fn lease(valid_for_ms: u64, cameras: u32) -> LeaseToken {
+    LeaseToken {
+        server_id: SERVER.into(),
+        sent_at: SENT_AT,
+        valid_for_ms,
+        cameras,
+        signature: (0u8..64).collect(),
+    }
 }
 
 fn binding() -> Binding {
@@ -178,7 +191,6 @@ fn expected(name: &str) -> Option<Msg> {
             2,
             Request::Login {
                 server_id: SERVER.into(),
-                secret: secret(),
             },
         ),
         "checkout_simple" => c(
@@ -214,12 +226,14 @@ fn expected(name: &str) -> Option<Msg> {
             6,
             Request::Heartbeat {
                 digest: digest::holdings(HELD),
+                sent_at: SENT_AT,
             },
         ),
         "heartbeat_nothing_held" => c(
             300,
             Request::Heartbeat {
                 digest: digest::holdings([]),
+                sent_at: SENT_AT,
             },
         ),
         "sync" => c(
@@ -244,23 +258,12 @@ fn expected(name: &str) -> Option<Msg> {
                 keys: vec![HostedKey {
                     key_id: KEY.into(),
                     demo: false,
+                    file: KEY_FILE.into(),
                 }],
             },
         ),
-        "enrolled" => s(
-            2,
-            Response::Enrolled {
-                binding: binding(),
-                secret: secret(),
-            },
-        ),
-        "enrolled_again" => s(
-            3,
-            Response::Enrolled {
-                binding: binding(),
-                secret: Vec::new(),
-            },
-        ),
+        "enrolled" => s(2, Response::Enrolled { binding: binding() }),
+        "enrolled_again" => s(3, Response::Enrolled { binding: binding() }),
         "logged_in" => s(2, Response::LoggedIn { binding: binding() }),
         "checkout_granted" => s(
             3,
@@ -343,6 +346,7 @@ fn expected(name: &str) -> Option<Msg> {
                     1234,
                     "c2f9a84a7f187f828744398cea40b08119dcf303fa32573a48dd6e67d3e97bb4",
                 ),
+                lease: lease(1_209_600_000, 2),
             },
         ),
         "heartbeat_answer_revocations" => s(
@@ -361,6 +365,7 @@ fn expected(name: &str) -> Option<Msg> {
                     1236,
                     "1d36c4b3875cf0a70425cd311170e3912535be50c2ef7dabd201a63d7300b41a",
                 ),
+                lease: lease(1_209_540_000, 0),
             },
         ),
         "synced" => s(

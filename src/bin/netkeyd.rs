@@ -102,6 +102,7 @@ async fn run(
         listener: None,
         discovery: Some(settings.discovery),
         peers: settings.peers.clone(),
+        limits: settings.limits.clone(),
     };
     let daemon = Daemon::start(config, SystemClock::new()).await?;
     notify_ready(&daemon).await;

@@ -159,10 +159,14 @@ pub(crate) async fn heartbeat_once(
 ) -> Result<(), ClientError> {
     let sent_at = client.now();
     let digest = client.state_mut()?.digest();
-    let answer = match conn.request(Request::Heartbeat { digest }).await? {
-        Response::Heartbeat { answer, audit } => {
+    let (answer, lease) = match conn.request(Request::Heartbeat { digest, sent_at }).await? {
+        Response::Heartbeat {
+            answer,
+            audit,
+            lease,
+        } => {
             client.state_mut()?.audit_head = Some(audit);
-            answer
+            (answer, lease)
         }
         Response::Refused(r) => return Err(ClientError::Refused(r)),
         other => {
@@ -204,7 +208,16 @@ pub(crate) async fn heartbeat_once(
         }
     }
     // `valid_for` covers only cameras not revoked in this answer, and they are gone now.
-    client.state_mut()?.deadline = Some(super::deadline_from(sent_at, answer.valid_for_ms));
+    let state = client.state_mut()?;
+    state.deadline = Some(super::deadline_from(sent_at, answer.valid_for_ms));
+    // Kept only if it is what we asked for, signed by the daemon we are bound to: a
+    // token that does not prove our deadline is worth nothing after a restart.
+    let pinned = crate::identity::PublicKey::from_base64(&state.daemon_identity).ok();
+    let proves = pinned.is_some_and(|p| lease.verify(&p))
+        && lease.sent_at == sent_at
+        && lease.server_id == state.server_id
+        && lease.valid_for_ms == answer.valid_for_ms;
+    state.lease = proves.then_some(lease);
     client.save()?;
     settle_pushes(client, conn, events).await
 }

@@ -496,6 +496,11 @@ impl Core {
         })
     }
 
+    /// How many cameras the server holds.
+    pub fn held_count(&self, server: &str) -> usize {
+        self.servers.get(server).map_or(0, |s| s.held.len())
+    }
+
     /// The digest of (camera, epoch) the server holds, as the client computes it.
     pub fn holdings_digest(&self, server: &str) -> [u8; 32] {
         let Some(s) = self.servers.get(server) else {

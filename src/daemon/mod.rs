@@ -5,12 +5,14 @@
 mod admin;
 mod conn;
 mod guess;
+mod listener;
 mod log;
 mod owner;
 mod port;
 
 pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use conn::ACK_WAIT;
+pub use listener::Limits;
 pub use owner::{CoreHandle, Owner, Session, ShuttingDown};
 use port::port_error;
 
@@ -21,11 +23,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 /// At most this many licence connections at once; more wait in the kernel's backlog.
-const MAX_CONNECTIONS: usize = 4096;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -41,6 +41,7 @@ pub struct Config {
     pub discovery: Option<SocketAddr>,
     /// Daemons to ask directly when looking for duplicates of this daemon's keys.
     pub peers: Vec<SocketAddr>,
+    pub limits: Limits,
 }
 
 impl Default for Config {
@@ -54,6 +55,7 @@ impl Default for Config {
             listener: None,
             discovery: Some(SocketAddr::from(([0, 0, 0, 0], crate::DEFAULT_PORT))),
             peers: Vec::new(),
+            limits: Limits::default(),
         }
     }
 }
@@ -106,6 +108,35 @@ pub struct DaemonInfo {
     pub duplicates: Arc<std::sync::Mutex<Vec<crate::discovery::DuplicateKey>>>,
     pub demo: bool,
     pub started_at: Timestamp,
+    pub limits: Limits,
+    pub tls: TlsConfigs,
+    /// The signed files of the keys this daemon hosts, by key id: sent to clients so they
+    /// can check the vendor's signature and the identity the key names.
+    pub key_files: std::sync::RwLock<std::collections::BTreeMap<String, String>>,
+}
+
+/// The TLS configurations made from the daemon identity at start.
+#[derive(Debug)]
+pub struct TlsConfigs {
+    pub licence: Arc<rustls::ServerConfig>,
+    pub web: Arc<rustls::ServerConfig>,
+}
+
+impl TlsConfigs {
+    fn new(
+        identity: &crate::identity::Identity,
+        daemon_id: &str,
+    ) -> Result<TlsConfigs, DaemonError> {
+        let tls_err = |e: crate::tls::TlsError| DaemonError::Startup(e.to_string());
+        let (cert, key) =
+            crate::tls::certificate(identity, &[daemon_id.to_string(), "localhost".into()])
+                .map_err(tls_err)?;
+        Ok(TlsConfigs {
+            licence: crate::tls::licence_server_config(cert.clone(), key.clone_key())
+                .map_err(tls_err)?,
+            web: crate::tls::web_server_config(cert, key).map_err(tls_err)?,
+        })
+    }
 }
 
 /// A running daemon.
@@ -142,6 +173,9 @@ impl Daemon {
         // Time resumes from the last persisted instant if the wall clock is behind it.
         let clock = crate::clock::floored(clock, loaded.hwm);
         let now = clock.now();
+        config.limits.validate().map_err(DaemonError::Startup)?;
+        let tls = TlsConfigs::new(&identity, &daemon_id)?;
+        let mut key_files = std::collections::BTreeMap::new();
         let demo_key = if config.demo {
             let vendor = demo_vendor();
             let file = vendor
@@ -149,6 +183,7 @@ impl Daemon {
                 .map_err(|e| DaemonError::DemoKey(e.to_string()))?;
             let key = SignedKey::verify(&file, &[vendor.public()])
                 .map_err(|e| DaemonError::DemoKey(e.to_string()))?;
+            key_files.insert(key.document.key_id.clone(), file);
             (!loaded.core.has_key(&key.document.key_id)).then_some(key.document)
         } else {
             None
@@ -224,6 +259,9 @@ impl Daemon {
             started_at: now,
             duplicates,
             guesses: std::sync::Mutex::new(guess::GuessLimiter::default()),
+            limits: config.limits.clone(),
+            tls,
+            key_files: std::sync::RwLock::new(key_files),
         });
         let (handle, owner) =
             owner::spawn(core, store, clock, Some(offer_tx), shutdown.child_token());
@@ -246,7 +284,7 @@ impl Daemon {
             }
         }
         let mut tasks = vec![
-            tokio::spawn(accept_loop(
+            tokio::spawn(listener::accept_loop(
                 listener,
                 handle.clone(),
                 info.clone(),
@@ -320,52 +358,6 @@ impl Daemon {
         }
         let _ = std::fs::remove_file(&self.admin_socket);
         self.owner.await.unwrap_or_default()
-    }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    core: CoreHandle,
-    info: Arc<DaemonInfo>,
-    shutdown: CancellationToken,
-) {
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        // Take a permit before accepting, so a flood waits in the backlog, not in memory.
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = shutdown.cancelled() => break,
-        };
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.cancelled() => break,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                let (core, info, shutdown) = (core.clone(), info.clone(), shutdown.clone());
-                connections.spawn(async move {
-                    conn::serve(stream, peer, core, info, shutdown).await;
-                    drop(permit);
-                });
-            }
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!("accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-        }
-        while connections.try_join_next().is_some() {}
-    }
-    // Give connections a moment to finish what they are answering, then cut them.
-    let drained = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        connections.abort_all();
-        while connections.join_next().await.is_some() {}
     }
 }
 
