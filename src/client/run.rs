@@ -345,6 +345,8 @@ impl VideoServer {
                     e @ (ClientError::WrongDaemon { .. }
                     | ClientError::DemoRefused { .. }
                     | ClientError::NotDemo { .. }
+                    | ClientError::UntrustedDaemon { .. }
+                    | ClientError::IdentityChanged { .. }
                     | ClientError::State(_)),
                 ) => {
                     return Err(e);
@@ -447,11 +449,12 @@ impl VideoServer {
                 }
             }
         }
+        // Cameras held without a deadline have no proof of any grace (a state file whose
+        // lease token does not check out): they stop until the daemon renews them.
         let over = self
             .client
             .state()
-            .and_then(|s| s.deadline)
-            .is_some_and(|d| d <= now);
+            .is_some_and(|s| s.deadline.is_none_or(|d| d <= now));
         let holding = self.client.state().is_some_and(|s| !s.cameras.is_empty());
         if over && holding {
             let n = self.stop_all()?;
@@ -511,6 +514,16 @@ impl VideoServer {
             }
             // A camera that moved away is no longer ours to claim on reconnect.
             self.wanted.retain(|i| !dropped.contains(&i.camera));
+            // New cameras need a lease token that covers them, or a restart of this
+            // program before the next heartbeat would find no proof of their grace.
+            let token_covers = self.client.state().is_some_and(|s| {
+                s.lease
+                    .as_ref()
+                    .is_some_and(|l| l.cameras as usize >= s.cameras.len())
+            });
+            if !token_covers {
+                heartbeat_once(&mut self.client, &mut conn, &mut events).await?;
+            }
             settle_pushes(&mut self.client, &mut conn, &mut events).await?;
             flush(out, &mut events).await;
         }
