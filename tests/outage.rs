@@ -284,7 +284,8 @@ async fn an_edited_state_file_voids_the_grace_instead_of_extending_it() {
     assert_eq!((kept, ended), (Some(deadline), false));
     // A longer validity, a later send time, an extra camera, another daemon identity:
     // each voids the grace, and the cameras stop at once.
-    let edits: Vec<(&str, Box<dyn FnOnce(&mut serde_json::Value)>)> = vec![
+    type Edit = Box<dyn FnOnce(&mut serde_json::Value)>;
+    let edits: Vec<(&str, Edit)> = vec![
         (
             "valid_for_ms",
             Box::new(|s| s["lease"]["valid_for_ms"] = (1u64 << 40).into()),
