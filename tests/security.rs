@@ -195,3 +195,75 @@ fn an_observer_on_the_wire_learns_neither_code_nor_camera_nor_server_name() {
         assert!(!contains(secret), "{secret:?} crossed the wire in clear");
     }
 }
+
+#[test]
+fn a_client_refuses_a_daemon_whose_identity_changed_naming_both_fingerprints() {
+    let a = DaemonProcess::start_demo();
+    let b = DaemonProcess::start_demo();
+    let code = a.code();
+    let state = a.state("pinned");
+    let client = |daemon: &str, args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_netkeyctl"))
+            .arg("client")
+            .arg("--state")
+            .arg(&state)
+            .args(["--demo", "--daemon", daemon])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(client(&a.addr, &["enrol", &code, "--name", "pinned"])
+        .status
+        .success());
+    // Another daemon at the address the client was told: a rebuilt host, or an impostor.
+    let out = client(&b.addr, &["checkout", "cam-1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let fingerprint = |d: &DaemonProcess| {
+        let id = std::fs::read(d.state_dir().join("identity.key")).unwrap();
+        netkey::identity::Identity::from_pkcs8(&id)
+            .unwrap()
+            .public()
+            .fingerprint()
+    };
+    assert!(err.contains("proves identity"), "{err}");
+    assert!(err.contains(&fingerprint(&a)), "{err}");
+    assert!(err.contains(&fingerprint(&b)), "{err}");
+    assert_eq!(b.camera_in_use(), 0);
+}
+
+#[test]
+fn a_production_client_refuses_a_demo_daemon() {
+    let d = DaemonProcess::start_demo();
+    let vendor = d.dir.path().join("vendor");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_netkey-vendor"))
+        .args(["keygen", "--out"])
+        .arg(&vendor)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let code = d.code();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_netkeyctl"))
+        .arg("client")
+        .arg("--state")
+        .arg(d.state("production"))
+        .arg("--vendor-key")
+        .arg(vendor.join("vendor.pub"))
+        .args(["--daemon", &d.addr, "enrol", &code, "--name", "p"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("hosts only DEMO keys"), "{err}");
+    // The code was never sent: it still works for a demo client.
+    let out = d.client("demo", &["enrol", &code, "--name", "d"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
