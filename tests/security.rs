@@ -267,3 +267,58 @@ fn a_production_client_refuses_a_demo_daemon() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// One request frame inside TLS, and the answer to it.
+fn ask(
+    tls: &mut rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    id: u32,
+    request: netkey::proto::Request,
+) -> netkey::proto::Response {
+    let body = netkey::proto::encode(&netkey::proto::ClientFrame { id, request }).unwrap();
+    tls.write_all(&(body.len() as u32).to_be_bytes()).unwrap();
+    tls.write_all(&body).unwrap();
+    let mut len = [0u8; 4];
+    tls.read_exact(&mut len).unwrap();
+    let mut frame = vec![0u8; u32::from_be_bytes(len) as usize];
+    tls.read_exact(&mut frame).unwrap();
+    match netkey::proto::decode(&frame).unwrap() {
+        netkey::proto::ServerFrame::Response { response, .. } => response,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn knowing_a_server_id_without_its_identity_is_worth_nothing() {
+    let d = DaemonProcess::start_demo();
+    let code = d.code();
+    let out = d.client("real", &["enrol", &code, "--name", "real"]);
+    assert!(out.status.success());
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.state("real")).unwrap()).unwrap();
+    let server_id = state["server_id"].as_str().unwrap().to_string();
+    // Another identity claims the enrolled server's id.
+    let mut tls = tls_connect(&TcpStream::connect(&d.addr).unwrap());
+    let hello = netkey::proto::Request::Hello {
+        protocol: netkey::proto::PROTOCOL_VERSION,
+        software: "impostor".into(),
+    };
+    assert!(matches!(
+        ask(&mut tls, 1, hello),
+        netkey::proto::Response::Welcome { .. }
+    ));
+    let login = netkey::proto::Request::Login { server_id };
+    assert_eq!(
+        ask(&mut tls, 2, login),
+        netkey::proto::Response::Refused(netkey::core::Refusal::NotEnrolled)
+    );
+    // And it cannot check out either.
+    let checkout = netkey::proto::Request::Checkout {
+        key: None,
+        items: vec![netkey::core::CheckoutItem::camera("cam-1")],
+    };
+    assert_eq!(
+        ask(&mut tls, 3, checkout),
+        netkey::proto::Response::Refused(netkey::core::Refusal::NotEnrolled)
+    );
+    assert_eq!(d.camera_in_use(), 0);
+}
