@@ -230,6 +230,34 @@ fn a_client_refuses_a_daemon_whose_identity_changed_naming_both_fingerprints() {
     assert!(err.contains(&fingerprint(&a)), "{err}");
     assert!(err.contains(&fingerprint(&b)), "{err}");
     assert_eq!(b.camera_in_use(), 0);
+
+    // An explicit pin, as `status` shows the identity: the wrong one is refused before
+    // the code is spent, the right one enrols.
+    let shown = b.json(&["status"])["identity"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(shown, fingerprint(&b));
+    let code = b.code();
+    let pinned = |pin: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_netkeyctl"))
+            .arg("client")
+            .arg("--state")
+            .arg(b.state("pinned-explicitly"))
+            .args(["--demo", "--daemon", &b.addr, "--pin", pin])
+            .args(["enrol", &code, "--name", "p"])
+            .output()
+            .unwrap()
+    };
+    let out = pinned(&fingerprint(&a));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&shown));
+    let out = pinned(&shown);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

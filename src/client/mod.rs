@@ -93,6 +93,8 @@ pub struct Client {
     tls: Option<Arc<rustls::ClientConfig>>,
     /// A new identity (PKCS#8, base64) made for an enrolment, saved once it succeeds.
     pending_identity: Option<String>,
+    /// An explicit fingerprint the daemon's identity must have, on top of the vendor check.
+    pin: Option<String>,
 }
 
 impl Client {
@@ -131,6 +133,7 @@ impl Client {
             clock,
             tls,
             pending_identity: None,
+            pin: None,
         })
     }
 
@@ -161,6 +164,7 @@ impl Client {
         &self,
         conn: &Connection,
     ) -> Result<Vec<(crate::key::SignedKey, String)>, ClientError> {
+        self.check_pin(conn)?;
         if let Some(state) = &self.state {
             let pinned =
                 crate::identity::PublicKey::from_base64(&state.daemon_identity).map_err(|e| {
@@ -180,6 +184,25 @@ impl Client {
             &conn.addr,
             &conn.welcome.keys,
         )
+    }
+
+    /// Accept only a daemon whose identity has this fingerprint (colon-separated hex, as
+    /// `PublicKey::fingerprint` prints it), in addition to every other check.
+    pub fn pin(&mut self, fingerprint: &str) {
+        self.pin = Some(fingerprint.trim().to_ascii_lowercase());
+    }
+
+    fn check_pin(&self, conn: &Connection) -> Result<(), ClientError> {
+        match &self.pin {
+            Some(pin) if *pin != conn.welcome.identity.fingerprint() => {
+                Err(ClientError::IdentityChanged {
+                    addr: conn.addr.clone(),
+                    expected: pin.clone(),
+                    found: conn.welcome.identity.fingerprint(),
+                })
+            }
+            _ => Ok(()),
+        }
     }
 
     fn tls(&mut self) -> Result<Arc<rustls::ClientConfig>, ClientError> {
@@ -217,6 +240,7 @@ impl Client {
             self.login(&mut conn).await?;
             t
         } else {
+            self.check_pin(&conn)?;
             trust::trusted_keys(
                 &self.trust,
                 &conn.welcome.identity,

@@ -182,6 +182,7 @@ fn query(o: &mut super::owner::Owner, req: AdminRequest, info: &DaemonInfo) -> A
             let servers = o.core().server_views(now);
             ok(Status {
                 daemon_id: info.daemon_id.clone(),
+                identity: info.identity.public().fingerprint(),
                 software: info.software.clone(),
                 demo: info.demo,
                 listen: info.listen.clone(),

@@ -222,7 +222,7 @@ impl Daemon {
             daemon_id: daemon_id.clone(),
             tcp_port: local_addr.port(),
             tcp_addr: (!local_addr.ip().is_unspecified()).then(|| local_addr.to_string()),
-            tls_identity: None,
+            tls_identity: Some(identity.public().fingerprint()),
             software: software.clone(),
             keys: Vec::new(),
             truncated: false,
