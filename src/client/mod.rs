@@ -424,7 +424,7 @@ impl Client {
         {
             state.deadline = Some(deadline_from(sent_at, answer.valid_for_ms));
         }
-        state.save(&self.state_path)?;
+        self.save()?;
         Ok(answer.outcomes)
     }
 
@@ -447,7 +447,7 @@ impl Client {
         for (camera, _) in &out {
             state.cameras.remove(camera);
         }
-        state.save(&self.state_path)?;
+        self.save()?;
         Ok(out)
     }
 

@@ -28,7 +28,7 @@ fn refuse(trust: &Trust, peer: &PublicKey, key: &SignedKey) -> Option<String> {
         }
         Trust::Vendors(_) => match &doc.host {
             None => Some(format!("{} is not bound to a host", doc.key_id)),
-            Some(h) if h.daemon_identity == peer.to_base64() => None,
+            Some(h) if PublicKey::from_base64(&h.daemon_identity).is_ok_and(|k| k == *peer) => None,
             Some(h) => Some(format!(
                 "{} is bound to identity {}, not to this daemon's",
                 doc.key_id,

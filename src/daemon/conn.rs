@@ -26,6 +26,9 @@ pub const ACK_WAIT: Duration = Duration::from_secs(2);
 /// From the end of the TLS handshake to the protocol's Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const PUSH_QUEUE: usize = 256;
+/// How far a client's clock may run ahead of ours before its lease tokens stop proving
+/// its send time (it then keeps no token, and a restart finds no grace to spend).
+const MAX_CLOCK_SKEW_MS: u64 = 10 * 60 * 1000;
 /// Revocations listed in one heartbeat answer at most, so the answer fits in a frame.
 const MAX_REVOCATIONS_PER_ANSWER: usize = 256;
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -102,7 +105,7 @@ pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(
                     Err(_) => Err(FrameError::Closed),
                     Ok(None) => Err(FrameError::Closed),
                     Ok(Some(Err(e))) => Err(FrameError::Io(e)),
-                    Ok(Some(Ok(bytes))) if bytes.len() > max_frame => Err(FrameError::TooLarge { len: bytes.len() }),
+                    Ok(Some(Ok(bytes))) if bytes.len() > max_frame => Err(FrameError::TooLarge { len: bytes.len(), limit: max_frame }),
                     Ok(Some(Ok(bytes))) => conn.handle_frame(&bytes).await,
                 };
                 if let Err(e) = result {
@@ -352,22 +355,26 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             }
             Request::Heartbeat { digest, sent_at } => {
                 let s = server.clone();
-                let (answer, audit, holdings) = self
+                let (answer, audit, holdings, now) = self
                     .core
                     .call(move |o| {
                         let a = outcome!(o.execute(Command::Heartbeat { server: s.clone(), digest }), Outcome::Heartbeat(a) => a)?;
-                        Ok::<_, Refusal>((a, o.audit_head(), u32::try_from(o.core().held_count(&s)).unwrap_or(u32::MAX)))
+                        Ok::<_, Refusal>((a, o.audit_head(), u32::try_from(o.core().held_count(&s)).unwrap_or(u32::MAX), o.now))
                     })
                     .await
                     .map_err(closed)??;
                 let mut answer = answer;
                 // Bounded: the rest go out with the next answers (and as pushes).
                 answer.revocations.truncate(MAX_REVOCATIONS_PER_ANSWER);
+                // A send time ahead of our clock would stretch the client's grace after
+                // a restart: it is signed no later than now plus a skew allowance (the
+                // client keeps a token only if it carries the time it sent).
+                let latest = now.plus(MAX_CLOCK_SKEW_MS);
                 // Signed here, not in the core task, so signing never holds up the core.
                 let lease = LeaseToken::sign(
                     &self.info.identity,
                     server,
-                    sent_at,
+                    sent_at.min(latest),
                     answer.valid_for_ms,
                     holdings,
                 );
