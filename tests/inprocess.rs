@@ -407,3 +407,23 @@ async fn a_code_is_refused_after_use_and_after_24_hours() {
     assert!(err.to_string().contains("expired"), "{err}");
     h.stop().await;
 }
+
+#[tokio::test]
+async fn network_keys_are_not_served_on_the_local_socket() {
+    let h = Harness::start().await;
+    let local = format!("unix:{}", h.daemon.local_socket().display());
+    let mut client = Client::with_clock(
+        &h.dir.path().join("local.json"),
+        Trust::Demo,
+        Some(local),
+        h.clock.clone(),
+    )
+    .unwrap();
+    // The demo key is a network key: the local socket does not offer it.
+    let err = client
+        .enrol(&h.code().await, "local", "1.0")
+        .await
+        .expect_err("a network key over the local socket");
+    assert!(err.to_string().contains("hosts no DEMO key"), "{err}");
+    h.stop().await;
+}

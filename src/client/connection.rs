@@ -11,8 +11,13 @@ use futures_util::{SinkExt, StreamExt};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
+
+/// A byte stream to the daemon: TCP, or the local socket (`unix:PATH`).
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -27,18 +32,27 @@ pub struct Welcome {
     pub keys: Vec<HostedKey>,
 }
 
-#[derive(Debug)]
 pub struct Connection {
-    framed: proto::Framed<TlsStream<TcpStream>>,
+    framed: proto::Framed<TlsStream<Box<dyn Io>>>,
     next_id: u32,
     pushes: VecDeque<Push>,
     pub welcome: Welcome,
     pub addr: String,
 }
 
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("addr", &self.addr)
+            .field("daemon_id", &self.welcome.daemon_id)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Connection {
-    /// Connects over TCP, or from `source` if given (e.g. one of many loopback
-    /// addresses), then TLS with `tls` (see `tls::licence_client_config`), then Hello.
+    /// Connects over TCP (from `source` if given, e.g. one of many loopback addresses),
+    /// or to the local socket when `addr` is `unix:PATH`; then TLS with `tls` (see
+    /// `tls::licence_client_config`), then Hello.
     pub async fn connect_from(
         addr: &str,
         source: Option<std::net::IpAddr>,
@@ -49,9 +63,15 @@ impl Connection {
             reason,
         };
         let setup = async {
-            let stream = match source {
-                None => TcpStream::connect(addr).await?,
-                Some(ip) => {
+            let stream: Box<dyn Io> = match (addr.strip_prefix("unix:"), source) {
+                // Local keys are served only here, on this host.
+                (Some(path), _) => Box::new(tokio::net::UnixStream::connect(path).await?),
+                (None, None) => {
+                    let s = TcpStream::connect(addr).await?;
+                    let _ = s.set_nodelay(true);
+                    Box::new(s)
+                }
+                (None, Some(ip)) => {
                     let target = tokio::net::lookup_host(addr).await?.next().ok_or_else(|| {
                         std::io::Error::new(std::io::ErrorKind::NotFound, "no address")
                     })?;
@@ -61,10 +81,11 @@ impl Connection {
                         tokio::net::TcpSocket::new_v6()?
                     };
                     socket.bind(std::net::SocketAddr::new(ip, 0))?;
-                    socket.connect(target).await?
+                    let s = socket.connect(target).await?;
+                    let _ = s.set_nodelay(true);
+                    Box::new(s)
                 }
             };
-            let _ = stream.set_nodelay(true);
             let name = rustls::pki_types::ServerName::try_from(crate::tls::SERVER_NAME)
                 .map_err(std::io::Error::other)?;
             tokio_rustls::TlsConnector::from(tls.clone())

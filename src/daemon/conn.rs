@@ -6,6 +6,7 @@ use super::owner::CoreHandle;
 use super::DaemonInfo;
 use crate::core::{CameraOutcome, CheckoutItem, Command, EnrolRequest, Outcome, Refusal};
 use crate::identity::PublicKey;
+use crate::key::KeyKind;
 use crate::outcome;
 use crate::proto::{
     self, Binding, ClientFrame, FrameError, HostedKey, LeaseToken, Push, Request, Response,
@@ -42,6 +43,9 @@ struct Conn<T> {
     peer: SocketAddr,
     /// The identity the client proved in the TLS handshake.
     identity: PublicKey,
+    /// Which keys this connection may use: network keys over TCP, local keys over the
+    /// local socket, never the other.
+    transport: KeyKind,
     id: u64,
     server: Option<String>,
     push_tx: mpsc::Sender<Push>,
@@ -53,6 +57,7 @@ pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(
     io: T,
     peer: SocketAddr,
     identity: PublicKey,
+    transport: KeyKind,
     core: CoreHandle,
     info: Arc<DaemonInfo>,
     shutdown: CancellationToken,
@@ -64,6 +69,7 @@ pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(
         info,
         peer,
         identity,
+        transport,
         id: NEXT_CONN.fetch_add(1, Ordering::Relaxed),
         server: None,
         push_tx,
@@ -196,13 +202,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             return Err(FrameError::Closed);
         }
         tracing::debug!(peer = %self.peer, software = %software, "licence client connected");
+        let transport = self.transport;
         let hosted = self
             .core
-            .call(|o| {
+            .call(move |o| {
                 o.core()
                     .key_views(o.now)
                     .into_iter()
-                    .filter(|k| k.kind == crate::key::KeyKind::Network)
+                    .filter(|k| k.kind == transport)
                     .map(|k| (k.key_id, k.demo))
                     .collect::<Vec<_>>()
             })
@@ -262,6 +269,16 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                     });
                 }
                 self.guard_guessing()?;
+                let transport = self.transport;
+                let c = code.clone();
+                let kind = self
+                    .core
+                    .call(move |o| o.core().code_key_kind(&c))
+                    .await
+                    .map_err(closed)?;
+                if kind.is_some_and(|k| k != transport) {
+                    return Err(wrong_transport(transport));
+                }
                 let req = EnrolRequest {
                     code,
                     name,
@@ -300,6 +317,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                 }
                 self.guard_guessing()?;
                 let (session, sid) = (self.session(), server_id.clone());
+                let transport = self.transport;
                 let proof = *self.identity.bytes();
                 let enrolment = self
                     .core
@@ -310,6 +328,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                             .is_some_and(|c| c == proof.as_slice());
                         if !ok {
                             return Err(Refusal::NotEnrolled);
+                        }
+                        if o.core()
+                            .server_key_kind(&sid)
+                            .is_some_and(|k| k != transport)
+                        {
+                            return Err(wrong_transport(transport));
                         }
                         let e = o.core().enrolment(&sid)?;
                         o.open_session(&sid, session);
@@ -503,6 +527,16 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
         }
         answer.valid_for_ms = second.valid_for_ms;
         Ok(Response::Checkout(answer))
+    }
+}
+
+/// A local key over TCP, or a network key over the local socket.
+fn wrong_transport(transport: KeyKind) -> Refusal {
+    Refusal::BadRequest {
+        reason: match transport {
+            KeyKind::Network => "this code or server is on a local key: use the daemon's local socket on its own host".into(),
+            KeyKind::Local => "this code or server is on a network key: connect over the network".into(),
+        },
     }
 }
 

@@ -4,6 +4,7 @@
 
 use super::owner::CoreHandle;
 use super::{conn, DaemonInfo};
+use crate::key::KeyKind;
 use crate::tls::{peer_identity, ALPN_HTTP, ALPN_LICENCE};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -253,7 +254,7 @@ async fn tls(
                 tracing::debug!(peer = %peer, "licence client without an identity: closed");
                 return;
             };
-            conn::serve(tls, peer, identity, core, info, shutdown).await;
+            conn::serve(tls, peer, identity, KeyKind::Network, core, info, shutdown).await;
         }
         Ok(Ok(None)) => {
             tracing::debug!(peer = %peer, "HTTPS: the web console is not served here yet");

@@ -6,6 +6,7 @@ mod admin;
 mod conn;
 mod guess;
 mod listener;
+mod local;
 mod log;
 mod owner;
 mod port;
@@ -214,6 +215,14 @@ impl Daemon {
                     path: config.admin_socket.clone(),
                     source,
                 })?;
+        let local_socket = local_socket_beside(&config.admin_socket);
+        let local =
+            local::bind(&local_socket)
+                .await
+                .map_err(|source| DaemonError::AdminSocket {
+                    path: local_socket.clone(),
+                    source,
+                })?;
         let software = format!("netkeyd {}", env!("CARGO_PKG_VERSION"));
         let shutdown = CancellationToken::new();
         let duplicates = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -296,6 +305,12 @@ impl Daemon {
                 info.clone(),
                 shutdown.clone(),
             )),
+            tokio::spawn(local::serve(
+                local,
+                handle.clone(),
+                info.clone(),
+                shutdown.clone(),
+            )),
         ];
         // Shutdown waits for the discovery task too, so its socket is closed on return.
         if let Some(r) = responder {
@@ -325,6 +340,10 @@ impl Daemon {
     }
     pub fn admin_socket(&self) -> &Path {
         &self.admin_socket
+    }
+    /// The local licence socket, where local keys are served.
+    pub fn local_socket(&self) -> PathBuf {
+        local_socket_beside(&self.admin_socket)
     }
     /// The UDP address discovery answers on.
     pub fn discovery_addr(&self) -> Option<SocketAddr> {
@@ -357,8 +376,15 @@ impl Daemon {
             let _ = t.await;
         }
         let _ = std::fs::remove_file(&self.admin_socket);
+        let _ = std::fs::remove_file(local_socket_beside(&self.admin_socket));
         self.owner.await.unwrap_or_default()
     }
+}
+
+/// The local licence socket lives beside the admin socket (`/run/netkey/local.sock` under
+/// the shipped unit): same directory, same protection.
+pub fn local_socket_beside(admin_socket: &Path) -> PathBuf {
+    admin_socket.with_file_name("local.sock")
 }
 
 pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
