@@ -3,11 +3,17 @@
 //! returns a handle whose `shutdown` stops everything, so tests run it in-process.
 
 mod admin;
+mod beside;
+mod clockguard;
 mod conn;
 mod guess;
+mod keys;
 mod log;
 mod owner;
 mod port;
+
+pub use beside::{ClockMark, ReturnedKeys, CLOCK_FILE, RETURNED_FILE};
+pub use clockguard::TOLERANCE_MS as CLOCK_TOLERANCE_MS;
 
 pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use conn::ACK_WAIT;
@@ -15,7 +21,7 @@ pub use owner::{CoreHandle, Owner, Session, ShuttingDown};
 use port::port_error;
 
 use crate::core::{Command, Core, Outcome, Timestamp};
-use crate::key::{demo_key, demo_vendor, SignedKey};
+use crate::key::{demo_key, demo_vendor, HostSource, SignedKey, VendorPublicKey};
 use crate::store::Store;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -41,6 +47,10 @@ pub struct Config {
     pub discovery: Option<SocketAddr>,
     /// Daemons to ask directly when looking for duplicates of this daemon's keys.
     pub peers: Vec<SocketAddr>,
+    /// The vendors whose keys this daemon installs (the demo vendor only with `demo`).
+    pub vendor_keys: Vec<VendorPublicKey>,
+    /// Where the host's machine identifiers are read from (tests give their own).
+    pub host: HostSource,
 }
 
 impl Default for Config {
@@ -54,6 +64,8 @@ impl Default for Config {
             listener: None,
             discovery: Some(SocketAddr::from(([0, 0, 0, 0], crate::DEFAULT_PORT))),
             peers: Vec::new(),
+            vendor_keys: Vec::new(),
+            host: HostSource::System,
         }
     }
 }
@@ -88,6 +100,8 @@ pub enum DaemonError {
     },
     #[error("{0}")]
     Identity(String),
+    #[error("{0}")]
+    Beside(#[from] beside::BesideError),
 }
 
 /// What every connection may tell about this daemon.
@@ -106,6 +120,13 @@ pub struct DaemonInfo {
     pub duplicates: Arc<std::sync::Mutex<Vec<crate::discovery::DuplicateKey>>>,
     pub demo: bool,
     pub started_at: Timestamp,
+    /// Vendors whose keys and tokens this daemon accepts.
+    pub trust: Vec<VendorPublicKey>,
+    /// Where the host's machine identifiers come from.
+    pub host_source: HostSource,
+    /// Keys returned from this daemon (kept beside the identity).
+    pub returned: std::sync::Mutex<ReturnedKeys>,
+    pub state_dir: PathBuf,
 }
 
 /// A running daemon.
@@ -139,8 +160,11 @@ impl Daemon {
             servers = loaded.core.server_count(),
             "state loaded"
         );
+        let returned = ReturnedKeys::load(&config.state_dir)?;
+        let guard = clockguard::ClockGuard::load(config.state_dir.clone(), loaded.hwm)?;
         // Time resumes from the last persisted instant if the wall clock is behind it.
-        let clock = crate::clock::floored(clock, loaded.hwm);
+        let daemon_clock = crate::clock::floored(clock, loaded.hwm);
+        let clock: Arc<dyn Clock> = daemon_clock.clone();
         let now = clock.now();
         let demo_key = if config.demo {
             let vendor = demo_vendor();
@@ -224,9 +248,23 @@ impl Daemon {
             started_at: now,
             duplicates,
             guesses: std::sync::Mutex::new(guess::GuessLimiter::default()),
+            trust: {
+                let mut t = config.vendor_keys.clone();
+                if config.demo {
+                    t.push(demo_vendor().public());
+                }
+                t
+            },
+            host_source: config.host.clone(),
+            returned: std::sync::Mutex::new(returned),
+            state_dir: config.state_dir.clone(),
         });
         let (handle, owner) =
             owner::spawn(core, store, clock, Some(offer_tx), shutdown.child_token());
+        handle
+            .call(move |o| o.watch_clock(guard, daemon_clock))
+            .await
+            .map_err(|e| DaemonError::Startup(e.to_string()))?;
         // Mark the restart in the log before anything else, durably.
         handle
             .execute(Command::Restarted)
@@ -245,6 +283,9 @@ impl Daemon {
                 Err(e) => return Err(DaemonError::DemoKey(e.to_string())),
             }
         }
+        keys::check_at_start(&handle, &info)
+            .await
+            .map_err(DaemonError::Startup)?;
         let mut tasks = vec![
             tokio::spawn(accept_loop(
                 listener,
