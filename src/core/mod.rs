@@ -328,9 +328,8 @@ impl Core {
                 }
             }
         }
-        for e in &document.entries {
-            self.next_due = self.next_due.min(e.not_after);
-        }
+        // Its entries' expiry warnings and not-after instants are due from now on.
+        self.next_due = self.next_due.min(now);
         self.events.push(Event::KeyInstalled {
             key: key.clone(),
             revision: document.revision,
@@ -655,6 +654,9 @@ impl Core {
         let Some((feature, used, total)) = short else {
             return Ok(());
         };
+        // Use over the allocation is the overdraft's while the overdraft covers it;
+        // beyond, it is what a shrink left behind.
+        let mut overdraft_full = false;
         if let Some(k) = self.keys.get(&pool.key) {
             let policy = &k.document.policy;
             if policy.overdraft_seats > 0 {
@@ -666,12 +668,15 @@ impl Core {
                         hours: policy.overdraft_hours,
                     });
                 }
-                if self.key_excess(&pool.key, now) + extra <= u64::from(policy.overdraft_seats) {
+                let excess = self.key_excess(&pool.key, now);
+                let seats = u64::from(policy.overdraft_seats);
+                if excess + extra <= seats {
                     return Ok(());
                 }
+                overdraft_full = excess <= seats;
             }
         }
-        if used > total {
+        if used > total && !overdraft_full {
             Err(Refusal::OverAllocated {
                 feature: feature.clone(),
                 in_use: used,
@@ -897,6 +902,8 @@ impl Core {
     }
 }
 
+#[cfg(test)]
+mod key_tests;
 #[cfg(test)]
 mod model_tests;
 #[cfg(test)]

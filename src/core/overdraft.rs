@@ -148,6 +148,8 @@ impl Core {
         for key in ids {
             self.settle_key(&key, now);
         }
+        // A key that just went over its allocation spends its allowance from now on.
+        self.next_due = self.next_due.min(self.overdraft_deadline(now));
     }
 
     fn settle_key(&mut self, key: &str, now: Timestamp) {

@@ -137,7 +137,7 @@ impl fmt::Display for Refusal {
             }
             ClockRollback { mark } => write!(
                 f,
-                "the daemon's clock is behind its high-water mark {mark}; new checkouts are blocked until it passes it"
+                "the daemon's wall clock is behind its high-water mark {mark}; new checkouts are refused until it passes the mark or a vendor's reset token is installed (renewals go on)"
             ),
             NotHeld => write!(f, "this video server does not hold the camera"),
             NewlyAdded { until } => write!(
