@@ -6,6 +6,7 @@ mod blackbox;
 mod discovery;
 mod durability;
 mod inprocess;
+mod keys;
 mod netns;
 mod outage;
 mod protocol_doc;

@@ -244,11 +244,11 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(client, on)| Op::Diligent { client, on }),
         3 => prop_oneof![Just(0u64), 0..HEARTBEAT_MS].prop_map(|lag_ms| Op::Persist { lag_ms }),
         14 => prop_oneof![
-            60 => 0..3_000u64,
+            58 => 0..3_000u64,
             30 => 3_000..20_000u64,
             9 => 30_000..300_000u64,
             // Long enough for key B's overdraft allowance to run out.
-            1 => 1_800_000..5_400_000u64,
+            3 => 1_800_000..5_400_000u64,
         ]
         .prop_map(|ms| Op::Advance { ms }),
     ]
