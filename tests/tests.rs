@@ -7,6 +7,7 @@ mod discovery;
 mod durability;
 mod inprocess;
 mod keys;
+mod keys_blackbox;
 mod netns;
 mod outage;
 mod protocol_doc;

@@ -689,8 +689,8 @@ fn print_key_details(k: &KeyView) {
             _ => format!("valid ({} days left)", e.days_left),
         };
         out!(
-            "  {}  {:<12} {:<10} x{:<5} until {}  {state}",
-            if i == 0 { "entries:" } else { "        " },
+            "  {:<11}{:<12} {:<10} x{:<5} until {}  {state}",
+            if i == 0 { "entries:" } else { "" },
             e.order,
             e.feature,
             e.count,
