@@ -3,7 +3,9 @@
 //! the host, swap a network card, or set the wall clock back. Every refusal is checked by
 //! the text the administrator reads.
 
-use netkey::core::{CameraOutcome, CheckoutItem, Command, EnrolRequest, Outcome, PoolId, Timestamp};
+use netkey::core::{
+    CameraOutcome, CheckoutItem, Command, EnrolRequest, Outcome, PoolId, Timestamp,
+};
 use netkey::daemon::{Config, Daemon, ManualClock};
 use netkey::key::{
     ActivationRequest, ClockResetToken, DaemonDoc, DaemonDocKind, Entry, HostSource, HostValues,
@@ -272,9 +274,7 @@ async fn keys_from_an_untrusted_vendor_or_the_demo_vendor_are_refused() {
     let mut h = H::start(host_a()).await;
     let (_, req) = h.request().await;
     let stranger = VendorKeyPair::generate().unwrap();
-    let file = stranger
-        .issue(&site().activate(&req, T0).unwrap())
-        .unwrap();
+    let file = stranger.issue(&site().activate(&req, T0).unwrap()).unwrap();
     let err = h.install(&file).await.unwrap_err();
     assert_eq!(
         err,
@@ -431,7 +431,9 @@ async fn a_cloned_host_serves_nothing_and_says_what_changed() {
         })
         .await
         .unwrap();
-    let Outcome::Checkout(a) = out else { panic!("{out:?}") };
+    let Outcome::Checkout(a) = out else {
+        panic!("{out:?}")
+    };
     assert_eq!(
         refusal_text(&a.outcomes[0].1),
         format!("key SITE-0001 is not served by this daemon: {problem}")
@@ -447,14 +449,9 @@ async fn a_cloned_host_serves_nothing_and_says_what_changed() {
         .unwrap();
     assert!(matches!(hb, Outcome::Refused(_)), "{hb:?}");
     // Nor will the clone take the key file again.
-    let err = admin(
-        &socket,
-        &AdminRequest::KeyInstall {
-            key: file.clone(),
-        },
-    )
-    .await
-    .unwrap_err();
+    let err = admin(&socket, &AdminRequest::KeyInstall { key: file.clone() })
+        .await
+        .unwrap_err();
     assert!(
         err.starts_with("key SITE-0001 cannot be installed on this daemon: this host is not the one the key was activated for"),
         "{err}"
@@ -498,7 +495,10 @@ async fn a_lower_revision_is_refused_and_a_higher_one_replaces_in_place() {
     let v = h.install(&h.activated(s3).await).await.unwrap();
     assert_eq!(v["replaced"], 2);
     let k = &h.key_list().await[0];
-    assert_eq!((k["revision"].as_u64(), k["seats"][0]["total"].as_u64()), (Some(3), Some(6)));
+    assert_eq!(
+        (k["revision"].as_u64(), k["seats"][0]["total"].as_u64()),
+        (Some(3), Some(6))
+    );
     assert_eq!(k["seats"][0]["in_use"], 1, "the lease was kept");
     h.stop().await;
 }
@@ -537,7 +537,10 @@ async fn a_returned_key_stays_returned_even_after_a_restore() {
         .unwrap();
     let doc = DaemonDoc::open(done["text"].as_str().unwrap()).unwrap();
     let receipt: ReturnReceipt = doc.parse(DaemonDocKind::ReturnReceipt).unwrap();
-    assert_eq!((receipt.key_id.as_str(), receipt.revision), ("SITE-0001", 1));
+    assert_eq!(
+        (receipt.key_id.as_str(), receipt.revision),
+        ("SITE-0001", 1)
+    );
     assert!(receipt.forced);
     assert_eq!(receipt.leases_dropped, 1);
     assert_eq!(receipt.daemon_id, h.d().daemon_id());
@@ -553,7 +556,9 @@ async fn a_returned_key_stays_returned_even_after_a_restore() {
     assert_eq!(again["text"], done["text"]);
     let err = h.install(&file).await.unwrap_err();
     assert!(
-        err.starts_with("key SITE-0001 revision 1 was returned from this daemon on 2027-01-15T08:00:00Z"),
+        err.starts_with(
+            "key SITE-0001 revision 1 was returned from this daemon on 2027-01-15T08:00:00Z"
+        ),
         "{err}"
     );
 
@@ -590,7 +595,10 @@ async fn a_clock_set_back_beyond_the_tolerance_blocks_new_checkouts_until_it_pas
     h.clock.step_wall(-4 * MINUTE as i64);
     assert_eq!(h.status().await["clock"]["rollback"], Value::Null);
     h.clock.step_wall(4 * MINUTE as i64);
-    assert_eq!(h.status().await["clock"]["mark"], T0.plus(MINUTE).to_string());
+    assert_eq!(
+        h.status().await["clock"]["mark"],
+        T0.plus(MINUTE).to_string()
+    );
     let mark = T0.plus(MINUTE);
     // Two hours back.
     h.clock.step_wall(-2 * HOUR as i64);
@@ -636,7 +644,10 @@ async fn a_forward_jump_of_the_wall_clock_expires_nothing() {
     // The wall clock jumps a year ahead: past the key's end and every reservation.
     h.clock.step_wall((400 * DAY) as i64);
     let status = h.status().await;
-    assert_eq!(status["now"], before, "the daemon's time runs on the monotonic clock");
+    assert_eq!(
+        status["now"], before,
+        "the daemon's time runs on the monotonic clock"
+    );
     assert_eq!(status["keys"][0]["seats"][0]["in_use"], 1);
     assert!(matches!(h.heartbeat("A").await, Outcome::Heartbeat(_)));
     assert!(granted(&h.checkout("A", cam("c2")).await));
@@ -650,7 +661,9 @@ async fn a_vendor_reset_token_clears_a_rollback_once() {
     h.enrol("SITE-0001", "A").await;
     h.clock.step_wall(-(2 * DAY as i64));
     let (_, req) = h.request().await;
-    let mark = req.clock_rollback.expect("the request reports the rollback");
+    let mark = req
+        .clock_rollback
+        .expect("the request reports the rollback");
     assert_eq!(mark, T0);
     let token = |identity: &str, mark: Timestamp, id: &str| {
         ClockResetToken {
@@ -668,7 +681,13 @@ async fn a_vendor_reset_token_clears_a_rollback_once() {
         .admin(&reset(token(&other.to_base64(), mark, "t0")))
         .await
         .unwrap_err();
-    assert!(err.starts_with(&format!("the token names daemon identity {}", other.fingerprint())), "{err}");
+    assert!(
+        err.starts_with(&format!(
+            "the token names daemon identity {}",
+            other.fingerprint()
+        )),
+        "{err}"
+    );
     let err = h
         .admin(&reset(token(&req.daemon_identity, mark.plus(1000), "t0")))
         .await
@@ -697,14 +716,20 @@ async fn a_vendor_reset_token_clears_a_rollback_once() {
     // Used once: after another rollback the same token is refused.
     h.clock.step_wall(-(DAY as i64));
     let err = h.admin(&reset(good)).await.unwrap_err();
-    assert_eq!(err, "this reset token (t1) was already used; a token clears one rollback once");
+    assert_eq!(
+        err,
+        "this reset token (t1) was already used; a token clears one rollback once"
+    );
     // Not rolled back at all: nothing to reset.
     h.clock.step_wall(DAY as i64);
     let err = h
         .admin(&reset(token(&req.daemon_identity, mark, "t2")))
         .await
         .unwrap_err();
-    assert!(err.starts_with("the clock is not behind its high-water mark"), "{err}");
+    assert!(
+        err.starts_with("the clock is not behind its high-water mark"),
+        "{err}"
+    );
     h.stop().await;
 }
 
@@ -750,7 +775,10 @@ async fn an_overdraft_is_granted_flagged_and_refused_once_its_allowance_is_spent
     }
     let k = &h.status().await["keys"][0];
     assert_eq!(k["overdraft"]["spent"], true);
-    assert_eq!(k["seats"][0]["revoking"], 1, "the overdraft lease is revoked");
+    assert_eq!(
+        k["seats"][0]["revoking"], 1,
+        "the overdraft lease is revoked"
+    );
     assert_eq!(
         refusal_text(&h.checkout("A", cam("c4")).await),
         "no free camera licence: 3 in use of 2 total in this pool, and the key's overdraft allowance (1 hours per 30 days) is spent"
@@ -798,8 +826,12 @@ async fn legacy_devices_and_minimum_versions_through_the_daemon() {
             },
         )
     };
-    h.install(&h.activated(versions("EDGE-0001", true)).await).await.unwrap();
-    h.install(&h.activated(versions("EDGE-0002", false)).await).await.unwrap();
+    h.install(&h.activated(versions("EDGE-0001", true)).await)
+        .await
+        .unwrap();
+    h.install(&h.activated(versions("EDGE-0002", false)).await)
+        .await
+        .unwrap();
     h.enrol("EDGE-0001", "A").await;
     h.enrol("EDGE-0002", "B").await;
     let dev = |name: &str, v: &str| CheckoutItem {
@@ -827,7 +859,12 @@ async fn legacy_devices_and_minimum_versions_through_the_daemon() {
 async fn a_local_key_never_appears_in_discovery() {
     let dir = tempfile::tempdir().unwrap();
     let vendor = VendorKeyPair::generate().unwrap();
-    let mut c = config(&dir.path().join("state"), dir.path().join("admin.sock"), &vendor, host_a());
+    let mut c = config(
+        &dir.path().join("state"),
+        dir.path().join("admin.sock"),
+        &vendor,
+        host_a(),
+    );
     c.discovery = Some("127.0.0.1:0".parse().unwrap());
     let clock = ManualClock::new(T0);
     let d = Daemon::start(c, clock).await.unwrap();

@@ -97,7 +97,11 @@ fn vendor(args: &[&str]) -> Output {
 
 fn vendor_ok(args: &[&str]) -> String {
     let out = vendor(args);
-    assert!(out.status.success(), "netkey-vendor {args:?}: {}", stderr(&out));
+    assert!(
+        out.status.success(),
+        "netkey-vendor {args:?}: {}",
+        stderr(&out)
+    );
     stdout(&out)
 }
 
@@ -116,7 +120,10 @@ fn activation_round_trip_with_the_real_binaries() {
     let said = d.ok(&["key", "request", "--out", &d.path("request.json")]);
     assert!(said.contains("activation request of daemon nkd-"), "{said}");
     let seen = vendor_ok(&["verify", &d.path("request.json")]);
-    assert!(seen.starts_with("valid activation request of daemon nkd-"), "{seen}");
+    assert!(
+        seen.starts_with("valid activation request of daemon nkd-"),
+        "{seen}"
+    );
 
     // The vendor activates the spec for that daemon; the customer installs it.
     let act = vendor_ok(&[
@@ -131,9 +138,15 @@ fn activation_round_trip_with_the_real_binaries() {
     ]);
     assert!(act.contains("activated key SITE-0001 revision 1"), "{act}");
     let inst = d.ok(&["key", "install", &v("site.key")]);
-    assert_eq!(inst.trim(), "key SITE-0001 revision 1 installed; bound to this host");
+    assert_eq!(
+        inst.trim(),
+        "key SITE-0001 revision 1 installed; bound to this host"
+    );
     let list = d.ok(&["key", "list"]);
-    assert!(list.contains("KEY SITE-0001  network  revision 1"), "{list}");
+    assert!(
+        list.contains("KEY SITE-0001  network  revision 1"),
+        "{list}"
+    );
     assert!(list.contains("  binding:   bound to this host"), "{list}");
     assert!(list.contains("SO-2001"), "{list}");
 
@@ -147,7 +160,13 @@ fn activation_round_trip_with_the_real_binaries() {
     let state = d.path("vs1.json");
     let client = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_netkeyctl"))
-            .args(["client", "--state", &state, "--vendor-key", &v("v/vendor.pub")])
+            .args([
+                "client",
+                "--state",
+                &state,
+                "--vendor-key",
+                &v("v/vendor.pub"),
+            ])
             .args(["--daemon", &addr])
             .args(args)
             .output()
@@ -161,7 +180,13 @@ fn activation_round_trip_with_the_real_binaries() {
     assert_eq!(k["seats"][0]["in_use"], 2);
 
     // A usage report for the vendor.
-    d.ok(&["key", "report", "SITE-0001", "--out", &d.path("report.json")]);
+    d.ok(&[
+        "key",
+        "report",
+        "SITE-0001",
+        "--out",
+        &d.path("report.json"),
+    ]);
     let rep = vendor_ok(&[
         "verify",
         &d.path("report.json"),
@@ -170,13 +195,25 @@ fn activation_round_trip_with_the_real_binaries() {
         "--key",
         &v("site.key"),
     ]);
-    assert!(rep.starts_with("valid usage report: key SITE-0001 revision 1"), "{rep}");
+    assert!(
+        rep.starts_with("valid usage report: key SITE-0001 revision 1"),
+        "{rep}"
+    );
     assert!(rep.contains("peak camera 2"), "{rep}");
-    assert!(rep.contains("comes from the daemon key SITE-0001 was activated for"), "{rep}");
+    assert!(
+        rep.contains("comes from the daemon key SITE-0001 was activated for"),
+        "{rep}"
+    );
 
     // The key moves away: returned (the video server is not running, so by force), with
     // a receipt the vendor checks against the key it issued.
-    let out = d.ctl(&["key", "return", "SITE-0001", "--out", &d.path("receipt.json")]);
+    let out = d.ctl(&[
+        "key",
+        "return",
+        "SITE-0001",
+        "--out",
+        &d.path("receipt.json"),
+    ]);
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("is deactivated and its leases are revoked, but 2 remain"),
@@ -191,7 +228,10 @@ fn activation_round_trip_with_the_real_binaries() {
         &d.path("receipt.json"),
         "--force",
     ]);
-    assert!(said.contains("key SITE-0001 revision 1 returned by force (2 leases dropped)"), "{said}");
+    assert!(
+        said.contains("key SITE-0001 revision 1 returned by force (2 leases dropped)"),
+        "{said}"
+    );
     let rec = vendor_ok(&[
         "verify",
         &d.path("receipt.json"),
@@ -200,8 +240,14 @@ fn activation_round_trip_with_the_real_binaries() {
         "--key",
         &v("site.key"),
     ]);
-    assert!(rec.starts_with("valid return receipt: key SITE-0001 revision 1"), "{rec}");
-    assert!(rec.contains("it may be activated for another host"), "{rec}");
+    assert!(
+        rec.starts_with("valid return receipt: key SITE-0001 revision 1"),
+        "{rec}"
+    );
+    assert!(
+        rec.contains("it may be activated for another host"),
+        "{rec}"
+    );
     let out = d.ctl(&["key", "install", &v("site.key")]);
     assert!(!out.status.success());
     assert!(
@@ -215,7 +261,11 @@ fn activation_round_trip_with_the_real_binaries() {
     std::fs::write(d.path("forged.json"), forged).unwrap();
     let out = vendor(&["verify", &d.path("forged.json")]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("altered after daemon"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("altered after daemon"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -248,7 +298,10 @@ fn the_daemon_refuses_untrusted_expired_and_unbound_keys_with_reasons() {
     };
     activate("site.toml", "other/vendor.key", "foreign.key");
     let e = fails("foreign.key");
-    assert!(e.contains("which this installation does not trust (trusted vendors: "), "{e}");
+    assert!(
+        e.contains("which this installation does not trust (trusted vendors: "),
+        "{e}"
+    );
     activate("expired.toml", "v/vendor.key", "expired.key");
     let e = fails("expired.key");
     assert!(
@@ -271,7 +324,10 @@ fn the_daemon_refuses_untrusted_expired_and_unbound_keys_with_reasons() {
     d.ok(&["key", "install", &v("mixed.key")]);
     let list = d.ok(&["key", "list"]);
     assert!(list.contains("SO-OLD"), "{list}");
-    assert!(list.contains("until 2020-06-30T23:59:59Z  expired"), "{list}");
+    assert!(
+        list.contains("until 2020-06-30T23:59:59Z  expired"),
+        "{list}"
+    );
     assert!(list.contains("  seats:     camera 0/2"), "{list}");
 }
 
@@ -279,7 +335,11 @@ fn the_daemon_refuses_untrusted_expired_and_unbound_keys_with_reasons() {
 fn check_config_names_a_bad_vendor_key() {
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("netkeyd.toml");
-    std::fs::write(&conf, "vendor_keys = [\"netkey-vendor-public-key-v1:AAAA\"]\n").unwrap();
+    std::fs::write(
+        &conf,
+        "vendor_keys = [\"netkey-vendor-public-key-v1:AAAA\"]\n",
+    )
+    .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_netkeyd"))
         .arg("--config")
         .arg(&conf)

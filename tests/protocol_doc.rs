@@ -7,8 +7,7 @@
 use netkey::core::digest;
 use netkey::core::{
     CameraOutcome, CheckoutAnswer, CheckoutItem, ExpiryWarning, HeartbeatAnswer, Refusal,
-    Revocation,
-    RevocationReason, SyncAnswer, Timestamp,
+    Revocation, RevocationReason, SyncAnswer, Timestamp,
 };
 use netkey::discovery::{self, Datagram, Discover, Offer, OfferedKey, DISCOVER_SIZE};
 use netkey::proto::{

@@ -209,7 +209,10 @@ fn verify(file: &Path, pk: Option<&Path>, key: Option<&Path>) -> Result<(), Stri
                 let r: ActivationRequest = doc
                     .parse(DaemonDocKind::ActivationRequest)
                     .map_err(|e| format!("{shown}: {e}"))?;
-                println!("valid activation request of {who}, made {} by {}", r.made_at, r.software);
+                println!(
+                    "valid activation request of {who}, made {} by {}",
+                    r.made_at, r.software
+                );
                 let labels = |v: &[String]| {
                     v.iter()
                         .map(|h| h.split(':').next().unwrap_or("?").to_string())
@@ -222,7 +225,10 @@ fn verify(file: &Path, pk: Option<&Path>, key: Option<&Path>) -> Result<(), Stri
                     println!("  clock rolled back behind the mark {m} (netkey-vendor clock-reset can clear it)");
                 }
                 for k in &r.keys {
-                    println!("  hosts key {} revision {}: {}", k.key_id, k.revision, k.binding);
+                    println!(
+                        "  hosts key {} revision {}: {}",
+                        k.key_id, k.revision, k.binding
+                    );
                 }
             }
             DaemonDocKind::ReturnReceipt => {
@@ -241,7 +247,10 @@ fn verify(file: &Path, pk: Option<&Path>, key: Option<&Path>) -> Result<(), Stri
                         String::new()
                     }
                 );
-                println!("  audit log head: {} records, {}", r.audit_count, r.audit_hash);
+                println!(
+                    "  audit log head: {} records, {}",
+                    r.audit_count, r.audit_hash
+                );
                 if let Some(k) = expected {
                     let d = &k.document;
                     let bound = d.host.as_ref().map(|h| h.daemon_identity.as_str());
@@ -301,7 +310,10 @@ fn verify(file: &Path, pk: Option<&Path>, key: Option<&Path>) -> Result<(), Stri
                             k.document.key_id
                         ));
                     }
-                    println!("  comes from the daemon key {} was activated for", k.document.key_id);
+                    println!(
+                        "  comes from the daemon key {} was activated for",
+                        k.document.key_id
+                    );
                 }
             }
         }

@@ -209,13 +209,7 @@ fn run_admin(socket: &PathBuf, json: bool, command: Command) -> Fallible<ExitCod
             write_signed(&out, &d, json)?;
         }
         Command::Key(KeyCmd::Return { key_id, out, force }) => {
-            let d: SignedDocument = admin(
-                socket,
-                &AdminRequest::KeyReturn {
-                    key: key_id,
-                    force,
-                },
-            )?;
+            let d: SignedDocument = admin(socket, &AdminRequest::KeyReturn { key: key_id, force })?;
             write_signed(&out, &d, json)?;
         }
         Command::Key(KeyCmd::Report { key_id, out }) => {
@@ -685,7 +679,11 @@ fn print_key_details(k: &KeyView) {
     for (i, e) in k.entries.iter().enumerate() {
         let state = match e.state.as_str() {
             "expired" => "expired".to_string(),
-            "expiring" => format!("EXPIRING in {} day{}", e.days_left, if e.days_left == 1 { "" } else { "s" }),
+            "expiring" => format!(
+                "EXPIRING in {} day{}",
+                e.days_left,
+                if e.days_left == 1 { "" } else { "s" }
+            ),
             _ => format!("valid ({} days left)", e.days_left),
         };
         out!(
@@ -712,7 +710,11 @@ fn print_key_details(k: &KeyView) {
             o.minutes_used / 60,
             (o.minutes_used % 60) * 100 / 60,
             o.hours_allowed,
-            if o.spent { " (SPENT: no overdraft until hours free up)" } else { "" }
+            if o.spent {
+                " (SPENT: no overdraft until hours free up)"
+            } else {
+                ""
+            }
         );
     }
 }

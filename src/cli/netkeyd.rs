@@ -256,8 +256,17 @@ mod tests {
         .unwrap();
         let args = Args::parse_from(["netkeyd", "--config", conf.to_str().unwrap()]);
         let (s, _) = args.settings().unwrap();
-        assert_eq!(s.vendor_public_keys().unwrap(), vec![pair.public(), pair.public()]);
-        let args = Args::parse_from(["netkeyd", "--config", "/dev/null", "--vendor-key", "/nonexistent.pub"]);
+        assert_eq!(
+            s.vendor_public_keys().unwrap(),
+            vec![pair.public(), pair.public()]
+        );
+        let args = Args::parse_from([
+            "netkeyd",
+            "--config",
+            "/dev/null",
+            "--vendor-key",
+            "/nonexistent.pub",
+        ]);
         let err = args.settings().unwrap_err().to_string();
         assert!(err.contains("vendor key /nonexistent.pub"), "{err}");
     }

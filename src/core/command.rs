@@ -231,11 +231,9 @@ impl Core {
             } => from(self.key_checked(now, &key, &binding, refused), |_| {
                 Outcome::Done
             }),
-            Command::DeactivateKey { key } => {
-                from(self.deactivate_key(now, &key), |leases| Outcome::Deactivated {
-                    leases,
-                })
-            }
+            Command::DeactivateKey { key } => from(self.deactivate_key(now, &key), |leases| {
+                Outcome::Deactivated { leases }
+            }),
             Command::ReturnKey { key, force } => {
                 from(self.return_key(now, &key, force), Outcome::Returned)
             }

@@ -113,7 +113,12 @@ fn an_expired_entry_among_live_ones_is_warned_then_shrinks_newest_first() {
     assert_eq!(warned, vec![30]);
     enrol(&mut c, T0, "K", "A");
     for (i, name) in ["c1", "c2", "c3", "c4"].iter().enumerate() {
-        assert!(is_granted(&one(&mut c, T0.plus(i as u64 * 1000), "A", cam(name))));
+        assert!(is_granted(&one(
+            &mut c,
+            T0.plus(i as u64 * 1000),
+            "A",
+            cam(name)
+        )));
     }
     let hb = c.heartbeat(T0.plus(5000), "A", &[0; 32]).unwrap();
     assert_eq!(hb.expiring.len(), 1);
@@ -170,7 +175,11 @@ fn an_expired_key_is_refused_at_install_and_at_checkout() {
     let old = key("OLD", vec![entry("camera", 1, T0, "SO-OLD")], policy());
     let err = c.install_key(T0, old, false).unwrap_err();
     assert_eq!(err.to_string(), "key OLD has expired");
-    let k = key("K", vec![entry("camera", 1, T0.plus(DAY), "SO-1")], policy());
+    let k = key(
+        "K",
+        vec![entry("camera", 1, T0.plus(DAY), "SO-1")],
+        policy(),
+    );
     c.install_key(T0, k, false).unwrap();
     enrol(&mut c, T0, "K", "A");
     let text = refused_text(&one(&mut c, T0.plus(DAY), "A", cam("c1")));
@@ -212,16 +221,24 @@ fn overdraft_seats_are_granted_flagged_and_shared_by_features() {
         .collect();
     assert_eq!(
         flagged,
-        vec![("c1".into(), false), ("c2".into(), false), ("c3".into(), true)]
+        vec![
+            ("c1".into(), false),
+            ("c2".into(), false),
+            ("c3".into(), true)
+        ]
     );
     let view = &c.key_views(T0.plus(1000))[0];
     assert_eq!(view.overdraft.in_use, 1);
     assert_eq!(view.seats[0].overdraft, 1);
     // The one extra seat is taken: no more camera.
     let text = refused_text(&one(&mut c, T0.plus(2000), "A", cam("c4")));
-    assert_eq!(text, "no free camera licence: 3 in use of 2 total in this pool");
+    assert_eq!(
+        text,
+        "no free camera licence: 3 in use of 2 total in this pool"
+    );
     // Back within the allocation: the period ends and is counted.
-    c.release(T0.plus(10 * MINUTE), "A", &["c3".into()]).unwrap();
+    c.release(T0.plus(10 * MINUTE), "A", &["c3".into()])
+        .unwrap();
     assert!(c
         .drain_events()
         .iter()
@@ -232,13 +249,30 @@ fn overdraft_seats_are_granted_flagged_and_shared_by_features() {
         modules: vec!["lpr".into()],
         ..cam(name)
     };
-    assert!(is_granted(&one(&mut c, T0.plus(10 * MINUTE), "A", lpr("c1"))));
-    assert!(is_granted(&one(&mut c, T0.plus(10 * MINUTE), "A", lpr("c2"))));
+    assert!(is_granted(&one(
+        &mut c,
+        T0.plus(10 * MINUTE),
+        "A",
+        lpr("c1")
+    )));
+    assert!(is_granted(&one(
+        &mut c,
+        T0.plus(10 * MINUTE),
+        "A",
+        lpr("c2")
+    )));
     assert_eq!(c.key_views(T0.plus(10 * MINUTE))[0].overdraft.in_use, 1);
     let text = refused_text(&one(&mut c, T0.plus(10 * MINUTE), "A", cam("c5")));
-    assert_eq!(text, "no free camera licence: 2 in use of 2 total in this pool");
-    c.release(T0.plus(20 * MINUTE), "A", &["c2".into()]).unwrap();
-    assert_eq!(c.key_views(T0.plus(20 * MINUTE))[0].overdraft.minutes_used, 19);
+    assert_eq!(
+        text,
+        "no free camera licence: 2 in use of 2 total in this pool"
+    );
+    c.release(T0.plus(20 * MINUTE), "A", &["c2".into()])
+        .unwrap();
+    assert_eq!(
+        c.key_views(T0.plus(20 * MINUTE))[0].overdraft.minutes_used,
+        19
+    );
     c.check_invariants(T0.plus(20 * MINUTE)).unwrap();
 }
 
@@ -294,8 +328,10 @@ fn classes_legacy_devices_and_minimum_versions() {
     };
     let entries = || vec![entry("camera", 4, T0.plus(365 * DAY), "SO-1")];
     let mut c = Core::new();
-    c.install_key(T0, key("YES", entries(), p(true)), false).unwrap();
-    c.install_key(T0, key("NO", entries(), p(false)), false).unwrap();
+    c.install_key(T0, key("YES", entries(), p(true)), false)
+        .unwrap();
+    c.install_key(T0, key("NO", entries(), p(false)), false)
+        .unwrap();
     enrol(&mut c, T0, "YES", "A");
     enrol(&mut c, T0, "NO", "B");
     let dev = |name: &str, v: &str| CheckoutItem {
@@ -334,7 +370,11 @@ fn classes_legacy_devices_and_minimum_versions() {
 #[test]
 fn a_lower_revision_is_refused_and_a_higher_one_keeps_pools_and_leases() {
     let mut c = Core::new();
-    let mut k = key("K", vec![entry("camera", 2, T0.plus(365 * DAY), "SO-1")], policy());
+    let mut k = key(
+        "K",
+        vec![entry("camera", 2, T0.plus(365 * DAY), "SO-1")],
+        policy(),
+    );
     k.revision = 2;
     c.install_key(T0, k.clone(), false).unwrap();
     enrol(&mut c, T0, "K", "A");
@@ -358,7 +398,11 @@ fn a_lower_revision_is_refused_and_a_higher_one_keeps_pools_and_leases() {
 #[test]
 fn a_clock_rollback_blocks_new_checkouts_and_lets_renewals_go_on() {
     let mut c = Core::new();
-    let k = key("K", vec![entry("camera", 4, T0.plus(365 * DAY), "SO-1")], policy());
+    let k = key(
+        "K",
+        vec![entry("camera", 4, T0.plus(365 * DAY), "SO-1")],
+        policy(),
+    );
     c.install_key(T0, k, false).unwrap();
     enrol(&mut c, T0, "K", "A");
     enrol(&mut c, T0, "K", "B");
@@ -418,7 +462,11 @@ fn time_set_back_by_a_reset_counts_an_entry_expired_by_the_old_reckoning_again()
 #[test]
 fn a_returned_key_revokes_its_leases_then_goes_with_its_pools_and_servers() {
     let mut c = Core::new();
-    let k = key("K", vec![entry("camera", 4, T0.plus(365 * DAY), "SO-1")], policy());
+    let k = key(
+        "K",
+        vec![entry("camera", 4, T0.plus(365 * DAY), "SO-1")],
+        policy(),
+    );
     c.install_key(T0, k, false).unwrap();
     enrol(&mut c, T0, "K", "A");
     c.session_opened(T0, "A");
@@ -452,7 +500,11 @@ fn a_returned_key_revokes_its_leases_then_goes_with_its_pools_and_servers() {
 #[test]
 fn a_forced_return_drops_what_is_left_as_an_audited_overlap() {
     let mut c = Core::new();
-    let k = key("K", vec![entry("camera", 4, T0.plus(365 * DAY), "SO-1")], policy());
+    let k = key(
+        "K",
+        vec![entry("camera", 4, T0.plus(365 * DAY), "SO-1")],
+        policy(),
+    );
     c.install_key(T0, k, false).unwrap();
     enrol(&mut c, T0, "K", "A");
     assert!(is_granted(&one(&mut c, T0, "A", cam("c1"))));
@@ -469,7 +521,11 @@ fn a_forced_return_drops_what_is_left_as_an_audited_overlap() {
 #[test]
 fn a_key_the_daemon_refuses_renews_nothing() {
     let mut c = Core::new();
-    let k = key("K", vec![entry("camera", 4, T0.plus(365 * DAY), "SO-1")], policy());
+    let k = key(
+        "K",
+        vec![entry("camera", 4, T0.plus(365 * DAY), "SO-1")],
+        policy(),
+    );
     c.install_key(T0, k, false).unwrap();
     enrol(&mut c, T0, "K", "A");
     assert!(is_granted(&one(&mut c, T0, "A", cam("c1"))));
@@ -477,9 +533,15 @@ fn a_key_the_daemon_refuses_renews_nothing() {
     c.key_checked(T0, "K", "NOT bound to this host", Some(reason.into()))
         .unwrap();
     let text = refused_text(&one(&mut c, T0, "A", cam("c1")));
-    assert_eq!(text, format!("key K is not served by this daemon: {reason}"));
+    assert_eq!(
+        text,
+        format!("key K is not served by this daemon: {reason}")
+    );
     let err = c.heartbeat(T0, "A", &[0; 32]).unwrap_err();
-    assert_eq!(err.to_string(), format!("key K is not served by this daemon: {reason}"));
+    assert_eq!(
+        err.to_string(),
+        format!("key K is not served by this daemon: {reason}")
+    );
     assert!(c.sync(T0, "A", &[]).is_err());
     assert_eq!(c.key_views(T0)[0].state, "refused");
     c.key_checked(T0, "K", "bound to this host", None).unwrap();
@@ -489,10 +551,18 @@ fn a_key_the_daemon_refuses_renews_nothing() {
 #[test]
 fn a_server_on_a_local_key_cannot_move_to_a_network_key() {
     let mut c = Core::new();
-    let mut local = key("L", vec![entry("camera", 4, T0.plus(365 * DAY), "SO-1")], policy());
+    let mut local = key(
+        "L",
+        vec![entry("camera", 4, T0.plus(365 * DAY), "SO-1")],
+        policy(),
+    );
     local.kind = KeyKind::Local;
     c.install_key(T0, local, false).unwrap();
-    let net = key("N", vec![entry("camera", 4, T0.plus(365 * DAY), "SO-2")], policy());
+    let net = key(
+        "N",
+        vec![entry("camera", 4, T0.plus(365 * DAY), "SO-2")],
+        policy(),
+    );
     c.install_key(T0, net, false).unwrap();
     enrol(&mut c, T0, "L", "A");
     let err = c

@@ -60,7 +60,10 @@ impl Core {
             .iter()
             .filter(|((k, _), _)| k == key)
             .any(|(_, c)| {
-                c.lease.iter().map(|l| &l.server).chain(c.revoking.iter().map(|r| &r.server))
+                c.lease
+                    .iter()
+                    .map(|l| &l.server)
+                    .chain(c.revoking.iter().map(|r| &r.server))
                     .any(|s| self.servers.get(s).is_some_and(|s| s.sessions > 0))
             })
     }
@@ -122,14 +125,19 @@ impl Core {
             });
         }
         let (revision, customer) = (k.document.revision, k.document.customer.clone());
-        let cameras: Vec<(String, Vec<(String, u64)>, Option<String>)> = self
+        // Per camera: its id, its `revoking` leases (server, epoch), its holder.
+        type Leases = (String, Vec<(String, u64)>, Option<String>);
+        let cameras: Vec<Leases> = self
             .cameras
             .iter()
             .filter(|((k, _), _)| k == key)
             .map(|((_, c), r)| {
                 (
                     c.clone(),
-                    r.revoking.iter().map(|x| (x.server.clone(), x.epoch)).collect(),
+                    r.revoking
+                        .iter()
+                        .map(|x| (x.server.clone(), x.epoch))
+                        .collect(),
                     r.lease.as_ref().map(|l| l.server.clone()),
                 )
             })

@@ -24,10 +24,10 @@ pub use checkout::{
     CameraOutcome, CheckoutAnswer, CheckoutItem, ExpiryWarning, HeartbeatAnswer, ReleaseOutcomes,
     SyncAnswer,
 };
-pub use keys::ReturnOutcome;
-pub use overdraft::OverdraftState;
 pub use command::{Command, Outcome};
 pub use event::{Event, ReleaseReason, RevocationReason};
+pub use keys::ReturnOutcome;
+pub use overdraft::OverdraftState;
 pub use refusal::Refusal;
 pub use time::Timestamp;
 pub use view::{CameraView, EntryView, KeyView, OverdraftView, PoolView, SeatUsage, ServerView};

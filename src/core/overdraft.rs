@@ -53,12 +53,7 @@ impl OverdraftState {
     /// Milliseconds over the allocation on UTC day `day`, the open period included.
     pub fn day_ms(&self, day: u64, now: Timestamp) -> u64 {
         let open = self.over_since.map_or(0, |s| {
-            overlap(
-                s,
-                now,
-                Timestamp(day * DAY),
-                Timestamp((day + 1) * DAY),
-            )
+            overlap(s, now, Timestamp(day * DAY), Timestamp((day + 1) * DAY))
         });
         self.per_day.get(&day).copied().unwrap_or(0) + open
     }

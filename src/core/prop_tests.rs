@@ -704,9 +704,7 @@ impl<'a> Sim<'a> {
                 }
                 Event::Moved { .. } => Coverage::bump(&self.coverage.moves),
                 Event::AllocationShrunk { .. } => Coverage::bump(&self.coverage.shrinks),
-                Event::OverdraftStarted { .. } => {
-                    Coverage::bump(&self.coverage.overdraft_started)
-                }
+                Event::OverdraftStarted { .. } => Coverage::bump(&self.coverage.overdraft_started),
                 Event::OverdraftSpent { .. } => Coverage::bump(&self.coverage.overdraft_spent),
                 Event::RevokingEnded { acknowledged, .. } => Coverage::bump(if acknowledged {
                     &self.coverage.revoking_acknowledged
@@ -1422,7 +1420,9 @@ impl<'a> Sim<'a> {
                 }
                 CameraOutcome::Refused(Refusal::OverdraftSpent { .. }) => {
                     ensure(key == KB && self.core.overdraft_spent(KB, self.now), || {
-                        format!("{what}: {camera} refused {outcome:?}, but the allowance is not spent")
+                        format!(
+                            "{what}: {camera} refused {outcome:?}, but the allowance is not spent"
+                        )
                     })?;
                     unchanged()?;
                 }
@@ -2255,7 +2255,8 @@ fn key_b_plain() -> KeyDocument {
 
 fn key_b_with_two_holders() -> Core {
     let mut core = Core::new();
-    core.install_key(T0, key_b_plain(), false).expect("install key B");
+    core.install_key(T0, key_b_plain(), false)
+        .expect("install key B");
     let pool = PoolId::default_of(KB);
     for (n, id) in ["s1", "s2"].into_iter().enumerate() {
         let code = format!("code-{n}");

@@ -217,8 +217,7 @@ impl Core {
                         in_use: self.key_excess(&d.key_id, now),
                         hours_allowed: d.policy.overdraft_hours,
                         minutes_used: k.overdraft.used_ms(now) / super::time::MINUTE,
-                        spent: d.policy.overdraft_seats > 0
-                            && self.overdraft_spent(&d.key_id, now),
+                        spent: d.policy.overdraft_seats > 0 && self.overdraft_spent(&d.key_id, now),
                         over_since: k.overdraft.over_since,
                     },
                 }
@@ -349,7 +348,9 @@ impl Core {
         let mut out = std::collections::BTreeSet::new();
         for p in self.pools.values() {
             for (feature, u) in &p.usage {
-                let mut excess = u.counted().saturating_sub(self.allocation(&p.id, feature, now));
+                let mut excess = u
+                    .counted()
+                    .saturating_sub(self.allocation(&p.id, feature, now));
                 if excess == 0 {
                     continue;
                 }
@@ -365,7 +366,9 @@ impl Core {
                     .collect();
                 leases.sort();
                 while excess > 0 {
-                    let Some((_, _, camera, n)) = leases.pop() else { break };
+                    let Some((_, _, camera, n)) = leases.pop() else {
+                        break;
+                    };
                     out.insert((p.id.key.clone(), camera));
                     excess = excess.saturating_sub(n);
                 }

@@ -76,7 +76,11 @@ fn refusal_text(r: Refusal) -> String {
 }
 
 /// Installs a key file. Runs in the task that owns the core.
-pub(super) fn install(o: &mut Owner, info: &DaemonInfo, text: &str) -> Result<KeyInstalled, String> {
+pub(super) fn install(
+    o: &mut Owner,
+    info: &DaemonInfo,
+    text: &str,
+) -> Result<KeyInstalled, String> {
     let signed = SignedKey::verify(text, &info.trust).map_err(|e| explain(e, info))?;
     let demo = signed.is_demo();
     let doc = signed.document;
@@ -125,7 +129,10 @@ pub(super) fn install(o: &mut Owner, info: &DaemonInfo, text: &str) -> Result<Ke
 
 /// At start: keys returned from this daemon are removed (a restore may have brought them
 /// back), and every other key is checked against this host again.
-pub(super) async fn check_at_start(core: &CoreHandle, info: &Arc<DaemonInfo>) -> Result<(), String> {
+pub(super) async fn check_at_start(
+    core: &CoreHandle,
+    info: &Arc<DaemonInfo>,
+) -> Result<(), String> {
     let info = info.clone();
     core.call(move |o| {
         let values = info.host_source.read();
@@ -202,7 +209,11 @@ pub(super) fn request(o: &mut Owner, info: &DaemonInfo) -> Result<SignedDocument
 }
 
 /// `key report`: peak use per feature per day and overdraft hours, signed.
-pub(super) fn report(o: &mut Owner, info: &DaemonInfo, key: &str) -> Result<SignedDocument, String> {
+pub(super) fn report(
+    o: &mut Owner,
+    info: &DaemonInfo,
+    key: &str,
+) -> Result<SignedDocument, String> {
     use crate::core::time::{DAY, HOUR};
     let now = o.now;
     let k = o
@@ -244,7 +255,8 @@ pub(super) fn report(o: &mut Owner, info: &DaemonInfo, key: &str) -> Result<Sign
         overdraft_hours_allowed: d.policy.overdraft_hours,
         overdraft_hours_last_30_days: round2(k.overdraft.used_ms(now) as f64 / HOUR as f64),
     };
-    let text = daemon_sign(&info.identity, DaemonDocKind::UsageReport, &r).map_err(|e| e.to_string())?;
+    let text =
+        daemon_sign(&info.identity, DaemonDocKind::UsageReport, &r).map_err(|e| e.to_string())?;
     Ok(SignedDocument {
         summary: format!(
             "usage report of key {} revision {}: {} days, {} overdraft hours in the last 30 days",
@@ -262,7 +274,11 @@ fn round2(x: f64) -> f64 {
 }
 
 /// `key clock-reset`: a vendor's token clears a rollback once.
-pub(super) fn clock_reset(o: &mut Owner, info: &DaemonInfo, text: &str) -> Result<ClockResetDone, String> {
+pub(super) fn clock_reset(
+    o: &mut Owner,
+    info: &DaemonInfo,
+    text: &str,
+) -> Result<ClockResetDone, String> {
     let token = ClockResetToken::verify(text, &info.trust).map_err(|e| explain(e, info))?;
     let guard = o
         .clock_guard()
@@ -332,7 +348,12 @@ pub(super) async fn return_key(
         .map_err(|e| e.to_string())?
 }
 
-fn finish_return(o: &mut Owner, info: &DaemonInfo, key: &str, force: bool) -> Result<ReturnOutcome, String> {
+fn finish_return(
+    o: &mut Owner,
+    info: &DaemonInfo,
+    key: &str,
+    force: bool,
+) -> Result<ReturnOutcome, String> {
     let remaining = o.core().key_leases(key);
     if remaining > 0 && !force {
         return Err(format!(

@@ -397,6 +397,22 @@ pub fn status_line(owner: &Owner) -> String {
     if let Some(e) = &owner.degraded {
         line.push_str(&format!("; STATE STORE FAILING: {e}"));
     }
+    if let Some(mark) = core.clock_rollback() {
+        line.push_str(&format!(
+            "; CLOCK ROLLBACK: behind the mark {mark}, new checkouts refused"
+        ));
+    }
+    for k in core.key_views(owner.now) {
+        if let Some(p) = &k.problem {
+            line.push_str(&format!("; KEY {} NOT SERVED: {p}", k.key_id));
+        }
+        if let Some(e) = k.entries.iter().find(|e| e.state == "expiring") {
+            line.push_str(&format!(
+                "; key {} entry {} expires in {} days",
+                k.key_id, e.order, e.days_left
+            ));
+        }
+    }
     line
 }
 

@@ -47,20 +47,15 @@ pub struct Handover {
 }
 
 /// Where a daemon reads its host's identifiers from.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum HostSource {
     /// The real host: `/`.
+    #[default]
     System,
     /// Files below this directory instead of `/` (tests).
     Root(PathBuf),
     /// These values (tests).
     Values(HostValues),
-}
-
-impl Default for HostSource {
-    fn default() -> Self {
-        HostSource::System
-    }
 }
 
 impl HostSource {
@@ -238,8 +233,7 @@ fn hint(changed: &[IdentKind]) -> &'static str {
     let hw = changed.iter().all(|k| k.is_hardware());
     if hw && changed.len() >= 2 {
         "a cloned or moved virtual machine, or new hardware"
-    } else if changed.iter().any(|k| !k.is_hardware()) && changed.iter().any(|k| k.is_hardware())
-    {
+    } else if changed.iter().any(|k| !k.is_hardware()) && changed.iter().any(|k| k.is_hardware()) {
         "a copy of this host, or a reinstalled one"
     } else {
         "more than one identifier differs"
@@ -308,8 +302,7 @@ fn read_text(path: &Path) -> Option<String> {
 fn clean_uuid(text: &str) -> Option<String> {
     let t = text.trim().to_ascii_lowercase();
     let digits: String = t.chars().filter(|c| c.is_ascii_hexdigit()).collect();
-    if digits.len() < 16 || digits.chars().all(|c| c == '0') || digits.chars().all(|c| c == 'f')
-    {
+    if digits.len() < 16 || digits.chars().all(|c| c == '0') || digits.chars().all(|c| c == 'f') {
         return None;
     }
     Some(t)
@@ -462,7 +455,10 @@ mod tests {
         let other = Identity::generate().public();
         let b = values().binding(&id, "00ff");
         let err = check(Some(&b), &other, &values()).unwrap_err();
-        assert!(err.to_string().contains("activated for another daemon"), "{err}");
+        assert!(
+            err.to_string().contains("activated for another daemon"),
+            "{err}"
+        );
         assert_eq!(check(None, &id, &values()), Err(BindingError::Unbound));
     }
 
@@ -486,7 +482,10 @@ mod tests {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(path, t).unwrap();
         };
-        w("sys/class/dmi/id/product_uuid", "4C4C4544-0042-3510-8052-B4C04F4E3732\n");
+        w(
+            "sys/class/dmi/id/product_uuid",
+            "4C4C4544-0042-3510-8052-B4C04F4E3732\n",
+        );
         w("sys/class/net/eth0/address", "52:54:00:12:34:56\n");
         w("sys/class/net/eth0/addr_assign_type", "0\n");
         w("sys/class/net/eth0/device/vendor", "0x1af4\n");

@@ -243,8 +243,7 @@ impl KeySpec {
     ) -> Result<KeyDocument, String> {
         if self.host.is_some() {
             return Err(
-                "the spec names a host already; `activate` takes the host from the request"
-                    .into(),
+                "the spec names a host already; `activate` takes the host from the request".into(),
             );
         }
         if request.host.daemon_identity != request.daemon_identity {

@@ -328,7 +328,9 @@ mod tests {
         for i in 0..bytes.len() {
             let mut b = bytes.to_vec();
             b[i] ^= 0x01;
-            let Ok(t) = String::from_utf8(b) else { continue };
+            let Ok(t) = String::from_utf8(b) else {
+                continue;
+            };
             let ok = DaemonDoc::open(&t)
                 .and_then(|d| d.parse::<ReturnReceipt>(DaemonDocKind::ReturnReceipt))
                 .is_ok_and(|r| r == receipt(&id));
@@ -361,7 +363,10 @@ mod tests {
             issued_at: Timestamp::from_secs(6),
         };
         let text = t.sign(&vendor).unwrap();
-        assert_eq!(ClockResetToken::verify(&text, &[vendor.public()]).unwrap(), t);
+        assert_eq!(
+            ClockResetToken::verify(&text, &[vendor.public()]).unwrap(),
+            t
+        );
         let other = VendorKeyPair::generate().unwrap().public();
         let err = ClockResetToken::verify(&text, &[other]).unwrap_err();
         assert!(err.to_string().contains("does not trust"), "{err}");

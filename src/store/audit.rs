@@ -344,7 +344,8 @@ pub fn entry_for(event: &Event) -> AuditEntry {
         } => {
             e.action = "entry_expiring".into();
             e.key_id = opt(key);
-            e.detail = format!("order {order} {feature} x{count} until {not_after}: {days} days left");
+            e.detail =
+                format!("order {order} {feature} x{count} until {not_after}: {days} days left");
         }
         Event::KeyChecked {
             key,
@@ -398,7 +399,9 @@ pub fn entry_for(event: &Event) -> AuditEntry {
         Event::ClockRollback { mark } => {
             e.action = "clock_rollback".into();
             e.detail = match mark {
-                Some(m) => format!("wall clock behind the high-water mark {m}: new checkouts refused"),
+                Some(m) => {
+                    format!("wall clock behind the high-water mark {m}: new checkouts refused")
+                }
                 None => "cleared".into(),
             };
         }
