@@ -353,3 +353,116 @@ fn check_config_names_a_bad_vendor_key() {
         stderr(&out)
     );
 }
+
+#[test]
+fn legacy_firmware_through_the_real_client() {
+    let vdir = tempfile::tempdir().unwrap();
+    let v = |f: &str| vdir.path().join(f).to_str().unwrap().to_string();
+    vendor_ok(&["keygen", "--out", &v("v")]);
+    let d = Prod::start(Path::new(&v("v/vendor.pub")));
+    d.ok(&["key", "request", "--out", &d.path("request.json")]);
+    vendor_ok(&[
+        "activate",
+        &d.path("request.json"),
+        "--spec",
+        &spec("legacy.toml"),
+        "--signing-key",
+        &v("v/vendor.key"),
+        "--out",
+        &v("edge.key"),
+    ]);
+    d.ok(&["key", "install", &v("edge.key")]);
+    let addr = d.json(&["status"])["listen"].as_str().unwrap().to_string();
+    let code = d.json(&["pool", "code", "EDGE-0001/Default"])["code"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let state = d.path("vs.json");
+    let client = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_netkeyctl"))
+            .args([
+                "client",
+                "--state",
+                &state,
+                "--vendor-key",
+                &v("v/vendor.pub"),
+            ])
+            .args(["--daemon", &addr])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(client(&["enrol", &code, "--name", "edge"]).status.success());
+    let out = client(&["checkout", "old", "--device-version", "8.2"]);
+    assert_eq!(
+        stdout(&out).trim(),
+        "granted old (epoch 1) legacy",
+        "{}",
+        stderr(&out)
+    );
+    let out = client(&["checkout", "ancient", "--device-version", "7.4"]);
+    assert!(!out.status.success());
+    assert_eq!(
+        stderr(&out).trim(),
+        "netkeyctl: refused ancient: the device version is below the minimum 8.0"
+    );
+    let out = client(&[
+        "checkout",
+        "enc",
+        "--class",
+        "encoder-4ch",
+        "--device-version",
+        "9.1",
+    ]);
+    assert_eq!(
+        stderr(&out).trim(),
+        "netkeyctl: refused enc: no free camera licence: 0 in use of 2 total in this pool"
+    );
+    let out = client(&["checkout", "new", "--device-version", "9.1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let k = &d.json(&["key", "list"])[0];
+    assert_eq!(
+        k["seats"][0]["in_use"], 1,
+        "the legacy device costs nothing"
+    );
+}
+
+#[test]
+fn every_example_spec_makes_a_valid_key() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/keys");
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_none_or(|x| x != "toml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let spec = netkey::key::KeySpec::from_toml(&text)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        spec.into_document(netkey::core::Timestamp::from_secs(1_800_000_000))
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        n += 1;
+    }
+    assert!(n >= 7, "{n} specs");
+}
+
+#[test]
+fn the_unit_start_step_hands_over_the_privileged_identifiers() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("host-ids");
+    let out = Command::new(env!("CARGO_BIN_EXE_netkeyd"))
+        .arg("--write-host-ids")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let handed: netkey::key::host::Handover =
+        serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    // What this machine has, read directly, is what was handed over.
+    let direct = netkey::key::HostValues::collect(Path::new("/"));
+    assert_eq!(handed, direct.handover());
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(&file).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(meta.uid(), std::fs::metadata(dir.path()).unwrap().uid());
+}

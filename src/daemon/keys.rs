@@ -337,13 +337,7 @@ pub(super) async fn return_key(
         .await;
     }
     let (k, i) = (key.clone(), info.clone());
-    let returned = core
-        .call(move |o| finish_return(o, &i, &k, force))
-        .await
-        .map_err(|e| e.to_string())??;
-    // The receipt names the audit head that records the return (committed by now).
-    let (i, k) = (info.clone(), key.clone());
-    core.call(move |o| sign_receipt(o, &i, &k, &returned))
+    core.call(move |o| finish_return(o, &i, &k, force))
         .await
         .map_err(|e| e.to_string())?
 }
@@ -353,7 +347,7 @@ fn finish_return(
     info: &DaemonInfo,
     key: &str,
     force: bool,
-) -> Result<ReturnOutcome, String> {
+) -> Result<SignedDocument, String> {
     let remaining = o.core().key_leases(key);
     if remaining > 0 && !force {
         return Err(format!(
@@ -361,39 +355,52 @@ fn finish_return(
             if remaining == 1 { "s" } else { "" }
         ));
     }
-    let revision = o
+    let doc = o
         .core()
         .key_document(key)
-        .map(|d| d.revision)
         .ok_or_else(|| Refusal::UnknownKey { key: key.into() }.to_string())?;
-    // Recorded beside the identity before the store forgets the key: whatever happens
-    // next, no restore brings it back.
-    {
+    let outcome = ReturnOutcome {
+        key: key.to_string(),
+        revision: doc.revision,
+        customer: doc.customer.clone(),
+        dropped: remaining,
+        forced: remaining > 0,
+    };
+    let receipt = sign_receipt(o, info, &outcome)?;
+    // Recorded beside the identity, receipt and all, before the store forgets the key:
+    // whatever happens next, no restore brings it back, and the receipt can be asked for
+    // again.
+    let text = {
         let mut returned = info
             .returned
             .lock()
             .map_err(|_| "the record of returned keys is unavailable".to_string())?;
         returned.add(ReturnedKey {
             key_id: key.to_string(),
-            revision,
+            revision: outcome.revision,
             returned_at: o.now,
-            forced: remaining > 0,
-            receipt: None,
+            forced: outcome.forced,
+            receipt: Some(receipt.text.clone()),
         });
         returned
             .save(&info.state_dir)
             .map_err(|e| format!("the key was not returned: {e}"))?;
-    }
-    outcome!(o.execute(Command::ReturnKey { key: key.to_string(), force }), Outcome::Returned(r) => r)
-        .map_err(refusal_text)
+        returned
+            .covering(key, outcome.revision)
+            .and_then(|r| r.receipt.clone())
+            .unwrap_or(receipt.text.clone())
+    };
+    outcome!(o.execute(Command::ReturnKey { key: key.to_string(), force }), Outcome::Returned(_) => ())
+        .map_err(refusal_text)?;
+    Ok(SignedDocument {
+        summary: receipt.summary,
+        text,
+    })
 }
 
-fn sign_receipt(
-    o: &mut Owner,
-    info: &DaemonInfo,
-    key: &str,
-    r: &ReturnOutcome,
-) -> Result<SignedDocument, String> {
+/// The receipt of a return, signed by the identity. It names the audit log's head as the
+/// return is made (the record of the return itself follows it).
+fn sign_receipt(o: &Owner, info: &DaemonInfo, r: &ReturnOutcome) -> Result<SignedDocument, String> {
     let head = o.audit_head();
     let receipt = ReturnReceipt {
         key_id: r.key.clone(),
@@ -409,14 +416,6 @@ fn sign_receipt(
     };
     let text = daemon_sign(&info.identity, DaemonDocKind::ReturnReceipt, &receipt)
         .map_err(|e| e.to_string())?;
-    if let Ok(mut returned) = info.returned.lock() {
-        if let Some(rec) = returned.keys.iter_mut().find(|x| x.key_id == key) {
-            rec.receipt = Some(text.clone());
-        }
-        if let Err(e) = returned.save(&info.state_dir) {
-            tracing::warn!("could not keep the receipt of key {key} beside the identity: {e}");
-        }
-    }
     Ok(SignedDocument {
         summary: format!(
             "key {} revision {} returned{}; send the receipt to the vendor to move the key to another host",

@@ -213,6 +213,11 @@ impl Owner {
         clock.rebase_to_wall();
         self.now = clock.now();
         self.store.lower_hwm(self.now);
+        // The owner's own timers count from the new time, or renewals would wait until it
+        // caught up with the old one before being persisted again.
+        self.renewals_persisted_at = self.now;
+        self.refusals_since = self.now;
+        self.last_recovery_attempt = self.now;
         self.execute(Command::ClockRollback { mark: None });
         self.execute(Command::TimeRebased);
         Ok(self.now)

@@ -516,6 +516,22 @@ mod tests {
     }
 
     #[test]
+    fn privileged_values_come_from_the_handover_file_when_unreadable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(HANDOVER_FILE);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let handed = Handover {
+            board_uuid: values().board_uuid,
+            root_fs_uuid: values().root_fs_uuid,
+        };
+        std::fs::write(&path, serde_json::to_vec(&handed).unwrap()).unwrap();
+        let v = HostValues::collect(dir.path());
+        assert_eq!(v.board_uuid, values().board_uuid);
+        assert_eq!(v.root_fs_uuid, values().root_fs_uuid);
+        assert_eq!(v.handover(), handed);
+    }
+
+    #[test]
     fn an_ext4_superblock_gives_the_uuid() {
         let dir = tempfile::tempdir().unwrap();
         let mut img = vec![0u8; 4096];

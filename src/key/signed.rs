@@ -187,7 +187,8 @@ pub struct ReturnReceipt {
     /// Returned with `--force` while leases remained (they were dropped, audited).
     pub forced: bool,
     pub leases_dropped: u64,
-    /// The audit log's head after the return (count and hash, hex).
+    /// The audit log's head as the return was made (count and hash, hex); the record of
+    /// the return follows it.
     pub audit_count: u64,
     pub audit_hash: String,
 }
