@@ -92,6 +92,13 @@ impl H {
         self.daemon = Some(Daemon::start(c, self.clock.clone()).await.unwrap());
     }
 
+    /// Starts again trusting only `vendors`.
+    async fn boot_trusting(&mut self, vendors: Vec<netkey::key::VendorPublicKey>) {
+        let mut c = config(&self.state_dir(), self.socket(), &self.vendor, host_a());
+        c.vendor_keys = vendors;
+        self.daemon = Some(Daemon::start(c, self.clock.clone()).await.unwrap());
+    }
+
     async fn stop(&mut self) {
         if let Some(d) = self.daemon.take() {
             d.shutdown().await;
@@ -896,5 +903,27 @@ async fn a_local_key_never_appears_in_discovery() {
         .collect();
     assert_eq!(offered, vec!["SITE-0001"]);
     let mut h = h;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_key_whose_vendor_is_no_longer_trusted_is_not_served() {
+    let mut h = H::start(host_a()).await;
+    h.install(&h.activated(site()).await).await.unwrap();
+    h.stop().await;
+    let other = VendorKeyPair::generate().unwrap();
+    h.boot_trusting(vec![other.public()]).await;
+    let k = &h.key_list().await[0];
+    assert_eq!(k["state"], "refused");
+    assert_eq!(
+        k["problem"],
+        format!(
+            "it is signed by vendor {}, which this daemon no longer trusts (vendor_keys)",
+            h.vendor.public().fingerprint()
+        )
+    );
+    h.stop().await;
+    h.boot(host_a()).await;
+    assert_eq!(h.key_list().await[0]["state"], "active");
     h.stop().await;
 }

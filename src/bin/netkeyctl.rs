@@ -130,9 +130,10 @@ fn run_admin(socket: &PathBuf, json: bool, command: Command) -> Fallible<ExitCod
                 print_json(&s)?;
             } else {
                 out!(
-                    "{}  daemon {}{}",
+                    "{}  daemon {} (identity {}){}",
                     s.software,
                     s.daemon_id,
+                    s.identity,
                     if s.demo { "  DEMO mode" } else { "" }
                 );
                 out!("listening on {}, up since {}", s.listen, s.started_at);

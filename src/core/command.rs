@@ -85,6 +85,8 @@ pub enum Command {
         key: String,
         binding: String,
         refused: Option<String>,
+        /// The fingerprint of the vendor key that signed it, when the daemon knows it.
+        signer: Option<String>,
     },
     /// `key return`, first step: the key's leases are revoked, no new checkouts.
     DeactivateKey {
@@ -228,9 +230,11 @@ impl Core {
                 key,
                 binding,
                 refused,
-            } => from(self.key_checked(now, &key, &binding, refused), |_| {
-                Outcome::Done
-            }),
+                signer,
+            } => from(
+                self.key_checked(now, &key, &binding, refused, signer),
+                |_| Outcome::Done,
+            ),
             Command::DeactivateKey { key } => from(self.deactivate_key(now, &key), |leases| {
                 Outcome::Deactivated { leases }
             }),

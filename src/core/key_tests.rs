@@ -530,7 +530,7 @@ fn a_key_the_daemon_refuses_renews_nothing() {
     enrol(&mut c, T0, "K", "A");
     assert!(is_granted(&one(&mut c, T0, "A", cam("c1"))));
     let reason = "this host is not the one the key was activated for";
-    c.key_checked(T0, "K", "NOT bound to this host", Some(reason.into()))
+    c.key_checked(T0, "K", "NOT bound to this host", Some(reason.into()), None)
         .unwrap();
     let text = refused_text(&one(&mut c, T0, "A", cam("c1")));
     assert_eq!(
@@ -544,7 +544,8 @@ fn a_key_the_daemon_refuses_renews_nothing() {
     );
     assert!(c.sync(T0, "A", &[]).is_err());
     assert_eq!(c.key_views(T0)[0].state, "refused");
-    c.key_checked(T0, "K", "bound to this host", None).unwrap();
+    c.key_checked(T0, "K", "bound to this host", None, None)
+        .unwrap();
     assert!(c.heartbeat(T0, "A", &[0; 32]).is_ok());
 }
 

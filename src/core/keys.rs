@@ -26,11 +26,15 @@ impl Core {
         key: &str,
         binding: &str,
         refused: Option<String>,
+        signer: Option<String>,
     ) -> Result<(), Refusal> {
         self.advance(now);
         let k = self.keys.get_mut(key).ok_or(Refusal::UnknownKey {
             key: key.to_string(),
         })?;
+        if signer.is_some() {
+            k.signer = signer;
+        }
         if k.binding == binding && k.refused == refused {
             return Ok(());
         }

@@ -80,6 +80,9 @@ pub struct InstalledKey {
     pub expired_entries: BTreeSet<usize>,
     /// The daemon's description of the key's host binding, for `key list`.
     pub binding: String,
+    /// The fingerprint of the vendor key that signed it, so the daemon can check at
+    /// every start that it still trusts that vendor.
+    pub signer: Option<String>,
     /// Why the daemon does not serve the key (host binding failed, DEMO key on a
     /// production daemon); `None`: served.
     pub refused: Option<String>,
@@ -342,6 +345,7 @@ impl Core {
             installed_at: now,
             expired_entries: BTreeSet::new(),
             binding: String::new(),
+            signer: None,
             refused: None,
             returning: false,
             warned: BTreeMap::new(),
@@ -363,6 +367,7 @@ impl Core {
                     == old.document.entries.get(*i).map(|e| e.not_after)
             });
             installed.binding = old.binding;
+            installed.signer = old.signer;
             installed.refused = old.refused;
             installed.overdraft = old.overdraft;
             installed.peaks = old.peaks;

@@ -24,6 +24,7 @@ use std::sync::Arc;
 pub(super) fn verdict(
     doc: &KeyDocument,
     demo: bool,
+    signer: Option<&str>,
     info: &DaemonInfo,
     values: &HostValues,
 ) -> (String, Option<String>) {
@@ -38,7 +39,7 @@ pub(super) fn verdict(
             )
         };
     }
-    match host::check(doc.host.as_ref(), &info.identity.public(), values) {
+    let (binding, refused) = match host::check(doc.host.as_ref(), &info.identity.public(), values) {
         Ok(BindingOk { tolerated: None }) => ("bound to this host".into(), None),
         Ok(BindingOk {
             tolerated: Some(kind),
@@ -47,7 +48,19 @@ pub(super) fn verdict(
             None,
         ),
         Err(e) => ("NOT bound to this host".into(), Some(e.to_string())),
+    };
+    // A vendor taken out of `vendor_keys` no longer vouches for the keys it signed.
+    if let Some(fp) = signer {
+        if refused.is_none() && !info.trust.iter().any(|v| v.fingerprint() == fp) {
+            return (
+                binding,
+                Some(format!(
+                    "it is signed by vendor {fp}, which this daemon no longer trusts (vendor_keys)"
+                )),
+            );
+        }
     }
+    (binding, refused)
 }
 
 /// A key-file error, with what the administrator can do about it.
@@ -83,6 +96,7 @@ pub(super) fn install(
 ) -> Result<KeyInstalled, String> {
     let signed = SignedKey::verify(text, &info.trust).map_err(|e| explain(e, info))?;
     let demo = signed.is_demo();
+    let signer = signed.signer;
     let doc = signed.document;
     let key = doc.key_id.clone();
     let returned = info
@@ -108,7 +122,7 @@ pub(super) fn install(
             doc.expires_at()
         ));
     }
-    let (binding, refused) = verdict(&doc, demo, info, &values);
+    let (binding, refused) = verdict(&doc, demo, Some(&signer), info, &values);
     let replaced = o.core().key_document(&key).map(|d| d.revision);
     let revision = doc.revision;
     outcome!(o.execute(Command::InstallKey { document: doc, demo }), Outcome::Done => ())
@@ -117,6 +131,7 @@ pub(super) fn install(
         key: key.clone(),
         binding: binding.clone(),
         refused,
+        signer: Some(signer),
     });
     Ok(KeyInstalled {
         key_id: key,
@@ -136,12 +151,15 @@ pub(super) async fn check_at_start(
     let info = info.clone();
     core.call(move |o| {
         let values = info.host_source.read();
-        let keys: Vec<(KeyDocument, bool, String, Option<String>)> = o
+        let keys: Vec<(KeyDocument, bool, Option<String>, (String, Option<String>))> = o
             .core()
             .installed_keys()
-            .map(|k| (k.document.clone(), k.demo, k.binding.clone(), k.refused.clone()))
+            .map(|k| {
+                let seen = (k.binding.clone(), k.refused.clone());
+                (k.document.clone(), k.demo, k.signer.clone(), seen)
+            })
             .collect();
-        for (doc, demo, binding, refused) in keys {
+        for (doc, demo, signer, seen) in keys {
             let key = doc.key_id.clone();
             let returned = info
                 .returned
@@ -154,12 +172,13 @@ pub(super) async fn check_at_start(
                 let _ = o.execute(Command::ReturnKey { key, force: true });
                 continue;
             }
-            let verdict = verdict(&doc, demo, &info, &values);
-            if verdict != (binding, refused) {
+            let verdict = verdict(&doc, demo, signer.as_deref(), &info, &values);
+            if verdict != seen {
                 let _ = o.execute(Command::KeyChecked {
                     key,
                     binding: verdict.0,
                     refused: verdict.1,
+                    signer: None,
                 });
             }
         }
