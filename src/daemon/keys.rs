@@ -151,7 +151,9 @@ pub(super) async fn check_at_start(
     let info = info.clone();
     core.call(move |o| {
         let values = info.host_source.read();
-        let keys: Vec<(KeyDocument, bool, Option<String>, (String, Option<String>))> = o
+        // Each key with what the daemon last said of it: (binding, why not served).
+        type Seen = (KeyDocument, bool, Option<String>, (String, Option<String>));
+        let keys: Vec<Seen> = o
             .core()
             .installed_keys()
             .map(|k| {
