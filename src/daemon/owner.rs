@@ -347,7 +347,9 @@ fn refresh_offer(owner: &Owner) {
         .core
         .key_views(owner.now)
         .into_iter()
-        .filter(|k| k.kind == crate::key::KeyKind::Network)
+        // Local keys never leave the host; a key the daemon does not serve (a failed host
+        // binding, a return under way) is not offered either.
+        .filter(|k| k.kind == crate::key::KeyKind::Network && k.state == "active")
         .map(|k| OfferedKey {
             key_id: k.key_id,
             demo: k.demo,
