@@ -6,6 +6,8 @@ mod blackbox;
 mod discovery;
 mod durability;
 mod inprocess;
+mod keys;
+mod keys_blackbox;
 mod netns;
 mod outage;
 mod protocol_doc;

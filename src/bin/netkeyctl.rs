@@ -111,7 +111,12 @@ fn seats_line(seats: &[SeatUsage]) -> String {
             } else {
                 String::new()
             };
-            format!("{} {}/{}{rev}", s.feature, s.in_use, s.total)
+            let over = if s.overdraft > 0 {
+                format!(" ({} over)", s.overdraft)
+            } else {
+                String::new()
+            };
+            format!("{} {}/{}{rev}{over}", s.feature, s.in_use, s.total)
         })
         .collect::<Vec<_>>()
         .join(", ")
@@ -125,9 +130,10 @@ fn run_admin(socket: &PathBuf, json: bool, command: Command) -> Fallible<ExitCod
                 print_json(&s)?;
             } else {
                 out!(
-                    "{}  daemon {}{}",
+                    "{}  daemon {} (identity {}){}",
                     s.software,
                     s.daemon_id,
+                    s.identity,
                     if s.demo { "  DEMO mode" } else { "" }
                 );
                 out!("identity {}", s.identity);
@@ -153,15 +159,76 @@ fn run_admin(socket: &PathBuf, json: bool, command: Command) -> Fallible<ExitCod
                 if let Some(e) = &s.store_error {
                     out!("STATE STORE FAILING: {e} (changes are refused; leases are renewed in memory)");
                 }
+                if let Some(c) = &s.clock {
+                    if let Some(mark) = c.rollback {
+                        out!("CLOCK ROLLBACK: the wall clock ({}) is behind the high-water mark {mark}: new checkouts are refused until it passes the mark or a vendor reset token is installed (netkeyctl key clock-reset FILE); renewals go on", c.wall);
+                    }
+                }
                 print_keys(&s.keys);
+                for k in &s.keys {
+                    print_key_warnings(k);
+                }
             }
         }
         Command::Key(KeyCmd::List) => {
             let keys: Vec<KeyView> = admin(socket, &AdminRequest::KeyList)?;
             if json {
                 print_json(&keys)?;
+            } else if keys.is_empty() {
+                out!("no keys installed (netkeyctl key install FILE)");
             } else {
-                print_keys(&keys);
+                for k in &keys {
+                    print_key_details(k);
+                }
+            }
+        }
+        Command::Key(KeyCmd::Install { file }) => {
+            let text = read_file(&file)?;
+            let k: KeyInstalled = admin(socket, &AdminRequest::KeyInstall { key: text })?;
+            if json {
+                print_json(&k)?;
+            } else {
+                match k.replaced {
+                    Some(old) => out!(
+                        "key {} revision {} replaces revision {old} in place (pools and leases kept); {}{}",
+                        k.key_id,
+                        k.revision,
+                        k.binding,
+                        demo_mark(k.demo)
+                    ),
+                    None => out!(
+                        "key {} revision {} installed; {}{}",
+                        k.key_id,
+                        k.revision,
+                        k.binding,
+                        demo_mark(k.demo)
+                    ),
+                }
+            }
+        }
+        Command::Key(KeyCmd::Request { out }) => {
+            let d: SignedDocument = admin(socket, &AdminRequest::KeyRequest)?;
+            write_signed(&out, &d, json)?;
+        }
+        Command::Key(KeyCmd::Return { key_id, out, force }) => {
+            let d: SignedDocument = admin(socket, &AdminRequest::KeyReturn { key: key_id, force })?;
+            write_signed(&out, &d, json)?;
+        }
+        Command::Key(KeyCmd::Report { key_id, out }) => {
+            let d: SignedDocument = admin(socket, &AdminRequest::KeyReport { key: key_id })?;
+            write_signed(&out, &d, json)?;
+        }
+        Command::Key(KeyCmd::ClockReset { file }) => {
+            let text = read_file(&file)?;
+            let r: ClockResetDone = admin(socket, &AdminRequest::KeyClockReset { token: text })?;
+            if json {
+                print_json(&r)?;
+            } else {
+                out!(
+                    "clock rollback cleared: the mark {} is forgotten; the daemon's time is the wall clock again ({})",
+                    r.cleared,
+                    r.now
+                );
             }
         }
         Command::Pool(PoolCmd::List) => {
@@ -553,6 +620,107 @@ fn print_keys(keys: &[KeyView]) {
     }
 }
 
+fn read_file(path: &std::path::Path) -> Fallible<String> {
+    std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+/// Writes a document signed by the daemon to `out` and says what it is.
+fn write_signed(out: &std::path::Path, d: &SignedDocument, json: bool) -> Fallible<()> {
+    write_private(out, d.text.as_bytes())?;
+    if json {
+        print_json(&serde_json::json!({"out": out, "summary": d.summary}))
+    } else {
+        out!("{} -> {}", d.summary, out.display());
+        Ok(())
+    }
+}
+
+/// Problems and expiry warnings of one key, one line each (in `status`).
+fn print_key_warnings(k: &KeyView) {
+    if let Some(p) = &k.problem {
+        out!("KEY {} NOT SERVED: {p}", k.key_id);
+    }
+    for e in k.entries.iter().filter(|e| e.state == "expiring") {
+        out!(
+            "key {} entry {} ({} {}) expires at {} ({} day{} left)",
+            k.key_id,
+            e.order,
+            e.feature,
+            e.count,
+            e.not_after,
+            e.days_left,
+            if e.days_left == 1 { "" } else { "s" }
+        );
+    }
+    if k.overdraft.in_use > 0 {
+        out!(
+            "key {} is over its allocation by {} seat{} (overdraft)",
+            k.key_id,
+            k.overdraft.in_use,
+            if k.overdraft.in_use == 1 { "" } else { "s" }
+        );
+    }
+}
+
+/// One key in full (`key list`): docs/KEYS.md explains every line.
+fn print_key_details(k: &KeyView) {
+    out!(
+        "KEY {}  {}  revision {}  customer {:?}  issued {}{}",
+        k.key_id,
+        format!("{:?}", k.kind).to_lowercase(),
+        k.revision,
+        k.customer,
+        k.issued_at,
+        demo_mark(k.demo)
+    );
+    match &k.problem {
+        Some(p) => out!("  state:     {} ({p})", k.state.to_uppercase()),
+        None => out!("  state:     {}", k.state),
+    }
+    out!("  binding:   {}", k.binding);
+    for (i, e) in k.entries.iter().enumerate() {
+        let state = match e.state.as_str() {
+            "expired" => "expired".to_string(),
+            "expiring" => format!(
+                "EXPIRING in {} day{}",
+                e.days_left,
+                if e.days_left == 1 { "" } else { "s" }
+            ),
+            _ => format!("valid ({} days left)", e.days_left),
+        };
+        out!(
+            "  {:<11}{:<12} {:<10} x{:<5} until {}  {state}",
+            if i == 0 { "entries:" } else { "" },
+            e.order,
+            e.feature,
+            e.count,
+            e.not_after
+        );
+    }
+    out!("  seats:     {}", seats_line(&k.seats));
+    let o = &k.overdraft;
+    if o.seats == 0 {
+        out!("  overdraft: none");
+    } else {
+        out!(
+            "  overdraft: {} of {} seats in use{}; {}.{:02} of {} hours used in the last 30 days{}",
+            o.in_use,
+            o.seats,
+            o.over_since
+                .map(|t| format!(" since {t}"))
+                .unwrap_or_default(),
+            o.minutes_used / 60,
+            (o.minutes_used % 60) * 100 / 60,
+            o.hours_allowed,
+            if o.spent {
+                " (SPENT: no overdraft until hours free up)"
+            } else {
+                ""
+            }
+        );
+    }
+}
+
 fn print_servers(servers: &[ServerView]) {
     out!(
         "{:<18} {:<16} {:<18} {:>7}  {:<8} {:<21} LICENCES",
@@ -594,7 +762,7 @@ fn print_cameras(cams: &[CameraView]) {
             .map(|t| t.to_string())
             .unwrap_or_else(|| "-".into());
         out!(
-            "{:<20} {:<16} {:<18} {:<9} {:>5}  {:<21} {}{}",
+            "{:<20} {:<16} {:<18} {:<9} {:>5}  {:<21} {}{}{}",
             c.camera_id,
             c.key_id,
             c.server_id,
@@ -602,7 +770,8 @@ fn print_cameras(cams: &[CameraView]) {
             c.epoch,
             since,
             features.join(","),
-            if c.legacy { " legacy" } else { "" }
+            if c.legacy { " legacy" } else { "" },
+            if c.overdraft { " OVERDRAFT" } else { "" },
         );
     }
 }

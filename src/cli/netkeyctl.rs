@@ -80,8 +80,36 @@ pub enum AuditCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum KeyCmd {
-    /// Installed keys with their seats.
+    /// Installed keys: kind, revision, customer, entries, host binding, seats, overdraft.
     List,
+    /// Install a key file from the vendor; a higher revision of an installed key
+    /// replaces it in place, keeping pools and leases.
+    Install { file: PathBuf },
+    /// Write an activation request (this daemon's identity and hashed machine
+    /// identifiers) for the vendor to activate a key for this host, or repair one.
+    Request {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Return a key to move it to another host: its leases are revoked; once none
+    /// remains (or with --force) it is forgotten here and a signed receipt is written.
+    Return {
+        key_id: String,
+        #[arg(long)]
+        out: PathBuf,
+        /// Drop leases still counted instead of waiting for them (an audited overlap).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Write a signed usage report of a key: peak seats per feature per day and
+    /// overdraft hours, for true-up and renewal.
+    Report {
+        key_id: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Install a vendor's clock-reset token: clears a clock rollback once.
+    ClockReset { file: PathBuf },
 }
 
 #[derive(Subcommand, Debug)]

@@ -15,6 +15,39 @@ pub struct SeatUsage {
     pub revoking: u64,
     pub total: u64,
     pub free: u64,
+    /// Seats in use beyond `total`: the key's overdraft (or, after a shrink, leases
+    /// being revoked).
+    pub overdraft: u64,
+}
+
+/// One entry (sales-order line) of a key, as `key list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryView {
+    pub order: String,
+    pub feature: Feature,
+    pub count: u32,
+    pub not_after: Timestamp,
+    /// `valid`, `expiring` (within 30 days) or `expired`.
+    pub state: String,
+    /// Whole days left before `not_after` (0 once expired).
+    pub days_left: u64,
+}
+
+/// A key's overdraft: seats over the allocation and hours over it in the last 30 days.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverdraftView {
+    /// Extra seats the key allows, shared by its pools.
+    pub seats: u32,
+    /// Seats in use over the allocation now.
+    pub in_use: u64,
+    /// Hours over the allocation allowed per rolling 30 days.
+    pub hours_allowed: u32,
+    /// Minutes over the allocation in the last 30 days.
+    pub minutes_used: u64,
+    /// The allowance is spent: no overdraft is granted until hours free up.
+    pub spent: bool,
+    /// Since when the key is over its allocation.
+    pub over_since: Option<Timestamp>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,6 +61,15 @@ pub struct KeyView {
     pub heartbeat_interval_secs: u64,
     pub offline_grace_secs: u64,
     pub seats: Vec<SeatUsage>,
+    pub issued_at: Timestamp,
+    /// `active`, `refused` (not served: see `problem`) or `returning`.
+    pub state: String,
+    pub problem: Option<String>,
+    /// How the key is bound to this host (`bound to this host`, `DEMO key: not
+    /// host-bound`, or what changed).
+    pub binding: String,
+    pub entries: Vec<EntryView>,
+    pub overdraft: OverdraftView,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +117,9 @@ pub struct CameraView {
     pub last_renewal: Timestamp,
     pub newly_added_until: Option<Timestamp>,
     pub revoking_until: Option<Timestamp>,
+    /// Held beyond its pool's allocation, on the key's overdraft (the newest leases of a
+    /// pool over its allocation are the ones counted as overdraft).
+    pub overdraft: bool,
 }
 
 impl Core {
@@ -100,6 +145,7 @@ impl Core {
                     revoking: u.revoking,
                     total,
                     free: total.saturating_sub(u.counted()),
+                    overdraft: u.counted().saturating_sub(total),
                     feature,
                 }
             })
@@ -120,6 +166,7 @@ impl Core {
                                 x.revoking += s.revoking;
                                 x.total += s.total;
                                 x.free += s.free;
+                                x.overdraft += s.overdraft;
                             }
                             None => seats.push(s),
                         }
@@ -135,6 +182,44 @@ impl Core {
                     heartbeat_interval_secs: d.policy.heartbeat_interval_secs,
                     offline_grace_secs: d.policy.offline_grace_secs,
                     seats,
+                    issued_at: d.issued_at,
+                    state: if k.returning {
+                        "returning"
+                    } else if k.refused.is_some() {
+                        "refused"
+                    } else {
+                        "active"
+                    }
+                    .into(),
+                    problem: k.inactive_reason(),
+                    binding: k.binding.clone(),
+                    entries: d
+                        .entries
+                        .iter()
+                        .map(|e| EntryView {
+                            order: e.order.clone(),
+                            feature: e.feature.clone(),
+                            count: e.count,
+                            not_after: e.not_after,
+                            state: if e.not_after <= now {
+                                "expired"
+                            } else if now >= e.not_after.minus(30 * super::time::DAY) {
+                                "expiring"
+                            } else {
+                                "valid"
+                            }
+                            .into(),
+                            days_left: e.not_after.since(now) / super::time::DAY,
+                        })
+                        .collect(),
+                    overdraft: OverdraftView {
+                        seats: d.policy.overdraft_seats,
+                        in_use: self.key_excess(&d.key_id, now),
+                        hours_allowed: d.policy.overdraft_hours,
+                        minutes_used: k.overdraft.used_ms(now) / super::time::MINUTE,
+                        spent: d.policy.overdraft_seats > 0 && self.overdraft_spent(&d.key_id, now),
+                        over_since: k.overdraft.over_since,
+                    },
                 }
             })
             .collect()
@@ -193,6 +278,7 @@ impl Core {
                             revoking: 0,
                             total: n,
                             free: 0,
+                            overdraft: 0,
                         })
                         .collect(),
                     enrolled_at: s.enrolled_at,
@@ -208,6 +294,7 @@ impl Core {
     }
 
     pub fn camera_views(&self, now: Timestamp) -> Vec<CameraView> {
+        let overdraft = self.overdraft_leases(now);
         let mut out = Vec::new();
         for ((key, camera), rec) in &self.cameras {
             let newly = self.is_newly_added(key, rec, now);
@@ -228,6 +315,7 @@ impl Core {
                     last_renewal: s.map(|s| s.renewed_at).unwrap_or_default(),
                     newly_added_until: newly,
                     revoking_until: None,
+                    overdraft: overdraft.contains(&(key.clone(), camera.clone())),
                 });
             }
             for r in &rec.revoking {
@@ -247,7 +335,43 @@ impl Core {
                     last_renewal: s.map(|s| s.renewed_at).unwrap_or_default(),
                     newly_added_until: newly,
                     revoking_until: Some(r.until),
+                    overdraft: false,
                 });
+            }
+        }
+        out
+    }
+
+    /// Held leases counted as overdraft: in each pool and feature over its allocation,
+    /// the newest leases that make up the excess.
+    fn overdraft_leases(&self, now: Timestamp) -> std::collections::BTreeSet<(String, String)> {
+        let mut out = std::collections::BTreeSet::new();
+        for p in self.pools.values() {
+            for (feature, u) in &p.usage {
+                let mut excess = u
+                    .counted()
+                    .saturating_sub(self.allocation(&p.id, feature, now));
+                if excess == 0 {
+                    continue;
+                }
+                let mut leases: Vec<(Timestamp, u64, String, u64)> = self
+                    .cameras
+                    .iter()
+                    .filter(|((k, _), _)| *k == p.id.key)
+                    .filter_map(|((_, c), r)| {
+                        let l = r.lease.as_ref()?;
+                        let n = u64::from(l.features.get(feature).copied().unwrap_or(0));
+                        (l.pool == p.id && n > 0).then(|| (l.granted_at, l.epoch, c.clone(), n))
+                    })
+                    .collect();
+                leases.sort();
+                while excess > 0 {
+                    let Some((_, _, camera, n)) = leases.pop() else {
+                        break;
+                    };
+                    out.insert((p.id.key.clone(), camera));
+                    excess = excess.saturating_sub(n);
+                }
             }
         }
         out
@@ -368,6 +492,12 @@ impl Core {
     }
     pub fn key_document(&self, key: &str) -> Option<&crate::key::KeyDocument> {
         self.keys.get(key).map(|k| &k.document)
+    }
+    pub fn installed_key(&self, key: &str) -> Option<&super::InstalledKey> {
+        self.keys.get(key)
+    }
+    pub fn installed_keys(&self) -> impl Iterator<Item = &super::InstalledKey> {
+        self.keys.values()
     }
     pub fn server_pool(&self, server: &str) -> Option<&PoolId> {
         self.servers.get(server).map(|s| &s.pool)

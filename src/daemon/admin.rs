@@ -162,6 +162,12 @@ async fn handle(req: AdminRequest, core: &CoreHandle, info: &Arc<DaemonInfo>) ->
     let result = match req {
         AdminRequest::ServerKick { server, force } => kick(core, server, force).await,
         AdminRequest::CameraFree { camera, key, force } => free(core, camera, key, force).await,
+        AdminRequest::KeyReturn { key, force } => {
+            match super::keys::return_key(core, info, key, force).await {
+                Ok(doc) => ok(doc),
+                Err(e) => err(e),
+            }
+        }
         other => {
             let info = info.clone();
             core.call(move |o| query(o, other, &info))
@@ -200,8 +206,30 @@ fn query(o: &mut super::owner::Owner, req: AdminRequest, info: &DaemonInfo) -> A
                     .lock()
                     .map(|d| d.clone())
                     .unwrap_or_default(),
+                clock: o.clock_guard().map(|g| ClockView {
+                    wall: o.wall(),
+                    mark: g.mark(),
+                    rollback: g.rollback(),
+                    tolerance_secs: super::clockguard::TOLERANCE_MS / 1000,
+                }),
             })
         }
+        AdminRequest::KeyInstall { key } => match super::keys::install(o, info, &key) {
+            Ok(v) => ok(v),
+            Err(e) => err(e),
+        },
+        AdminRequest::KeyRequest => match super::keys::request(o, info) {
+            Ok(v) => ok(v),
+            Err(e) => err(e),
+        },
+        AdminRequest::KeyReport { key } => match super::keys::report(o, info, &key) {
+            Ok(v) => ok(v),
+            Err(e) => err(e),
+        },
+        AdminRequest::KeyClockReset { token } => match super::keys::clock_reset(o, info, &token) {
+            Ok(v) => ok(v),
+            Err(e) => err(e),
+        },
         AdminRequest::KeyList => ok(o.core().key_views(now)),
         AdminRequest::PoolList => ok(o.core().pool_views(now)),
         AdminRequest::PoolShow { pool } => match o.core().resolve_pool(&pool) {
@@ -318,14 +346,14 @@ fn query(o: &mut super::owner::Owner, req: AdminRequest, info: &DaemonInfo) -> A
                 Err(e) => err(e),
             }
         }
-        AdminRequest::ServerKick { .. } | AdminRequest::CameraFree { .. } => {
-            err("internal: routed elsewhere")
-        }
+        AdminRequest::ServerKick { .. }
+        | AdminRequest::CameraFree { .. }
+        | AdminRequest::KeyReturn { .. } => err("internal: routed elsewhere"),
     }
 }
 
 /// Waits up to `ACK_WAIT` while `pending` says a live holder may still acknowledge.
-async fn wait_for_acks<F>(core: &CoreHandle, pending: F)
+pub(super) async fn wait_for_acks<F>(core: &CoreHandle, pending: F)
 where
     F: Fn(&mut super::owner::Owner) -> bool + Send + Sync + Clone + 'static,
 {

@@ -71,6 +71,10 @@ pub struct Owner {
     /// Sessions opened in the batch being applied: dropped again if its commit fails,
     /// since their connections were told the login failed.
     opened_in_batch: Vec<(String, u64)>,
+    /// Watches the wall clock against its high-water mark (set once at start).
+    guard: Option<super::clockguard::ClockGuard>,
+    /// The daemon's time, which a vendor's reset token moves back to the wall clock.
+    daemon_clock: Option<Arc<crate::clock::DaemonClock>>,
 }
 
 impl std::fmt::Debug for Owner {
@@ -158,6 +162,65 @@ impl Owner {
             }
         }
         out
+    }
+
+    /// Starts watching the wall clock against the high-water mark; `clock` is the one
+    /// this task reads, which a reset token moves.
+    pub(crate) fn watch_clock(
+        &mut self,
+        guard: super::clockguard::ClockGuard,
+        clock: Arc<crate::clock::DaemonClock>,
+    ) {
+        self.guard = Some(guard);
+        self.daemon_clock = Some(clock);
+    }
+
+    pub(crate) fn clock_guard(&self) -> Option<&super::clockguard::ClockGuard> {
+        self.guard.as_ref()
+    }
+
+    /// What the wall clock says now.
+    pub fn wall(&self) -> Timestamp {
+        self.daemon_clock
+            .as_ref()
+            .map(|c| c.wall())
+            .unwrap_or(self.now)
+    }
+
+    /// Looks at the wall clock; a change of its rollback state goes to the core.
+    fn observe_clock(&mut self, wall: Timestamp) {
+        let Some(guard) = self.guard.as_mut() else {
+            return;
+        };
+        guard.observe(wall);
+        let want = guard.rollback();
+        // Compared with the core every batch, so a change refused while the store failed
+        // is made once it works again.
+        if self.core.clock_rollback() != want {
+            self.execute(Command::ClockRollback { mark: want });
+        }
+    }
+
+    /// Installs a vendor's reset token (already verified and checked against the guard):
+    /// the mark is forgotten, the token spent, and the daemon's time set to the wall
+    /// clock, so entries that expired only by the old reckoning count again.
+    pub(crate) fn reset_clock(&mut self, token_id: &str) -> Result<Timestamp, String> {
+        let (Some(guard), Some(clock)) = (self.guard.as_mut(), self.daemon_clock.as_ref()) else {
+            return Err("this daemon does not watch its clock".into());
+        };
+        let wall = clock.wall();
+        guard.reset(token_id, wall).map_err(|e| e.to_string())?;
+        clock.rebase_to_wall();
+        self.now = clock.now();
+        self.store.lower_hwm(self.now);
+        // The owner's own timers count from the new time, or renewals would wait until it
+        // caught up with the old one before being persisted again.
+        self.renewals_persisted_at = self.now;
+        self.refusals_since = self.now;
+        self.last_recovery_attempt = self.now;
+        self.execute(Command::ClockRollback { mark: None });
+        self.execute(Command::TimeRebased);
+        Ok(self.now)
     }
 
     /// Registers a live connection for `server`: revocations are pushed to it.
@@ -270,6 +333,8 @@ pub fn spawn(
         last_recovery_attempt: now,
         offer,
         opened_in_batch: Vec::new(),
+        guard: None,
+        daemon_clock: None,
     };
     let task = tokio::spawn(run(owner, rx, clock, acks, shutdown));
     (handle, task)
@@ -282,7 +347,9 @@ fn refresh_offer(owner: &Owner) {
         .core
         .key_views(owner.now)
         .into_iter()
-        .filter(|k| k.kind == crate::key::KeyKind::Network)
+        // Local keys never leave the host; a key the daemon does not serve (a failed host
+        // binding, a return under way) is not offered either.
+        .filter(|k| k.kind == crate::key::KeyKind::Network && k.state == "active")
         .map(|k| OfferedKey {
             key_id: k.key_id,
             demo: k.demo,
@@ -336,6 +403,22 @@ pub fn status_line(owner: &Owner) -> String {
     );
     if let Some(e) = &owner.degraded {
         line.push_str(&format!("; STATE STORE FAILING: {e}"));
+    }
+    if let Some(mark) = core.clock_rollback() {
+        line.push_str(&format!(
+            "; CLOCK ROLLBACK: behind the mark {mark}, new checkouts refused"
+        ));
+    }
+    for k in core.key_views(owner.now) {
+        if let Some(p) = &k.problem {
+            line.push_str(&format!("; KEY {} NOT SERVED: {p}", k.key_id));
+        }
+        if let Some(e) = k.entries.iter().find(|e| e.state == "expiring") {
+            line.push_str(&format!(
+                "; key {} entry {} expires in {} days",
+                k.key_id, e.order, e.days_left
+            ));
+        }
     }
     line
 }
@@ -410,6 +493,9 @@ async fn run(
         refresh_offer(&owner);
     }
     persist_renewals(&mut owner, true);
+    if let Some(g) = owner.guard.as_mut() {
+        g.persist();
+    }
     if let Err(e) = owner.store.snapshot(&owner.core) {
         tracing::warn!(
             "could not write a snapshot at shutdown (the log still holds everything): {e}"
@@ -478,6 +564,7 @@ fn try_recover(owner: &mut Owner) {
 fn apply(owner: &mut Owner, batch: &mut Vec<Job>, clock: &Arc<dyn Clock>, acks: &Notify) {
     owner.now = clock.now().max(owner.now);
     try_recover(owner);
+    owner.observe_clock(clock.wall());
     if owner.now >= owner.core.next_deadline() {
         owner.execute(Command::Advance);
     }

@@ -52,6 +52,27 @@ pub enum AdminRequest {
     },
     /// A consistent backup of the state, without the daemon identity's private key.
     Backup,
+    /// Installs a key file (its text): checked against the trusted vendors and this
+    /// host; a higher revision of an installed key replaces it in place.
+    KeyInstall {
+        key: String,
+    },
+    /// An activation request for this daemon, signed by its identity.
+    KeyRequest,
+    /// Returns a key: its leases are revoked; once none remains (or with `force`) it is
+    /// forgotten, recorded as returned, and a receipt signed by the identity answered.
+    KeyReturn {
+        key: String,
+        force: bool,
+    },
+    /// A usage report of a key, signed by the identity.
+    KeyReport {
+        key: String,
+    },
+    /// Installs a vendor's clock-reset token (its text).
+    KeyClockReset {
+        token: String,
+    },
 }
 
 /// The answer line: exactly one of `ok` or `error`.
@@ -85,6 +106,47 @@ pub struct Status {
     pub discovery: Option<String>,
     /// Other daemons offering a key this one hosts: a key belongs on one daemon only.
     pub duplicate_keys: Vec<crate::discovery::DuplicateKey>,
+    /// The wall clock against its high-water mark.
+    pub clock: Option<ClockView>,
+}
+
+/// The wall clock against the daemon's high-water mark.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClockView {
+    pub wall: Timestamp,
+    pub mark: Timestamp,
+    /// Set while the wall clock is behind `mark` by more than the tolerance: new
+    /// checkouts are refused until it passes this instant or a reset token is installed.
+    pub rollback: Option<Timestamp>,
+    pub tolerance_secs: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyInstalled {
+    pub key_id: String,
+    pub revision: u32,
+    /// The revision it replaced in place (pools and leases kept).
+    pub replaced: Option<u32>,
+    pub demo: bool,
+    pub binding: String,
+}
+
+/// A document signed by the daemon's identity (activation request, return receipt,
+/// usage report), for `netkeyctl` to write to a file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedDocument {
+    /// One line on what it says.
+    pub summary: String,
+    /// The file's text.
+    pub text: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClockResetDone {
+    /// The mark the token cleared.
+    pub cleared: Timestamp,
+    /// The daemon's time now: the wall clock.
+    pub now: Timestamp,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -199,6 +199,12 @@ impl Store {
         self.hwm
     }
 
+    /// Lowers the high-water mark (a vendor's reset token set time back to the wall
+    /// clock); the next commit writes it.
+    pub fn lower_hwm(&mut self, to: Timestamp) {
+        self.hwm = to;
+    }
+
     /// Commits one batch and its audit entries atomically. With `durable`, the data is
     /// on disk when this returns.
     pub fn commit(
