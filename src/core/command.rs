@@ -4,7 +4,8 @@
 
 use super::{
     CheckoutAnswer, CheckoutItem, Core, EnrolRequest, Enrolment, FreeOutcome, HeartbeatAnswer,
-    KickOutcome, PoolId, Refusal, ReleaseOutcomes, SyncAnswer, Timestamp,
+    KickOutcome, PoolChange, PoolId, Refusal, ReleaseOutcomes, SeatRequest, SyncAnswer,
+    Timestamp,
 };
 use crate::key::KeyDocument;
 use serde::{Deserialize, Serialize};
@@ -79,6 +80,21 @@ pub enum Command {
     /// move requests waiting for live holders are withdrawn. Logged first by every daemon
     /// start, so a replay across several restarts sees each one.
     Restarted,
+    /// A new pool with unused seats from its key's `Default` pool.
+    CreatePool {
+        pool: PoolId,
+        seats: Vec<SeatRequest>,
+    },
+    /// Unused seats from one pool to another of the same key.
+    MoveSeats {
+        from: PoolId,
+        to: PoolId,
+        seats: Vec<SeatRequest>,
+    },
+    /// A pool with no server goes; its seats return to `Default`.
+    DeletePool {
+        pool: PoolId,
+    },
 }
 
 impl Command {
@@ -114,6 +130,7 @@ pub enum Outcome {
     Freed(FreeOutcome),
     Kicked(KickOutcome),
     Refused(Refusal),
+    PoolChanged(PoolChange),
 }
 
 fn from<T>(r: Result<T, Refusal>, f: impl FnOnce(T) -> Outcome) -> Outcome {
@@ -196,6 +213,15 @@ impl Core {
             Command::Restarted => {
                 self.reset_sessions();
                 Outcome::Done
+            }
+            Command::CreatePool { pool, seats } => {
+                from(self.create_pool(now, &pool, &seats), Outcome::PoolChanged)
+            }
+            Command::MoveSeats { from: f, to, seats } => {
+                from(self.move_seats(now, &f, &to, &seats), Outcome::PoolChanged)
+            }
+            Command::DeletePool { pool } => {
+                from(self.delete_pool(now, &pool), Outcome::PoolChanged)
             }
         }
     }

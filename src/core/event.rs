@@ -159,4 +159,18 @@ pub enum Event {
         server: ServerId,
         name: String,
     },
+    PoolCreated {
+        pool: PoolId,
+    },
+    /// Unused seats of one entry (sales order) moved between two pools of a key.
+    SeatsMoved {
+        from: PoolId,
+        to: PoolId,
+        feature: Feature,
+        order: String,
+        count: u32,
+    },
+    PoolDeleted {
+        pool: PoolId,
+    },
 }

@@ -13,6 +13,7 @@ mod command;
 pub mod digest;
 mod event;
 mod expiry;
+mod pools;
 mod refusal;
 pub mod time;
 mod view;
@@ -23,9 +24,10 @@ pub use checkout::{
 };
 pub use command::{Command, Outcome};
 pub use event::{Event, ReleaseReason, RevocationReason};
+pub use pools::{PoolChange, SeatRequest, SeatsMoved};
 pub use refusal::Refusal;
 pub use time::Timestamp;
-pub use view::{CameraView, KeyView, PoolView, SeatUsage, ServerView};
+pub use view::{CameraView, KeyView, PoolEntry, PoolView, SeatUsage, ServerView};
 
 use crate::key::{Feature, KeyDocument, KeyId};
 use serde::{Deserialize, Serialize};
@@ -810,6 +812,8 @@ impl Core {
 
 #[cfg(test)]
 mod model_tests;
+#[cfg(test)]
+mod pool_tests;
 #[cfg(test)]
 mod prop_tests;
 #[cfg(test)]

@@ -87,6 +87,22 @@ pub enum Refusal {
     Unavailable {
         reason: String,
     },
+    /// Administration only: moving `asked` seats of `feature` out of `pool` would leave
+    /// it fewer than it has in use; only unused seats move.
+    SeatsInUse {
+        pool: String,
+        feature: Feature,
+        asked: u64,
+        in_use: u64,
+        total: u64,
+    },
+    /// Administration only: servers are still enrolled in the pool being deleted, or
+    /// seats of servers that left it are still counted (`revoking`).
+    PoolInUse {
+        pool: String,
+        servers: u64,
+        revoking: u64,
+    },
 }
 
 impl fmt::Display for Refusal {
@@ -144,6 +160,22 @@ impl fmt::Display for Refusal {
             }
             BadRequest { reason } => write!(f, "bad request: {reason}"),
             Unavailable { reason } => write!(f, "the licence daemon cannot make changes now: {reason}"),
+            SeatsInUse { pool, feature, asked, in_use, total } => write!(
+                f,
+                "only unused seats move: pool {pool} has {} unused {feature} seats ({in_use} in use of {total}); {asked} asked",
+                total.saturating_sub(*in_use)
+            ),
+            PoolInUse { pool, servers, .. } if *servers > 0 => write!(
+                f,
+                "pool {pool} still has {servers} video server{} enrolled; move or kick {} first",
+                if *servers == 1 { "" } else { "s" },
+                if *servers == 1 { "it" } else { "them" }
+            ),
+            PoolInUse { pool, revoking, .. } => write!(
+                f,
+                "pool {pool} still counts {revoking} revoking seat{} of a server that left it; it can be deleted once the server acknowledges or its reservation ends",
+                if *revoking == 1 { "" } else { "s" }
+            ),
         }
     }
 }

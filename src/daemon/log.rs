@@ -130,5 +130,14 @@ pub fn event(e: &Event) {
         Event::ServerRenamed { server, name } => {
             info!(server_id = %server, name = %name, "video server renamed")
         }
+        Event::PoolCreated { pool } => info!(pool = %pool, "pool created"),
+        Event::SeatsMoved {
+            from,
+            to,
+            feature,
+            order,
+            count,
+        } => info!(pool = %to, from = %from, feature = %feature, order = %order, count, "seats moved"),
+        Event::PoolDeleted { pool } => info!(pool = %pool, "pool deleted; its seats are back in Default"),
     }
 }

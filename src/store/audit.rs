@@ -334,6 +334,29 @@ pub fn entry_for(event: &Event) -> AuditEntry {
             e.server_id = opt(server);
             e.detail = format!("name {name:?}");
         }
+        Event::PoolCreated { pool } => {
+            e.action = "pool_created".into();
+            e.key_id = opt(&pool.key);
+            e.pool = Some(pool.to_string());
+        }
+        Event::SeatsMoved {
+            from,
+            to,
+            feature,
+            order,
+            count,
+        } => {
+            e.action = "seats_moved".into();
+            e.key_id = opt(&to.key);
+            e.pool = Some(to.to_string());
+            e.detail = format!("{count} {feature} of order {order} from {from}");
+        }
+        Event::PoolDeleted { pool } => {
+            e.action = "pool_deleted".into();
+            e.key_id = opt(&pool.key);
+            e.pool = Some(pool.to_string());
+            e.detail = "seats returned to Default".into();
+        }
     }
     e
 }
