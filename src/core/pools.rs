@@ -159,7 +159,7 @@ impl Core {
         let revoking: u64 = self
             .pools
             .get(pool)
-            .map(|p| p.usage.values().map(|u| u.counted()).sum())
+            .map(|p| p.usage.values().map(|u| u.revoking).sum())
             .unwrap_or(0);
         if servers > 0 || revoking > 0 {
             return Err(Refusal::PoolInUse {
