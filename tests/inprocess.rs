@@ -105,6 +105,7 @@ fn config(dir: &tempfile::TempDir, listener: &Arc<std::net::TcpListener>) -> Con
         listener: Some(listener.clone()),
         discovery: None,
         peers: Vec::new(),
+        console: Default::default(),
     }
 }
 

@@ -102,6 +102,10 @@ async fn run(
         listener: None,
         discovery: Some(settings.discovery),
         peers: settings.peers.clone(),
+        console: netkey::web::ConsoleConfig {
+            hosts: settings.console_hosts.clone(),
+            metrics_need_session: settings.metrics_need_session,
+        },
     };
     let daemon = Daemon::start(config, SystemClock::new()).await?;
     notify_ready(&daemon).await;

@@ -55,6 +55,15 @@ pub struct Args {
     /// Log level: error, warn, info, debug or trace (RUST_LOG overrides it) [default: info].
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
+    /// A host name the web console answers to, besides localhost and loopback addresses
+    /// (repeatable): the name administrators use to reach it over HTTPS. Requests for
+    /// any other name are refused (DNS rebinding).
+    #[arg(long = "console-host", value_name = "NAME")]
+    pub console_hosts: Vec<String>,
+    /// Make /metrics need a console session from loopback too (from other machines it
+    /// always does).
+    #[arg(long)]
+    pub metrics_need_session: bool,
 }
 
 /// The configuration file. Unknown settings are errors, so a misspelt one is caught.
@@ -69,6 +78,8 @@ pub struct FileConfig {
     pub demo: Option<bool>,
     pub no_broadcast: Option<bool>,
     pub log_level: Option<String>,
+    pub console_hosts: Option<Vec<String>>,
+    pub metrics_need_session: Option<bool>,
 }
 
 /// The settings in force: defaults, then the file, then the flags.
@@ -82,6 +93,8 @@ pub struct Settings {
     pub demo: bool,
     pub no_broadcast: bool,
     pub log_level: String,
+    pub console_hosts: Vec<String>,
+    pub metrics_need_session: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +164,13 @@ impl Args {
                 .clone()
                 .or(f.log_level)
                 .unwrap_or_else(|| "info".into()),
+            console_hosts: if self.console_hosts.is_empty() {
+                f.console_hosts.unwrap_or_default()
+            } else {
+                self.console_hosts.clone()
+            },
+            metrics_need_session: self.metrics_need_session
+                || f.metrics_need_session.unwrap_or(false),
         };
         if !["error", "warn", "info", "debug", "trace"].contains(&settings.log_level.as_str()) {
             return Err(ConfigError::LogLevel(settings.log_level));

@@ -2,10 +2,11 @@
 //! runs the task that owns the allocation core. `Daemon::start` takes its clock and
 //! returns a handle whose `shutdown` stops everything, so tests run it in-process.
 
-mod admin;
+pub mod admin;
 mod conn;
-mod guess;
+pub(crate) mod guess;
 mod log;
+pub mod metrics;
 mod owner;
 mod port;
 
@@ -41,6 +42,8 @@ pub struct Config {
     pub discovery: Option<SocketAddr>,
     /// Daemons to ask directly when looking for duplicates of this daemon's keys.
     pub peers: Vec<SocketAddr>,
+    /// The web console's settings (host names, metrics access).
+    pub console: crate::web::ConsoleConfig,
 }
 
 impl Default for Config {
@@ -54,6 +57,7 @@ impl Default for Config {
             listener: None,
             discovery: Some(SocketAddr::from(([0, 0, 0, 0], crate::DEFAULT_PORT))),
             peers: Vec::new(),
+            console: crate::web::ConsoleConfig::default(),
         }
     }
 }
@@ -245,19 +249,29 @@ impl Daemon {
                 Err(e) => return Err(DaemonError::DemoKey(e.to_string())),
             }
         }
+        let console = Arc::new(
+            crate::web::Console::open(Some(&config.state_dir)).map_err(state_err)?,
+        );
+        let api = admin::AdminApi {
+            core: handle.clone(),
+            info: info.clone(),
+            console: console.clone(),
+        };
+        let web = Arc::new(crate::web::WebContext {
+            admin: api.clone(),
+            console,
+            config: config.console.clone(),
+            shutdown: shutdown.clone(),
+        });
         let mut tasks = vec![
             tokio::spawn(accept_loop(
                 listener,
                 handle.clone(),
                 info.clone(),
+                web,
                 shutdown.clone(),
             )),
-            tokio::spawn(admin::serve(
-                admin,
-                handle.clone(),
-                info.clone(),
-                shutdown.clone(),
-            )),
+            tokio::spawn(admin::serve(admin, api, shutdown.clone())),
         ];
         // Shutdown waits for the discovery task too, so its socket is closed on return.
         if let Some(r) = responder {
@@ -327,6 +341,7 @@ async fn accept_loop(
     listener: TcpListener,
     core: CoreHandle,
     info: Arc<DaemonInfo>,
+    web: Arc<crate::web::WebContext>,
     shutdown: CancellationToken,
 ) {
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -345,8 +360,9 @@ async fn accept_loop(
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
                 let (core, info, shutdown) = (core.clone(), info.clone(), shutdown.clone());
+                let web = web.clone();
                 connections.spawn(async move {
-                    conn::serve(stream, peer, core, info, shutdown).await;
+                    dispatch(stream, peer, core, info, web, shutdown).await;
                     drop(permit);
                 });
             }
@@ -367,6 +383,31 @@ async fn accept_loop(
         connections.abort_all();
         while connections.join_next().await.is_some() {}
     }
+}
+
+/// Plain HTTP from loopback goes to the web console; everything else to the licence
+/// protocol, as before. (TLS, with ALPN choosing between the two, sniffs here too.)
+async fn dispatch(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    core: CoreHandle,
+    info: Arc<DaemonInfo>,
+    web: Arc<crate::web::WebContext>,
+    shutdown: CancellationToken,
+) {
+    if peer.ip().is_loopback() {
+        let mut first = [0u8; 1];
+        let peeked = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            stream.peek(&mut first),
+        )
+        .await;
+        if matches!(peeked, Ok(Ok(1))) && crate::web::looks_like_http(first[0]) {
+            crate::web::serve_http(stream, peer, false, web).await;
+            return;
+        }
+    }
+    conn::serve(stream, peer, core, info, shutdown).await;
 }
 
 pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
