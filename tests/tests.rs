@@ -2,6 +2,7 @@
 //! injected clock; `blackbox` starts the real binaries on port 0.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod admin;
 mod blackbox;
 mod discovery;
 mod durability;
@@ -10,3 +11,4 @@ mod netns;
 mod outage;
 mod protocol_doc;
 mod util;
+mod web;

@@ -119,6 +119,7 @@ pub struct Daemon {
     admin_socket: PathBuf,
     info: Arc<DaemonInfo>,
     core: CoreHandle,
+    web: Arc<crate::web::WebContext>,
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     owner: tokio::task::JoinHandle<Core>,
@@ -268,7 +269,7 @@ impl Daemon {
                 listener,
                 handle.clone(),
                 info.clone(),
-                web,
+                web.clone(),
                 shutdown.clone(),
             )),
             tokio::spawn(admin::serve(admin, api, shutdown.clone())),
@@ -290,6 +291,7 @@ impl Daemon {
             admin_socket: config.admin_socket,
             info,
             core: handle,
+            web,
             shutdown,
             tasks,
             owner,
@@ -312,6 +314,10 @@ impl Daemon {
     /// Direct access to the core task, for in-process tests and tools.
     pub fn core(&self) -> &CoreHandle {
         &self.core
+    }
+    /// The web console, for serving a connection by hand (`web::serve_http`).
+    pub fn web(&self) -> Arc<crate::web::WebContext> {
+        self.web.clone()
     }
     /// One line on keys, seat use, servers and the store, as systemd's STATUS= shows it.
     pub async fn status_line(&self) -> String {
