@@ -40,7 +40,13 @@ fn pools_are_created_filled_by_sales_order_and_deleted_back_into_default() {
     let d = DaemonProcess::start_demo();
     // The demo key: 16 camera (order DEMO-CAM), 4 lpr (DEMO-LPR).
     let c = d.json(&[
-        "pool", "create", "West", "--key", "DEMO", "camera=4", "lpr=1@DEMO-LPR",
+        "pool",
+        "create",
+        "West",
+        "--key",
+        "DEMO",
+        "camera=4",
+        "lpr=1@DEMO-LPR",
     ]);
     assert_eq!(c["from"], "DEMO/Default");
     assert_eq!(c["to"], "DEMO/West");
@@ -52,7 +58,11 @@ fn pools_are_created_filled_by_sales_order_and_deleted_back_into_default() {
     assert!(moved[0]["not_after"].as_str().unwrap().ends_with('Z'));
     let west = seats(&c["pool"], "camera");
     assert_eq!(
-        (west["total"].as_u64(), west["in_use"].as_u64(), west["free"].as_u64()),
+        (
+            west["total"].as_u64(),
+            west["in_use"].as_u64(),
+            west["free"].as_u64()
+        ),
         (Some(4), Some(0), Some(4))
     );
     // Text output says what moved.
@@ -88,7 +98,10 @@ fn pools_are_created_filled_by_sales_order_and_deleted_back_into_default() {
     assert_eq!(one["to"], "DEMO/Default");
     assert_eq!(seats(&one["pool"], "camera")["total"], 13);
     let why = refused(&d, &["pool", "create", "Big", "camera=20"]);
-    assert!(why.contains("holds 13 unexpired camera seats; 20 asked"), "{why}");
+    assert!(
+        why.contains("holds 13 unexpired camera seats; 20 asked"),
+        "{why}"
+    );
     let why = refused(&d, &["pool", "create", "Odd", "camera=1@NO-SUCH-ORDER"]);
     assert!(why.contains("no camera entry of sales order"), "{why}");
     let why = refused(&d, &["pool", "create", "Bad", "camera"]);
@@ -108,9 +121,15 @@ fn pools_are_created_filled_by_sales_order_and_deleted_back_into_default() {
     );
     let why = refused(&d, &["pool", "delete", "Default"]);
     assert!(why.contains("cannot be deleted"), "{why}");
-    let server = show["servers"][0]["server_id"].as_str().unwrap().to_string();
+    let server = show["servers"][0]["server_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let why = refused(&d, &["server", "move", &server, "East"]);
-    assert!(why.contains("no free camera licence"), "East has no camera seat: {why}");
+    assert!(
+        why.contains("no free camera licence"),
+        "East has no camera seat: {why}"
+    );
     d.ctl_ok(&["server", "move", &server, "Default"]);
     let del = d.json(&["pool", "delete", "West"]);
     assert_eq!(del["from"], "DEMO/West");
@@ -128,7 +147,12 @@ fn pools_are_created_filled_by_sales_order_and_deleted_back_into_default() {
         .iter()
         .map(|r| r["action"].as_str().unwrap())
         .collect();
-    for a in ["pool_created", "seats_moved", "server_moved", "pool_deleted"] {
+    for a in [
+        "pool_created",
+        "seats_moved",
+        "server_moved",
+        "pool_deleted",
+    ] {
         assert!(actions.contains(&a), "no {a} in {actions:?}");
     }
 }
@@ -138,7 +162,10 @@ fn server_and_camera_listings_show_what_administrators_look_for() {
     let d = DaemonProcess::start_demo();
     let code = d.code();
     assert!(d
-        .client("a", &["enrol", &code, "--name", "Gate", "--version", "7.2.0"])
+        .client(
+            "a",
+            &["enrol", &code, "--name", "Gate", "--version", "7.2.0"]
+        )
         .status
         .success());
     let co = d.client("a", &["checkout", "cam-1", "cam-2"]);
@@ -184,7 +211,13 @@ fn server_and_camera_listings_show_what_administrators_look_for() {
     let cams = show["cameras"].as_array().unwrap();
     assert_eq!(cams.len(), 3);
     for c in cams {
-        for field in ["features", "epoch", "granted_at", "last_renewal", "contested"] {
+        for field in [
+            "features",
+            "epoch",
+            "granted_at",
+            "last_renewal",
+            "contested",
+        ] {
             assert!(!c[field].is_null(), "camera has no {field}: {c}");
         }
     }
@@ -204,7 +237,10 @@ fn server_and_camera_listings_show_what_administrators_look_for() {
 
     // Rename is display only.
     d.ctl_ok(&["server", "rename", &id, "Gate North"]);
-    assert_eq!(d.json(&["server", "show", &id])["server"]["name"], "Gate North");
+    assert_eq!(
+        d.json(&["server", "show", &id])["server"]["name"],
+        "Gate North"
+    );
     let why = refused(&d, &["server", "rename", &id, ""]);
     assert!(why.contains("1-128 characters"), "{why}");
 }
@@ -247,7 +283,10 @@ fn console_prints_a_one_time_url_and_takes_a_password_from_stdin() {
     let ok = set("a long console password\n");
     assert!(ok.status.success(), "{}", stderr(&ok));
     let stored = std::fs::read_to_string(d.state_dir().join("console-password")).unwrap();
-    assert!(stored.starts_with("pbkdf2-sha256$"), "stored hashed: {stored}");
+    assert!(
+        stored.starts_with("pbkdf2-sha256$"),
+        "stored hashed: {stored}"
+    );
     assert!(!stored.contains("console password"));
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(d.state_dir().join("console-password"))

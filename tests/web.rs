@@ -41,7 +41,14 @@ fn parse(raw: &[u8]) -> Resp {
     let text = String::from_utf8_lossy(raw).to_string();
     let (head, body) = text.split_once("\r\n\r\n").expect("no header end");
     let mut lines = head.lines();
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
@@ -53,7 +60,13 @@ fn parse(raw: &[u8]) -> Resp {
     }
 }
 
-fn raw_request(method: &str, path: &str, host: &str, headers: &[(&str, &str)], body: &str) -> String {
+fn raw_request(
+    method: &str,
+    path: &str,
+    host: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> String {
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -112,7 +125,10 @@ impl<'a> Browser<'a> {
 
     /// Logs in with a fresh one-time URL from `netkeyctl console`.
     fn login(&mut self) -> Resp {
-        let url = self.d.json(&["console"])["url"].as_str().unwrap().to_string();
+        let url = self.d.json(&["console"])["url"]
+            .as_str()
+            .unwrap()
+            .to_string();
         let path = &url[url.find("/login").unwrap()..];
         let r = self.get(path);
         assert_eq!(r.status, 303, "{r:?}");
@@ -146,7 +162,9 @@ impl<'a> Browser<'a> {
 fn no_session_no_access_and_a_one_time_url_logs_in_once() {
     let d = DaemonProcess::start_demo();
     let mut b = Browser::new(&d);
-    for page in ["/", "/pools", "/servers", "/cameras", "/keys", "/audit", "/usage"] {
+    for page in [
+        "/", "/pools", "/servers", "/cameras", "/keys", "/audit", "/usage",
+    ] {
         let r = b.get(page);
         assert_eq!(r.status, 303, "{page} without a session: {r:?}");
         assert_eq!(r.header("location"), Some("/login"));
@@ -166,11 +184,17 @@ fn no_session_no_access_and_a_one_time_url_logs_in_once() {
     assert_eq!(r.header("location"), Some("/"));
     let cookie = r.header("set-cookie").unwrap();
     let attrs: Vec<&str> = cookie.split("; ").collect();
-    assert!(attrs[0].starts_with("netkey_session=") && attrs[0].len() == 15 + 64, "{cookie}");
+    assert!(
+        attrs[0].starts_with("netkey_session=") && attrs[0].len() == 15 + 64,
+        "{cookie}"
+    );
     for a in ["HttpOnly", "SameSite=Strict", "Path=/"] {
         assert!(attrs.contains(&a), "cookie lacks {a}: {cookie}");
     }
-    assert!(!attrs.contains(&"Secure"), "plain HTTP cookie marked Secure: {cookie}");
+    assert!(
+        !attrs.contains(&"Secure"),
+        "plain HTTP cookie marked Secure: {cookie}"
+    );
     assert_eq!(r.header("referrer-policy"), Some("no-referrer"));
     // The URL works once.
     assert_eq!(b.get(&path).status, 403, "a used token logged in again");
@@ -183,7 +207,15 @@ fn no_session_no_access_and_a_one_time_url_logs_in_once() {
     assert!(overview.body.contains("<svg class=\"bar\""));
     let csp = overview.header("content-security-policy").unwrap();
     assert!(csp.contains("default-src 'none'"), "{csp}");
-    for page in ["/pools", "/servers", "/cameras", "/keys", "/audit", "/usage", "/usage?span=30d"] {
+    for page in [
+        "/pools",
+        "/servers",
+        "/cameras",
+        "/keys",
+        "/audit",
+        "/usage",
+        "/usage?span=30d",
+    ] {
         let r = b.get(page);
         assert_eq!(r.status, 200, "{page}: {r:?}");
     }
@@ -259,12 +291,24 @@ fn foreign_hosts_forged_posts_and_bad_csrf_tokens_are_refused() {
     other.login();
     let r = other.send("POST", "/pools/create", &[], &form(&csrf));
     assert_eq!(r.status, 403, "a token of another session: {r:?}");
-    assert_eq!(d.json(&["pool", "list"]), pools_before, "a refused POST changed pools");
+    assert_eq!(
+        d.json(&["pool", "list"]),
+        pools_before,
+        "a refused POST changed pools"
+    );
     // The same form with the right token, from the same origin, works.
     let origin = format!("http://{}", d.addr);
-    let r = b.send("POST", "/pools/create", &[("Origin", &origin)], &form(&csrf));
+    let r = b.send(
+        "POST",
+        "/pools/create",
+        &[("Origin", &origin)],
+        &form(&csrf),
+    );
     assert_eq!(r.status, 303, "{r:?}");
-    assert_eq!(d.json(&["pool", "show", "Forged"])["pool"]["pool"], "DEMO/Forged");
+    assert_eq!(
+        d.json(&["pool", "show", "Forged"])["pool"]["pool"],
+        "DEMO/Forged"
+    );
 }
 
 #[test]
@@ -276,17 +320,42 @@ fn every_action_of_the_walkthrough_works_through_the_forms() {
     let msg = b.act(
         "/pools",
         "/pools/create",
-        &[("name", "West"), ("key", "DEMO"), ("seats", "camera=5@DEMO-CAM, lpr=1")],
+        &[
+            ("name", "West"),
+            ("key", "DEMO"),
+            ("seats", "camera=5@DEMO-CAM, lpr=1"),
+        ],
     );
-    assert_eq!(msg, "pool DEMO/West created: 5 camera of DEMO-CAM, 1 lpr of DEMO-LPR");
+    assert_eq!(
+        msg,
+        "pool DEMO/West created: 5 camera of DEMO-CAM, 1 lpr of DEMO-LPR"
+    );
     let msg = b.act(
         "/pools",
         "/pools/move",
-        &[("from", "DEMO/West"), ("to", "DEMO/Default"), ("seats", "camera=1")],
+        &[
+            ("from", "DEMO/West"),
+            ("to", "DEMO/Default"),
+            ("seats", "camera=1"),
+        ],
     );
-    assert!(msg.starts_with("seats moved from DEMO/West to DEMO/Default"), "{msg}");
-    let msg = b.act("/pools", "/pools/move", &[("from", "DEMO/West"), ("to", "DEMO/Default"), ("seats", "camera=9")]);
-    assert!(msg.contains("holds 4 unexpired camera seats; 9 asked"), "{msg}");
+    assert!(
+        msg.starts_with("seats moved from DEMO/West to DEMO/Default"),
+        "{msg}"
+    );
+    let msg = b.act(
+        "/pools",
+        "/pools/move",
+        &[
+            ("from", "DEMO/West"),
+            ("to", "DEMO/Default"),
+            ("seats", "camera=9"),
+        ],
+    );
+    assert!(
+        msg.contains("holds 4 unexpired camera seats; 9 asked"),
+        "{msg}"
+    );
     let msg = b.act("/pools", "/pools/code", &[("pool", "DEMO/West")]);
     let code: String = msg
         .split("DEMO/West: ")
@@ -299,7 +368,11 @@ fn every_action_of_the_walkthrough_works_through_the_forms() {
 
     // A server enrolled with that code appears with its cameras.
     let en = d.client("vs", &["enrol", &code, "--name", "Dock"]);
-    assert!(en.status.success(), "{}", String::from_utf8_lossy(&en.stderr));
+    assert!(
+        en.status.success(),
+        "{}",
+        String::from_utf8_lossy(&en.stderr)
+    );
     let co = d.client("vs", &["checkout", "cam-1", "cam-2"]);
     assert!(co.status.success());
     let servers = b.get("/servers");
@@ -311,22 +384,48 @@ fn every_action_of_the_walkthrough_works_through_the_forms() {
     let page = format!("/server?id={id}");
     let show = b.get(&page);
     assert_eq!(show.status, 200);
-    assert!(show.body.contains("cam-1") && show.body.contains("cam-2"), "{}", show.body);
+    assert!(
+        show.body.contains("cam-1") && show.body.contains("cam-2"),
+        "{}",
+        show.body
+    );
     let cams = b.get("/cameras?pool=DEMO/West&feature=camera");
     assert!(cams.body.contains("cam-2"));
 
     // Rename, free a camera (the server is not connected: it stays counted as
     // revoking), free one by force, then kick.
-    let msg = b.act(&page, "/servers/rename", &[("server", &id), ("name", "Dock East")]);
-    assert_eq!(msg, format!("server {id} is now called &quot;Dock East&quot;"));
-    let msg = b.act(&page, "/cameras/free", &[("camera", "cam-1"), ("key", "DEMO")]);
-    assert!(msg.contains("camera cam-1") && msg.contains("revoking"), "{msg}");
-    let msg = b.act(&page, "/cameras/free", &[("camera", "cam-2"), ("key", "DEMO"), ("force", "1")]);
+    let msg = b.act(
+        &page,
+        "/servers/rename",
+        &[("server", &id), ("name", "Dock East")],
+    );
+    assert_eq!(
+        msg,
+        format!("server {id} is now called &quot;Dock East&quot;")
+    );
+    let msg = b.act(
+        &page,
+        "/cameras/free",
+        &[("camera", "cam-1"), ("key", "DEMO")],
+    );
+    assert!(
+        msg.contains("camera cam-1") && msg.contains("revoking"),
+        "{msg}"
+    );
+    let msg = b.act(
+        &page,
+        "/cameras/free",
+        &[("camera", "cam-2"), ("key", "DEMO"), ("force", "1")],
+    );
     assert!(msg.contains("freed by force"), "{msg}");
     let msg = b.act("/servers", "/servers/kick", &[("server", &id)]);
     assert!(msg.contains("kicked"), "{msg}");
     assert_eq!(d.camera_in_use(), 1, "cam-1 still counted as revoking");
-    let msg = b.act("/servers", "/servers/kick", &[("server", &id), ("force", "1")]);
+    let msg = b.act(
+        "/servers",
+        "/servers/kick",
+        &[("server", &id), ("force", "1")],
+    );
     assert!(msg.contains("kicked"), "{msg}");
 
     // Delete the pool once its server is gone; the audit page shows it all.
@@ -350,31 +449,38 @@ fn every_action_of_the_walkthrough_works_through_the_forms() {
 fn metrics_parse_as_prometheus_text_and_match_status() {
     let d = DaemonProcess::start_demo();
     let code = d.code();
-    assert!(d.client("m", &["enrol", &code, "--name", "M"]).status.success());
+    assert!(d
+        .client("m", &["enrol", &code, "--name", "M"])
+        .status
+        .success());
     assert!(d
         .client("m", &["checkout", "c1", "c2", "c3", "--module", "lpr"])
         .status
         .success());
     d.ctl_ok(&["pool", "create", "Side", "camera=2"]);
-    let over = d.client("m", &["checkout", "c4", "c5", "c6", "c7", "c8", "c9", "c10", "c11", "c12", "c13", "c14", "c15"]);
+    let over = d.client(
+        "m",
+        &[
+            "checkout", "c4", "c5", "c6", "c7", "c8", "c9", "c10", "c11", "c12", "c13", "c14",
+            "c15",
+        ],
+    );
     // 16 seats, 2 of them in pool Side: 11 more fit in Default, the 12th is refused.
     assert!(!over.status.success(), "the 15th camera must be refused");
     let b = Browser::new(&d);
     let r = b.get("/metrics");
     assert_eq!(r.status, 200, "{r:?}");
-    assert!(r.header("content-type").unwrap().starts_with("text/plain; version=0.0.4"));
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
     let lines = r.body.lines().map(|l| Ok(l.to_string()));
     let scrape = prometheus_parse::Scrape::parse(lines).expect("not Prometheus text");
     let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
         let s = scrape
             .samples
             .iter()
-            .find(|s| {
-                s.metric == name
-                    && labels
-                        .iter()
-                        .all(|(k, v)| s.labels.get(k) == Some(*v))
-            })
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
             .unwrap_or_else(|| panic!("no {name} {labels:?}"));
         match s.value {
             prometheus_parse::Value::Gauge(v)
@@ -389,9 +495,18 @@ fn metrics_parse_as_prometheus_text_and_match_status() {
         for s in key["seats"].as_array().unwrap() {
             let f = s["feature"].as_str().unwrap();
             let labels = [("key", k), ("feature", f)];
-            assert_eq!(value("netkey_key_seats_in_use", &labels), s["in_use"].as_f64().unwrap());
-            assert_eq!(value("netkey_key_seats_allocated", &labels), s["total"].as_f64().unwrap());
-            assert_eq!(value("netkey_key_seats_revoking", &labels), s["revoking"].as_f64().unwrap());
+            assert_eq!(
+                value("netkey_key_seats_in_use", &labels),
+                s["in_use"].as_f64().unwrap()
+            );
+            assert_eq!(
+                value("netkey_key_seats_allocated", &labels),
+                s["total"].as_f64().unwrap()
+            );
+            assert_eq!(
+                value("netkey_key_seats_revoking", &labels),
+                s["revoking"].as_f64().unwrap()
+            );
         }
     }
     for p in d.json(&["pool", "list"]).as_array().unwrap() {
@@ -401,23 +516,38 @@ fn metrics_parse_as_prometheus_text_and_match_status() {
                 ("pool", p["name"].as_str().unwrap()),
                 ("feature", s["feature"].as_str().unwrap()),
             ];
-            assert_eq!(value("netkey_pool_seats_in_use", &labels), s["in_use"].as_f64().unwrap());
-            assert_eq!(value("netkey_pool_seats_allocated", &labels), s["total"].as_f64().unwrap());
+            assert_eq!(
+                value("netkey_pool_seats_in_use", &labels),
+                s["in_use"].as_f64().unwrap()
+            );
+            assert_eq!(
+                value("netkey_pool_seats_allocated", &labels),
+                s["total"].as_f64().unwrap()
+            );
         }
     }
-    assert_eq!(value("netkey_cameras_licensed", &[]), status["cameras"].as_f64().unwrap());
+    assert_eq!(
+        value("netkey_cameras_licensed", &[]),
+        status["cameras"].as_f64().unwrap()
+    );
     assert_eq!(value("netkey_servers", &[("state", "silent")]), 1.0);
     assert_eq!(value("netkey_servers", &[("state", "live")]), 0.0);
     assert_eq!(value("netkey_grants_total", &[]), 14.0);
     assert_eq!(status["cameras"], 14);
     assert!(value("netkey_refusals_total", &[("reason", "NoSeats")]) >= 1.0);
-    assert_eq!(value("netkey_audit_records", &[]), status["audit_head"]["count"].as_f64().unwrap());
+    assert_eq!(
+        value("netkey_audit_records", &[]),
+        status["audit_head"]["count"].as_f64().unwrap()
+    );
     let hist = scrape
         .samples
         .iter()
         .find(|s| s.metric == "netkey_heartbeat_latency_seconds")
         .expect("no heartbeat histogram");
-    assert!(matches!(hist.value, prometheus_parse::Value::Histogram(_)), "{hist:?}");
+    assert!(
+        matches!(hist.value, prometheus_parse::Value::Histogram(_)),
+        "{hist:?}"
+    );
 }
 
 #[test]
@@ -435,9 +565,19 @@ fn a_configured_console_host_name_is_answered() {
     let mut b = Browser::new(&d);
     b.login();
     let port = d.addr.rsplit(':').next().unwrap().to_string();
-    let r = b.send("GET", "/", &[("Host", &format!("licences.example.lan:{port}"))], "");
+    let r = b.send(
+        "GET",
+        "/",
+        &[("Host", &format!("licences.example.lan:{port}"))],
+        "",
+    );
     assert_eq!(r.status, 200);
-    let r = b.send("GET", "/", &[("Host", &format!("other.example.lan:{port}"))], "");
+    let r = b.send(
+        "GET",
+        "/",
+        &[("Host", &format!("other.example.lan:{port}"))],
+        "",
+    );
     assert_eq!(r.status, 421);
 }
 
@@ -479,7 +619,13 @@ mod in_process {
     }
 
     async fn token(d: &Daemon) -> String {
-        let url = d.web().admin.handle(AdminRequest::ConsoleLogin).await.ok.unwrap()["url"]
+        let url = d
+            .web()
+            .admin
+            .handle(AdminRequest::ConsoleLogin)
+            .await
+            .ok
+            .unwrap()["url"]
             .as_str()
             .unwrap()
             .to_string();
@@ -491,7 +637,13 @@ mod in_process {
         let dir = tempfile::tempdir().unwrap();
         let d = daemon(&dir).await;
         let t = token(&d).await;
-        let req = super::raw_request("GET", &format!("/login?token={t}"), "127.0.0.1:1947", &[], "");
+        let req = super::raw_request(
+            "GET",
+            &format!("/login?token={t}"),
+            "127.0.0.1:1947",
+            &[],
+            "",
+        );
         let r = exchange(&d, "192.0.2.10:40000", false, req.clone()).await;
         assert_eq!(r.status, 403, "{r:?}");
         assert!(r.body.contains("https://"), "{}", r.body);
@@ -508,11 +660,20 @@ mod in_process {
         let remote = "192.0.2.20:50000";
         let host = "127.0.0.1:1947";
         let t = token(&d).await;
-        let r = exchange(&d, remote, true, super::raw_request("GET", &format!("/login?token={t}"), host, &[], "")).await;
+        let r = exchange(
+            &d,
+            remote,
+            true,
+            super::raw_request("GET", &format!("/login?token={t}"), host, &[], ""),
+        )
+        .await;
         assert_eq!(r.status, 303, "{r:?}");
         let cookie = r.header("set-cookie").unwrap();
         for a in ["HttpOnly", "SameSite=Strict", "Secure"] {
-            assert!(cookie.split("; ").any(|x| x == a), "cookie lacks {a}: {cookie}");
+            assert!(
+                cookie.split("; ").any(|x| x == a),
+                "cookie lacks {a}: {cookie}"
+            );
         }
         // No password set: password logins are refused.
         let login = |pw: &str| {
@@ -541,10 +702,19 @@ mod in_process {
         assert_eq!(&statuses[..6], &[401; 6], "{statuses:?}");
         assert_eq!(statuses[6], 429, "{statuses:?}");
         let r = exchange(&d, remote, true, login("the+right+console+password")).await;
-        assert_eq!(r.status, 429, "a blocked source may not try even the right one");
+        assert_eq!(
+            r.status, 429,
+            "a blocked source may not try even the right one"
+        );
         assert!(r.body.contains("too many failed logins"));
         // Another source is not blocked.
-        let r = exchange(&d, "192.0.2.21:50000", true, login("the+right+console+password")).await;
+        let r = exchange(
+            &d,
+            "192.0.2.21:50000",
+            true,
+            login("the+right+console+password"),
+        )
+        .await;
         assert_eq!(r.status, 303);
         d.shutdown().await;
     }
@@ -577,7 +747,11 @@ mod in_process {
             api.handle(AdminRequest::Status).await;
         }
         assert_eq!(usage(api.clone()).await, 4);
-        let r = api.handle(AdminRequest::Usage { since: None }).await.ok.unwrap();
+        let r = api
+            .handle(AdminRequest::Usage { since: None })
+            .await
+            .ok
+            .unwrap();
         let row = &r["samples"][3]["rows"][0];
         assert_eq!(row["key_id"], "DEMO");
         assert_eq!(row["total"], 16);

@@ -639,7 +639,14 @@ fn read_password() -> Fallible<String> {
 
 fn print_keys(keys: &[KeyView]) {
     let now = now();
-    let mut t = Table::new(&["KEY", "KIND", ">REV", "CUSTOMER", "EXPIRES", "SEATS (in use/total)"]);
+    let mut t = Table::new(&[
+        "KEY",
+        "KIND",
+        ">REV",
+        "CUSTOMER",
+        "EXPIRES",
+        "SEATS (in use/total)",
+    ]);
     for k in keys {
         t.row(vec![
             format!("{}{}", k.key_id, demo_mark(k.demo)),
@@ -705,7 +712,7 @@ fn print_servers(servers: &[ServerView]) {
         let mut state = s.state.clone();
         if s.state != "live" {
             if let Some(end) = s.reservation_end {
-                state.push_str(&format!(" (seats reserved until {})", relative(now, end)));
+                state.push_str(&format!(" (reservation ends {})", relative(now, end)));
             }
         }
         t.row(vec![
@@ -718,7 +725,11 @@ fn print_servers(servers: &[ServerView]) {
             } else {
                 s.cameras.to_string()
             },
-            seats_line(&s.seats),
+            s.seats
+                .iter()
+                .map(|u| format!("{} {}", u.in_use, u.feature))
+                .collect::<Vec<_>>()
+                .join(", "),
             relative(now, s.last_checkin),
             s.version.clone(),
             state,
@@ -748,7 +759,10 @@ fn print_cameras(cams: &[CameraView]) {
             notes.push(format!("newly added until {}", relative(now, u)));
         }
         if let Some(u) = c.revoking_until {
-            notes.push(format!("counted until acknowledged, at most {}", relative(now, u)));
+            notes.push(format!(
+                "counted until acknowledged, at most {}",
+                relative(now, u)
+            ));
         }
         if c.contested {
             notes.push("CameraContested: moved repeatedly".into());

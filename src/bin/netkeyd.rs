@@ -125,6 +125,7 @@ async fn run(
         );
         println!("  {ctl} client --state /tmp/vs1.json --demo run cam-1 cam-2 cam-3");
         println!("Watch it: {ctl} --socket {sock} status");
+        println!("Or in a browser on this machine: open the URL that {ctl} --socket {sock} console prints");
     }
     wait_for_signal().await?;
     tracing::info!("shutting down");

@@ -100,9 +100,7 @@ pub enum PoolCmd {
     /// Pools with their seats per feature: allocated, in use, revoking, free, servers.
     List,
     /// One pool: seats per feature, the sales orders it holds, its servers.
-    Show {
-        pool: String,
-    },
+    Show { pool: String },
     /// Create pool NAME with unused seats from the key's Default pool: FEATURE=N takes
     /// them from the entries that expire last, FEATURE=N@ORDER from that sales order.
     Create {
@@ -121,13 +119,9 @@ pub enum PoolCmd {
         seats: Vec<String>,
     },
     /// Delete a pool no server is enrolled in; its seats go back to Default.
-    Delete {
-        pool: String,
-    },
+    Delete { pool: String },
     /// Print a one-time 8-digit enrolment code for POOL, valid 24 hours.
-    Code {
-        pool: String,
-    },
+    Code { pool: String },
 }
 
 #[derive(Subcommand, Debug)]

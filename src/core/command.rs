@@ -4,8 +4,7 @@
 
 use super::{
     CheckoutAnswer, CheckoutItem, Core, EnrolRequest, Enrolment, FreeOutcome, HeartbeatAnswer,
-    KickOutcome, PoolChange, PoolId, Refusal, ReleaseOutcomes, SeatRequest, SyncAnswer,
-    Timestamp,
+    KickOutcome, PoolChange, PoolId, Refusal, ReleaseOutcomes, SeatRequest, SyncAnswer, Timestamp,
 };
 use crate::key::KeyDocument;
 use serde::{Deserialize, Serialize};

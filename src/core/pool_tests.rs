@@ -45,7 +45,9 @@ fn core() -> Core {
 }
 
 fn seats(list: &[&str]) -> Vec<SeatRequest> {
-    list.iter().map(|s| SeatRequest::parse(s).unwrap()).collect()
+    list.iter()
+        .map(|s| SeatRequest::parse(s).unwrap())
+        .collect()
 }
 
 fn pool(name: &str) -> PoolId {
@@ -131,7 +133,11 @@ fn create_takes_unused_seats_from_default_latest_expiry_first() {
         .collect();
     assert_eq!(
         moved,
-        [("SO-OLD".into(), 1), ("SO-NEW".into(), 6), ("SO-NEW".into(), 1)]
+        [
+            ("SO-OLD".into(), 1),
+            ("SO-NEW".into(), 6),
+            ("SO-NEW".into(), 1)
+        ]
     );
     assert_eq!(c.allocation(&pool("West"), "camera", T0), 7);
     assert_eq!(c.allocation(&pool("Default"), "camera", T0), 3);
@@ -169,7 +175,10 @@ fn create_with_an_order_takes_from_that_sales_order_only() {
     let r = c
         .create_pool(T0, &pool("More"), &seats(&["camera=1@SO-NONE"]))
         .unwrap_err();
-    assert!(r.to_string().contains("no camera entry of sales order"), "{r}");
+    assert!(
+        r.to_string().contains("no camera entry of sales order"),
+        "{r}"
+    );
     // Refusals made nothing.
     assert!(c.resolve_pool("More").is_err());
     c.check_invariants(T0).unwrap();
@@ -179,7 +188,11 @@ fn create_with_an_order_takes_from_that_sales_order_only() {
 fn only_unused_seats_move_and_the_refusal_gives_the_numbers() {
     let mut c = core();
     enrol(&mut c, &pool("Default"), "A");
-    grant(&mut c, "A", &["c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8"]);
+    grant(
+        &mut c,
+        "A",
+        &["c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8"],
+    );
     let r = c
         .create_pool(T0, &pool("West"), &seats(&["camera=3"]))
         .unwrap_err();
@@ -197,7 +210,10 @@ fn only_unused_seats_move_and_the_refusal_gives_the_numbers() {
         r.to_string(),
         "only unused seats move: pool K/Default has 2 unused camera seats (8 in use of 10); 3 asked"
     );
-    assert!(c.resolve_pool("West").is_err(), "a refused create made a pool");
+    assert!(
+        c.resolve_pool("West").is_err(),
+        "a refused create made a pool"
+    );
     // Two do move.
     c.create_pool(T0, &pool("West"), &seats(&["camera=2"]))
         .unwrap();
@@ -262,7 +278,15 @@ fn move_between_pools_of_one_key_and_never_across_keys() {
     let r = c
         .move_seats(T0, &pool("East"), &pool("Default"), &seats(&["camera=2"]))
         .unwrap_err();
-    assert!(matches!(r, Refusal::SeatsInUse { asked: 2, in_use: 2, total: 3, .. }));
+    assert!(matches!(
+        r,
+        Refusal::SeatsInUse {
+            asked: 2,
+            in_use: 2,
+            total: 3,
+            ..
+        }
+    ));
     c.move_seats(T0, &pool("East"), &pool("Default"), &seats(&["camera=1"]))
         .unwrap();
     assert_eq!(total_of_key(&c, "camera"), 10);
@@ -326,7 +350,11 @@ fn a_pool_still_counting_a_revoking_seat_is_deleted_only_once_it_ends() {
             revoking: 1
         }
     );
-    assert!(r.to_string().contains("1 revoking seat of a server that left it"), "{r}");
+    assert!(
+        r.to_string()
+            .contains("1 revoking seat of a server that left it"),
+        "{r}"
+    );
     c.acknowledge(T0, "A", "c1", 1).unwrap();
     c.delete_pool(T0, &pool("West")).unwrap();
     assert_eq!(c.allocation(&pool("Default"), "camera", T0), 10);

@@ -149,7 +149,9 @@ impl Core {
         }
         if pool.name == DEFAULT_POOL {
             return Err(Refusal::BadRequest {
-                reason: format!("{pool} holds every seat not moved elsewhere; it cannot be deleted"),
+                reason: format!(
+                    "{pool} holds every seat not moved elsewhere; it cannot be deleted"
+                ),
             });
         }
         let servers = self.servers.values().filter(|s| s.pool == *pool).count() as u64;

@@ -17,8 +17,7 @@
 
 use super::{
     digest, CameraId, CameraOutcome, CheckoutAnswer, CheckoutItem, Core, EnrolRequest, Event,
-    Features, PoolId, Refusal, ReleaseReason, Revocation, SeatRequest, ServerId,
-    Timestamp,
+    Features, PoolId, Refusal, ReleaseReason, Revocation, SeatRequest, ServerId, Timestamp,
 };
 use crate::key::{Entry, KeyDocument, KeyId, KeyKind, Policy};
 use proptest::prelude::*;
@@ -807,10 +806,7 @@ impl<'a> Sim<'a> {
             let doc = self.core.key_document(key).ok_or("key missing")?;
             let pools = self.pools_of(key);
             for f in FEATURES {
-                let alloc: u64 = pools
-                    .iter()
-                    .map(|p| self.core.allocation(p, f, now))
-                    .sum();
+                let alloc: u64 = pools.iter().map(|p| self.core.allocation(p, f, now)).sum();
                 let total = doc.total(f, now);
                 ensure(alloc == total, || {
                     format!(
@@ -1297,9 +1293,7 @@ impl<'a> Sim<'a> {
         answer: &CheckoutAnswer,
     ) -> Check {
         let after = Snapshot::of(&self.core, self.now);
-        let pool = self
-            .pool_of(id)
-            .unwrap_or_else(|| PoolId::default_of(key));
+        let pool = self.pool_of(id).unwrap_or_else(|| PoolId::default_of(key));
         ensure(answer.outcomes.len() == items.len(), || {
             format!(
                 "{what}: {} outcomes for {} cameras",
@@ -2317,7 +2311,11 @@ impl<'a> Sim<'a> {
                 Coverage::bump(&self.coverage.pool_in_use);
                 ensure(
                     *s == servers && *revoking == revoking_now && (servers > 0 || counted > 0),
-                    || format!("{what}: refused {r:?}; it has {servers} servers, {counted} counted"),
+                    || {
+                        format!(
+                            "{what}: refused {r:?}; it has {servers} servers, {counted} counted"
+                        )
+                    },
                 )?;
             }
             Err(Refusal::BadRequest { .. }) if pool == default => {}

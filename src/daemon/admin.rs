@@ -143,9 +143,7 @@ impl AdminApi {
         let core = &self.core;
         let result = match req {
             AdminRequest::ServerKick { server, force } => kick(core, server, force).await,
-            AdminRequest::CameraFree { camera, key, force } => {
-                free(core, camera, key, force).await
-            }
+            AdminRequest::CameraFree { camera, key, force } => free(core, camera, key, force).await,
             AdminRequest::ConsoleLogin => {
                 let now = core.call(|o| o.now).await;
                 match now {
@@ -164,10 +162,9 @@ impl AdminApi {
             }
             AdminRequest::ConsolePassword { password } => {
                 let console = self.console.clone();
-                let set = tokio::task::spawn_blocking(move || {
-                    console.set_password(password.as_deref())
-                })
-                .await;
+                let set =
+                    tokio::task::spawn_blocking(move || console.set_password(password.as_deref()))
+                        .await;
                 match set {
                     Ok(Ok(enabled)) => ok(serde_json::json!({ "password_login": enabled })),
                     Ok(Err(e)) => err(e),
@@ -340,10 +337,14 @@ fn query(o: &mut super::owner::Owner, req: AdminRequest, info: &DaemonInfo) -> A
         AdminRequest::PoolCreate { name, key, seats } => {
             if let Some((k, n)) = name.split_once('/') {
                 if key.as_deref().is_some_and(|key| key != k) {
-                    return err(format!("pool {name} does not belong to key {}", key.unwrap_or_default()));
+                    return err(format!(
+                        "pool {name} does not belong to key {}",
+                        key.unwrap_or_default()
+                    ));
                 }
                 let id = PoolId::new(k, n);
-                return match outcome!(o.execute(Command::CreatePool { pool: id, seats }), Outcome::PoolChanged(c) => c) {
+                return match outcome!(o.execute(Command::CreatePool { pool: id, seats }), Outcome::PoolChanged(c) => c)
+                {
                     Ok(c) => pool_changed(o, c),
                     Err(e) => err(e),
                 };
@@ -353,7 +354,8 @@ fn query(o: &mut super::owner::Owner, req: AdminRequest, info: &DaemonInfo) -> A
                 Err(e) => return err(e),
             };
             let id = PoolId::new(&key, &name);
-            match outcome!(o.execute(Command::CreatePool { pool: id, seats }), Outcome::PoolChanged(c) => c) {
+            match outcome!(o.execute(Command::CreatePool { pool: id, seats }), Outcome::PoolChanged(c) => c)
+            {
                 Ok(c) => pool_changed(o, c),
                 Err(e) => err(e),
             }
@@ -374,7 +376,8 @@ fn query(o: &mut super::owner::Owner, req: AdminRequest, info: &DaemonInfo) -> A
                 Ok(ids) => ids,
                 Err(e) => return err(e),
             };
-            match outcome!(o.execute(Command::MoveSeats { from: f, to: t, seats }), Outcome::PoolChanged(c) => c) {
+            match outcome!(o.execute(Command::MoveSeats { from: f, to: t, seats }), Outcome::PoolChanged(c) => c)
+            {
                 Ok(c) => pool_changed(o, c),
                 Err(e) => err(e),
             }
@@ -384,7 +387,8 @@ fn query(o: &mut super::owner::Owner, req: AdminRequest, info: &DaemonInfo) -> A
                 Ok(id) => id,
                 Err(e) => return err(e),
             };
-            match outcome!(o.execute(Command::DeletePool { pool: id }), Outcome::PoolChanged(c) => c) {
+            match outcome!(o.execute(Command::DeletePool { pool: id }), Outcome::PoolChanged(c) => c)
+            {
                 Ok(c) => pool_changed(o, c),
                 Err(e) => err(e),
             }

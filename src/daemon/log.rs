@@ -137,7 +137,11 @@ pub fn event(e: &Event) {
             feature,
             order,
             count,
-        } => info!(pool = %to, from = %from, feature = %feature, order = %order, count, "seats moved"),
-        Event::PoolDeleted { pool } => info!(pool = %pool, "pool deleted; its seats are back in Default"),
+        } => {
+            info!(pool = %to, from = %from, feature = %feature, order = %order, count, "seats moved")
+        }
+        Event::PoolDeleted { pool } => {
+            info!(pool = %pool, "pool deleted; its seats are back in Default")
+        }
     }
 }

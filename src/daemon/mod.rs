@@ -250,9 +250,8 @@ impl Daemon {
                 Err(e) => return Err(DaemonError::DemoKey(e.to_string())),
             }
         }
-        let console = Arc::new(
-            crate::web::Console::open(Some(&config.state_dir)).map_err(state_err)?,
-        );
+        let console =
+            Arc::new(crate::web::Console::open(Some(&config.state_dir)).map_err(state_err)?);
         let api = admin::AdminApi {
             core: handle.clone(),
             info: info.clone(),
@@ -403,11 +402,8 @@ async fn dispatch(
 ) {
     if peer.ip().is_loopback() {
         let mut first = [0u8; 1];
-        let peeked = tokio::time::timeout(
-            std::time::Duration::from_secs(10),
-            stream.peek(&mut first),
-        )
-        .await;
+        let peeked =
+            tokio::time::timeout(std::time::Duration::from_secs(10), stream.peek(&mut first)).await;
         if matches!(peeked, Ok(Ok(1))) && crate::web::looks_like_http(first[0]) {
             crate::web::serve_http(stream, peer, false, web).await;
             return;

@@ -600,8 +600,7 @@ fn sample_usage(owner: &mut Owner) {
     if owner.degraded.is_some() || owner.now < owner.next_usage_sample {
         return;
     }
-    owner.next_usage_sample = owner.now.plus(USAGE_SAMPLE_MS);
-    let rows = owner
+    let rows: Vec<crate::store::UsageRow> = owner
         .core
         .key_views(owner.now)
         .into_iter()
@@ -614,6 +613,11 @@ fn sample_usage(owner: &mut Owner) {
             })
         })
         .collect();
+    if rows.is_empty() {
+        // No key yet (the demo key is installed just after the first batch).
+        return;
+    }
+    owner.next_usage_sample = owner.now.plus(USAGE_SAMPLE_MS);
     let sample = crate::store::UsageSample {
         at: owner.now,
         rows,

@@ -230,6 +230,9 @@ impl FreeResult {
             "forced" => "freed by force: the seat is back now; the holder is told when it next connects (audited overlap)",
             _ => "revoking: the seat returns when the holder acknowledges or its reservation ends",
         };
-        format!("camera {} on server {}: {what}", self.camera_id, self.server_id)
+        format!(
+            "camera {} on server {}: {what}",
+            self.camera_id, self.server_id
+        )
     }
 }

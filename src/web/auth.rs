@@ -160,7 +160,12 @@ impl Console {
                     _ => Ok(()),
                 },
             }
-            .map_err(|e| format!("cannot save the console password in {}: {e}", file.display()))?;
+            .map_err(|e| {
+                format!(
+                    "cannot save the console password in {}: {e}",
+                    file.display()
+                )
+            })?;
         }
         let enabled = encoded.is_some();
         self.lock().password = encoded;
@@ -169,7 +174,12 @@ impl Console {
 
     /// Checks a password login from `ip`. Slow on purpose (PBKDF2): call off the async
     /// threads. Failures count against the source and against everyone.
-    pub fn check_password(&self, ip: IpAddr, password: &str, now: Instant) -> Result<(), LoginError> {
+    pub fn check_password(
+        &self,
+        ip: IpAddr,
+        password: &str,
+        now: Instant,
+    ) -> Result<(), LoginError> {
         let stored = {
             let mut inner = self.lock();
             if let Err(crate::core::Refusal::RateLimited { retry_after_ms }) =
@@ -330,7 +340,9 @@ mod tests {
         let s = c.open_session(t);
         assert_eq!(s.csrf.len(), 64);
         assert!(c.session(&s.id, t + Duration::from_secs(60)).is_some());
-        assert!(c.session(&s.id, t + SESSION_IDLE + Duration::from_secs(61)).is_none());
+        assert!(c
+            .session(&s.id, t + SESSION_IDLE + Duration::from_secs(61))
+            .is_none());
         let s = c.open_session(t);
         let mut now = t;
         while now < t + SESSION_MAX - SESSION_IDLE {

@@ -57,14 +57,20 @@ pub fn series(samples: &[UsageSample], key: &str, feature: &str) -> Vec<(Timesta
 
 /// Keeps at most `max` points: each bucket of time keeps its highest use (a peak must
 /// not vanish from a 30-day chart).
-pub fn downsample(points: &[(Timestamp, u64, u64)], from: Timestamp, to: Timestamp, max: usize) -> Vec<(Timestamp, u64, u64)> {
+pub fn downsample(
+    points: &[(Timestamp, u64, u64)],
+    from: Timestamp,
+    to: Timestamp,
+    max: usize,
+) -> Vec<(Timestamp, u64, u64)> {
     if points.len() <= max || max == 0 {
         return points.to_vec();
     }
     let span = to.since(from).max(1);
     let mut buckets: Vec<Option<(Timestamp, u64, u64)>> = vec![None; max];
     for p in points {
-        let i = ((p.0.since(from) as u128 * max as u128) / span as u128).min(max as u128 - 1) as usize;
+        let i =
+            ((p.0.since(from) as u128 * max as u128) / span as u128).min(max as u128 - 1) as usize;
         let b = &mut buckets[i];
         match b {
             Some(q) if q.1 >= p.1 => q.2 = q.2.max(p.2),
@@ -164,7 +170,9 @@ mod tests {
     #[test]
     fn downsampling_keeps_the_peak_of_each_bucket() {
         let t = |s: u64| Timestamp::from_secs(s);
-        let pts: Vec<_> = (0..100).map(|i| (t(i), if i == 42 { 9 } else { 1 }, 10)).collect();
+        let pts: Vec<_> = (0..100)
+            .map(|i| (t(i), if i == 42 { 9 } else { 1 }, 10))
+            .collect();
         let d = downsample(&pts, t(0), t(100), 10);
         assert_eq!(d.len(), 10);
         assert!(d.iter().any(|p| p.1 == 9), "{d:?}");

@@ -359,7 +359,14 @@ fn set_cookie(resp: &mut Response<Full<Bytes>>, id: &str, secure: bool, expire: 
 fn logged_in(r: &Req, ctx: &WebContext) -> Response<Full<Bytes>> {
     let session = ctx.console.open_session(Instant::now());
     tracing::info!(peer = %r.peer, "web console login");
-    let mut resp = redirect("/");
+    // `next` (a page of this console) lets a login link open a given page.
+    let next = r
+        .query
+        .get("next")
+        .filter(|n| pages::local_path(n))
+        .map(String::as_str)
+        .unwrap_or("/");
+    let mut resp = redirect(next);
     set_cookie(&mut resp, &session.id, r.secure, false);
     resp
 }
@@ -385,11 +392,10 @@ async fn login_post(r: &Req, ctx: &WebContext) -> Response<Full<Bytes>> {
     let password = r.form.get("password").cloned().unwrap_or_default();
     let console = ctx.console.clone();
     let ip = r.peer.ip();
-    let checked = tokio::task::spawn_blocking(move || {
-        console.check_password(ip, &password, Instant::now())
-    })
-    .await
-    .unwrap_or(Err(LoginError::Wrong));
+    let checked =
+        tokio::task::spawn_blocking(move || console.check_password(ip, &password, Instant::now()))
+            .await
+            .unwrap_or(Err(LoginError::Wrong));
     match checked {
         Ok(()) => logged_in(r, ctx),
         Err(e) => {

@@ -81,7 +81,11 @@ fn layout(
     if let Some(session) = session {
         o.push_str("<nav>");
         for (href, name) in NAV {
-            let current = if r.path == href { " class=\"current\"" } else { "" };
+            let current = if r.path == href {
+                " class=\"current\""
+            } else {
+                ""
+            };
             let _ = write!(o, "<a href=\"{href}\"{current}>{name}</a>");
         }
         o.push_str("</nav>");
@@ -243,7 +247,11 @@ fn seat_table(seats: &[SeatUsage], servers: Option<u64>) -> String {
     }
     o.push_str("</table>");
     if let Some(n) = servers {
-        let _ = write!(o, "<p class=\"muted\">{n} video server{} enrolled</p>", plural(n));
+        let _ = write!(
+            o,
+            "<p class=\"muted\">{n} video server{} enrolled</p>",
+            plural(n)
+        );
     }
     o
 }
@@ -391,10 +399,7 @@ fn pool_options(pools: &[PoolView], selected: Option<&str>) -> String {
             } else {
                 ""
             };
-            format!(
-                "<option value=\"{0}\"{sel}>{0}</option>",
-                esc(&p.pool)
-            )
+            format!("<option value=\"{0}\"{sel}>{0}</option>", esc(&p.pool))
         })
         .collect()
 }
@@ -438,7 +443,11 @@ async fn pools(
             "<section class=\"pool\"><h2><a href=\"/pool?pool={}\">{}</a>{}</h2>",
             enc(&p.pool),
             esc(&p.pool),
-            if p.demo { " <span class=\"badge\">DEMO</span>" } else { "" }
+            if p.demo {
+                " <span class=\"badge\">DEMO</span>"
+            } else {
+                ""
+            }
         );
         o.push_str(&seat_table(&p.seats, Some(p.servers)));
         o.push_str(&entries_table(now, p));
@@ -527,7 +536,11 @@ fn server_state(now: Timestamp, s: &ServerView) -> String {
     );
     if s.state != "live" {
         if let Some(end) = s.reservation_end {
-            let _ = write!(o, " <span class=\"muted\">seats reserved until {}</span>", when(now, end));
+            let _ = write!(
+                o,
+                " <span class=\"muted\">reservation ends {}</span>",
+                when(now, end)
+            );
         }
     }
     o
@@ -622,7 +635,13 @@ async fn server(
     let id = r.query.get("id").cloned().unwrap_or_default();
     let d: ServerDetail = ask(ctx, AdminRequest::ServerShow { server: id }).await?;
     let pools: Vec<PoolView> = ask(ctx, AdminRequest::PoolList).await?;
-    let mut o = server_table(r, session, status.now, std::slice::from_ref(&d.server), &pools);
+    let mut o = server_table(
+        r,
+        session,
+        status.now,
+        std::slice::from_ref(&d.server),
+        &pools,
+    );
     o.push_str("<h2>Cameras</h2>");
     o.push_str(&camera_table(r, session, status.now, &d.cameras));
     Ok(o)
@@ -640,7 +659,9 @@ fn camera_table(r: &Req, session: &Session, now: Timestamp, cams: &[CameraView])
     for c in cams {
         let features: Vec<String> = c.features.iter().map(|(f, n)| format!("{f}={n}")).collect();
         let state = match (c.state.as_str(), c.revoking_until) {
-            ("revoking", Some(u)) => format!("revoking until acknowledged, at most {}", relative(now, u)),
+            ("revoking", Some(u)) => {
+                format!("revoking until acknowledged, at most {}", relative(now, u))
+            }
             (s, _) => s.to_string(),
         };
         let _ = write!(
@@ -870,7 +891,9 @@ async fn usage(r: &Req, ctx: &WebContext, status: &Status) -> Result<String, Str
     );
     for k in &status.keys {
         for s in &k.seats {
-            let points = chart::series(&h.samples, &k.key_id, &s.feature);
+            let mut points = chart::series(&h.samples, &k.key_id, &s.feature);
+            // The chart ends with the present, not with the last sample.
+            points.push((now, s.in_use, s.total));
             let points = chart::downsample(&points, from, now, 360);
             let title = format!("{} {}", k.key_id, s.feature);
             let _ = write!(
@@ -886,10 +909,15 @@ async fn usage(r: &Req, ctx: &WebContext, status: &Status) -> Result<String, Str
     Ok(o)
 }
 
+/// Whether `p` is a path of this console (never another site: `//host` or `/\\host`).
+pub fn local_path(p: &str) -> bool {
+    p.starts_with('/') && !p.starts_with("//") && !p.contains('\\') && !p.contains(['\r', '\n'])
+}
+
 /// Where to send the browser after an action: a local path, never another site.
 fn back(r: &Req) -> String {
     match r.form.get("back") {
-        Some(b) if b.starts_with('/') && !b.starts_with("//") && !b.contains('\\') => b.clone(),
+        Some(b) if local_path(b) => b.clone(),
         _ => "/".into(),
     }
 }
@@ -902,7 +930,10 @@ fn seat_requests(text: &str) -> Result<Vec<SeatRequest>, String> {
 }
 
 fn field(r: &Req, name: &str) -> String {
-    r.form.get(name).map(|s| s.trim().to_string()).unwrap_or_default()
+    r.form
+        .get(name)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// A POST: one admin request; its outcome becomes the next page's message.
@@ -945,15 +976,34 @@ async fn run_action(r: &Req, ctx: &WebContext) -> Result<String, String> {
                 },
             )
             .await?;
-            Ok(format!("seats moved from {} to {}{}", c.from, c.to, moved_text(&c)))
+            Ok(format!(
+                "seats moved from {} to {}{}",
+                c.from,
+                c.to,
+                moved_text(&c)
+            ))
         }
         "/pools/delete" => {
-            let c: PoolChanged =
-                ask(ctx, AdminRequest::PoolDelete { pool: field(r, "pool") }).await?;
-            Ok(format!("pool {} deleted; its seats are back in {}", c.from, c.to))
+            let c: PoolChanged = ask(
+                ctx,
+                AdminRequest::PoolDelete {
+                    pool: field(r, "pool"),
+                },
+            )
+            .await?;
+            Ok(format!(
+                "pool {} deleted; its seats are back in {}",
+                c.from, c.to
+            ))
         }
         "/pools/code" => {
-            let c: CodeIssued = ask(ctx, AdminRequest::PoolCode { pool: field(r, "pool") }).await?;
+            let c: CodeIssued = ask(
+                ctx,
+                AdminRequest::PoolCode {
+                    pool: field(r, "pool"),
+                },
+            )
+            .await?;
             Ok(format!(
                 "enrolment code for pool {}: {} (one use, valid until {})",
                 c.pool, c.code, c.expires_at
@@ -1036,6 +1086,20 @@ mod tests {
             esc("<script>\"x\" & 'y'</script>"),
             "&lt;script&gt;&quot;x&quot; &amp; &#39;y&#39;&lt;/script&gt;"
         );
+    }
+
+    #[test]
+    fn only_local_paths_are_followed() {
+        assert!(local_path("/servers?id=x"));
+        for bad in [
+            "//evil.example/",
+            "/\\evil.example",
+            "https://evil.example/",
+            "",
+            "/a\r\nSet-Cookie: x",
+        ] {
+            assert!(!local_path(bad), "{bad:?}");
+        }
     }
 
     #[test]

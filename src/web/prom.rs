@@ -48,7 +48,12 @@ pub async fn metrics(ctx: &WebContext) -> Response<Full<Bytes>> {
         Ok(a) => a,
         Err(e) => return text(StatusCode::SERVICE_UNAVAILABLE, &format!("{e}\n")),
     };
-    let body = render(&status, &pools, &servers, &ctx.admin.core.metrics.snapshot());
+    let body = render(
+        &status,
+        &pools,
+        &servers,
+        &ctx.admin.core.metrics.snapshot(),
+    );
     let mut r = Response::new(Full::new(Bytes::from(body)));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -68,10 +73,14 @@ pub fn render(
     o.sample("netkey_up", &[], 1);
     type SeatField = fn(&crate::core::SeatUsage) -> u64;
     let fields: [(&str, &str, SeatField); 3] = [
-        ("allocated", "Seats allocated (unexpired entries).", |s| s.total),
-        ("in_use", "Seats counted as in use, revoking included.", |s| {
-            s.in_use
+        ("allocated", "Seats allocated (unexpired entries).", |s| {
+            s.total
         }),
+        (
+            "in_use",
+            "Seats counted as in use, revoking included.",
+            |s| s.in_use,
+        ),
         (
             "revoking",
             "Seats of revoked leases not yet acknowledged (still counted).",
@@ -96,7 +105,11 @@ pub fn render(
             for s in &p.seats {
                 o.sample(
                     &name,
-                    &[("key", &p.key_id), ("pool", &p.name), ("feature", &s.feature)],
+                    &[
+                        ("key", &p.key_id),
+                        ("pool", &p.name),
+                        ("feature", &s.feature),
+                    ],
                     get(s),
                 );
             }
@@ -111,7 +124,11 @@ pub fn render(
         let n = servers.iter().filter(|s| s.state == state).count();
         o.sample("netkey_servers", &[("state", &state.replace(' ', "_"))], n);
     }
-    o.family("netkey_cameras_licensed", "gauge", "Cameras held by a server.");
+    o.family(
+        "netkey_cameras_licensed",
+        "gauge",
+        "Cameras held by a server.",
+    );
     o.sample("netkey_cameras_licensed", &[], status.cameras);
     o.family("netkey_audit_records", "gauge", "Records in the audit log.");
     o.sample("netkey_audit_records", &[], status.audit_head.count);
@@ -127,13 +144,41 @@ pub fn render(
     );
     for (name, help, v) in [
         ("netkey_grants_total", "Licences granted.", m.grants),
-        ("netkey_moves_total", "Cameras moved between video servers.", m.moves),
-        ("netkey_releases_total", "Leases ended (released, acknowledged, expired, forced).", m.releases),
-        ("netkey_revocations_total", "Revocations sent to holders.", m.revocations),
-        ("netkey_forced_overlaps_total", "Administrator --force frees and kicks.", m.forced_overlaps),
-        ("netkey_reservations_ended_total", "Silent servers whose reservation ended (expiries).", m.reservations_ended),
-        ("netkey_entries_expired_total", "Key entries that reached their not-after instant.", m.entries_expired),
-        ("netkey_cameras_contested_total", "CameraContested warnings.", m.contested),
+        (
+            "netkey_moves_total",
+            "Cameras moved between video servers.",
+            m.moves,
+        ),
+        (
+            "netkey_releases_total",
+            "Leases ended (released, acknowledged, expired, forced).",
+            m.releases,
+        ),
+        (
+            "netkey_revocations_total",
+            "Revocations sent to holders.",
+            m.revocations,
+        ),
+        (
+            "netkey_forced_overlaps_total",
+            "Administrator --force frees and kicks.",
+            m.forced_overlaps,
+        ),
+        (
+            "netkey_reservations_ended_total",
+            "Silent servers whose reservation ended (expiries).",
+            m.reservations_ended,
+        ),
+        (
+            "netkey_entries_expired_total",
+            "Key entries that reached their not-after instant.",
+            m.entries_expired,
+        ),
+        (
+            "netkey_cameras_contested_total",
+            "CameraContested warnings.",
+            m.contested,
+        ),
     ] {
         o.family(name, "counter", help);
         o.sample(name, &[], v);
