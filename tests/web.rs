@@ -759,3 +759,143 @@ mod in_process {
         d.shutdown().await;
     }
 }
+
+// ---- a real browser, where one is installed ----
+
+/// Debian's headless Chromium, if installed (the suite does not depend on it).
+fn chromium() -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .flat_map(|d| [d.join("chromium"), d.join("chromium-browser")])
+        .find(|p| p.is_file())
+}
+
+/// Runs headless Chromium on `url` with `args` (a fresh profile, no network chatter),
+/// killed if it takes over a minute.
+fn run_chromium(
+    bin: &std::path::Path,
+    profile: &std::path::Path,
+    args: &[&str],
+    url: &str,
+) -> Vec<u8> {
+    let mut child = std::process::Command::new(bin)
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--window-size=1400,1000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .arg(url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let child = Background(child);
+    let start = std::time::Instant::now();
+    let mut child = child;
+    loop {
+        if child.0.try_wait().unwrap().is_some() {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "chromium hung"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    reader.join().unwrap()
+}
+
+#[test]
+fn a_browser_logs_in_with_the_one_time_url_and_sees_the_server_and_its_cameras() {
+    let Some(bin) = chromium() else {
+        eprintln!("skipped: no chromium installed (apt-get install chromium); the HTTP tests above cover the console");
+        return;
+    };
+    let d = DaemonProcess::start_demo();
+    let mut b = Browser::new(&d);
+    b.login();
+    b.act(
+        "/pools",
+        "/pools/create",
+        &[
+            ("name", "West"),
+            ("key", "DEMO"),
+            ("seats", "camera=6 lpr=2"),
+        ],
+    );
+    let code = d.json(&["pool", "code", "West"])["code"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(d
+        .client("dock", &["enrol", &code, "--name", "Dock recorder"])
+        .status
+        .success());
+    assert!(d
+        .client("dock", &["checkout", "dock-1", "dock-2", "dock-3"])
+        .status
+        .success());
+    assert!(d
+        .client("gate", &["enrol", &d.code(), "--name", "Gate recorder"])
+        .status
+        .success());
+    assert!(d
+        .client("gate", &["checkout", "gate-1", "gate-2", "--module", "lpr"])
+        .status
+        .success());
+    b.act(
+        "/cameras",
+        "/cameras/free",
+        &[("camera", "dock-3"), ("key", "DEMO")],
+    );
+
+    let profile = tempfile::tempdir().unwrap();
+    let login = |next: &str| {
+        let url = d.json(&["console"])["url"].as_str().unwrap().to_string();
+        format!("{url}&next={next}")
+    };
+    // The browser follows the one-time URL, keeps the cookie, and renders the page.
+    let dom = String::from_utf8(run_chromium(
+        &bin,
+        profile.path(),
+        &["--dump-dom"],
+        &login("/servers"),
+    ))
+    .unwrap();
+    assert!(
+        dom.contains("Dock recorder") && dom.contains("Gate recorder"),
+        "{dom}"
+    );
+    assert!(dom.contains("DEMO/West"));
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    for (name, page) in [
+        ("overview", "/"),
+        ("servers", "/servers"),
+        ("pools", "/pools"),
+    ] {
+        let file = shots.join(format!("{name}.png"));
+        let _ = std::fs::remove_file(&file);
+        let shot = format!("--screenshot={}", file.display());
+        run_chromium(&bin, profile.path(), &[&shot], &login(page));
+        let png = std::fs::read(&file).unwrap_or_default();
+        assert!(
+            png.starts_with(b"\x89PNG") && png.len() > 10_000,
+            "{name}: no screenshot"
+        );
+        eprintln!("screenshot of {page}: {}", file.display());
+    }
+}

@@ -696,6 +696,10 @@ fn print_pools(pools: &[PoolView]) {
 }
 
 fn print_servers(servers: &[ServerView]) {
+    if servers.is_empty() {
+        out!("no video server is enrolled here");
+        return;
+    }
     let now = now();
     let mut t = Table::new(&[
         "NAME",
