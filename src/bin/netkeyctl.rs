@@ -520,6 +520,7 @@ fn audit(socket: &PathBuf, json: bool, args: AuditArgs) -> Fallible<ExitCode> {
         Some(other) => return Err(format!("--format {other}: use csv or json")),
         None if json => print_json(&export)?,
         None => {
+            let mut t = Table::new(&[">#", "AT", "ACTION", "WHO", "DETAIL"]);
             for r in &export.records {
                 let who = [
                     r.key_id.as_deref(),
@@ -531,14 +532,15 @@ fn audit(socket: &PathBuf, json: bool, args: AuditArgs) -> Fallible<ExitCode> {
                 .flatten()
                 .collect::<Vec<_>>()
                 .join(" ");
-                out!(
-                    "{:>6} {} {:<18} {who} {}",
-                    r.index,
-                    r.at,
-                    r.action,
-                    r.detail
-                );
+                t.row(vec![
+                    r.index.to_string(),
+                    r.at.to_string(),
+                    r.action.clone(),
+                    who,
+                    r.detail.clone(),
+                ]);
             }
+            print_table(&t);
             out!("head: {}", export.head);
         }
     }

@@ -133,12 +133,16 @@ pub fn usage_chart(
             H / 2.0
         );
     } else {
+        // Steps: a count holds until the next sample says otherwise.
         let line = |f: &dyn Fn(&(Timestamp, u64, u64)) -> u64| {
-            points
-                .iter()
-                .map(|p| format!("{:.1},{:.1}", x(p.0), y(f(p))))
-                .collect::<Vec<_>>()
-                .join(" ")
+            let mut out: Vec<String> = Vec::with_capacity(points.len() * 2);
+            for (i, p) in points.iter().enumerate() {
+                if i > 0 {
+                    out.push(format!("{:.1},{:.1}", x(p.0), y(f(&points[i - 1]))));
+                }
+                out.push(format!("{:.1},{:.1}", x(p.0), y(f(p))));
+            }
+            out.join(" ")
         };
         let _ = write!(
             svg,

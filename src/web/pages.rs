@@ -203,7 +203,7 @@ pub async fn page(r: &Req, session: &Session, ctx: &WebContext) -> Response<Full
         "/server" => server(r, session, ctx, &status).await,
         "/cameras" => cameras(r, session, ctx, &status).await,
         "/keys" => keys(ctx, &status).await,
-        "/audit" => audit(r, ctx).await,
+        "/audit" => audit(r, ctx, &status).await,
         "/usage" => usage(r, ctx, &status).await,
         _ => return not_found(),
     };
@@ -796,12 +796,15 @@ async fn keys(ctx: &WebContext, status: &Status) -> Result<String, String> {
     Ok(o)
 }
 
-async fn audit(r: &Req, ctx: &WebContext) -> Result<String, String> {
+async fn audit(r: &Req, ctx: &WebContext, status: &Status) -> Result<String, String> {
     let pick = |k: &str| r.query.get(k).filter(|v| !v.is_empty()).cloned();
+    // Without a Since, the last 30 days: a long-lived log is large, and the page is for
+    // looking things up (`netkeyctl audit` exports all of it).
     let since = match pick("since") {
-        Some(s) => Some(Timestamp::parse_rfc3339(&s)?),
-        None => None,
+        Some(s) => Timestamp::parse_rfc3339(&s)?,
+        None => status.now.minus(30 * DAY),
     };
+    let since = Some(since);
     let (action, q) = (pick("action"), pick("q"));
     let export: AuditExport = ask(ctx, AdminRequest::Audit { since }).await?;
     let mut actions: Vec<&str> = export.records.iter().map(|r| r.action.as_str()).collect();
@@ -844,10 +847,11 @@ async fn audit(r: &Req, ctx: &WebContext) -> Result<String, String> {
     );
     let _ = write!(
         o,
-        "<p class=\"muted\">{} of {} records match{}; head: {} records, hash <code>{}</code> \
+        "<p class=\"muted\">{} of {} records since {} match{}; head: {} records, hash <code>{}</code> \
          (<code>netkeyctl audit verify</code> checks the chain).</p>",
         rows.len(),
         export.records.len(),
+        esc(&since.map(|t| t.rfc3339()).unwrap_or_default()),
         if rows.len() > AUDIT_ROWS {
             format!(", the newest {AUDIT_ROWS} shown")
         } else {
