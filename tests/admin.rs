@@ -297,3 +297,22 @@ fn console_prints_a_one_time_url_and_takes_a_password_from_stdin() {
     d.ctl_ok(&["console", "--clear-password"]);
     assert!(!d.state_dir().join("console-password").exists());
 }
+
+#[test]
+fn pools_survive_a_crash_and_restart() {
+    let mut d = DaemonProcess::start_demo();
+    d.ctl_ok(&["pool", "create", "West", "camera=5", "lpr=2@DEMO-LPR"]);
+    d.ctl_ok(&["pool", "create", "East"]);
+    d.ctl_ok(&["pool", "move", "West", "East", "camera=2"]);
+    d.ctl_ok(&["pool", "create", "Gone", "camera=1"]);
+    d.ctl_ok(&["pool", "delete", "Gone"]);
+    let before = d.json(&["pool", "list"]);
+    d.crash_and_restart();
+    assert_eq!(
+        d.json(&["pool", "list"]),
+        before,
+        "pools changed across a restart"
+    );
+    assert_eq!(seats(pool(&before, "DEMO/East"), "camera")["total"], 2);
+    assert_eq!(seats(pool(&before, "DEMO/Default"), "camera")["total"], 11);
+}

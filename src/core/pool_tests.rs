@@ -446,3 +446,25 @@ fn server_states_tell_silent_from_reservation_ending() {
     assert_eq!(state(&c, T0.plus(60_000)), "reservation ending");
     assert_eq!(c.reservation_end("A"), Some(T0.plus(70_000)));
 }
+
+#[test]
+fn pool_commands_round_trip_through_the_log_encoding() {
+    for cmd in [
+        Command::CreatePool {
+            pool: pool("West"),
+            seats: seats(&["camera=5", "lpr=1@SO-NEW"]),
+        },
+        Command::MoveSeats {
+            from: pool("West"),
+            to: pool("Default"),
+            seats: seats(&["camera=2"]),
+        },
+        Command::DeletePool { pool: pool("West") },
+    ] {
+        let bytes = postcard::to_allocvec(&cmd).unwrap();
+        assert_eq!(postcard::from_bytes::<Command>(&bytes).unwrap(), cmd);
+    }
+    // In JSON (the admin API) a seat request may leave `order` out.
+    let r: SeatRequest = serde_json::from_str(r#"{"feature":"camera","count":2}"#).unwrap();
+    assert_eq!(r.order, None);
+}

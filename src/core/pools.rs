@@ -18,7 +18,9 @@ const MAX_POOL_NAME: usize = 64;
 pub struct SeatRequest {
     pub feature: Feature,
     pub count: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Missing in JSON means none. (Never skipped when serialising: the command log is
+    /// postcard, which has no field names to tell a skipped field by.)
+    #[serde(default)]
     pub order: Option<String>,
 }
 
