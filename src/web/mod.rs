@@ -8,6 +8,7 @@
 //! that is not localhost, a loopback address or a configured name is refused (DNS
 //! rebinding).
 
+mod actions;
 mod auth;
 mod chart;
 mod pages;
@@ -335,7 +336,7 @@ async fn route(
             set_cookie(&mut resp, "", r.secure, true);
             return resp;
         }
-        return pages::action(&r, &session, ctx).await;
+        return actions::action(&r, &session, ctx).await;
     }
     if r.method == Method::GET {
         return pages::page(&r, &session, ctx).await;
@@ -363,7 +364,7 @@ fn logged_in(r: &Req, ctx: &WebContext) -> Response<Full<Bytes>> {
     let next = r
         .query
         .get("next")
-        .filter(|n| pages::local_path(n))
+        .filter(|n| actions::local_path(n))
         .map(String::as_str)
         .unwrap_or("/");
     let mut resp = redirect(next);
