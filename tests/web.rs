@@ -446,6 +446,30 @@ fn every_action_of_the_walkthrough_works_through_the_forms() {
 }
 
 #[test]
+fn names_chosen_by_video_servers_are_shown_as_text_not_markup() {
+    let d = DaemonProcess::start_demo();
+    let evil = "<script>alert(1)</script>";
+    assert!(d
+        .client("x", &["enrol", &d.code(), "--name", evil])
+        .status
+        .success());
+    assert!(d.client("x", &["checkout", "<img src=x>"]).status.success());
+    let mut b = Browser::new(&d);
+    b.login();
+    for page in ["/servers", "/cameras", "/audit"] {
+        let body = b.get(page).body;
+        assert!(
+            !body.contains("<script>") && !body.contains("<img"),
+            "{page}: {body}"
+        );
+        assert!(
+            body.contains("&lt;script&gt;") || body.contains("&lt;img"),
+            "{page}"
+        );
+    }
+}
+
+#[test]
 fn metrics_parse_as_prometheus_text_and_match_status() {
     let d = DaemonProcess::start_demo();
     let code = d.code();

@@ -531,7 +531,7 @@ fn seats_text(seats: &[SeatUsage]) -> String {
 fn server_state(now: Timestamp, s: &ServerView) -> String {
     let mut o = format!(
         "<span class=\"state {}\">{}</span>",
-        s.state.replace(' ', "-"),
+        esc(&s.state.replace(' ', "-")),
         esc(&s.state)
     );
     if s.state != "live" {
