@@ -6,6 +6,7 @@
 //! - [`proto`]: messages and framing shared by daemon and client.
 //! - [`daemon`]: `netkeyd`: listeners, connections, the task that owns the core, admin.
 //! - [`client`]: what a video server embeds.
+//! - [`web`]: the web console on the licence port (HTTP/1.1, server-rendered pages).
 //! - [`clock`]: where "now" comes from: the system's monotonic clock, or a test's.
 
 /// The licence protocol's TCP port and discovery's UDP port (shared with Sentinel's
@@ -29,3 +30,4 @@ pub mod key;
 pub mod proto;
 pub mod store;
 pub mod tls;
+pub mod web;

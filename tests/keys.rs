@@ -61,7 +61,7 @@ fn config(state: &Path, socket: PathBuf, vendor: &VendorKeyPair, host: HostValue
         peers: Vec::new(),
         vendor_keys: vec![vendor.public()],
         host: HostSource::Values(host),
-        limits: Default::default(),
+        ..Config::default()
     }
 }
 
@@ -763,6 +763,7 @@ async fn an_overdraft_is_granted_flagged_and_refused_once_its_allowance_is_spent
         .admin(&AdminRequest::CameraList {
             server: None,
             pool: None,
+            feature: None,
         })
         .await
         .unwrap();

@@ -2,6 +2,7 @@
 //! injected clock; `blackbox` starts the real binaries on port 0.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod admin;
 mod blackbox;
 mod discovery;
 mod durability;
@@ -13,3 +14,4 @@ mod outage;
 mod protocol_doc;
 mod security;
 mod util;
+mod web;

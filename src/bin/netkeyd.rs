@@ -129,6 +129,10 @@ async fn run(
         limits: settings.limits.clone(),
         vendor_keys,
         host: netkey::key::HostSource::System,
+        console: netkey::web::ConsoleConfig {
+            hosts: settings.console_hosts.clone(),
+            metrics_need_session: settings.metrics_need_session,
+        },
     };
     let daemon = Daemon::start(config, SystemClock::new()).await?;
     notify_ready(&daemon).await;
@@ -148,6 +152,7 @@ async fn run(
         );
         println!("  {ctl} client --state /tmp/vs1.json --demo run cam-1 cam-2 cam-3");
         println!("Watch it: {ctl} --socket {sock} status");
+        println!("Or in a browser on this machine: open the URL that {ctl} --socket {sock} console prints");
     }
     wait_for_signal().await?;
     tracing::info!("shutting down");

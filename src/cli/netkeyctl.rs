@@ -25,6 +25,17 @@ pub struct Cli {
 pub enum Command {
     /// Keys, seat usage and servers at a glance.
     Status,
+    /// Print a one-time URL that logs a browser on this machine into the web console
+    /// (valid 5 minutes), or set the password for logins over HTTPS.
+    Console {
+        /// Read a new console password from standard input (stored hashed); remote
+        /// browsers log in with it over HTTPS.
+        #[arg(long, conflicts_with = "clear_password")]
+        set_password: bool,
+        /// Remove the console password: only one-time URLs log in then.
+        #[arg(long)]
+        clear_password: bool,
+    },
     #[command(subcommand)]
     Key(KeyCmd),
     #[command(subcommand)]
@@ -114,14 +125,31 @@ pub enum KeyCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum PoolCmd {
+    /// Pools with their seats per feature: allocated, in use, revoking, free, servers.
     List,
-    Show {
-        pool: String,
+    /// One pool: seats per feature, the sales orders it holds, its servers.
+    Show { pool: String },
+    /// Create pool NAME with unused seats from the key's Default pool: FEATURE=N takes
+    /// them from the entries that expire last, FEATURE=N@ORDER from that sales order.
+    Create {
+        name: String,
+        /// The key (may be left out when only one key is installed).
+        #[arg(long, value_name = "KEY_ID")]
+        key: Option<String>,
+        #[arg(value_name = "FEATURE=N[@ORDER]")]
+        seats: Vec<String>,
     },
+    /// Move unused seats from pool FROM to pool TO of the same key.
+    Move {
+        from: String,
+        to: String,
+        #[arg(required = true, value_name = "FEATURE=N[@ORDER]")]
+        seats: Vec<String>,
+    },
+    /// Delete a pool no server is enrolled in; its seats go back to Default.
+    Delete { pool: String },
     /// Print a one-time 8-digit enrolment code for POOL, valid 24 hours.
-    Code {
-        pool: String,
-    },
+    Code { pool: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -149,11 +177,15 @@ pub enum ServerCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum CameraCmd {
+    /// Licensed cameras (held and revoking), optionally of one server, pool or feature.
     List {
         #[arg(long)]
         server: Option<String>,
         #[arg(long)]
         pool: Option<String>,
+        /// Only cameras whose licence includes this feature (e.g. lpr).
+        #[arg(long)]
+        feature: Option<String>,
     },
     /// Free a camera's licence: the holder is told to stop recording it.
     Free {

@@ -64,6 +64,15 @@ pub struct Args {
     /// this as root before starting netkeyd.
     #[arg(long, value_name = "FILE")]
     pub write_host_ids: Option<PathBuf>,
+    /// A host name the web console answers to, besides localhost and loopback addresses
+    /// (repeatable): the name administrators use to reach it over HTTPS. Requests for
+    /// any other name are refused (DNS rebinding).
+    #[arg(long = "console-host", value_name = "NAME")]
+    pub console_hosts: Vec<String>,
+    /// Make /metrics need a console session from loopback too (from other machines it
+    /// always does).
+    #[arg(long)]
+    pub metrics_need_session: bool,
 }
 
 /// The configuration file. Unknown settings are errors, so a misspelt one is caught.
@@ -83,6 +92,8 @@ pub struct FileConfig {
     pub limits: crate::daemon::Limits,
     /// Vendor public key files (or their text) whose keys this daemon installs.
     pub vendor_keys: Option<Vec<String>>,
+    pub console_hosts: Option<Vec<String>>,
+    pub metrics_need_session: Option<bool>,
 }
 
 /// The settings in force: defaults, then the file, then the flags.
@@ -99,6 +110,8 @@ pub struct Settings {
     pub limits: crate::daemon::Limits,
     /// Vendor public key files, or keys given as text.
     pub vendor_keys: Vec<String>,
+    pub console_hosts: Vec<String>,
+    pub metrics_need_session: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -200,6 +213,13 @@ impl Args {
                 .into_iter()
                 .chain(self.vendor_keys.iter().map(|p| p.display().to_string()))
                 .collect(),
+            console_hosts: if self.console_hosts.is_empty() {
+                f.console_hosts.unwrap_or_default()
+            } else {
+                self.console_hosts.clone()
+            },
+            metrics_need_session: self.metrics_need_session
+                || f.metrics_need_session.unwrap_or(false),
         };
         settings
             .limits

@@ -4,7 +4,8 @@
 
 use super::{
     CheckoutAnswer, CheckoutItem, Core, EnrolRequest, Enrolment, FreeOutcome, HeartbeatAnswer,
-    KickOutcome, PoolId, Refusal, ReleaseOutcomes, ReturnOutcome, SyncAnswer, Timestamp,
+    KickOutcome, PoolChange, PoolId, Refusal, ReleaseOutcomes, ReturnOutcome, SeatRequest,
+    SyncAnswer, Timestamp,
 };
 use crate::key::KeyDocument;
 use serde::{Deserialize, Serialize};
@@ -109,6 +110,21 @@ pub enum Command {
     /// A vendor's reset token set the daemon's time back to the wall clock: entries that
     /// expired are judged again at the new instant.
     TimeRebased,
+    /// A new pool with unused seats from its key's `Default` pool.
+    CreatePool {
+        pool: PoolId,
+        seats: Vec<SeatRequest>,
+    },
+    /// Unused seats from one pool to another of the same key.
+    MoveSeats {
+        from: PoolId,
+        to: PoolId,
+        seats: Vec<SeatRequest>,
+    },
+    /// A pool with no server goes; its seats return to `Default`.
+    DeletePool {
+        pool: PoolId,
+    },
 }
 
 impl Command {
@@ -146,6 +162,7 @@ pub enum Outcome {
     Refused(Refusal),
     Deactivated { leases: u64 },
     Returned(ReturnOutcome),
+    PoolChanged(PoolChange),
 }
 
 fn from<T>(r: Result<T, Refusal>, f: impl FnOnce(T) -> Outcome) -> Outcome {
@@ -252,6 +269,15 @@ impl Core {
             Command::TimeRebased => {
                 self.time_rebased(now);
                 Outcome::Done
+            }
+            Command::CreatePool { pool, seats } => {
+                from(self.create_pool(now, &pool, &seats), Outcome::PoolChanged)
+            }
+            Command::MoveSeats { from: f, to, seats } => {
+                from(self.move_seats(now, &f, &to, &seats), Outcome::PoolChanged)
+            }
+            Command::DeletePool { pool } => {
+                from(self.delete_pool(now, &pool), Outcome::PoolChanged)
             }
         }
     }

@@ -213,4 +213,18 @@ pub enum Event {
     TimeRebased {
         at: super::Timestamp,
     },
+    PoolCreated {
+        pool: PoolId,
+    },
+    /// Unused seats of one entry (sales order) moved between two pools of a key.
+    SeatsMoved {
+        from: PoolId,
+        to: PoolId,
+        feature: Feature,
+        order: String,
+        count: u32,
+    },
+    PoolDeleted {
+        pool: PoolId,
+    },
 }

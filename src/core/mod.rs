@@ -15,6 +15,7 @@ mod event;
 mod expiry;
 mod keys;
 mod overdraft;
+mod pools;
 mod refusal;
 pub mod time;
 mod view;
@@ -28,9 +29,12 @@ pub use command::{Command, Outcome};
 pub use event::{Event, ReleaseReason, RevocationReason};
 pub use keys::ReturnOutcome;
 pub use overdraft::OverdraftState;
+pub use pools::{PoolChange, SeatRequest, SeatsMoved};
 pub use refusal::Refusal;
 pub use time::Timestamp;
-pub use view::{CameraView, EntryView, KeyView, OverdraftView, PoolView, SeatUsage, ServerView};
+pub use view::{
+    CameraView, EntryView, KeyView, OverdraftView, PoolEntry, PoolView, SeatUsage, ServerView,
+};
 
 use crate::key::{Feature, KeyDocument, KeyId};
 use serde::{Deserialize, Serialize};
@@ -915,6 +919,8 @@ impl Core {
 mod key_tests;
 #[cfg(test)]
 mod model_tests;
+#[cfg(test)]
+mod pool_tests;
 #[cfg(test)]
 mod prop_tests;
 #[cfg(test)]

@@ -102,6 +102,22 @@ pub enum Refusal {
         total: u64,
         hours: u32,
     },
+    /// Administration only: moving `asked` seats of `feature` out of `pool` would leave
+    /// it fewer than it has in use; only unused seats move.
+    SeatsInUse {
+        pool: String,
+        feature: Feature,
+        asked: u64,
+        in_use: u64,
+        total: u64,
+    },
+    /// Administration only: servers are still enrolled in the pool being deleted, or
+    /// seats of servers that left it are still counted (`revoking`).
+    PoolInUse {
+        pool: String,
+        servers: u64,
+        revoking: u64,
+    },
 }
 
 impl fmt::Display for Refusal {
@@ -163,6 +179,22 @@ impl fmt::Display for Refusal {
             OverdraftSpent { feature, in_use, total, hours } => write!(
                 f,
                 "no free {feature} licence: {in_use} in use of {total} total in this pool, and the key's overdraft allowance ({hours} hours per 30 days) is spent"
+            ),
+            SeatsInUse { pool, feature, asked, in_use, total } => write!(
+                f,
+                "only unused seats move: pool {pool} has {} unused {feature} seats ({in_use} in use of {total}); {asked} asked",
+                total.saturating_sub(*in_use)
+            ),
+            PoolInUse { pool, servers, .. } if *servers > 0 => write!(
+                f,
+                "pool {pool} still has {servers} video server{} enrolled; move or kick {} first",
+                if *servers == 1 { "" } else { "s" },
+                if *servers == 1 { "it" } else { "them" }
+            ),
+            PoolInUse { pool, revoking, .. } => write!(
+                f,
+                "pool {pool} still counts {revoking} revoking seat{} of a server that left it; it can be deleted once the server acknowledges or its reservation ends",
+                if *revoking == 1 { "" } else { "s" }
             ),
         }
     }

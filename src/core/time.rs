@@ -115,9 +115,49 @@ pub fn human_span(ms: u64) -> String {
     }
 }
 
+/// `t` as seen from `now`: "3 min ago", "in 2 h", "just now"; "never" for `NEVER`.
+pub fn relative(now: Timestamp, t: Timestamp) -> String {
+    if t == Timestamp::NEVER {
+        return "never".into();
+    }
+    let (ms, past) = if t <= now {
+        (now.since(t), true)
+    } else {
+        (t.since(now), false)
+    };
+    let s = ms / 1000;
+    let span = if s < 5 {
+        return "just now".into();
+    } else if s < 60 {
+        format!("{s} s")
+    } else if s < 3600 {
+        format!("{} min", s / 60)
+    } else if s < 2 * 86_400 {
+        format!("{} h", s / 3600)
+    } else {
+        format!("{} days", s / 86_400)
+    };
+    if past {
+        format!("{span} ago")
+    } else {
+        format!("in {span}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relative_times_read_like_speech() {
+        let now = Timestamp::from_secs(1_000_000);
+        assert_eq!(relative(now, now), "just now");
+        assert_eq!(relative(now, now.minus(30_000)), "30 s ago");
+        assert_eq!(relative(now, now.minus(3 * MINUTE + 10)), "3 min ago");
+        assert_eq!(relative(now, now.plus(2 * HOUR)), "in 2 h");
+        assert_eq!(relative(now, now.plus(3 * DAY)), "in 3 days");
+        assert_eq!(relative(now, Timestamp::NEVER), "never");
+    }
 
     #[test]
     fn rfc3339_round_trip() {

@@ -80,6 +80,18 @@ pub struct PoolView {
     pub demo: bool,
     pub servers: u64,
     pub seats: Vec<SeatUsage>,
+    /// The seats it holds of each entry (sales order line) of its key.
+    pub entries: Vec<PoolEntry>,
+}
+
+/// Seats a pool holds of one entry of its key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolEntry {
+    pub order: String,
+    pub feature: Feature,
+    pub seats: u32,
+    pub not_after: Timestamp,
+    pub expired: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,7 +106,9 @@ pub struct ServerView {
     pub seats: Vec<SeatUsage>,
     pub enrolled_at: Timestamp,
     pub last_checkin: Timestamp,
-    /// `live` (connected), `silent`, or `kicked`.
+    /// `live` (connected); `silent` (no connection, licensed by its offline grace);
+    /// `reservation ending` (silent past its grace: it has stopped, and its seats come
+    /// back at `reservation_end`); `kicked` (what it holds is being taken back).
     pub state: String,
     pub reservation_end: Option<Timestamp>,
     pub pending_revocations: u64,
@@ -120,6 +134,9 @@ pub struct CameraView {
     /// Held beyond its pool's allocation, on the key's overdraft (the newest leases of a
     /// pool over its allocation are the ones counted as overdraft).
     pub overdraft: bool,
+    /// Moved at least the key's `contested_moves` times within its window: two servers
+    /// may be fighting over it (`CameraContested`).
+    pub contested: bool,
 }
 
 impl Core {
@@ -235,11 +252,43 @@ impl Core {
                 demo: self.keys.get(&p.key).is_some_and(|k| k.demo),
                 servers: self.servers.values().filter(|s| s.pool == *p).count() as u64,
                 seats: self.seat_usage(p, now),
+                entries: self.pool_entries(p, now),
             })
             .collect()
     }
 
-    pub fn server_views(&self, _now: Timestamp) -> Vec<ServerView> {
+    fn pool_entries(&self, pool: &PoolId, now: Timestamp) -> Vec<PoolEntry> {
+        let (Some(p), Some(k)) = (self.pools.get(pool), self.keys.get(&pool.key)) else {
+            return Vec::new();
+        };
+        p.seats
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .filter_map(|(i, n)| {
+                let e = k.document.entries.get(*i)?;
+                Some(PoolEntry {
+                    order: e.order.clone(),
+                    feature: e.feature.clone(),
+                    seats: *n,
+                    not_after: e.not_after,
+                    expired: e.not_after <= now,
+                })
+            })
+            .collect()
+    }
+
+    /// Whether a camera moved often enough lately to be `CameraContested`.
+    fn contested(&self, key: &str, rec: &super::CameraRecord, now: Timestamp) -> bool {
+        let Some(k) = self.keys.get(key) else {
+            return false;
+        };
+        let policy = &k.document.policy;
+        let window = policy.contested_window_ms();
+        let recent = rec.moves.iter().filter(|t| now.since(**t) < window).count() as u32;
+        policy.contested_moves > 0 && recent >= policy.contested_moves
+    }
+
+    pub fn server_views(&self, now: Timestamp) -> Vec<ServerView> {
         self.servers
             .values()
             .map(|s| {
@@ -255,10 +304,13 @@ impl Core {
                         }
                     }
                 }
+                let busy = !s.held.is_empty() || !s.revoking.is_empty();
                 let state = if s.kicked {
                     "kicked"
                 } else if s.sessions > 0 {
                     "live"
+                } else if busy && self.valid_for(now, &s.id) == 0 {
+                    "reservation ending"
                 } else {
                     "silent"
                 };
@@ -298,6 +350,7 @@ impl Core {
         let mut out = Vec::new();
         for ((key, camera), rec) in &self.cameras {
             let newly = self.is_newly_added(key, rec, now);
+            let contested = self.contested(key, rec, now);
             if let Some(l) = &rec.lease {
                 let s = self.servers.get(&l.server);
                 out.push(CameraView {
@@ -316,6 +369,7 @@ impl Core {
                     newly_added_until: newly,
                     revoking_until: None,
                     overdraft: overdraft.contains(&(key.clone(), camera.clone())),
+                    contested,
                 });
             }
             for r in &rec.revoking {
@@ -336,6 +390,7 @@ impl Core {
                     newly_added_until: newly,
                     revoking_until: Some(r.until),
                     overdraft: false,
+                    contested,
                 });
             }
         }

@@ -179,5 +179,18 @@ pub fn event(e: &Event) {
         Event::TimeRebased { at } => {
             warn!(at = %at, "time reset to the wall clock by a vendor token")
         }
+        Event::PoolCreated { pool } => info!(pool = %pool, "pool created"),
+        Event::SeatsMoved {
+            from,
+            to,
+            feature,
+            order,
+            count,
+        } => {
+            info!(pool = %to, from = %from, feature = %feature, order = %order, count, "seats moved")
+        }
+        Event::PoolDeleted { pool } => {
+            info!(pool = %pool, "pool deleted; its seats are back in Default")
+        }
     }
 }

@@ -2,15 +2,16 @@
 //! runs the task that owns the allocation core. `Daemon::start` takes its clock and
 //! returns a handle whose `shutdown` stops everything, so tests run it in-process.
 
-mod admin;
+pub mod admin;
 mod beside;
 mod clockguard;
 mod conn;
-mod guess;
+pub(crate) mod guess;
 mod keys;
 mod listener;
 mod local;
 mod log;
+pub mod metrics;
 mod owner;
 mod port;
 
@@ -32,8 +33,6 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// At most this many licence connections at once; more wait in the kernel's backlog.
-
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -53,6 +52,8 @@ pub struct Config {
     pub vendor_keys: Vec<VendorPublicKey>,
     /// Where the host's machine identifiers are read from (tests give their own).
     pub host: HostSource,
+    /// The web console's settings (host names, metrics access).
+    pub console: crate::web::ConsoleConfig,
 }
 
 impl Default for Config {
@@ -69,6 +70,7 @@ impl Default for Config {
             limits: Limits::default(),
             vendor_keys: Vec::new(),
             host: HostSource::System,
+            console: crate::web::ConsoleConfig::default(),
         }
     }
 }
@@ -165,6 +167,7 @@ pub struct Daemon {
     admin_socket: PathBuf,
     info: Arc<DaemonInfo>,
     core: CoreHandle,
+    web: Arc<crate::web::WebContext>,
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     owner: tokio::task::JoinHandle<Core>,
@@ -337,17 +340,25 @@ impl Daemon {
         keys::check_at_start(&handle, &info)
             .await
             .map_err(DaemonError::Startup)?;
+        let console =
+            Arc::new(crate::web::Console::open(Some(&config.state_dir)).map_err(state_err)?);
+        let api = admin::AdminApi {
+            core: handle.clone(),
+            info: info.clone(),
+            console: console.clone(),
+        };
+        let web = Arc::new(crate::web::WebContext {
+            admin: api.clone(),
+            console,
+            config: config.console.clone(),
+            shutdown: shutdown.clone(),
+        });
         let mut tasks = vec![
             tokio::spawn(listener::accept_loop(
                 listener,
                 handle.clone(),
                 info.clone(),
-                shutdown.clone(),
-            )),
-            tokio::spawn(admin::serve(
-                admin,
-                handle.clone(),
-                info.clone(),
+                web.clone(),
                 shutdown.clone(),
             )),
             tokio::spawn(local::serve(
@@ -356,6 +367,7 @@ impl Daemon {
                 info.clone(),
                 shutdown.clone(),
             )),
+            tokio::spawn(admin::serve(admin, api, shutdown.clone())),
         ];
         // Shutdown waits for the discovery task too, so its socket is closed on return.
         if let Some(r) = responder {
@@ -374,6 +386,7 @@ impl Daemon {
             admin_socket: config.admin_socket,
             info,
             core: handle,
+            web,
             shutdown,
             tasks,
             owner,
@@ -400,6 +413,10 @@ impl Daemon {
     /// Direct access to the core task, for in-process tests and tools.
     pub fn core(&self) -> &CoreHandle {
         &self.core
+    }
+    /// The web console, for serving a connection by hand (`web::serve_http`).
+    pub fn web(&self) -> Arc<crate::web::WebContext> {
+        self.web.clone()
     }
     /// One line on keys, seat use, servers and the store, as systemd's STATUS= shows it.
     pub async fn status_line(&self) -> String {

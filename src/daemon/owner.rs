@@ -23,6 +23,8 @@ const CHANNEL_DEPTH: usize = 4096;
 const RENEWAL_PERSIST_MS: u64 = 1_000;
 /// Refusals are audited as one line per server and reason per this interval.
 const REFUSAL_AUDIT_MS: u64 = 60_000;
+/// Seats in use are sampled this often for the usage-over-time chart.
+pub const USAGE_SAMPLE_MS: u64 = 5 * 60_000;
 
 type Reply = Box<dyn FnOnce(Option<String>) + Send>;
 type Job = Box<dyn FnOnce(&mut Owner) -> Reply + Send>;
@@ -75,6 +77,12 @@ pub struct Owner {
     guard: Option<super::clockguard::ClockGuard>,
     /// The daemon's time, which a vendor's reset token moves back to the wall clock.
     daemon_clock: Option<Arc<crate::clock::DaemonClock>>,
+    metrics: Arc<super::metrics::Metrics>,
+    /// When the job being run was handed to this task.
+    job_submitted: std::time::Instant,
+    /// When each heartbeat of this batch was handed over: observed once answered.
+    heartbeats_in_batch: Vec<std::time::Instant>,
+    next_usage_sample: Timestamp,
 }
 
 impl std::fmt::Debug for Owner {
@@ -125,6 +133,9 @@ impl Owner {
             }
         }
         let server = server_of(&command).map(str::to_string);
+        if matches!(command, Command::Heartbeat { .. }) {
+            self.heartbeats_in_batch.push(self.job_submitted);
+        }
         let logged = command.is_logged() && self.degraded.is_none();
         let durable = command.must_be_durable();
         if logged {
@@ -141,6 +152,17 @@ impl Owner {
             }
         } else {
             self.durable |= durable;
+        }
+        match &out {
+            Outcome::Refused(r) => self.metrics.refused(&refusal_code(r)),
+            Outcome::Checkout(a) => {
+                for (_, o) in &a.outcomes {
+                    if let crate::core::CameraOutcome::Refused(r) = o {
+                        self.metrics.refused(&refusal_code(r));
+                    }
+                }
+            }
+            _ => {}
         }
         if let Some(server) = server {
             let mut note = |r: &Refusal| {
@@ -269,6 +291,8 @@ pub struct CoreHandle {
     tx: mpsc::Sender<Job>,
     /// Notified after every batch in which a holder acknowledged a revocation.
     pub acks: Arc<Notify>,
+    /// Counters for `/metrics`, kept by the owner task.
+    pub metrics: Arc<super::metrics::Metrics>,
 }
 
 impl CoreHandle {
@@ -279,7 +303,9 @@ impl CoreHandle {
         F: FnOnce(&mut Owner) -> R + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
+        let submitted = std::time::Instant::now();
         let job: Job = Box::new(move |owner: &mut Owner| {
+            owner.job_submitted = submitted;
             let r = f(owner);
             Box::new(move |failure: Option<String>| {
                 let _ = tx.send(match failure {
@@ -312,9 +338,11 @@ pub fn spawn(
 ) -> (CoreHandle, tokio::task::JoinHandle<Core>) {
     let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
     let acks = Arc::new(Notify::new());
+    let metrics = Arc::new(super::metrics::Metrics::default());
     let handle = CoreHandle {
         tx,
         acks: acks.clone(),
+        metrics: metrics.clone(),
     };
     let now = clock.now();
     let owner = Owner {
@@ -335,6 +363,10 @@ pub fn spawn(
         opened_in_batch: Vec::new(),
         guard: None,
         daemon_clock: None,
+        metrics,
+        job_submitted: std::time::Instant::now(),
+        heartbeats_in_batch: Vec::new(),
+        next_usage_sample: now,
     };
     let task = tokio::spawn(run(owner, rx, clock, acks, shutdown));
     (handle, task)
@@ -627,12 +659,17 @@ fn apply(owner: &mut Owner, batch: &mut Vec<Job>, clock: &Arc<dyn Clock>, acks: 
         for reply in replies {
             reply(Some(reason.clone()));
         }
+        owner.heartbeats_in_batch.clear();
         return;
     }
     let acknowledged = dispatch_events(owner, events);
     for reply in replies {
         reply(None);
     }
+    for submitted in std::mem::take(&mut owner.heartbeats_in_batch) {
+        owner.metrics.heartbeat_latency(submitted.elapsed());
+    }
+    sample_usage(owner);
     if acknowledged {
         acks.notify_waiters();
     }
@@ -641,6 +678,40 @@ fn apply(owner: &mut Owner, batch: &mut Vec<Job>, clock: &Arc<dyn Clock>, acks: 
         if let Err(e) = owner.store.snapshot(&owner.core) {
             tracing::warn!("snapshot failed (the log still holds everything): {e}");
         }
+    }
+}
+
+/// Records the seats in use per key and feature every `USAGE_SAMPLE_MS` (the first at
+/// start), for the usage chart.
+fn sample_usage(owner: &mut Owner) {
+    if owner.degraded.is_some() || owner.now < owner.next_usage_sample {
+        return;
+    }
+    let rows: Vec<crate::store::UsageRow> = owner
+        .core
+        .key_views(owner.now)
+        .into_iter()
+        .flat_map(|k| {
+            k.seats.into_iter().map(move |s| crate::store::UsageRow {
+                key_id: k.key_id.clone(),
+                feature: s.feature,
+                in_use: s.in_use,
+                total: s.total,
+            })
+        })
+        .collect();
+    if rows.is_empty() {
+        // No key yet (the demo key is installed just after the first batch).
+        return;
+    }
+    owner.next_usage_sample = owner.now.plus(USAGE_SAMPLE_MS);
+    let sample = crate::store::UsageSample {
+        at: owner.now,
+        rows,
+    };
+    if let Err(e) = owner.store.record_usage(&sample) {
+        // The chart misses a point; the next commit finds out whether the store is sick.
+        tracing::warn!("could not record a usage sample: {e}");
     }
 }
 
@@ -681,6 +752,7 @@ fn dispatch_events(owner: &mut Owner, events: Vec<Event>) -> bool {
     let mut acknowledged = false;
     for event in events {
         super::log::event(&event);
+        count_event(&owner.metrics, &event);
         match event {
             Event::RevocationIssued {
                 server,
@@ -713,4 +785,19 @@ fn dispatch_events(owner: &mut Owner, events: Vec<Event>) -> bool {
         }
     }
     acknowledged
+}
+
+fn count_event(m: &super::metrics::Metrics, event: &Event) {
+    use super::metrics::Metrics as M;
+    match event {
+        Event::Granted { .. } => M::bump(&m.grants),
+        Event::Moved { .. } => M::bump(&m.moves),
+        Event::Released { .. } => M::bump(&m.releases),
+        Event::RevocationIssued { .. } => M::bump(&m.revocations),
+        Event::ForcedOverlap { .. } => M::bump(&m.forced_overlaps),
+        Event::ServerExpired { cameras, .. } if *cameras > 0 => M::bump(&m.reservations_ended),
+        Event::EntryExpired { .. } => M::bump(&m.entries_expired),
+        Event::CameraContested { .. } => M::bump(&m.contested),
+        _ => {}
+    }
 }

@@ -1,8 +1,9 @@
 //! The admin API: one JSON request per line on the admin Unix socket, one JSON answer per
-//! line back. `netkeyctl` speaks it; the web console will serve the same requests.
+//! line back. `netkeyctl` speaks it, and the web console's pages and forms make the same
+//! requests, so every action is written once (`daemon::admin::AdminApi`).
 //! `docs/ADMIN-API.md` lists every request and answer.
 
-use crate::core::{CameraView, KeyView, PoolView, ServerView, Timestamp};
+use crate::core::{CameraView, KeyView, PoolView, SeatRequest, SeatsMoved, ServerView, Timestamp};
 use crate::proto::AuditHead;
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +20,23 @@ pub enum AdminRequest {
         pool: String,
     },
     PoolCode {
+        pool: String,
+    },
+    /// A new pool of `key` (the only key, if absent) holding unused seats taken from its
+    /// `Default` pool, per sales order where `order` is given.
+    PoolCreate {
+        name: String,
+        key: Option<String>,
+        seats: Vec<SeatRequest>,
+    },
+    /// Unused seats from one pool to another of the same key.
+    PoolMove {
+        from: String,
+        to: String,
+        seats: Vec<SeatRequest>,
+    },
+    /// Deletes a pool no server is enrolled in; its seats return to `Default`.
+    PoolDelete {
         pool: String,
     },
     ServerList,
@@ -40,6 +58,8 @@ pub enum AdminRequest {
     CameraList {
         server: Option<String>,
         pool: Option<String>,
+        /// Only cameras whose licence includes this feature.
+        feature: Option<String>,
     },
     CameraFree {
         camera: String,
@@ -72,6 +92,18 @@ pub enum AdminRequest {
     /// Installs a vendor's clock-reset token (its text).
     KeyClockReset {
         token: String,
+    },
+    /// Seats in use per key and feature over time, sampled every 5 minutes and kept 31
+    /// days: samples from `since` (the last 24 hours when absent).
+    Usage {
+        since: Option<Timestamp>,
+    },
+    /// A one-time URL that logs a browser on this machine into the web console.
+    ConsoleLogin,
+    /// Sets the password for web console logins over HTTPS (stored hashed), or removes
+    /// it (`null`), which leaves only one-time URLs.
+    ConsolePassword {
+        password: Option<String>,
     },
 }
 
@@ -196,4 +228,75 @@ pub struct BackupFile {
     pub taken_at: Timestamp,
     /// The backup file's bytes, base64.
     pub data: String,
+}
+
+/// What a pool command did: the seats that moved from `from` to `to`, per sales order,
+/// and the pool it made or filled as it is now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolChanged {
+    pub from: String,
+    pub to: String,
+    pub moved: Vec<SeatsMoved>,
+    /// The pool created or filled (the target; `Default` after a delete).
+    pub pool: PoolView,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageHistory {
+    pub now: Timestamp,
+    pub sample_interval_secs: u64,
+    pub samples: Vec<crate::store::UsageSample>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsoleUrl {
+    pub url: String,
+    pub expires_at: Timestamp,
+}
+
+impl KickResult {
+    /// What the kick did, in one sentence (the console and netkeyctl say the same).
+    pub fn sentence(&self) -> String {
+        if self.forgotten {
+            return format!("server {} kicked and forgotten", self.server_id);
+        }
+        let plural = |n: usize| if n == 1 { "" } else { "s" };
+        let mut parts = Vec::new();
+        if !self.revoking.is_empty() {
+            parts.push(format!(
+                "{} camera{} revoking until it acknowledges or its reservation ends ({})",
+                self.revoking.len(),
+                plural(self.revoking.len()),
+                self.revoking.join(", ")
+            ));
+        }
+        if !self.kept_newly_added.is_empty() {
+            parts.push(format!(
+                "{} newly added camera{} kept ({})",
+                self.kept_newly_added.len(),
+                plural(self.kept_newly_added.len()),
+                self.kept_newly_added.join(", ")
+            ));
+        }
+        format!(
+            "server {} kicked; not forgotten yet: {}",
+            self.server_id,
+            parts.join("; ")
+        )
+    }
+}
+
+impl FreeResult {
+    /// What the free did, in one sentence (the console and netkeyctl say the same).
+    pub fn sentence(&self) -> String {
+        let what = match self.state.as_str() {
+            "freed" => "freed: the holder acknowledged and the seat is back",
+            "forced" => "freed by force: the seat is back now; the holder is told when it next connects (audited overlap)",
+            _ => "revoking: the seat returns when the holder acknowledges or its reservation ends",
+        };
+        format!(
+            "camera {} on server {}: {what}",
+            self.camera_id, self.server_id
+        )
+    }
 }

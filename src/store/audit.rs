@@ -409,6 +409,29 @@ pub fn entry_for(event: &Event) -> AuditEntry {
             e.action = "time_rebased".into();
             e.detail = format!("time reset to the wall clock at {at} by a vendor token");
         }
+        Event::PoolCreated { pool } => {
+            e.action = "pool_created".into();
+            e.key_id = opt(&pool.key);
+            e.pool = Some(pool.to_string());
+        }
+        Event::SeatsMoved {
+            from,
+            to,
+            feature,
+            order,
+            count,
+        } => {
+            e.action = "seats_moved".into();
+            e.key_id = opt(&to.key);
+            e.pool = Some(to.to_string());
+            e.detail = format!("{count} {feature} of order {order} from {from}");
+        }
+        Event::PoolDeleted { pool } => {
+            e.action = "pool_deleted".into();
+            e.key_id = opt(&pool.key);
+            e.pool = Some(pool.to_string());
+            e.detail = "seats returned to Default".into();
+        }
     }
     e
 }
