@@ -5,6 +5,7 @@
 mod blackbox;
 mod discovery;
 mod durability;
+mod fuzz_corpus;
 mod inprocess;
 mod netns;
 mod outage;
