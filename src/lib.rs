@@ -25,6 +25,8 @@ pub mod core;
 pub mod daemon;
 pub mod discovery;
 pub mod files;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod key;
 pub mod proto;

@@ -6,6 +6,7 @@ mod admin;
 mod blackbox;
 mod discovery;
 mod durability;
+mod fuzz_corpus;
 mod inprocess;
 mod keys;
 mod keys_blackbox;

@@ -37,8 +37,10 @@ impl Timestamp {
     pub fn since(self, earlier: Timestamp) -> u64 {
         self.0.saturating_sub(earlier.0)
     }
+    /// Clamped to the last millisecond of year 9999, the last instant RFC 3339 can name
+    /// (clamping to its last whole second printed 9999-12-31T23:59:59.5Z as .000Z).
     pub fn to_system_time(self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_millis(self.0.min(253_402_300_799_000))
+        UNIX_EPOCH + Duration::from_millis(self.0.min(253_402_300_799_999))
     }
     pub fn from_system_time(t: SystemTime) -> Self {
         match t.duration_since(UNIX_EPOCH) {
@@ -165,6 +167,13 @@ mod tests {
         assert_eq!(t.rfc3339(), "2026-11-22T14:00:00Z");
         assert_eq!(Timestamp(t.0 + 5).rfc3339(), "2026-11-22T14:00:00.005Z");
         assert!(Timestamp::parse_rfc3339("yesterday").is_err());
+    }
+
+    #[test]
+    fn the_last_second_of_year_9999_keeps_its_milliseconds() {
+        let t = Timestamp::parse_rfc3339("9999-12-31T23:59:59.5Z").unwrap();
+        assert_eq!(t.rfc3339(), "9999-12-31T23:59:59.500Z");
+        assert_eq!(Timestamp::parse_rfc3339(&t.rfc3339()), Ok(t));
     }
 
     #[test]
