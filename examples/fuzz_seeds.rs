@@ -161,6 +161,7 @@ fn message_seeds(doc: &str) -> Result<Seeds, String> {
             AdminRequest::CameraList {
                 server: Some("srv-3fa94c01b2d7".into()),
                 pool: None,
+                feature: None,
             },
         ),
         (
@@ -227,6 +228,7 @@ fn key_file_seeds(root: &Path) -> Result<Seeds, Box<dyn std::error::Error>> {
     acme.policy.min_server_version = Some("7.0".into());
     acme.host = Some(netkey::key::HostBinding {
         daemon_identity: b64.encode([7u8; 32]),
+        salt: "00112233".into(),
         hardware: vec!["a1b2".into()],
         software: vec!["c3d4".into()],
     });
@@ -283,12 +285,22 @@ fn state_file_seeds(root: &Path) -> Result<Seeds, Box<dyn std::error::Error>> {
         pool: "ACME-0001/Default".into(),
         server_id: "srv-3fa94c01b2d7".into(),
         name: "Recorder 3".into(),
-        secret: ClientState::encode_secret(&[1, 2, 3, 4]),
+        identity: ClientState::encode_identity(&netkey::identity::Identity::generate()),
+        daemon_identity: netkey::identity::PublicKey::from_bytes([7u8; 32]).to_base64(),
+        key_file: "{}".into(),
         demo: false,
         heartbeat_interval_ms: 60_000,
         offline_grace_ms: 1_209_600_000,
         cameras,
-        deadline: Some(Timestamp(T0.0 + 1_209_600_000)),
+        deadline: None,
+        lease: Some(netkey::proto::LeaseToken {
+            server_id: "srv-3fa94c01b2d7".into(),
+            sent_at: T0,
+            valid_for_ms: 1_209_600_000,
+            cameras: 2,
+            signature: vec![0; 64],
+        }),
+        clock_hwm: T0,
         audit_head: Some(head),
     };
     out.push((

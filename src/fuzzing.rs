@@ -314,7 +314,8 @@ fn reissue(k: &SignedKey, by: &VendorKeyPair, trusted: &[VendorPublicKey]) {
 pub fn state_file(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
         if let Ok(state) = serde_json::from_str::<ClientState>(text) {
-            let _ = state.secret_bytes();
+            let _ = state.identity();
+            let _ = state.proven_deadline();
             let _ = state.digest();
             let saved = match serde_json::to_string_pretty(&state) {
                 Ok(t) => t,
