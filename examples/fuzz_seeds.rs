@@ -234,6 +234,23 @@ fn key_file_seeds(root: &Path) -> Result<Seeds, Box<dyn std::error::Error>> {
     });
     let demo = demo_vendor();
     let vendor = netkey::fuzzing::vendor();
+    let daemon = netkey::identity::Identity::from_pkcs8(&pkcs8(b"daemon")?)?;
+    let receipt = netkey::key::signed::daemon_sign(
+        &daemon,
+        netkey::key::signed::DaemonDocKind::ReturnReceipt,
+        &netkey::key::signed::ReturnReceipt {
+            key_id: "ACME-0001".into(),
+            revision: 2,
+            customer: "ACME".into(),
+            daemon_id: daemon.public().daemon_id(),
+            daemon_identity: daemon.public().to_base64(),
+            returned_at: T0,
+            forced: false,
+            leases_dropped: 0,
+            audit_count: 3,
+            audit_hash: "ab".repeat(32),
+        },
+    )?;
     let signing_key = format!(
         "netkey-vendor-signing-key-v1:{}\n",
         b64.encode(pkcs8(b"vendor")?)
@@ -249,6 +266,7 @@ fn key_file_seeds(root: &Path) -> Result<Seeds, Box<dyn std::error::Error>> {
         ("vendor-pub".into(), vendor.public().to_text().into_bytes()),
         ("vendor-signing-key".into(), signing_key.into_bytes()),
         ("identity-pub".into(), b64.encode([7u8; 32]).into_bytes()),
+        ("return-receipt".into(), receipt.into_bytes()),
     ])
 }
 
@@ -285,7 +303,9 @@ fn state_file_seeds(root: &Path) -> Result<Seeds, Box<dyn std::error::Error>> {
         pool: "ACME-0001/Default".into(),
         server_id: "srv-3fa94c01b2d7".into(),
         name: "Recorder 3".into(),
-        identity: ClientState::encode_identity(&netkey::identity::Identity::generate()),
+        identity: ClientState::encode_identity(&netkey::identity::Identity::from_pkcs8(&pkcs8(
+            b"video server",
+        )?)?),
         daemon_identity: netkey::identity::PublicKey::from_bytes([7u8; 32]).to_base64(),
         key_file: "{}".into(),
         demo: false,

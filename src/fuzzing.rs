@@ -250,6 +250,25 @@ pub fn key_file(data: &[u8]) {
     let real = vendor();
     let trusted = [demo.public(), real.public()];
 
+    // The daemon-signed documents (activation requests, return receipts, usage reports)
+    // and vendor-signed clock-reset tokens that `netkey-vendor verify` and
+    // `netkeyctl key clock-reset` read: whatever opens must parse only as its own kind.
+    if let Ok(doc) = crate::key::signed::DaemonDoc::open(text) {
+        use crate::key::signed::{ActivationRequest, DaemonDocKind, ReturnReceipt, UsageReport};
+        let kinds = [
+            doc.parse::<ActivationRequest>(DaemonDocKind::ActivationRequest)
+                .is_ok(),
+            doc.parse::<ReturnReceipt>(DaemonDocKind::ReturnReceipt)
+                .is_ok(),
+            doc.parse::<UsageReport>(DaemonDocKind::UsageReport).is_ok(),
+        ];
+        assert!(
+            kinds.iter().filter(|k| **k).count() <= 1,
+            "a daemon document parses as more than one kind"
+        );
+    }
+    let _ = crate::key::signed::ClockResetToken::verify(text, &trusted);
+
     if let Ok(k) = SignedKey::verify(text, &trusted) {
         if let Err(e) = k.document.validate() {
             panic!("a verified key's document is invalid: {e}");
