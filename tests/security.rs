@@ -350,3 +350,30 @@ fn knowing_a_server_id_without_its_identity_is_worth_nothing() {
     );
     assert_eq!(d.camera_in_use(), 0);
 }
+
+#[test]
+fn the_web_console_answers_https_on_the_licence_port() {
+    let d = DaemonProcess::start_demo();
+    let identity = netkey::identity::Identity::generate();
+    let mut config = (*netkey::tls::licence_client_config(&identity).unwrap()).clone();
+    config.alpn_protocols = vec![netkey::tls::ALPN_HTTP.to_vec()];
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, TcpStream::connect(&d.addr).unwrap());
+    tls.sock
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 "), "{answer}");
+    assert_eq!(
+        tls.conn.alpn_protocol(),
+        Some(netkey::tls::ALPN_HTTP),
+        "ALPN chose the web console"
+    );
+    // Without a session, nothing but the way to log in.
+    assert!(!answer.contains("Servers</"), "{answer}");
+}
