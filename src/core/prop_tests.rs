@@ -2,7 +2,9 @@
 //! 2 (one holder), 3 (one key per server), 5 (no stranded seats, via `check_invariants`)
 //! and 6 (the client's deadline falls before the daemon's reservation ends).
 //!
-//! Six simulated video servers share two keys. A random list of operations interleaves
+//! Six simulated video servers share two keys; key B has an overdraft (one seat for at
+//! most an hour in 30 days), so invariant 1 is checked with it: over the allocation only
+//! within the overdraft, and not at all once its allowance is spent. A random list of operations interleaves
 //! what they and an administrator do: enrolments, checkouts (with fresh, current and stale
 //! epochs), moves from live and silent holders, releases, heartbeats with right and wrong
 //! digests, syncs, acknowledgements, frees, kicks, server moves, connections opening and
@@ -32,8 +34,10 @@ const DAY: u64 = 86_400 * SECOND;
 const T0: Timestamp = Timestamp(1_800_000_000_000);
 /// 2 long + 3 expiring `camera`, 2 `lpr`, an `encoder-2ch` class, a revocation period.
 const KA: &str = "KA";
-/// 3 `camera`, no classes, no revocation period, a shorter grace.
+/// 3 `camera`, no classes, no revocation period, a shorter grace, an overdraft of
+/// `KB_OVERDRAFT_SEATS` seat for 1 hour per 30 days.
 const KB: &str = "KB";
+const KB_OVERDRAFT_SEATS: u64 = 1;
 const HEARTBEAT_MS: u64 = 10 * SECOND;
 const GRACE_A_SECS: u64 = 60;
 const GRACE_B_SECS: u64 = 40;
@@ -280,9 +284,11 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(client, on)| Op::Diligent { client, on }),
         3 => prop_oneof![Just(0u64), 0..HEARTBEAT_MS].prop_map(|lag_ms| Op::Persist { lag_ms }),
         14 => prop_oneof![
-            6 => 0..3_000u64,
-            3 => 3_000..20_000u64,
-            1 => 30_000..300_000u64,
+            58 => 0..3_000u64,
+            30 => 3_000..20_000u64,
+            9 => 30_000..300_000u64,
+            // Long enough for key B's overdraft allowance to run out.
+            3 => 1_800_000..5_400_000u64,
         ]
         .prop_map(|ms| Op::Advance { ms }),
     ]
@@ -362,6 +368,8 @@ fn key_b() -> KeyDocument {
         policy: Policy {
             heartbeat_interval_secs: HEARTBEAT_MS / SECOND,
             offline_grace_secs: GRACE_B_SECS,
+            overdraft_seats: KB_OVERDRAFT_SEATS as u32,
+            overdraft_hours: 1,
             ..Policy::default()
         },
         host: None,
@@ -529,6 +537,8 @@ impl Client {
 #[derive(Debug, Default)]
 struct Coverage {
     steps: AtomicU64,
+    overdraft_started: AtomicU64,
+    overdraft_spent: AtomicU64,
     grants: AtomicU64,
     moves: AtomicU64,
     awaiting_holder: AtomicU64,
@@ -742,6 +752,8 @@ impl<'a> Sim<'a> {
                 }
                 Event::Moved { .. } => Coverage::bump(&self.coverage.moves),
                 Event::AllocationShrunk { .. } => Coverage::bump(&self.coverage.shrinks),
+                Event::OverdraftStarted { .. } => Coverage::bump(&self.coverage.overdraft_started),
+                Event::OverdraftSpent { .. } => Coverage::bump(&self.coverage.overdraft_spent),
                 Event::RevokingEnded { acknowledged, .. } => Coverage::bump(if acknowledged {
                     &self.coverage.revoking_acknowledged
                 } else {
@@ -771,24 +783,38 @@ impl<'a> Sim<'a> {
             .map_err(|e| format!("after {what}: check_invariants: {e}"))?;
         let snap = Snapshot::of(&self.core, now);
 
-        // Invariant 1: counted use (held + revoking) within the allocation; over it only
-        // after a shrink, and then it must not grow. Held seats alone never exceed it:
-        // a shrink revokes the newest leases until they fit.
+        // Invariant 1: counted use (held + revoking) within the allocation plus the key's
+        // overdraft while its allowance lasts; over that only after a shrink, and then it
+        // must not grow. Held seats alone never exceed it: a shrink (or the allowance
+        // running out) revokes the newest leases until they fit. The overdraft is one
+        // counter per key, shared by its pools.
+        let room_of = |key: &str| {
+            if key == KB && !self.core.overdraft_spent(key, now) {
+                KB_OVERDRAFT_SEATS
+            } else {
+                0
+            }
+        };
+        let mut over_by_key: BTreeMap<String, u64> = BTreeMap::new();
         for pool in self.all_pools() {
+            let room = room_of(&pool.key);
+            let held_over = over_by_key.entry(pool.key.clone()).or_default();
             for f in FEATURES {
                 let u = self.core.usage(&pool, f);
                 let total = self.core.allocation(&pool, f, now);
+                *held_over += u.held.saturating_sub(total);
                 let before = self
                     .counted
                     .insert((pool.clone(), f), u.counted())
                     .unwrap_or(0);
-                ensure(u.held <= total, || {
+                ensure(u.held <= total + room, || {
                     format!(
                         "after {what}: invariant 1: pool {pool} {f}: {} seats held exceed \
-                         the allocation {total} ({} revoking)",
+                         the allocation {total} and overdraft {room} ({} revoking)",
                         u.held, u.revoking
                     )
                 })?;
+                let total = total + room;
                 ensure(u.counted() <= total || u.counted() <= before, || {
                     format!(
                         "after {what}: invariant 1: pool {pool} {f}: counted use grew from \
@@ -799,6 +825,15 @@ impl<'a> Sim<'a> {
                     )
                 })?;
             }
+        }
+        for (key, held_over) in over_by_key {
+            let room = room_of(&key);
+            ensure(held_over <= room, || {
+                format!(
+                    "after {what}: invariant 1: key {key} holds {held_over} seats over its \
+                     allocation, with an overdraft of {room}"
+                )
+            })?;
         }
 
         // A key's pools are allocated exactly the key's own total: its unexpired entries.
@@ -1121,8 +1156,11 @@ impl<'a> Sim<'a> {
                     )?;
                     return self.done(&what);
                 }
-                Err(Refusal::NoSeats { .. } | Refusal::OverAllocated { .. })
-                    if existing.is_some() && !cross =>
+                Err(
+                    Refusal::NoSeats { .. }
+                    | Refusal::OverAllocated { .. }
+                    | Refusal::OverdraftSpent { .. },
+                ) if existing.is_some() && !cross =>
                 {
                     // Re-enrolling moves the server with its cameras, or nothing changes.
                     ensure(self.pool_of(&id) == before && busy, || {
@@ -1451,7 +1489,8 @@ impl<'a> Sim<'a> {
                         })?;
                     } else {
                         Coverage::bump(&self.coverage.no_seats);
-                        ensure(in_use <= total, || {
+                        // Over the total only on key B's overdraft, which is then full.
+                        ensure(in_use <= total || key == KB, || {
                             format!("{what}: {camera} refused {r:?}: should be OverAllocated")
                         })?;
                     }
@@ -1473,6 +1512,14 @@ impl<'a> Sim<'a> {
                             )
                         },
                     )?;
+                    unchanged()?;
+                }
+                CameraOutcome::Refused(Refusal::OverdraftSpent { .. }) => {
+                    ensure(key == KB && self.core.overdraft_spent(KB, self.now), || {
+                        format!(
+                            "{what}: {camera} refused {outcome:?}, but the allowance is not spent"
+                        )
+                    })?;
                     unchanged()?;
                 }
                 CameraOutcome::Refused(Refusal::UnknownClass { class }) => {
@@ -1996,6 +2043,9 @@ impl<'a> Sim<'a> {
                 && self.core.usage(&target, f).counted() + n
                     > self.core.allocation(&target, f, self.now)
         });
+        // Key B's overdraft seat, while its allowance lasts, may cover what is short; the
+        // invariant-1 check after every step holds the key to that one seat.
+        let overdraft_may_cover = target.key == KB && !self.core.overdraft_spent(KB, self.now);
         let what = format!("server move {id} {from} -> {target}");
         let r = self.core.move_server(self.now, &id, &target);
         self.note(format!("{} {what} -> {r:?}", at(self.now)));
@@ -2004,7 +2054,7 @@ impl<'a> Sim<'a> {
                 ensure(!(cross && busy), || {
                     format!("{what}: moved to another key's pool while holding cameras")
                 })?;
-                ensure(from == target || cross || !short, || {
+                ensure(from == target || cross || !short || overdraft_may_cover, || {
                     format!("{what}: moved although the pool lacks room for {needed:?}")
                 })?;
                 ensure(self.pool_of(&id).as_ref() == Some(&target), || {
@@ -2022,7 +2072,11 @@ impl<'a> Sim<'a> {
                     format!("{what}: refused BoundToOtherKey {{ key: {key} }} (busy: {busy})")
                 })?;
             }
-            Err(Refusal::NoSeats { .. } | Refusal::OverAllocated { .. }) => {
+            Err(
+                Refusal::NoSeats { .. }
+                | Refusal::OverAllocated { .. }
+                | Refusal::OverdraftSpent { .. },
+            ) => {
                 ensure(!cross && short, || {
                     format!("{what}: refused {r:?} though {needed:?} fits")
                 })?;
@@ -2492,6 +2546,8 @@ fn random_interleavings_keep_the_invariants() {
             ("pools deleted", &c.pools_deleted),
             ("SeatsInUse refusals", &c.seats_in_use),
             ("PoolInUse refusals", &c.pool_in_use),
+            ("overdraft use", &c.overdraft_started),
+            ("spent overdraft allowances", &c.overdraft_spent),
         ] {
             assert!(
                 n.load(Ordering::Relaxed) > 0,
@@ -2621,9 +2677,18 @@ fn stale_epoch_with_an_unknown_class_was_not_told_moved() {
 }
 
 /// Two servers of key B with one camera each, for the reissue regressions.
+/// Key B without its overdraft: the regressions below are about shrinking alone.
+fn key_b_plain() -> KeyDocument {
+    let mut doc = key_b();
+    doc.policy.overdraft_seats = 0;
+    doc.policy.overdraft_hours = 0;
+    doc
+}
+
 fn key_b_with_two_holders() -> Core {
     let mut core = Core::new();
-    core.install_key(T0, key_b(), false).expect("install key B");
+    core.install_key(T0, key_b_plain(), false)
+        .expect("install key B");
     let pool = PoolId::default_of(KB);
     for (n, id) in ["s1", "s2"].into_iter().enumerate() {
         let code = format!("code-{n}");
@@ -2659,7 +2724,7 @@ fn key_b_with_two_holders() -> Core {
 fn reissue_with_fewer_seats_kept_serving_the_old_count() {
     let mut core = key_b_with_two_holders();
     let pool = PoolId::default_of(KB);
-    let mut doc = key_b();
+    let mut doc = key_b_plain();
     doc.revision = 2;
     doc.entries[0].count = 1;
     let t1 = T0.plus(SECOND);
@@ -2700,7 +2765,7 @@ fn reissue_with_fewer_seats_kept_serving_the_old_count() {
 fn extended_entry_that_had_expired_never_shrank_again() {
     let mut core = Core::new();
     let short = |not_after: Timestamp| {
-        let mut doc = key_b();
+        let mut doc = key_b_plain();
         doc.entries.push(entry("camera", 2, not_after, "SO-SHORT"));
         doc
     };
