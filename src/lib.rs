@@ -6,6 +6,7 @@
 //! - [`proto`]: messages and framing shared by daemon and client.
 //! - [`daemon`]: `netkeyd`: listeners, connections, the task that owns the core, admin.
 //! - [`client`]: what a video server embeds.
+//! - [`bench`]: `netkey-bench`, simulated video servers against a real daemon and redis.
 //! - [`clock`]: where "now" comes from: the system's monotonic clock, or a test's.
 
 /// The licence protocol's TCP port and discovery's UDP port (shared with Sentinel's
@@ -17,6 +18,7 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod clock;

@@ -41,6 +41,12 @@ impl Connection {
                 addr: addr.to_string(),
                 reason: e.to_string(),
             })?;
+        Self::over(stream, addr).await
+    }
+
+    /// The version handshake over a stream the caller connected (from a chosen source
+    /// address, say: `netkey-bench` spreads its simulated servers over 127.0.0.x).
+    pub async fn over(stream: TcpStream, addr: &str) -> Result<Connection, ClientError> {
         let _ = stream.set_nodelay(true);
         let mut conn = Connection {
             framed: proto::framed(stream),
