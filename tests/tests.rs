@@ -2,6 +2,7 @@
 //! injected clock; `blackbox` starts the real binaries on port 0.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod bench;
 mod blackbox;
 mod discovery;
 mod durability;
