@@ -10,7 +10,14 @@ fn a_tiny_run_completes_every_phase_without_errors_and_writes_json() {
     let out = dir.path().join("bench.json");
     let run = Command::new(env!("CARGO_BIN_EXE_netkey-bench"))
         .args(["--servers", "3", "--cameras", "4", "--clients", "2"])
-        .args(["--heartbeats", "30", "--moves", "4", "--status-queries", "5"])
+        .args([
+            "--heartbeats",
+            "30",
+            "--moves",
+            "4",
+            "--status-queries",
+            "5",
+        ])
         .arg("--no-redis")
         .arg("--netkeyd")
         .arg(env!("CARGO_BIN_EXE_netkeyd"))

@@ -285,6 +285,7 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
             ),
         }
     }
+    report.load_average.1 = report::load_average();
     report.total_seconds = started.elapsed().as_secs_f64();
     report.finished_at = Timestamp::from_system_time(std::time::SystemTime::now());
     Ok(report)

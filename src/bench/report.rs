@@ -226,6 +226,9 @@ pub struct Report {
     pub leases: usize,
     pub clients: usize,
     pub cpus: usize,
+    /// /proc/loadavg's 1-minute figure at the start and at the end: other work on the
+    /// machine takes CPU from both sides of the comparison.
+    pub load_average: (f64, f64),
     pub started_at: Timestamp,
     pub finished_at: Timestamp,
     pub total_seconds: f64,
@@ -257,6 +260,7 @@ impl Report {
             leases: config.leases(),
             clients: config.clients,
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            load_average: (load_average(), 0.0),
             started_at: now,
             finished_at: now,
             total_seconds: 0.0,
@@ -270,7 +274,17 @@ impl Report {
         }
     }
 
+    /// Adds a phase's result, and says so on stderr: a full run takes minutes.
     pub fn push(&mut self, phase: PhaseResult) {
+        eprintln!(
+            "netkey-bench: {} done: {} requests in {:.1} s, {:.0}/s, p99 {}, {} errors",
+            phase.name,
+            phase.ops,
+            phase.seconds,
+            phase.ops_per_sec,
+            us(phase.p99_us),
+            phase.errors
+        );
         self.phases.push(phase);
     }
 
@@ -305,6 +319,11 @@ impl Report {
             self.build, self.preset, self.servers, self.cameras_per_server, self.leases, self.clients, self.cpus
         );
         let _ = writeln!(s, "licence connections: {}", self.transport);
+        let _ = writeln!(
+            s,
+            "load average (1 min) at start {:.2}, at end {:.2}",
+            self.load_average.0, self.load_average.1
+        );
         let _ = writeln!(
             s,
             "\n{:<16} {:>9} {:>8} {:>11} {:>10} {:>10} {:>10} {:>10} {:>7}",
@@ -387,6 +406,14 @@ impl Report {
         let _ = writeln!(s, "errors: {}", self.errors());
         s
     }
+}
+
+/// The 1-minute load average, 0 where /proc does not say.
+pub fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|t| t.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0.0)
 }
 
 /// Microseconds, shown in the unit that reads best.

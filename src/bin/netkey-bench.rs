@@ -103,7 +103,23 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let report = match runtime.block_on(bench::run(config)) {
+    // On SIGINT or SIGTERM the run is dropped, and with it the guards that stop the
+    // netkeyd and redis processes it started.
+    let run = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return Err("cannot watch for SIGTERM and SIGINT".to_string());
+        };
+        tokio::select! {
+            r = bench::run(config) => r.map_err(|e| e.to_string()),
+            _ = term.recv() => Err("stopped by SIGTERM".to_string()),
+            _ = int.recv() => Err("stopped by SIGINT".to_string()),
+        }
+    };
+    let report = match runtime.block_on(run) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("netkey-bench: {e}");

@@ -25,7 +25,7 @@ pub use command::{Command, Outcome};
 pub use event::{Event, ReleaseReason, RevocationReason};
 pub use refusal::Refusal;
 pub use time::Timestamp;
-pub use view::{CameraView, KeyView, PoolView, SeatUsage, ServerView};
+pub use view::{CameraView, KeyView, PoolView, SeatUsage, ServerCounts, ServerView};
 
 use crate::key::{Feature, KeyDocument, KeyId};
 use serde::{Deserialize, Serialize};
@@ -124,7 +124,7 @@ pub struct Server {
     pub persisted_renewal: Timestamp,
     /// Open authenticated connections.
     pub sessions: u32,
-    pub held: BTreeSet<CameraId>,
+    pub held: digest::Holdings,
     pub revoking: BTreeSet<(CameraId, u64)>,
     pub revocations: BTreeMap<(CameraId, u64), Revocation>,
     pub kicked: bool,
@@ -418,7 +418,7 @@ impl Core {
                         renewed_at: now,
                         persisted_renewal: now,
                         sessions: 0,
-                        held: BTreeSet::new(),
+                        held: Default::default(),
                         revoking: BTreeSet::new(),
                         revocations: BTreeMap::new(),
                         kicked: false,
