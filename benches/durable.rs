@@ -36,6 +36,7 @@ async fn durable_checkouts(clients: usize, seconds: u64) -> (f64, Vec<Duration>)
         listener: None,
         discovery: None,
         peers: Vec::new(),
+        limits: Default::default(),
     };
     let daemon = Daemon::start(config, SystemClock::new())
         .await

@@ -30,3 +30,4 @@ pub mod identity;
 pub mod key;
 pub mod proto;
 pub mod store;
+pub mod tls;

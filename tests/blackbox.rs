@@ -143,11 +143,34 @@ fn checkout_works(d: &DaemonProcess, who: &str, cam: &str) {
 }
 
 /// Reads until the daemon closes the connection; returns what it sent.
-fn read_to_close(mut s: TcpStream) -> Vec<u8> {
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+fn read_to_close(mut s: impl Read) -> Vec<u8> {
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
     buf
+}
+
+/// A TCP connection with a read timeout, so a daemon that fails to close cannot hang the
+/// test (it fails on the assertion instead).
+fn tcp(addr: &str) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s
+}
+
+#[test]
+fn bytes_that_are_neither_tls_nor_http_get_only_a_closed_connection() {
+    let d = DaemonProcess::start_demo();
+    for junk in [
+        &b"\x00\x00\x00\x05hello"[..],
+        &b"\xff\xfe\x00garbage"[..],
+        &[0x7f, 0xff, 0xff, 0xff, 1, 2, 3][..],
+        // The licence protocol in clear text: a Hello frame without TLS.
+        &[0, 0, 0, 5, 1, 0, 1, 1, b'x'][..],
+    ] {
+        let mut s = tcp(&d.addr);
+        s.write_all(junk).unwrap();
+        assert_eq!(read_to_close(s), b"", "no answer to {junk:?}");
+    }
 }
 
 #[test]
@@ -159,40 +182,33 @@ fn bad_frames_close_only_their_own_connection() {
         .status
         .success());
     // A connection that stays open through all of it, mid-session.
-    let mut idle = TcpStream::connect(&d.addr).unwrap();
+    let mut idle = tls_connect(&tcp(&d.addr));
     idle.write_all(&[0, 0, 0, 1]).unwrap(); // half a frame: waits for the rest
 
-    // Random bytes.
-    let mut s = TcpStream::connect(&d.addr).unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\xff\xfe\x00garbage")
-        .unwrap();
+    // An oversized length prefix: refused before any buffer is reserved.
+    let mut s = tls_connect(&tcp(&d.addr));
+    s.write_all(&[0x7f, 0xff, 0xff, 0xff, 1, 2, 3]).unwrap();
     read_to_close(s);
     checkout_works(&d, "good", "cam-1");
 
-    // An oversized length prefix: refused before any buffer is reserved.
-    let mut s = TcpStream::connect(&d.addr).unwrap();
-    s.write_all(&[0x7f, 0xff, 0xff, 0xff, 1, 2, 3]).unwrap();
-    read_to_close(s);
-    checkout_works(&d, "good", "cam-2");
-
     // A well-framed payload that is not a message.
-    let mut s = TcpStream::connect(&d.addr).unwrap();
+    let mut s = tls_connect(&tcp(&d.addr));
     s.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff]).unwrap();
     let answer = read_to_close(s);
     assert!(
         !answer.is_empty(),
         "a malformed message gets an error frame before the close"
     );
-    checkout_works(&d, "good", "cam-3");
+    checkout_works(&d, "good", "cam-2");
 
     // A valid Hello with an unknown protocol version.
-    let mut s = TcpStream::connect(&d.addr).unwrap();
+    let mut s = tls_connect(&tcp(&d.addr));
     // ClientFrame { id: 1, Hello { protocol: 99, software: "x" } }
     s.write_all(&[0, 0, 0, 5, 1, 0, 99, 1, b'x']).unwrap();
     let answer = read_to_close(s);
     assert!(String::from_utf8_lossy(&answer).contains("not supported"));
-    checkout_works(&d, "good", "cam-4");
-    assert_eq!(d.camera_in_use(), 4);
+    checkout_works(&d, "good", "cam-3");
+    assert_eq!(d.camera_in_use(), 3);
     drop(idle);
 }
 

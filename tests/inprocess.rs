@@ -105,6 +105,7 @@ fn config(dir: &tempfile::TempDir, listener: &Arc<std::net::TcpListener>) -> Con
         listener: Some(listener.clone()),
         discovery: None,
         peers: Vec::new(),
+        limits: Default::default(),
     }
 }
 
@@ -364,5 +365,65 @@ async fn a_live_video_server_carries_on_through_a_daemon_restart_without_new_gra
     assert_eq!(h.camera_use().await, (3, 0));
     stop.cancel();
     task.await.unwrap().unwrap();
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_code_is_refused_after_use_and_after_24_hours() {
+    let h = Harness::start().await;
+    let client_at = |name: &str| {
+        Client::with_clock(
+            &h.dir.path().join(format!("{name}.json")),
+            Trust::Demo,
+            Some(h.daemon.local_addr().to_string()),
+            h.clock.clone(),
+        )
+        .unwrap()
+    };
+    let used = h.code().await;
+    client_at("first")
+        .enrol(&used, "first", "1.0")
+        .await
+        .unwrap();
+    let again = client_at("second").enrol(&used, "second", "1.0").await;
+    assert!(
+        matches!(
+            again,
+            Err(netkey::client::ClientError::Refused(Refusal::CodeInvalid))
+        ),
+        "{again:?}"
+    );
+    let late = h.code().await;
+    h.clock.advance(24 * 3_600_000 + 1);
+    let expired = client_at("third").enrol(&late, "third", "1.0").await;
+    let err = expired.expect_err("a day-old code");
+    assert!(
+        matches!(
+            err,
+            netkey::client::ClientError::Refused(Refusal::CodeExpired)
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("expired"), "{err}");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn network_keys_are_not_served_on_the_local_socket() {
+    let h = Harness::start().await;
+    let local = format!("unix:{}", h.daemon.local_socket().display());
+    let mut client = Client::with_clock(
+        &h.dir.path().join("local.json"),
+        Trust::Demo,
+        Some(local),
+        h.clock.clone(),
+    )
+    .unwrap();
+    // The demo key is a network key: the local socket does not offer it.
+    let err = client
+        .enrol(&h.code().await, "local", "1.0")
+        .await
+        .expect_err("a network key over the local socket");
+    assert!(err.to_string().contains("hosts no DEMO key"), "{err}");
     h.stop().await;
 }

@@ -214,6 +214,112 @@ async fn cut_off_the_client_keeps_recording_on_grace_and_stops_before_the_daemon
     h.stop().await;
 }
 
+/// Restarts the video server on its state file after `edit`, cut off from the daemon:
+/// returns the deadline it reports and whether it stopped its cameras at once.
+async fn restart_cut_off_after(
+    h: &Harness,
+    proxy: &Proxy,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> (Option<netkey::core::Timestamp>, bool) {
+    let path = h.dir.path().join("A.json");
+    let original = std::fs::read_to_string(&path).unwrap();
+    let mut state: serde_json::Value = serde_json::from_str(&original).unwrap();
+    edit(&mut state);
+    std::fs::write(&path, serde_json::to_string_pretty(&state).unwrap()).unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(video_server(h, proxy).run(tx, stop.clone()));
+    let lost = next_event(&mut rx, "contact lost", |e| {
+        matches!(e, ClientEvent::ContactLost { .. })
+    })
+    .await;
+    let ClientEvent::ContactLost { deadline, .. } = lost else {
+        unreachable!()
+    };
+    let ended = if deadline.is_none() {
+        next_event(&mut rx, "grace ended", |e| {
+            matches!(e, ClientEvent::GraceEnded { .. })
+        })
+        .await;
+        true
+    } else {
+        false
+    };
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    std::fs::write(&path, original).unwrap();
+    (deadline, ended)
+}
+
+#[tokio::test]
+async fn an_edited_state_file_voids_the_grace_instead_of_extending_it() {
+    let h = Harness::start().await;
+    h.client("A").await;
+    let proxy = Proxy::start(h.daemon.local_addr()).await;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(video_server(&h, &proxy).run(tx, stop.clone()));
+    for _ in 0..2 {
+        next_event(&mut rx, "grant", |e| {
+            matches!(e, ClientEvent::Granted { renewed: false, .. })
+        })
+        .await;
+    }
+    proxy.cut();
+    let ClientEvent::ContactLost {
+        deadline: Some(deadline),
+        ..
+    } = next_event(&mut rx, "contact lost", |e| {
+        matches!(e, ClientEvent::ContactLost { .. })
+    })
+    .await
+    else {
+        panic!("no deadline while cut off")
+    };
+    stop.cancel();
+    task.await.unwrap().unwrap();
+
+    // Untouched, the file proves the same deadline after a restart.
+    let (kept, ended) = restart_cut_off_after(&h, &proxy, |_| {}).await;
+    assert_eq!((kept, ended), (Some(deadline), false));
+    // A longer validity, a later send time, an extra camera, another daemon identity:
+    // each voids the grace, and the cameras stop at once.
+    type Edit = Box<dyn FnOnce(&mut serde_json::Value)>;
+    let edits: Vec<(&str, Edit)> = vec![
+        (
+            "valid_for_ms",
+            Box::new(|s| s["lease"]["valid_for_ms"] = (1u64 << 40).into()),
+        ),
+        (
+            "sent_at",
+            Box::new(|s| {
+                let sent = s["lease"]["sent_at"].as_str().unwrap();
+                let sent = netkey::core::Timestamp::parse_rfc3339(sent).unwrap();
+                s["lease"]["sent_at"] = sent.plus(86_400_000).to_string().into();
+            }),
+        ),
+        (
+            "cameras",
+            Box::new(|s| {
+                s["cameras"]["c9"] = serde_json::json!({"epoch": 1});
+            }),
+        ),
+        (
+            "daemon_identity",
+            Box::new(|s| {
+                let other = netkey::identity::Identity::generate().public().to_base64();
+                s["daemon_identity"] = other.into();
+            }),
+        ),
+    ];
+    for (field, edit) in edits {
+        let (deadline, ended) = restart_cut_off_after(&h, &proxy, edit).await;
+        assert_eq!((deadline, ended), (None, true), "after editing {field}");
+    }
+    drop(proxy);
+    h.stop().await;
+}
+
 #[tokio::test]
 async fn the_client_finds_its_daemon_again_at_a_new_address() {
     use netkey::daemon::{Config, Daemon};
@@ -228,6 +334,7 @@ async fn the_client_finds_its_daemon_again_at_a_new_address() {
         listener: None,
         discovery: Some(discovery),
         peers: Vec::new(),
+        limits: Default::default(),
     };
     let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let d1 = Daemon::start(config(local, local), clock.clone())

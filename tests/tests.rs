@@ -10,4 +10,5 @@ mod inprocess;
 mod netns;
 mod outage;
 mod protocol_doc;
+mod security;
 mod util;

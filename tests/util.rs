@@ -210,3 +210,22 @@ pub fn spawn_demo_with(state: &Path, socket: &Path, extra: &[&str]) -> (Child, S
     std::thread::spawn(move || for _ in lines {});
     (child, addr)
 }
+
+/// A TLS 1.3 connection speaking ALPN `netkey/1` with a fresh identity, over `tcp`, for
+/// tests that write raw frames inside TLS.
+pub fn tls_connect(
+    tcp: &std::net::TcpStream,
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    let identity = netkey::identity::Identity::generate();
+    let config = netkey::tls::licence_client_config(&identity).expect("client config");
+    let name = rustls::pki_types::ServerName::try_from(netkey::tls::SERVER_NAME).expect("name");
+    let conn = rustls::ClientConnection::new(config, name).expect("client connection");
+    let mut stream = rustls::StreamOwned::new(conn, tcp.try_clone().expect("clone"));
+    while stream.conn.is_handshaking() {
+        stream
+            .conn
+            .complete_io(&mut stream.sock)
+            .expect("TLS handshake with the daemon");
+    }
+    stream
+}

@@ -175,8 +175,9 @@ impl NetkeydProcess {
             &self.log,
         )?;
         let deadline = t + START_TIMEOUT;
+        let probe = Identity::probe().map_err(|e| BenchError::Setup(e.to_string()))?;
         loop {
-            if open_session(addr, &mut Identity::probe()).await.is_ok() {
+            if open_session(addr, &mut probe.clone()).await.is_ok() {
                 break;
             }
             self.check_running()?;

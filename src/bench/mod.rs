@@ -178,9 +178,10 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
 
     // Enrolment: one code per server from the admin socket, then one session each.
     let codes = daemon::issue_codes(&admin_path, config.servers, config.clients.min(16)).await?;
-    let identities: Vec<Identity> = (0..config.servers)
+    let identities = (0..config.servers)
         .map(|i| Identity::new(i, codes.get(i).cloned()))
-        .collect();
+        .collect::<Result<Vec<Identity>, _>>()
+        .map_err(|e| BenchError::Setup(e.to_string()))?;
     let (mut fleet, enrol) = Fleet::connect(addr, identities, config.clients).await;
     report.push(enrol);
     if fleet.connected() < config.servers {

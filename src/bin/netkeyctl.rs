@@ -130,6 +130,7 @@ fn run_admin(socket: &PathBuf, json: bool, command: Command) -> Fallible<ExitCod
                     s.daemon_id,
                     if s.demo { "  DEMO mode" } else { "" }
                 );
+                out!("identity {}", s.identity);
                 out!("listening on {}, up since {}", s.listen, s.started_at);
                 out!(
                     "video servers: {} ({} live), cameras licensed: {}",
@@ -393,7 +394,7 @@ fn discover(json: bool, timeout: f64, port: u16, to: Vec<String>) -> Fallible<Ex
                         serde_json::json!({"key_id": k.key_id, "demo": k.demo, "seats": seats, "duplicate": duplicated(&k.key_id)})
                     })
                     .collect();
-                serde_json::json!({"address": f.connect.to_string(), "from": f.from.to_string(), "daemon_id": f.offer.daemon_id, "software": f.offer.software, "keys": keys, "truncated": f.offer.truncated})
+                serde_json::json!({"address": f.connect.to_string(), "from": f.from.to_string(), "daemon_id": f.offer.daemon_id, "identity": f.offer.tls_identity, "software": f.offer.software, "keys": keys, "truncated": f.offer.truncated})
             })
             .collect();
         print_json(&serde_json::json!({"daemons": rows}))?;
@@ -634,6 +635,9 @@ async fn client_command(args: ClientArgs, trust: Trust, json: bool) -> Fallible<
     let demo = matches!(trust, Trust::Demo);
     let mut client =
         Client::open(&args.state, trust, args.daemon.clone()).map_err(|e| e.to_string())?;
+    if let Some(pin) = &args.pin {
+        client.pin(pin);
+    }
     match args.command {
         ClientCmd::Enrol {
             code,

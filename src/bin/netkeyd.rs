@@ -32,6 +32,17 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(&settings.log_level);
+    // Each video server holds one connection: allow as many descriptors as the hard
+    // limit (systemd's LimitNOFILE) permits, not the shell's soft default of 1024.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) if (n as usize) < settings.limits.max_connections + 64 => tracing::warn!(
+            open_files = n,
+            max_connections = settings.limits.max_connections,
+            "the open-file limit is below limits.max_connections; raise LimitNOFILE"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -102,6 +113,7 @@ async fn run(
         listener: None,
         discovery: Some(settings.discovery),
         peers: settings.peers.clone(),
+        limits: settings.limits.clone(),
     };
     let daemon = Daemon::start(config, SystemClock::new()).await?;
     notify_ready(&daemon).await;

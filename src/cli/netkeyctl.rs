@@ -153,6 +153,10 @@ pub struct ClientArgs {
     /// The daemon's address (ADDR:PORT); defaults to the one in the state file.
     #[arg(long)]
     pub daemon: Option<String>,
+    /// Accept only the daemon whose identity has this fingerprint (as `netkeyctl status`
+    /// and `discover` show it), on top of the vendor check.
+    #[arg(long, value_name = "FINGERPRINT")]
+    pub pin: Option<String>,
     #[command(subcommand)]
     pub command: ClientCmd,
 }

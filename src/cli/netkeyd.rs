@@ -69,6 +69,9 @@ pub struct FileConfig {
     pub demo: Option<bool>,
     pub no_broadcast: Option<bool>,
     pub log_level: Option<String>,
+    /// `[limits]`: bounds on connections, timeouts and frames.
+    #[serde(default)]
+    pub limits: crate::daemon::Limits,
 }
 
 /// The settings in force: defaults, then the file, then the flags.
@@ -82,6 +85,7 @@ pub struct Settings {
     pub demo: bool,
     pub no_broadcast: bool,
     pub log_level: String,
+    pub limits: crate::daemon::Limits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -151,7 +155,15 @@ impl Args {
                 .clone()
                 .or(f.log_level)
                 .unwrap_or_else(|| "info".into()),
+            limits: f.limits,
         };
+        settings
+            .limits
+            .validate()
+            .map_err(|message| ConfigError::Invalid {
+                path: used.clone().unwrap_or_default(),
+                message,
+            })?;
         if !["error", "warn", "info", "debug", "trace"].contains(&settings.log_level.as_str()) {
             return Err(ConfigError::LogLevel(settings.log_level));
         }

@@ -10,6 +10,7 @@
 mod connection;
 mod run;
 mod state;
+pub mod trust;
 
 pub use connection::{Connection, Welcome};
 pub use run::{Backoff, ClientEvent, VideoServer};
@@ -65,6 +66,18 @@ pub enum ClientError {
     DemoRefused { addr: String },
     #[error("the daemon at {addr} hosts no DEMO key; a --demo client only talks to demo daemons")]
     NotDemo { addr: String },
+    #[error("the daemon at {addr} (identity {identity}) is not trusted: no key from a vendor this program trusts is bound to its identity ({reasons})")]
+    UntrustedDaemon {
+        addr: String,
+        identity: String,
+        reasons: String,
+    },
+    #[error("the daemon at {addr} proves identity {found}, but this server is bound to the daemon with identity {expected}; refusing it (re-enrol to change daemons, or request a repair if the daemon's host was rebuilt)")]
+    IdentityChanged {
+        addr: String,
+        expected: String,
+        found: String,
+    },
 }
 
 /// A video server's handle on its licences, for one-shot operations from a program or
@@ -76,6 +89,12 @@ pub struct Client {
     trust: Trust,
     daemon: Option<String>,
     clock: Arc<dyn Clock>,
+    /// TLS set up with this server's identity, made once.
+    tls: Option<Arc<rustls::ClientConfig>>,
+    /// A new identity (PKCS#8, base64) made for an enrolment, saved once it succeeds.
+    pending_identity: Option<String>,
+    /// An explicit fingerprint the daemon's identity must have, on top of the vendor check.
+    pin: Option<String>,
 }
 
 impl Client {
@@ -94,13 +113,27 @@ impl Client {
         daemon: Option<String>,
         clock: Arc<dyn Clock>,
     ) -> Result<Client, ClientError> {
-        let state = ClientState::load(state_path)?;
+        let mut state = ClientState::load(state_path)?;
+        let mut tls = None;
+        if let Some(s) = state.as_mut() {
+            // The grace deadline counts only if the file proves it: a lease token signed by
+            // a daemon identity that a key from a trusted vendor names.
+            s.deadline = if anchored(&trust, s) {
+                s.proven_deadline()
+            } else {
+                None
+            };
+            tls = Some(crate::tls::licence_client_config(&s.identity()?).map_err(tls_error)?);
+        }
         Ok(Client {
             state_path: state_path.to_path_buf(),
             state,
             trust,
             daemon,
             clock,
+            tls,
+            pending_identity: None,
+            pin: None,
         })
     }
 
@@ -124,19 +157,66 @@ impl Client {
             .ok_or(ClientError::NoAddress)
     }
 
-    /// Checks what the daemon says about itself against this client's trust.
-    fn check_trust(&self, conn: &Connection) -> Result<(), ClientError> {
-        let any_demo = conn.welcome.keys.iter().any(|k| k.demo);
-        let any_production = conn.welcome.keys.iter().any(|k| !k.demo);
-        match &self.trust {
-            Trust::Demo if !any_demo => Err(ClientError::NotDemo {
-                addr: conn.addr.clone(),
-            }),
-            Trust::Vendors(_) if !any_production => Err(ClientError::DemoRefused {
-                addr: conn.addr.clone(),
-            }),
+    /// Checks the daemon against this client's trust before anything that matters is
+    /// sent: the identity it proved must be the pinned one (once enrolled), and a hosted
+    /// key from a trusted vendor must name it. Returns the keys that do, with their files.
+    fn check_trust(
+        &self,
+        conn: &Connection,
+    ) -> Result<Vec<(crate::key::SignedKey, String)>, ClientError> {
+        self.check_pin(conn)?;
+        if let Some(state) = &self.state {
+            let pinned =
+                crate::identity::PublicKey::from_base64(&state.daemon_identity).map_err(|e| {
+                    ClientError::State(format!("the state file's daemon identity: {e}"))
+                })?;
+            if pinned != conn.welcome.identity {
+                return Err(ClientError::IdentityChanged {
+                    addr: conn.addr.clone(),
+                    expected: pinned.fingerprint(),
+                    found: conn.welcome.identity.fingerprint(),
+                });
+            }
+        }
+        trust::trusted_keys(
+            &self.trust,
+            &conn.welcome.identity,
+            &conn.addr,
+            &conn.welcome.keys,
+        )
+    }
+
+    /// Accept only a daemon whose identity has this fingerprint (colon-separated hex, as
+    /// `PublicKey::fingerprint` prints it), in addition to every other check.
+    pub fn pin(&mut self, fingerprint: &str) {
+        self.pin = Some(fingerprint.trim().to_ascii_lowercase());
+    }
+
+    fn check_pin(&self, conn: &Connection) -> Result<(), ClientError> {
+        match &self.pin {
+            Some(pin) if *pin != conn.welcome.identity.fingerprint() => {
+                Err(ClientError::IdentityChanged {
+                    addr: conn.addr.clone(),
+                    expected: pin.clone(),
+                    found: conn.welcome.identity.fingerprint(),
+                })
+            }
             _ => Ok(()),
         }
+    }
+
+    fn tls(&mut self) -> Result<Arc<rustls::ClientConfig>, ClientError> {
+        if let Some(t) = &self.tls {
+            return Ok(t.clone());
+        }
+        let identity = match &self.state {
+            Some(s) => s.identity()?,
+            None => crate::identity::Identity::generate(),
+        };
+        let t = crate::tls::licence_client_config(&identity).map_err(tls_error)?;
+        self.pending_identity = Some(ClientState::encode_identity(&identity));
+        self.tls = Some(t.clone());
+        Ok(t)
     }
 
     /// Exchanges a one-time enrolment code for a binding to the code's pool.
@@ -147,22 +227,34 @@ impl Client {
         version: &str,
     ) -> Result<Binding, ClientError> {
         let addr = self.address()?;
-        let mut conn = Connection::connect(&addr).await?;
-        self.check_trust(&conn)?;
-        let reenrol = match &self.state {
-            Some(s) if s.daemon_id == conn.welcome.daemon_id => {
-                self.login(&mut conn).await?;
-                true
-            }
-            _ => false,
+        let tls = self.tls()?;
+        let mut conn = Connection::connect(&addr, &tls).await?;
+        // A server re-enrols with the daemon it is bound to (it logs in first, and keeps
+        // its id and cameras); a new daemon means a new binding.
+        let reenrol = self
+            .state
+            .as_ref()
+            .is_some_and(|s| s.daemon_id == conn.welcome.daemon_id);
+        let trusted = if reenrol {
+            let t = self.check_trust(&conn)?;
+            self.login(&mut conn).await?;
+            t
+        } else {
+            self.check_pin(&conn)?;
+            trust::trusted_keys(
+                &self.trust,
+                &conn.welcome.identity,
+                &conn.addr,
+                &conn.welcome.keys,
+            )?
         };
         let req = Request::Enrol {
             code: code.to_string(),
             name: name.to_string(),
             version: version.to_string(),
         };
-        let (binding, secret) = match conn.request(req).await? {
-            Response::Enrolled { binding, secret } => (binding, secret),
+        let binding = match conn.request(req).await? {
+            Response::Enrolled { binding } => binding,
             Response::Refused(r) => return Err(ClientError::Refused(r)),
             other => {
                 return Err(ClientError::Protocol(format!(
@@ -170,21 +262,27 @@ impl Client {
                 )))
             }
         };
-        let secret = if reenrol {
-            self.state
-                .as_ref()
-                .map(|s| s.secret.clone())
-                .unwrap_or_default()
-        } else {
-            ClientState::encode_secret(&secret)
+        let key_file = trusted
+            .into_iter()
+            .find(|(k, _)| k.document.key_id == binding.key_id)
+            .map(|(_, file)| file)
+            .ok_or_else(|| ClientError::UntrustedDaemon {
+                addr: addr.clone(),
+                identity: conn.welcome.identity.fingerprint(),
+                reasons: format!(
+                    "it enrolled this server on key {}, which it did not prove",
+                    binding.key_id
+                ),
+            })?;
+        let previous = self.state.take();
+        let identity = match (&previous, self.pending_identity.take()) {
+            (Some(s), _) => s.identity.clone(),
+            (None, Some(new)) => new,
+            (None, None) => return Err(ClientError::State("no identity was made".into())),
         };
-        let cameras = if reenrol {
-            self.state
-                .as_ref()
-                .map(|s| s.cameras.clone())
-                .unwrap_or_default()
-        } else {
-            Default::default()
+        let cameras = match (&previous, reenrol) {
+            (Some(s), true) => s.cameras.clone(),
+            _ => Default::default(),
         };
         let state = ClientState {
             daemon_id: conn.welcome.daemon_id.clone(),
@@ -193,13 +291,19 @@ impl Client {
             pool: binding.pool.clone(),
             server_id: binding.server_id.clone(),
             name: name.to_string(),
-            secret,
+            identity,
+            daemon_identity: conn.welcome.identity.to_base64(),
+            key_file,
             demo: binding.demo,
             heartbeat_interval_ms: binding.heartbeat_interval_ms,
             offline_grace_ms: binding.offline_grace_ms,
             cameras,
             deadline: None,
-            audit_head: self.state.as_ref().and_then(|s| s.audit_head),
+            lease: None,
+            clock_hwm: previous
+                .as_ref()
+                .map_or(crate::core::Timestamp::ZERO, |s| s.clock_hwm),
+            audit_head: previous.as_ref().and_then(|s| s.audit_head),
         };
         state.save(&self.state_path)?;
         self.state = Some(state);
@@ -217,7 +321,6 @@ impl Client {
         }
         let req = Request::Login {
             server_id: state.server_id.clone(),
-            secret: state.secret_bytes()?,
         };
         match conn.request(req).await? {
             Response::LoggedIn { binding } => Ok(binding),
@@ -230,10 +333,8 @@ impl Client {
 
     /// Connects to the bound daemon, checks trust, and logs in.
     pub async fn connect(&self) -> Result<Connection, ClientError> {
-        if self.state.is_none() {
-            return Err(ClientError::NotEnrolled);
-        }
-        let mut conn = Connection::connect(&self.address()?).await?;
+        let tls = self.tls.clone().ok_or(ClientError::NotEnrolled)?;
+        let mut conn = Connection::connect(&self.address()?, &tls).await?;
         self.check_trust(&conn)?;
         self.login(&mut conn).await?;
         Ok(conn)
@@ -247,6 +348,15 @@ impl Client {
     ) -> Result<Vec<(String, CameraOutcome)>, ClientError> {
         let mut conn = self.connect().await?;
         let out = self.checkout_on(&mut conn, items).await?;
+        // A heartbeat on the same connection brings a lease token covering the new
+        // cameras, so the grace deadline survives a restart of this program.
+        if out
+            .iter()
+            .any(|(_, o)| matches!(o, CameraOutcome::Granted { .. }))
+        {
+            let mut events = Vec::new();
+            run::heartbeat_once(self, &mut conn, &mut events).await?;
+        }
         Ok(out)
     }
 
@@ -314,7 +424,7 @@ impl Client {
         {
             state.deadline = Some(deadline_from(sent_at, answer.valid_for_ms));
         }
-        state.save(&self.state_path)?;
+        self.save()?;
         Ok(answer.outcomes)
     }
 
@@ -337,7 +447,7 @@ impl Client {
         for (camera, _) in &out {
             state.cameras.remove(camera);
         }
-        state.save(&self.state_path)?;
+        self.save()?;
         Ok(out)
     }
 
@@ -354,14 +464,41 @@ impl Client {
         self.state.as_mut().ok_or(ClientError::NotEnrolled)
     }
 
-    pub(crate) fn save(&self) -> Result<(), ClientError> {
-        match &self.state {
-            Some(s) => s.save(&self.state_path),
+    pub(crate) fn save(&mut self) -> Result<(), ClientError> {
+        let now = self.clock.now();
+        match &mut self.state {
+            Some(s) => {
+                s.clock_hwm = s.clock_hwm.max(now);
+                s.save(&self.state_path)
+            }
             None => Ok(()),
         }
     }
 
+    /// The client's clock, never earlier than the latest instant it has shown (kept in
+    /// the state file), so winding the machine's clock back cannot stretch the grace.
     pub(crate) fn now(&self) -> crate::core::Timestamp {
-        self.clock.now()
+        let now = self.clock.now();
+        self.state.as_ref().map_or(now, |s| now.max(s.clock_hwm))
     }
+}
+
+fn tls_error(e: crate::tls::TlsError) -> ClientError {
+    ClientError::State(format!("cannot set up TLS: {e}"))
+}
+
+/// Whether the daemon identity a state file pins is one a key from a trusted vendor
+/// names (the key file is kept beside it), so a file edited to pin another identity
+/// proves nothing.
+fn anchored(trust: &Trust, state: &ClientState) -> bool {
+    let Ok(daemon) = crate::identity::PublicKey::from_base64(&state.daemon_identity) else {
+        return false;
+    };
+    let hosted = crate::proto::HostedKey {
+        key_id: state.key_id.clone(),
+        demo: state.demo,
+        file: state.key_file.clone(),
+    };
+    trust::trusted_keys(trust, &daemon, "", &[hosted])
+        .is_ok_and(|keys| keys.iter().any(|(k, _)| k.document.key_id == state.key_id))
 }

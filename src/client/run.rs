@@ -159,10 +159,14 @@ pub(crate) async fn heartbeat_once(
 ) -> Result<(), ClientError> {
     let sent_at = client.now();
     let digest = client.state_mut()?.digest();
-    let answer = match conn.request(Request::Heartbeat { digest }).await? {
-        Response::Heartbeat { answer, audit } => {
+    let (answer, lease) = match conn.request(Request::Heartbeat { digest, sent_at }).await? {
+        Response::Heartbeat {
+            answer,
+            audit,
+            lease,
+        } => {
             client.state_mut()?.audit_head = Some(audit);
-            answer
+            (answer, lease)
         }
         Response::Refused(r) => return Err(ClientError::Refused(r)),
         other => {
@@ -204,7 +208,16 @@ pub(crate) async fn heartbeat_once(
         }
     }
     // `valid_for` covers only cameras not revoked in this answer, and they are gone now.
-    client.state_mut()?.deadline = Some(super::deadline_from(sent_at, answer.valid_for_ms));
+    let state = client.state_mut()?;
+    state.deadline = Some(super::deadline_from(sent_at, answer.valid_for_ms));
+    // Kept only if it is what we asked for, signed by the daemon we are bound to: a
+    // token that does not prove our deadline is worth nothing after a restart.
+    let pinned = crate::identity::PublicKey::from_base64(&state.daemon_identity).ok();
+    let proves = pinned.is_some_and(|p| lease.verify(&p))
+        && lease.sent_at == sent_at
+        && lease.server_id == state.server_id
+        && lease.valid_for_ms == answer.valid_for_ms;
+    state.lease = proves.then_some(lease);
     client.save()?;
     settle_pushes(client, conn, events).await
 }
@@ -332,6 +345,8 @@ impl VideoServer {
                     e @ (ClientError::WrongDaemon { .. }
                     | ClientError::DemoRefused { .. }
                     | ClientError::NotDemo { .. }
+                    | ClientError::UntrustedDaemon { .. }
+                    | ClientError::IdentityChanged { .. }
                     | ClientError::State(_)),
                 ) => {
                     return Err(e);
@@ -434,11 +449,12 @@ impl VideoServer {
                 }
             }
         }
+        // Cameras held without a deadline have no proof of any grace (a state file whose
+        // lease token does not check out): they stop until the daemon renews them.
         let over = self
             .client
             .state()
-            .and_then(|s| s.deadline)
-            .is_some_and(|d| d <= now);
+            .is_some_and(|s| s.deadline.is_none_or(|d| d <= now));
         let holding = self.client.state().is_some_and(|s| !s.cameras.is_empty());
         if over && holding {
             let n = self.stop_all()?;
@@ -498,6 +514,16 @@ impl VideoServer {
             }
             // A camera that moved away is no longer ours to claim on reconnect.
             self.wanted.retain(|i| !dropped.contains(&i.camera));
+            // New cameras need a lease token that covers them, or a restart of this
+            // program before the next heartbeat would find no proof of their grace.
+            let token_covers = self.client.state().is_some_and(|s| {
+                s.lease
+                    .as_ref()
+                    .is_some_and(|l| l.cameras as usize >= s.cameras.len())
+            });
+            if !token_covers {
+                heartbeat_once(&mut self.client, &mut conn, &mut events).await?;
+            }
             settle_pushes(&mut self.client, &mut conn, &mut events).await?;
             flush(out, &mut events).await;
         }

@@ -1,6 +1,7 @@
-//! The client's state file: its binding (daemon id, key id), its credentials, the cameras
-//! it holds with their epochs, and its grace deadline. Written atomically (temp file,
-//! fsync, rename) with mode 0600, since it holds the server's secret.
+//! The client's state file: its binding (daemon id and identity, key id), its own
+//! identity, the cameras it holds with their epochs, and the daemon-signed lease token its
+//! grace deadline comes from. Written atomically (temp file, fsync, rename) with mode
+//! 0600, since it holds the server's private key.
 
 use super::ClientError;
 use crate::core::Timestamp;
@@ -31,14 +32,31 @@ pub struct ClientState {
     pub pool: String,
     pub server_id: String,
     pub name: String,
-    /// The enrolment secret, base64.
-    pub secret: String,
+    /// This video server's identity: Ed25519 PKCS#8, base64. It proves the server to the
+    /// daemon over mutual TLS; no shared secret exists.
+    pub identity: String,
+    /// The daemon identity (public key, base64) pinned at enrolment: a daemon that proves
+    /// another one is refused, naming both fingerprints.
+    pub daemon_identity: String,
+    /// The signed key file the binding came from: at load it is checked again against the
+    /// vendor keys the program embeds, which anchors `daemon_identity` in the vendor.
+    pub key_file: String,
     pub demo: bool,
     pub heartbeat_interval_ms: u64,
     pub offline_grace_ms: u64,
     pub cameras: BTreeMap<String, HeldCamera>,
-    /// The instant the grace period ends if no heartbeat is answered before it.
+    /// The instant the grace period ends if no heartbeat is answered before it. Never
+    /// written: after a restart it is recomputed from `lease`, so editing the file cannot
+    /// extend it.
+    #[serde(skip)]
     pub deadline: Option<Timestamp>,
+    /// The daemon's signed lease token from the last answered heartbeat.
+    #[serde(default)]
+    pub lease: Option<crate::proto::LeaseToken>,
+    /// The latest instant this client's clock has shown: time never runs backwards for
+    /// the grace period, even if the machine's clock is wound back.
+    #[serde(default)]
+    pub clock_hwm: Timestamp,
     /// The daemon's audit head in its latest heartbeat answer: evidence against later
     /// rewriting of the daemon's audit log.
     #[serde(default)]
@@ -69,13 +87,31 @@ impl ClientState {
             .map_err(|e| ClientError::State(format!("cannot write {}: {e}", path.display())))
     }
 
-    pub fn secret_bytes(&self) -> Result<Vec<u8>, ClientError> {
-        B64.decode(&self.secret)
-            .map_err(|_| ClientError::State("the secret in the state file is not base64".into()))
+    /// This server's identity, from the file.
+    pub fn identity(&self) -> Result<crate::identity::Identity, ClientError> {
+        B64.decode(&self.identity)
+            .ok()
+            .and_then(|b| crate::identity::Identity::from_pkcs8(&b).ok())
+            .ok_or_else(|| {
+                ClientError::State("the identity in the state file is damaged; re-enrol".into())
+            })
     }
 
-    pub fn encode_secret(secret: &[u8]) -> String {
-        B64.encode(secret)
+    pub fn encode_identity(identity: &crate::identity::Identity) -> String {
+        B64.encode(identity.pkcs8())
+    }
+
+    /// The grace deadline the file proves: the lease token must be signed by the pinned
+    /// daemon identity, for this server and at least as many cameras as the file lists
+    /// (released cameras need no new token; added ones do). Anything else (an edited
+    /// file, a token from elsewhere) proves nothing, and the cameras wait for the daemon.
+    pub fn proven_deadline(&self) -> Option<Timestamp> {
+        let lease = self.lease.as_ref()?;
+        let daemon = crate::identity::PublicKey::from_base64(&self.daemon_identity).ok()?;
+        let valid = lease.verify(&daemon)
+            && lease.server_id == self.server_id
+            && self.cameras.len() <= lease.cameras as usize;
+        valid.then(|| super::deadline_from(lease.sent_at, lease.valid_for_ms))
     }
 
     /// The digest of what this client believes it holds, as the daemon computes it.

@@ -505,6 +505,24 @@ impl Core {
         })
     }
 
+    /// The kind of key a code enrols into (`None` for an unknown code), so the caller
+    /// can refuse a network code on the local socket and the reverse without spending it.
+    pub fn code_key_kind(&self, code: &str) -> Option<crate::key::KeyKind> {
+        let c = self.codes.get(code)?;
+        Some(self.keys.get(&c.pool.key)?.document.kind)
+    }
+
+    /// The kind of key an enrolled server is on.
+    pub fn server_key_kind(&self, server: &str) -> Option<crate::key::KeyKind> {
+        let s = self.servers.get(server)?;
+        Some(self.keys.get(&s.pool.key)?.document.kind)
+    }
+
+    /// How many cameras the server holds.
+    pub fn held_count(&self, server: &str) -> usize {
+        self.servers.get(server).map_or(0, |s| s.held.len())
+    }
+
     /// The digest of (camera, epoch) the server holds, as the client computes it.
     pub fn holdings_digest(&self, server: &str) -> [u8; 32] {
         let Some(s) = self.servers.get(server) else {

@@ -113,7 +113,7 @@ pub struct Server {
     pub id: ServerId,
     pub name: String,
     pub pool: PoolId,
-    /// What the server proves itself with (a secret's hash now; a public key later).
+    /// What the server proves itself with: its identity's public key (TLS client certificate).
     pub credential: Vec<u8>,
     pub version: String,
     pub enrolled_at: Timestamp,

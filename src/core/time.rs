@@ -18,7 +18,7 @@ impl Timestamp {
     /// The far future: used for "never" so comparisons need no `Option`.
     pub const NEVER: Timestamp = Timestamp(u64::MAX);
 
-    pub fn from_millis(ms: u64) -> Self {
+    pub const fn from_millis(ms: u64) -> Self {
         Timestamp(ms)
     }
     pub fn from_secs(s: u64) -> Self {

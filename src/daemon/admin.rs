@@ -41,12 +41,31 @@ pub async fn bind(path: &Path) -> std::io::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() {
             std::fs::create_dir_all(dir)?;
+            refuse_open_directory(dir)?;
         }
     }
     let listener = UnixListener::bind(path)?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
     Ok(listener)
+}
+
+/// Anyone who can write to the socket's directory could replace the socket with their
+/// own and collect administrators' commands, so such a directory is refused.
+fn refuse_open_directory(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir)?.permissions().mode();
+    if mode & 0o002 != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "the admin socket's directory {} is writable by every user (mode {:o}); use a directory only the daemon's user can write, such as /run/netkey",
+                dir.display(),
+                mode & 0o7777
+            ),
+        ));
+    }
+    Ok(())
 }
 
 pub async fn serve(
@@ -163,6 +182,7 @@ fn query(o: &mut super::owner::Owner, req: AdminRequest, info: &DaemonInfo) -> A
             let counts = o.core().server_counts();
             ok(Status {
                 daemon_id: info.daemon_id.clone(),
+                identity: info.identity.public().fingerprint(),
                 software: info.software.clone(),
                 demo: info.demo,
                 listen: info.listen.clone(),
@@ -413,4 +433,21 @@ async fn kick(core: &CoreHandle, server: String, force: bool) -> AdminReply {
         kept_newly_added: first.kept_newly_added,
         revoking,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_admin_socket_in_a_world_writable_directory_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).expect("mkdir");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let err = bind(&open.join("admin.sock")).await.expect_err("refused");
+        assert!(err.to_string().contains("writable by every user"), "{err}");
+        assert!(bind(&dir.path().join("admin.sock")).await.is_ok());
+    }
 }

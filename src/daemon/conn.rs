@@ -5,10 +5,12 @@
 use super::owner::CoreHandle;
 use super::DaemonInfo;
 use crate::core::{CameraOutcome, CheckoutItem, Command, EnrolRequest, Outcome, Refusal};
+use crate::identity::PublicKey;
+use crate::key::KeyKind;
 use crate::outcome;
 use crate::proto::{
-    self, Binding, ClientFrame, FrameError, HostedKey, Push, Request, Response, ServerFrame,
-    PROTOCOL_VERSION,
+    self, Binding, ClientFrame, FrameError, HostedKey, LeaseToken, Push, Request, Response,
+    ServerFrame, PROTOCOL_VERSION,
 };
 use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
@@ -22,15 +24,15 @@ use tokio_util::sync::CancellationToken;
 
 /// How long a live holder has to acknowledge before a move treats it as silent.
 pub const ACK_WAIT: Duration = Duration::from_secs(2);
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// A connection with no frame for this long is closed (heartbeats are far more frequent).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// From the end of the TLS handshake to the protocol's Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const PUSH_QUEUE: usize = 256;
+/// How far a client's clock may run ahead of ours before its lease tokens stop proving
+/// its send time (it then keeps no token, and a restart finds no grace to spend).
+const MAX_CLOCK_SKEW_MS: u64 = 10 * 60 * 1000;
 /// Revocations listed in one heartbeat answer at most, so the answer fits in a frame.
 const MAX_REVOCATIONS_PER_ANSWER: usize = 256;
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
-/// After Hello, a connection must log in or enrol within this long.
-const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
@@ -39,6 +41,11 @@ struct Conn<T> {
     core: CoreHandle,
     info: Arc<DaemonInfo>,
     peer: SocketAddr,
+    /// The identity the client proved in the TLS handshake.
+    identity: PublicKey,
+    /// Which keys this connection may use: network keys over TCP, local keys over the
+    /// local socket, never the other.
+    transport: KeyKind,
     id: u64,
     server: Option<String>,
     push_tx: mpsc::Sender<Push>,
@@ -49,6 +56,8 @@ struct Conn<T> {
 pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(
     io: T,
     peer: SocketAddr,
+    identity: PublicKey,
+    transport: KeyKind,
     core: CoreHandle,
     info: Arc<DaemonInfo>,
     shutdown: CancellationToken,
@@ -59,12 +68,14 @@ pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(
         core,
         info,
         peer,
+        identity,
+        transport,
         id: NEXT_CONN.fetch_add(1, Ordering::Relaxed),
         server: None,
         push_tx,
         forgotten: CancellationToken::new(),
     };
-    match timeout(HANDSHAKE_TIMEOUT, conn.handshake()).await {
+    match timeout(HELLO_TIMEOUT, conn.handshake()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             tracing::debug!(peer = %peer, "handshake failed: {e}");
@@ -84,18 +95,23 @@ pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(
             return;
         }
     }
-    let login_deadline = tokio::time::Instant::now() + LOGIN_TIMEOUT;
+    let login_deadline = tokio::time::Instant::now() + conn.info.limits.login_timeout();
+    let (idle, max_frame) = (
+        conn.info.limits.idle_timeout(),
+        conn.info.limits.max_frame_bytes,
+    );
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(login_deadline), if conn.server.is_none() => {
                 tracing::debug!(peer = %peer, "no login or enrolment in time: closing");
                 break;
             }
-            frame = timeout(IDLE_TIMEOUT, conn.framed.next()) => {
+            frame = timeout(idle, conn.framed.next()) => {
                 let result = match frame {
                     Err(_) => Err(FrameError::Closed),
                     Ok(None) => Err(FrameError::Closed),
                     Ok(Some(Err(e))) => Err(FrameError::Io(e)),
+                    Ok(Some(Ok(bytes))) if bytes.len() > max_frame => Err(FrameError::TooLarge { len: bytes.len(), limit: max_frame }),
                     Ok(Some(Ok(bytes))) => conn.handle_frame(&bytes).await,
                 };
                 if let Err(e) = result {
@@ -186,21 +202,34 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             return Err(FrameError::Closed);
         }
         tracing::debug!(peer = %self.peer, software = %software, "licence client connected");
-        let keys = self
+        let transport = self.transport;
+        let hosted = self
             .core
-            .call(|o| {
+            .call(move |o| {
                 o.core()
                     .key_views(o.now)
                     .into_iter()
-                    .filter(|k| k.kind == crate::key::KeyKind::Network)
-                    .map(|k| HostedKey {
-                        key_id: k.key_id,
-                        demo: k.demo,
-                    })
+                    .filter(|k| k.kind == transport)
+                    .map(|k| (k.key_id, k.demo))
                     .collect::<Vec<_>>()
             })
             .await
             .map_err(|_| FrameError::Closed)?;
+        let keys = {
+            let files = self
+                .info
+                .key_files
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            hosted
+                .into_iter()
+                .map(|(key_id, demo)| HostedKey {
+                    file: files.get(&key_id).cloned().unwrap_or_default(),
+                    key_id,
+                    demo,
+                })
+                .collect()
+        };
         let welcome = Response::Welcome {
             protocol: PROTOCOL_VERSION,
             daemon_id: self.info.daemon_id.clone(),
@@ -240,16 +269,24 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                     });
                 }
                 self.guard_guessing()?;
-                let secret = super::random_bytes::<32>();
+                let transport = self.transport;
+                let c = code.clone();
+                let kind = self
+                    .core
+                    .call(move |o| o.core().code_key_kind(&c))
+                    .await
+                    .map_err(closed)?;
+                if kind.is_some_and(|k| k != transport) {
+                    return Err(wrong_transport(transport));
+                }
                 let req = EnrolRequest {
                     code,
                     name,
                     version,
                     server_id: format!("srv-{}", crate::hex(&super::random_bytes::<6>())),
-                    credential: credential_of(&secret),
+                    credential: self.identity.bytes().to_vec(),
                     existing: self.server.clone(),
                 };
-                let reenrol = self.server.is_some();
                 let session = self.session();
                 let was = self.server.clone();
                 let enrolled = self
@@ -265,34 +302,38 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                     .map_err(closed)?;
                 let enrolled = self.note_attempt(enrolled)?;
                 self.server = Some(enrolled.server_id.clone());
-                // A re-enrolled server keeps its old secret: only new servers get one.
-                let secret = if reenrol { Vec::new() } else { secret.to_vec() };
                 Ok(Response::Enrolled {
                     binding: binding(&enrolled),
-                    secret,
                 })
             }
-            Request::Login { server_id, secret } => {
+            Request::Login { server_id } => {
                 if self.server.is_some() {
                     return Err(Refusal::BadRequest {
                         reason: "already logged in".into(),
                     });
                 }
-                if server_id.len() > 64 || secret.len() > 64 {
+                if server_id.len() > 64 {
                     return Err(Refusal::NotEnrolled);
                 }
                 self.guard_guessing()?;
                 let (session, sid) = (self.session(), server_id.clone());
-                let proof = credential_of(&secret);
+                let transport = self.transport;
+                let proof = *self.identity.bytes();
                 let enrolment = self
                     .core
                     .call(move |o| {
                         let ok = o
                             .core()
                             .credential(&sid)
-                            .is_some_and(|c| constant_time_eq(c, &proof));
+                            .is_some_and(|c| c == proof.as_slice());
                         if !ok {
                             return Err(Refusal::NotEnrolled);
+                        }
+                        if o.core()
+                            .server_key_kind(&sid)
+                            .is_some_and(|k| k != transport)
+                        {
+                            return Err(wrong_transport(transport));
                         }
                         let e = o.core().enrolment(&sid)?;
                         o.open_session(&sid, session);
@@ -336,19 +377,36 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                     out.into_iter().map(|(c, r)| (c, r.err())).collect(),
                 ))
             }
-            Request::Heartbeat { digest } => {
-                let (answer, audit) = self
+            Request::Heartbeat { digest, sent_at } => {
+                let s = server.clone();
+                let (answer, audit, holdings, now) = self
                     .core
                     .call(move |o| {
-                        let a = outcome!(o.execute(Command::Heartbeat { server, digest }), Outcome::Heartbeat(a) => a)?;
-                        Ok::<_, Refusal>((a, o.audit_head()))
+                        let a = outcome!(o.execute(Command::Heartbeat { server: s.clone(), digest }), Outcome::Heartbeat(a) => a)?;
+                        Ok::<_, Refusal>((a, o.audit_head(), u32::try_from(o.core().held_count(&s)).unwrap_or(u32::MAX), o.now))
                     })
                     .await
                     .map_err(closed)??;
                 let mut answer = answer;
                 // Bounded: the rest go out with the next answers (and as pushes).
                 answer.revocations.truncate(MAX_REVOCATIONS_PER_ANSWER);
-                Ok(Response::Heartbeat { answer, audit })
+                // A send time ahead of our clock would stretch the client's grace after
+                // a restart: it is signed no later than now plus a skew allowance (the
+                // client keeps a token only if it carries the time it sent).
+                let latest = now.plus(MAX_CLOCK_SKEW_MS);
+                // Signed here, not in the core task, so signing never holds up the core.
+                let lease = LeaseToken::sign(
+                    &self.info.identity,
+                    server,
+                    sent_at.min(latest),
+                    answer.valid_for_ms,
+                    holdings,
+                );
+                Ok(Response::Heartbeat {
+                    answer,
+                    audit,
+                    lease,
+                })
             }
             Request::Sync { claimed } => {
                 let a = self
@@ -472,6 +530,16 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
     }
 }
 
+/// A local key over TCP, or a network key over the local socket.
+fn wrong_transport(transport: KeyKind) -> Refusal {
+    Refusal::BadRequest {
+        reason: match transport {
+            KeyKind::Network => "this code or server is on a local key: use the daemon's local socket on its own host".into(),
+            KeyKind::Local => "this code or server is on a network key: connect over the network".into(),
+        },
+    }
+}
+
 fn binding(e: &crate::core::Enrolment) -> Binding {
     Binding {
         server_id: e.server_id.clone(),
@@ -481,15 +549,4 @@ fn binding(e: &crate::core::Enrolment) -> Binding {
         heartbeat_interval_ms: e.heartbeat_interval_ms,
         offline_grace_ms: e.offline_grace_ms,
     }
-}
-
-/// What the core keeps of a server's secret: its SHA-256, never the secret.
-pub fn credential_of(secret: &[u8]) -> Vec<u8> {
-    ring::digest::digest(&ring::digest::SHA256, secret)
-        .as_ref()
-        .to_vec()
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -1,4 +1,4 @@
-//! Defence against guessing enrolment codes and secrets: failed attempts are counted per
+//! Defence against guessing enrolment codes (and probing logins): failed attempts are counted per
 //! source address, with a back-off that doubles after the first few, and in total, so a
 //! crowd of sources cannot guess faster than the global budget either.
 

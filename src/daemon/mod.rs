@@ -5,12 +5,15 @@
 mod admin;
 mod conn;
 mod guess;
+mod listener;
+mod local;
 mod log;
 mod owner;
 mod port;
 
 pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use conn::ACK_WAIT;
+pub use listener::Limits;
 pub use owner::{CoreHandle, Owner, Session, ShuttingDown};
 use port::port_error;
 
@@ -21,13 +24,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 /// At most this many licence connections at once; more wait in the kernel's backlog.
-/// A site of 10,000 video servers keeps 10,000 connections open (netkey-bench's full
-/// preset); the unit's LimitNOFILE=65536 leaves room for them.
-const MAX_CONNECTIONS: usize = 16_384;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -43,6 +42,7 @@ pub struct Config {
     pub discovery: Option<SocketAddr>,
     /// Daemons to ask directly when looking for duplicates of this daemon's keys.
     pub peers: Vec<SocketAddr>,
+    pub limits: Limits,
 }
 
 impl Default for Config {
@@ -56,6 +56,7 @@ impl Default for Config {
             listener: None,
             discovery: Some(SocketAddr::from(([0, 0, 0, 0], crate::DEFAULT_PORT))),
             peers: Vec::new(),
+            limits: Limits::default(),
         }
     }
 }
@@ -108,6 +109,35 @@ pub struct DaemonInfo {
     pub duplicates: Arc<std::sync::Mutex<Vec<crate::discovery::DuplicateKey>>>,
     pub demo: bool,
     pub started_at: Timestamp,
+    pub limits: Limits,
+    pub tls: TlsConfigs,
+    /// The signed files of the keys this daemon hosts, by key id: sent to clients so they
+    /// can check the vendor's signature and the identity the key names.
+    pub key_files: std::sync::RwLock<std::collections::BTreeMap<String, String>>,
+}
+
+/// The TLS configurations made from the daemon identity at start.
+#[derive(Debug)]
+pub struct TlsConfigs {
+    pub licence: Arc<rustls::ServerConfig>,
+    pub web: Arc<rustls::ServerConfig>,
+}
+
+impl TlsConfigs {
+    fn new(
+        identity: &crate::identity::Identity,
+        daemon_id: &str,
+    ) -> Result<TlsConfigs, DaemonError> {
+        let tls_err = |e: crate::tls::TlsError| DaemonError::Startup(e.to_string());
+        let (cert, key) =
+            crate::tls::certificate(identity, &[daemon_id.to_string(), "localhost".into()])
+                .map_err(tls_err)?;
+        Ok(TlsConfigs {
+            licence: crate::tls::licence_server_config(cert.clone(), key.clone_key())
+                .map_err(tls_err)?,
+            web: crate::tls::web_server_config(cert, key).map_err(tls_err)?,
+        })
+    }
 }
 
 /// A running daemon.
@@ -144,6 +174,9 @@ impl Daemon {
         // Time resumes from the last persisted instant if the wall clock is behind it.
         let clock = crate::clock::floored(clock, loaded.hwm);
         let now = clock.now();
+        config.limits.validate().map_err(DaemonError::Startup)?;
+        let tls = TlsConfigs::new(&identity, &daemon_id)?;
+        let mut key_files = std::collections::BTreeMap::new();
         let demo_key = if config.demo {
             let vendor = demo_vendor();
             let file = vendor
@@ -151,6 +184,7 @@ impl Daemon {
                 .map_err(|e| DaemonError::DemoKey(e.to_string()))?;
             let key = SignedKey::verify(&file, &[vendor.public()])
                 .map_err(|e| DaemonError::DemoKey(e.to_string()))?;
+            key_files.insert(key.document.key_id.clone(), file);
             (!loaded.core.has_key(&key.document.key_id)).then_some(key.document)
         } else {
             None
@@ -181,6 +215,14 @@ impl Daemon {
                     path: config.admin_socket.clone(),
                     source,
                 })?;
+        let local_socket = local_socket_beside(&config.admin_socket);
+        let local =
+            local::bind(&local_socket)
+                .await
+                .map_err(|source| DaemonError::AdminSocket {
+                    path: local_socket.clone(),
+                    source,
+                })?;
         let software = format!("netkeyd {}", env!("CARGO_PKG_VERSION"));
         let shutdown = CancellationToken::new();
         let duplicates = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -189,7 +231,7 @@ impl Daemon {
             daemon_id: daemon_id.clone(),
             tcp_port: local_addr.port(),
             tcp_addr: (!local_addr.ip().is_unspecified()).then(|| local_addr.to_string()),
-            tls_identity: None,
+            tls_identity: Some(identity.public().fingerprint()),
             software: software.clone(),
             keys: Vec::new(),
             truncated: false,
@@ -226,6 +268,9 @@ impl Daemon {
             started_at: now,
             duplicates,
             guesses: std::sync::Mutex::new(guess::GuessLimiter::default()),
+            limits: config.limits.clone(),
+            tls,
+            key_files: std::sync::RwLock::new(key_files),
         });
         let (handle, owner) =
             owner::spawn(core, store, clock, Some(offer_tx), shutdown.child_token());
@@ -248,7 +293,7 @@ impl Daemon {
             }
         }
         let mut tasks = vec![
-            tokio::spawn(accept_loop(
+            tokio::spawn(listener::accept_loop(
                 listener,
                 handle.clone(),
                 info.clone(),
@@ -256,6 +301,12 @@ impl Daemon {
             )),
             tokio::spawn(admin::serve(
                 admin,
+                handle.clone(),
+                info.clone(),
+                shutdown.clone(),
+            )),
+            tokio::spawn(local::serve(
+                local,
                 handle.clone(),
                 info.clone(),
                 shutdown.clone(),
@@ -290,6 +341,10 @@ impl Daemon {
     pub fn admin_socket(&self) -> &Path {
         &self.admin_socket
     }
+    /// The local licence socket, where local keys are served.
+    pub fn local_socket(&self) -> PathBuf {
+        local_socket_beside(&self.admin_socket)
+    }
     /// The UDP address discovery answers on.
     pub fn discovery_addr(&self) -> Option<SocketAddr> {
         self.info.discovery
@@ -321,54 +376,15 @@ impl Daemon {
             let _ = t.await;
         }
         let _ = std::fs::remove_file(&self.admin_socket);
+        let _ = std::fs::remove_file(local_socket_beside(&self.admin_socket));
         self.owner.await.unwrap_or_default()
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    core: CoreHandle,
-    info: Arc<DaemonInfo>,
-    shutdown: CancellationToken,
-) {
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        // Take a permit before accepting, so a flood waits in the backlog, not in memory.
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = shutdown.cancelled() => break,
-        };
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.cancelled() => break,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                let (core, info, shutdown) = (core.clone(), info.clone(), shutdown.clone());
-                connections.spawn(async move {
-                    conn::serve(stream, peer, core, info, shutdown).await;
-                    drop(permit);
-                });
-            }
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!("accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-        }
-        while connections.try_join_next().is_some() {}
-    }
-    // Give connections a moment to finish what they are answering, then cut them.
-    let drained = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        connections.abort_all();
-        while connections.join_next().await.is_some() {}
-    }
+/// The local licence socket lives beside the admin socket (`/run/netkey/local.sock` under
+/// the shipped unit): same directory, same protection.
+pub fn local_socket_beside(admin_socket: &Path) -> PathBuf {
+    admin_socket.with_file_name("local.sock")
 }
 
 pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {

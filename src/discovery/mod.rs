@@ -45,7 +45,8 @@ pub struct Offer {
     /// names one (a daemon bound to a specific address).
     pub tcp_port: u16,
     pub tcp_addr: Option<String>,
-    /// The fingerprint of the daemon's TLS identity (once TLS lands).
+    /// The fingerprint of the daemon's identity, which its TLS certificate carries. For
+    /// people comparing daemons; clients check the identity itself over TLS.
     pub tls_identity: Option<String>,
     pub software: String,
     pub keys: Vec<OfferedKey>,

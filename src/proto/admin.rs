@@ -66,6 +66,8 @@ pub struct AdminReply {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
     pub daemon_id: String,
+    /// The fingerprint of the daemon identity (what `netkeyctl client --pin` takes).
+    pub identity: String,
     pub software: String,
     pub demo: bool,
     pub listen: String,

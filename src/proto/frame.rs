@@ -17,8 +17,8 @@ pub type Framed<T> = tokio_util::codec::Framed<T, LengthDelimitedCodec>;
 pub enum FrameError {
     #[error("frame is not a valid message: {0}")]
     Decode(#[from] postcard::Error),
-    #[error("message does not fit in a frame ({len} bytes, limit {MAX_FRAME})")]
-    TooLarge { len: usize },
+    #[error("message does not fit in a frame ({len} bytes, limit {limit})")]
+    TooLarge { len: usize, limit: usize },
     #[error("connection error: {0}")]
     Io(#[from] std::io::Error),
     #[error("the peer closed the connection")]
@@ -41,7 +41,10 @@ pub fn framed<T: AsyncRead + AsyncWrite>(io: T) -> Framed<T> {
 pub fn encode<M: Serialize>(msg: &M) -> Result<Bytes, FrameError> {
     let v = postcard::to_allocvec(msg)?;
     if v.len() > MAX_FRAME {
-        return Err(FrameError::TooLarge { len: v.len() });
+        return Err(FrameError::TooLarge {
+            len: v.len(),
+            limit: MAX_FRAME,
+        });
     }
     Ok(Bytes::from(v))
 }

@@ -22,17 +22,18 @@ pub enum Request {
         protocol: u16,
         software: String,
     },
-    /// Exchanges a one-time code for an enrolment. On a connection already logged in,
-    /// re-enrols that server into the code's pool (keeping its id).
+    /// Exchanges a one-time code for an enrolment of the identity this connection's
+    /// client certificate proves. On a connection already logged in, re-enrols that
+    /// server into the code's pool (keeping its id).
     Enrol {
         code: String,
         name: String,
         version: String,
     },
-    /// Authenticates the connection as an enrolled server.
+    /// Claims an enrolled server; the daemon checks that the connection's client
+    /// certificate proves the identity that server enrolled with.
     Login {
         server_id: String,
-        secret: Vec<u8>,
     },
     Checkout {
         key: Option<String>,
@@ -41,8 +42,10 @@ pub enum Request {
     Release {
         cameras: Vec<String>,
     },
+    /// `sent_at` is the client's own clock; the daemon signs it into the lease token.
     Heartbeat {
         digest: [u8; 32],
+        sent_at: crate::core::Timestamp,
     },
     Sync {
         claimed: Vec<(String, u64)>,
@@ -65,6 +68,9 @@ pub enum ServerFrame {
 pub struct HostedKey {
     pub key_id: String,
     pub demo: bool,
+    /// The signed key file, so the client can check the vendor's signature and that the
+    /// key names the identity this daemon proved in the TLS handshake.
+    pub file: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,7 +93,6 @@ pub enum Response {
     },
     Enrolled {
         binding: Binding,
-        secret: Vec<u8>,
     },
     LoggedIn {
         binding: Binding,
@@ -97,6 +102,7 @@ pub enum Response {
     Heartbeat {
         answer: HeartbeatAnswer,
         audit: AuditHead,
+        lease: LeaseToken,
     },
     Synced(SyncAnswer),
     Acknowledged {
@@ -108,6 +114,60 @@ pub enum Response {
     Error {
         reason: String,
     },
+}
+
+/// The daemon's signed word that `server`'s leases, `cameras` of them, stay valid for
+/// `valid_for_ms` from the client's `sent_at`. The client keeps it in its state file:
+/// after a restart its grace deadline comes from this token, checked against the
+/// daemon's identity, so editing the file voids the grace instead of extending it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseToken {
+    pub server_id: String,
+    pub sent_at: crate::core::Timestamp,
+    pub valid_for_ms: u64,
+    pub cameras: u32,
+    /// Ed25519 by the daemon identity over `signed_bytes()`.
+    pub signature: Vec<u8>,
+}
+
+impl LeaseToken {
+    const CONTEXT: &'static [u8] = b"netkey lease token v1\0";
+
+    /// What the signature covers: a context string, then the fields in postcard.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        let fields = (
+            &self.server_id,
+            self.sent_at,
+            self.valid_for_ms,
+            self.cameras,
+        );
+        let mut out = Self::CONTEXT.to_vec();
+        // Encoding plain integers, strings and arrays cannot fail.
+        out.extend(postcard::to_stdvec(&fields).unwrap_or_default());
+        out
+    }
+
+    pub fn sign(
+        identity: &crate::identity::Identity,
+        server_id: String,
+        sent_at: crate::core::Timestamp,
+        valid_for_ms: u64,
+        cameras: u32,
+    ) -> LeaseToken {
+        let mut t = LeaseToken {
+            server_id,
+            sent_at,
+            valid_for_ms,
+            cameras,
+            signature: Vec::new(),
+        };
+        t.signature = identity.sign(&t.signed_bytes()).to_vec();
+        t
+    }
+
+    pub fn verify(&self, daemon: &crate::identity::PublicKey) -> bool {
+        daemon.verify(&self.signed_bytes(), &self.signature)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
