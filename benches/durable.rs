@@ -36,20 +36,32 @@ async fn durable_checkouts(clients: usize, seconds: u64) -> (f64, Vec<Duration>)
         listener: None,
         discovery: None,
         peers: Vec::new(),
-        limits: Default::default(),
+        ..Config::default()
     };
     let daemon = Daemon::start(config, SystemClock::new())
         .await
         .expect("daemon");
     let now = Timestamp::from_system_time(std::time::SystemTime::now());
-    let out = daemon
-        .core()
-        .execute(Command::InstallKey {
-            document: big_key(now, 10_000_000),
+    // Signed by the demo vendor and kept with its file, as a demo daemon hosts its key:
+    // clients check the file before they enrol.
+    let document = big_key(now, 10_000_000);
+    let file = netkey::key::demo_vendor().issue(&document).expect("sign");
+    for command in [
+        Command::InstallKey {
+            document,
             demo: true,
-        })
-        .await;
-    assert!(matches!(out, Ok(Outcome::Done)), "{out:?}");
+        },
+        Command::KeyChecked {
+            key: KEY.into(),
+            binding: "DEMO key: not host-bound".into(),
+            refused: None,
+            signer: None,
+            file: Some(file),
+        },
+    ] {
+        let out = daemon.core().execute(command).await;
+        assert!(matches!(out, Ok(Outcome::Done)), "{out:?}");
+    }
     let addr = daemon.local_addr().to_string();
     let mut tasks = Vec::new();
     let stop = Instant::now() + Duration::from_secs(seconds);

@@ -7,6 +7,7 @@
 //! - [`daemon`]: `netkeyd`: listeners, connections, the task that owns the core, admin.
 //! - [`client`]: what a video server embeds.
 //! - [`bench`]: `netkey-bench`, simulated video servers against a real daemon and redis.
+//! - [`web`]: the web console on the licence port (HTTP/1.1, server-rendered pages).
 //! - [`clock`]: where "now" comes from: the system's monotonic clock, or a test's.
 
 /// The licence protocol's TCP port and discovery's UDP port (shared with Sentinel's
@@ -26,8 +27,11 @@ pub mod core;
 pub mod daemon;
 pub mod discovery;
 pub mod files;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod key;
 pub mod proto;
 pub mod store;
 pub mod tls;
+pub mod web;

@@ -105,7 +105,7 @@ fn config(dir: &tempfile::TempDir, listener: &Arc<std::net::TcpListener>) -> Con
         listener: Some(listener.clone()),
         discovery: None,
         peers: Vec::new(),
-        limits: Default::default(),
+        ..Config::default()
     }
 }
 

@@ -334,7 +334,7 @@ async fn the_client_finds_its_daemon_again_at_a_new_address() {
         listener: None,
         discovery: Some(discovery),
         peers: Vec::new(),
-        limits: Default::default(),
+        ..Config::default()
     };
     let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let d1 = Daemon::start(config(local, local), clock.clone())

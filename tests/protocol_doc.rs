@@ -9,8 +9,8 @@
 use netkey::client;
 use netkey::core::digest;
 use netkey::core::{
-    CameraOutcome, CheckoutAnswer, CheckoutItem, HeartbeatAnswer, Refusal, Revocation,
-    RevocationReason, SyncAnswer, Timestamp,
+    CameraOutcome, CheckoutAnswer, CheckoutItem, ExpiryWarning, HeartbeatAnswer, Refusal,
+    Revocation, RevocationReason, SyncAnswer, Timestamp,
 };
 use netkey::discovery::{self, Datagram, Discover, Offer, OfferedKey, DISCOVER_SIZE};
 use netkey::identity::{Identity, PublicKey};
@@ -50,6 +50,7 @@ const NAMES: &[&str] = &[
     "released",
     "heartbeat_answer",
     "heartbeat_answer_revocations",
+    "heartbeat_answer_expiring",
     "synced",
     "acknowledged",
     "error_malformed",
@@ -80,6 +81,8 @@ const NAMES: &[&str] = &[
     "refusal_server_version_refused",
     "refusal_bad_request",
     "refusal_unavailable",
+    "refusal_key_inactive",
+    "refusal_overdraft_spent",
 ];
 
 #[derive(Debug)]
@@ -346,6 +349,7 @@ fn expected(name: &str) -> Option<Msg> {
                     heartbeat_interval_ms: 60_000,
                     sync_needed: false,
                     revocations: Vec::new(),
+                    expiring: Vec::new(),
                 },
                 audit: audit_head(
                     1234,
@@ -365,12 +369,35 @@ fn expected(name: &str) -> Option<Msg> {
                         revocation("cam-01", 1, RevocationReason::Freed, false),
                         revocation("cam-02", 3, RevocationReason::Shrunk, false),
                     ],
+                    expiring: Vec::new(),
                 },
                 audit: audit_head(
                     1236,
                     "1d36c4b3875cf0a70425cd311170e3912535be50c2ef7dabd201a63d7300b41a",
                 ),
                 lease: lease(1_209_540_000, 0),
+            },
+        ),
+        "heartbeat_answer_expiring" => s(
+            6,
+            Response::Heartbeat {
+                answer: HeartbeatAnswer {
+                    valid_for_ms: 1_209_600_000,
+                    heartbeat_interval_ms: 60_000,
+                    sync_needed: false,
+                    revocations: Vec::new(),
+                    expiring: vec![ExpiryWarning {
+                        order: "SO-1002".into(),
+                        feature: "camera".into(),
+                        count: 16,
+                        not_after: Timestamp(NEW_YEAR_2026 + 7 * 24 * HOUR_MS),
+                    }],
+                },
+                audit: audit_head(
+                    1240,
+                    "9a41c0e2d7b3f5086e1c4d2a7b9e0f3152c6a8d4e7f1b2039c5d6e8fa0b1c2d3",
+                ),
+                lease: lease(1_209_600_000, 2),
             },
         ),
         "synced" => s(
@@ -521,6 +548,24 @@ fn expected(name: &str) -> Option<Msg> {
             3,
             Unavailable {
                 reason: "the daemon is shutting down".into(),
+            },
+        ),
+        "refusal_key_inactive" => camera_refused(
+            3,
+            "cam-01",
+            KeyInactive {
+                key: KEY.into(),
+                reason: "it is being returned (`netkeyctl key return`)".into(),
+            },
+        ),
+        "refusal_overdraft_spent" => camera_refused(
+            3,
+            "cam-17",
+            OverdraftSpent {
+                feature: "camera".into(),
+                in_use: 52,
+                total: 48,
+                hours: 24,
             },
         ),
         _ => None,

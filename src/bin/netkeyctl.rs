@@ -18,6 +18,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use netkey::cli::netkeyctl::*;
+use netkey::cli::table::Table;
+use netkey::core::time::relative;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -111,7 +113,12 @@ fn seats_line(seats: &[SeatUsage]) -> String {
             } else {
                 String::new()
             };
-            format!("{} {}/{}{rev}", s.feature, s.in_use, s.total)
+            let over = if s.overdraft > 0 {
+                format!(" ({} over)", s.overdraft)
+            } else {
+                String::new()
+            };
+            format!("{} {}/{}{rev}{over}", s.feature, s.in_use, s.total)
         })
         .collect::<Vec<_>>()
         .join(", ")
@@ -125,9 +132,10 @@ fn run_admin(socket: &PathBuf, json: bool, command: Command) -> Fallible<ExitCod
                 print_json(&s)?;
             } else {
                 out!(
-                    "{}  daemon {}{}",
+                    "{}  daemon {} (identity {}){}",
                     s.software,
                     s.daemon_id,
+                    s.identity,
                     if s.demo { "  DEMO mode" } else { "" }
                 );
                 out!("identity {}", s.identity);
@@ -153,15 +161,76 @@ fn run_admin(socket: &PathBuf, json: bool, command: Command) -> Fallible<ExitCod
                 if let Some(e) = &s.store_error {
                     out!("STATE STORE FAILING: {e} (changes are refused; leases are renewed in memory)");
                 }
+                if let Some(c) = &s.clock {
+                    if let Some(mark) = c.rollback {
+                        out!("CLOCK ROLLBACK: the wall clock ({}) is behind the high-water mark {mark}: new checkouts are refused until it passes the mark or a vendor reset token is installed (netkeyctl key clock-reset FILE); renewals go on", c.wall);
+                    }
+                }
                 print_keys(&s.keys);
+                for k in &s.keys {
+                    print_key_warnings(k);
+                }
             }
         }
         Command::Key(KeyCmd::List) => {
             let keys: Vec<KeyView> = admin(socket, &AdminRequest::KeyList)?;
             if json {
                 print_json(&keys)?;
+            } else if keys.is_empty() {
+                out!("no keys installed (netkeyctl key install FILE)");
             } else {
-                print_keys(&keys);
+                for k in &keys {
+                    print_key_details(k);
+                }
+            }
+        }
+        Command::Key(KeyCmd::Install { file }) => {
+            let text = read_file(&file)?;
+            let k: KeyInstalled = admin(socket, &AdminRequest::KeyInstall { key: text })?;
+            if json {
+                print_json(&k)?;
+            } else {
+                match k.replaced {
+                    Some(old) => out!(
+                        "key {} revision {} replaces revision {old} in place (pools and leases kept); {}{}",
+                        k.key_id,
+                        k.revision,
+                        k.binding,
+                        demo_mark(k.demo)
+                    ),
+                    None => out!(
+                        "key {} revision {} installed; {}{}",
+                        k.key_id,
+                        k.revision,
+                        k.binding,
+                        demo_mark(k.demo)
+                    ),
+                }
+            }
+        }
+        Command::Key(KeyCmd::Request { out }) => {
+            let d: SignedDocument = admin(socket, &AdminRequest::KeyRequest)?;
+            write_signed(&out, &d, json)?;
+        }
+        Command::Key(KeyCmd::Return { key_id, out, force }) => {
+            let d: SignedDocument = admin(socket, &AdminRequest::KeyReturn { key: key_id, force })?;
+            write_signed(&out, &d, json)?;
+        }
+        Command::Key(KeyCmd::Report { key_id, out }) => {
+            let d: SignedDocument = admin(socket, &AdminRequest::KeyReport { key: key_id })?;
+            write_signed(&out, &d, json)?;
+        }
+        Command::Key(KeyCmd::ClockReset { file }) => {
+            let text = read_file(&file)?;
+            let r: ClockResetDone = admin(socket, &AdminRequest::KeyClockReset { token: text })?;
+            if json {
+                print_json(&r)?;
+            } else {
+                out!(
+                    "clock rollback cleared: the mark {} is forgotten; the daemon's time is the wall clock again ({})",
+                    r.cleared,
+                    r.now
+                );
             }
         }
         Command::Pool(PoolCmd::List) => {
@@ -169,16 +238,7 @@ fn run_admin(socket: &PathBuf, json: bool, command: Command) -> Fallible<ExitCod
             if json {
                 print_json(&pools)?;
             } else {
-                out!("{:<24} {:>7}  SEATS (in use/total)", "POOL", "SERVERS");
-                for p in pools {
-                    out!(
-                        "{:<24} {:>7}  {}{}",
-                        p.pool,
-                        p.servers,
-                        seats_line(&p.seats),
-                        demo_mark(p.demo)
-                    );
-                }
+                print_pools(&pools);
             }
         }
         Command::Pool(PoolCmd::Show { pool }) => {
@@ -186,20 +246,58 @@ fn run_admin(socket: &PathBuf, json: bool, command: Command) -> Fallible<ExitCod
             if json {
                 print_json(&d)?;
             } else {
-                out!("pool {}{}", d.pool.pool, demo_mark(d.pool.demo));
-                for s in &d.pool.seats {
-                    out!(
-                        "  {:<10} in use {:>5}  revoking {:>4}  free {:>5}  total {:>5}",
-                        s.feature,
-                        s.in_use,
-                        s.revoking,
-                        s.free,
-                        s.total
-                    );
+                print_pools(std::slice::from_ref(&d.pool));
+                let now = Timestamp::from_system_time(std::time::SystemTime::now());
+                let mut t = Table::new(&["SALES ORDER", "FEATURE", ">SEATS", "UNTIL"]);
+                for e in &d.pool.entries {
+                    t.row(vec![
+                        e.order.clone(),
+                        e.feature.clone(),
+                        e.seats.to_string(),
+                        format!(
+                            "{} ({}){}",
+                            e.not_after,
+                            relative(now, e.not_after),
+                            if e.expired { " EXPIRED" } else { "" }
+                        ),
+                    ]);
                 }
+                out!("");
+                print_table(&t);
+                out!("");
                 print_servers(&d.servers);
             }
         }
+        Command::Pool(PoolCmd::Create { name, key, seats }) => {
+            let seats = parse_seats(&seats)?;
+            let c: PoolChanged = admin(socket, &AdminRequest::PoolCreate { name, key, seats })?;
+            if json {
+                print_json(&c)?;
+            } else {
+                out!("pool {} created{}", c.to, moved_line(&c));
+            }
+        }
+        Command::Pool(PoolCmd::Move { from, to, seats }) => {
+            let seats = parse_seats(&seats)?;
+            let c: PoolChanged = admin(socket, &AdminRequest::PoolMove { from, to, seats })?;
+            if json {
+                print_json(&c)?;
+            } else {
+                out!("seats moved from {} to {}{}", c.from, c.to, moved_line(&c));
+            }
+        }
+        Command::Pool(PoolCmd::Delete { pool }) => {
+            let c: PoolChanged = admin(socket, &AdminRequest::PoolDelete { pool })?;
+            if json {
+                print_json(&c)?;
+            } else {
+                out!("pool {} deleted; its seats are back in {}", c.from, c.to);
+            }
+        }
+        Command::Console {
+            set_password,
+            clear_password,
+        } => return console(socket, json, set_password, clear_password),
         Command::Pool(PoolCmd::Code { pool }) => {
             let c: CodeIssued = admin(socket, &AdminRequest::PoolCode { pool })?;
             if json {
@@ -264,33 +362,23 @@ fn run_admin(socket: &PathBuf, json: bool, command: Command) -> Fallible<ExitCod
             let k: KickResult = admin(socket, &AdminRequest::ServerKick { server: id, force })?;
             if json {
                 print_json(&k)?;
-            } else if k.forgotten {
-                out!("server {} kicked and forgotten", k.server_id);
             } else {
-                let mut parts = Vec::new();
-                if !k.revoking.is_empty() {
-                    parts.push(format!(
-                        "{} cameras revoking until it acknowledges or its reservation ends ({})",
-                        k.revoking.len(),
-                        k.revoking.join(", ")
-                    ));
-                }
-                if !k.kept_newly_added.is_empty() {
-                    parts.push(format!(
-                        "{} newly added cameras kept ({})",
-                        k.kept_newly_added.len(),
-                        k.kept_newly_added.join(", ")
-                    ));
-                }
-                out!(
-                    "server {} kicked; not forgotten yet: {}",
-                    k.server_id,
-                    parts.join("; ")
-                );
+                out!("{}", k.sentence());
             }
         }
-        Command::Camera(CameraCmd::List { server, pool }) => {
-            let cams: Vec<CameraView> = admin(socket, &AdminRequest::CameraList { server, pool })?;
+        Command::Camera(CameraCmd::List {
+            server,
+            pool,
+            feature,
+        }) => {
+            let cams: Vec<CameraView> = admin(
+                socket,
+                &AdminRequest::CameraList {
+                    server,
+                    pool,
+                    feature,
+                },
+            )?;
             if json {
                 print_json(&cams)?;
             } else {
@@ -302,12 +390,7 @@ fn run_admin(socket: &PathBuf, json: bool, command: Command) -> Fallible<ExitCod
             if json {
                 print_json(&f)?;
             } else {
-                let what = match f.state.as_str() {
-                    "freed" => "freed: the holder acknowledged and the seat is back",
-                    "forced" => "freed by force: the seat is back now; the holder is told when it next connects (audited overlap)",
-                    _ => "revoking: the seat returns when the holder acknowledges or its reservation ends",
-                };
-                out!("camera {} on server {}: {what}", f.camera_id, f.server_id);
+                out!("{}", f.sentence());
             }
         }
         Command::Audit(args) => return audit(socket, json, args),
@@ -505,6 +588,7 @@ fn audit(socket: &PathBuf, json: bool, args: AuditArgs) -> Fallible<ExitCode> {
         Some(other) => return Err(format!("--format {other}: use csv or json")),
         None if json => print_json(&export)?,
         None => {
+            let mut t = Table::new(&[">#", "AT", "ACTION", "WHO", "DETAIL"]);
             for r in &export.records {
                 let who = [
                     r.key_id.as_deref(),
@@ -516,77 +600,333 @@ fn audit(socket: &PathBuf, json: bool, args: AuditArgs) -> Fallible<ExitCode> {
                 .flatten()
                 .collect::<Vec<_>>()
                 .join(" ");
-                out!(
-                    "{:>6} {} {:<18} {who} {}",
-                    r.index,
-                    r.at,
-                    r.action,
-                    r.detail
-                );
+                t.row(vec![
+                    r.index.to_string(),
+                    r.at.to_string(),
+                    r.action.clone(),
+                    who,
+                    r.detail.clone(),
+                ]);
             }
+            print_table(&t);
             out!("head: {}", export.head);
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
+fn now() -> Timestamp {
+    Timestamp::from_system_time(std::time::SystemTime::now())
+}
+
+fn print_table(t: &Table) {
+    for line in t.lines() {
+        out!("{line}");
+    }
+}
+
+fn parse_seats(seats: &[String]) -> Fallible<Vec<netkey::core::SeatRequest>> {
+    seats
+        .iter()
+        .map(|s| netkey::core::SeatRequest::parse(s))
+        .collect()
+}
+
+fn moved_line(c: &PoolChanged) -> String {
+    if c.moved.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = c
+        .moved
+        .iter()
+        .map(|m| format!("{} {} of {}", m.count, m.feature, m.order))
+        .collect();
+    format!(": {}", parts.join(", "))
+}
+
+fn console(
+    socket: &PathBuf,
+    json: bool,
+    set_password: bool,
+    clear_password: bool,
+) -> Fallible<ExitCode> {
+    if set_password || clear_password {
+        let password = if set_password {
+            Some(read_password()?)
+        } else {
+            None
+        };
+        let v: serde_json::Value = admin(socket, &AdminRequest::ConsolePassword { password })?;
+        if json {
+            print_json(&v)?;
+        } else if set_password {
+            out!("console password set (stored hashed): remote browsers log in with it over HTTPS");
+        } else {
+            out!("console password removed: only one-time URLs from `netkeyctl console` log in");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let c: ConsoleUrl = admin(socket, &AdminRequest::ConsoleLogin)?;
+    if json {
+        print_json(&c)?;
+    } else {
+        out!("{}", c.url);
+        eprintln!(
+            "one-time login URL for a browser on this machine, valid until {} (once)",
+            c.expires_at
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One line from standard input; on a terminal, asked for twice without echo.
+fn read_password() -> Fallible<String> {
+    use std::io::IsTerminal as _;
+    let tty = std::io::stdin().is_terminal();
+    let read = |prompt: &str| -> Fallible<String> {
+        if tty {
+            eprint!("{prompt}");
+            let _ = std::process::Command::new("stty").arg("-echo").status();
+        }
+        let mut line = String::new();
+        let r = std::io::stdin().read_line(&mut line);
+        if tty {
+            let _ = std::process::Command::new("stty").arg("echo").status();
+            eprintln!();
+        }
+        r.map_err(|e| format!("cannot read the password: {e}"))?;
+        Ok(line.trim_end_matches(['\n', '\r']).to_string())
+    };
+    let first = read("new console password: ")?;
+    if tty && read("again: ")? != first {
+        return Err("the two passwords differ".into());
+    }
+    if first.is_empty() {
+        return Err("no password given on standard input".into());
+    }
+    Ok(first)
+}
+
 fn print_keys(keys: &[KeyView]) {
-    out!(
-        "{:<16} {:<8} {:>4}  {:<22} {:<21} SEATS (in use/total)",
+    let now = now();
+    let mut t = Table::new(&[
         "KEY",
         "KIND",
-        "REV",
+        ">REV",
         "CUSTOMER",
-        "EXPIRES"
-    );
+        "EXPIRES",
+        "SEATS (in use/total)",
+    ]);
     for k in keys {
-        out!(
-            "{:<16} {:<8} {:>4}  {:<22} {:<21} {}{}",
-            k.key_id,
+        t.row(vec![
+            format!("{}{}", k.key_id, demo_mark(k.demo)),
             format!("{:?}", k.kind).to_lowercase(),
-            k.revision,
-            k.customer,
-            k.expires_at.to_string(),
+            k.revision.to_string(),
+            k.customer.clone(),
+            format!("{} ({})", k.expires_at, relative(now, k.expires_at)),
             seats_line(&k.seats),
-            demo_mark(k.demo)
+        ]);
+    }
+    print_table(&t);
+}
+
+fn print_pools(pools: &[PoolView]) {
+    let mut t = Table::new(&[
+        "POOL",
+        ">SERVERS",
+        "FEATURE",
+        ">ALLOCATED",
+        ">IN USE",
+        ">REVOKING",
+        ">FREE",
+    ]);
+    for p in pools {
+        let name = format!("{}{}", p.pool, demo_mark(p.demo));
+        if p.seats.is_empty() {
+            t.row(vec![name.clone(), p.servers.to_string()]);
+        }
+        for (i, s) in p.seats.iter().enumerate() {
+            let first = i == 0;
+            t.row(vec![
+                if first { name.clone() } else { String::new() },
+                if first {
+                    p.servers.to_string()
+                } else {
+                    String::new()
+                },
+                s.feature.clone(),
+                s.total.to_string(),
+                s.in_use.to_string(),
+                s.revoking.to_string(),
+                s.free.to_string(),
+            ]);
+        }
+    }
+    print_table(&t);
+}
+
+fn read_file(path: &std::path::Path) -> Fallible<String> {
+    std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+/// Writes a document signed by the daemon to `out` and says what it is.
+fn write_signed(out: &std::path::Path, d: &SignedDocument, json: bool) -> Fallible<()> {
+    write_private(out, d.text.as_bytes())?;
+    if json {
+        print_json(&serde_json::json!({"out": out, "summary": d.summary}))
+    } else {
+        out!("{} -> {}", d.summary, out.display());
+        Ok(())
+    }
+}
+
+/// Problems and expiry warnings of one key, one line each (in `status`).
+fn print_key_warnings(k: &KeyView) {
+    if let Some(p) = &k.problem {
+        out!("KEY {} NOT SERVED: {p}", k.key_id);
+    }
+    for e in k.entries.iter().filter(|e| e.state == "expiring") {
+        out!(
+            "key {} entry {} ({} {}) expires at {} ({} day{} left)",
+            k.key_id,
+            e.order,
+            e.feature,
+            e.count,
+            e.not_after,
+            e.days_left,
+            if e.days_left == 1 { "" } else { "s" }
+        );
+    }
+    if k.overdraft.in_use > 0 {
+        out!(
+            "key {} is over its allocation by {} seat{} (overdraft)",
+            k.key_id,
+            k.overdraft.in_use,
+            if k.overdraft.in_use == 1 { "" } else { "s" }
+        );
+    }
+}
+
+/// One key in full (`key list`): docs/KEYS.md explains every line.
+fn print_key_details(k: &KeyView) {
+    out!(
+        "KEY {}  {}  revision {}  customer {:?}  issued {}{}",
+        k.key_id,
+        format!("{:?}", k.kind).to_lowercase(),
+        k.revision,
+        k.customer,
+        k.issued_at,
+        demo_mark(k.demo)
+    );
+    match &k.problem {
+        Some(p) => out!("  state:     {} ({p})", k.state.to_uppercase()),
+        None => out!("  state:     {}", k.state),
+    }
+    out!("  binding:   {}", k.binding);
+    for (i, e) in k.entries.iter().enumerate() {
+        let state = match e.state.as_str() {
+            "expired" => "expired".to_string(),
+            "expiring" => format!(
+                "EXPIRING in {} day{}",
+                e.days_left,
+                if e.days_left == 1 { "" } else { "s" }
+            ),
+            _ => format!("valid ({} days left)", e.days_left),
+        };
+        out!(
+            "  {:<11}{:<12} {:<10} x{:<5} until {}  {state}",
+            if i == 0 { "entries:" } else { "" },
+            e.order,
+            e.feature,
+            e.count,
+            e.not_after
+        );
+    }
+    out!("  seats:     {}", seats_line(&k.seats));
+    let o = &k.overdraft;
+    if o.seats == 0 {
+        out!("  overdraft: none");
+    } else {
+        out!(
+            "  overdraft: {} of {} seats in use{}; {}.{:02} of {} hours used in the last 30 days{}",
+            o.in_use,
+            o.seats,
+            o.over_since
+                .map(|t| format!(" since {t}"))
+                .unwrap_or_default(),
+            o.minutes_used / 60,
+            (o.minutes_used % 60) * 100 / 60,
+            o.hours_allowed,
+            if o.spent {
+                " (SPENT: no overdraft until hours free up)"
+            } else {
+                ""
+            }
         );
     }
 }
 
 fn print_servers(servers: &[ServerView]) {
-    out!(
-        "{:<18} {:<16} {:<18} {:>7}  {:<8} {:<21} LICENCES",
-        "SERVER",
-        "NAME",
-        "POOL",
-        "CAMERAS",
-        "STATE",
-        "LAST CHECK-IN"
-    );
-    for s in servers {
-        out!(
-            "{:<18} {:<16} {:<18} {:>7}  {:<8} {:<21} {}",
-            s.server_id,
-            s.name,
-            s.pool,
-            s.cameras,
-            s.state,
-            s.last_checkin.to_string(),
-            seats_line(&s.seats)
-        );
+    if servers.is_empty() {
+        out!("no video server is enrolled here");
+        return;
     }
+    let now = now();
+    let mut t = Table::new(&[
+        "NAME",
+        "SERVER",
+        "POOL",
+        "KEY",
+        ">CAMERAS",
+        "LICENCES",
+        "LAST CHECK-IN",
+        "VERSION",
+        "STATE",
+    ]);
+    for s in servers {
+        let mut state = s.state.clone();
+        if s.state != "live" {
+            if let Some(end) = s.reservation_end {
+                state.push_str(&format!(" (reservation ends {})", relative(now, end)));
+            }
+        }
+        t.row(vec![
+            s.name.clone(),
+            s.server_id.clone(),
+            s.pool.clone(),
+            s.key_id.clone(),
+            if s.revoking > 0 {
+                format!("{} +{} revoking", s.cameras, s.revoking)
+            } else {
+                s.cameras.to_string()
+            },
+            s.seats
+                .iter()
+                .map(|u| format!("{} {}", u.in_use, u.feature))
+                .collect::<Vec<_>>()
+                .join(", "),
+            relative(now, s.last_checkin),
+            s.version.clone(),
+            state,
+        ]);
+    }
+    print_table(&t);
 }
 
 fn print_cameras(cams: &[CameraView]) {
-    out!(
-        "{:<20} {:<16} {:<18} {:<9} {:>5}  {:<21} FEATURES",
+    let now = now();
+    let mut t = Table::new(&[
         "CAMERA",
         "KEY",
+        "POOL",
         "SERVER",
         "STATE",
-        "EPOCH",
-        "SINCE"
-    );
+        ">EPOCH",
+        "SINCE",
+        "LAST RENEWAL",
+        "FEATURES",
+        "NOTES",
+    ]);
     for c in cams {
         let features: Vec<String> = c.features.iter().map(|(f, n)| format!("{f}={n}")).collect();
         let since = c
@@ -594,7 +934,7 @@ fn print_cameras(cams: &[CameraView]) {
             .map(|t| t.to_string())
             .unwrap_or_else(|| "-".into());
         out!(
-            "{:<20} {:<16} {:<18} {:<9} {:>5}  {:<21} {}{}",
+            "{:<20} {:<16} {:<18} {:<9} {:>5}  {:<21} {}{}{}",
             c.camera_id,
             c.key_id,
             c.server_id,
@@ -602,9 +942,45 @@ fn print_cameras(cams: &[CameraView]) {
             c.epoch,
             since,
             features.join(","),
-            if c.legacy { " legacy" } else { "" }
+            if c.legacy { " legacy" } else { "" },
+            if c.overdraft { " OVERDRAFT" } else { "" },
         );
+        let mut notes = Vec::new();
+        if let Some(u) = c.newly_added_until {
+            notes.push(format!("newly added until {}", relative(now, u)));
+        }
+        if let Some(u) = c.revoking_until {
+            notes.push(format!(
+                "counted until acknowledged, at most {}",
+                relative(now, u)
+            ));
+        }
+        if c.contested {
+            notes.push("CameraContested: moved repeatedly".into());
+        }
+        if c.legacy {
+            notes.push("legacy".into());
+        }
+        t.row(vec![
+            c.camera_id.clone(),
+            c.key_id.clone(),
+            c.pool.clone(),
+            if c.server_name.is_empty() {
+                c.server_id.clone()
+            } else {
+                format!("{} ({})", c.server_name, c.server_id)
+            },
+            c.state.clone(),
+            c.epoch.to_string(),
+            c.granted_at
+                .map(|t| relative(now, t))
+                .unwrap_or_else(|| "-".into()),
+            relative(now, c.last_renewal),
+            features.join(","),
+            notes.join("; "),
+        ]);
     }
+    print_table(&t);
 }
 
 fn run_client(args: ClientArgs, json: bool) -> Fallible<ExitCode> {

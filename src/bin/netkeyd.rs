@@ -10,6 +10,15 @@ use netkey::cli::netkeyd::Args;
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(path) = &args.write_host_ids {
+        return match write_host_ids(path) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("netkeyd: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let (settings, config_file) = match args.settings() {
         Ok(s) => s,
         Err(e) => {
@@ -104,6 +113,10 @@ async fn run(
         );
         return Ok(());
     }
+    let vendor_keys = settings.vendor_public_keys()?;
+    if vendor_keys.is_empty() && !settings.demo {
+        tracing::warn!("no vendor keys are configured (vendor_keys in the configuration file): no key can be installed");
+    }
     let config = Config {
         listen: settings.listen,
         admin_socket: settings.admin_socket.clone(),
@@ -114,6 +127,12 @@ async fn run(
         discovery: Some(settings.discovery),
         peers: settings.peers.clone(),
         limits: settings.limits.clone(),
+        vendor_keys,
+        host: netkey::key::HostSource::System,
+        console: netkey::web::ConsoleConfig {
+            hosts: settings.console_hosts.clone(),
+            metrics_need_session: settings.metrics_need_session,
+        },
     };
     let daemon = Daemon::start(config, SystemClock::new()).await?;
     notify_ready(&daemon).await;
@@ -133,11 +152,30 @@ async fn run(
         );
         println!("  {ctl} client --state /tmp/vs1.json --demo run cam-1 cam-2 cam-3");
         println!("Watch it: {ctl} --socket {sock} status");
+        println!("Or in a browser on this machine: open the URL that {ctl} --socket {sock} console prints");
     }
     wait_for_signal().await?;
     tracing::info!("shutting down");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     daemon.shutdown().await;
+    Ok(())
+}
+
+/// The unit's privileged start step: the values the service user cannot read itself
+/// (the board UUID is root's alone; the sandbox hides block devices), written for it to
+/// a file it owns in its runtime directory.
+fn write_host_ids(path: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let values = netkey::key::HostValues::collect(std::path::Path::new("/"));
+    let text = serde_json::to_vec_pretty(&values.handover()).map_err(|e| e.to_string())?;
+    netkey::files::write_private_atomic(path, &text)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    // Owned like the directory it is in (the service's runtime directory).
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let meta = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        std::os::unix::fs::chown(path, Some(meta.uid()), Some(meta.gid()))
+            .map_err(|e| format!("cannot hand {} to the service user: {e}", path.display()))?;
+    }
     Ok(())
 }
 

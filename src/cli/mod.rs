@@ -3,4 +3,5 @@
 
 pub mod netkeyctl;
 pub mod netkeyd;
+pub mod table;
 pub mod vendor;

@@ -25,6 +25,17 @@ pub struct Cli {
 pub enum Command {
     /// Keys, seat usage and servers at a glance.
     Status,
+    /// Print a one-time URL that logs a browser on this machine into the web console
+    /// (valid 5 minutes), or set the password for logins over HTTPS.
+    Console {
+        /// Read a new console password from standard input (stored hashed); remote
+        /// browsers log in with it over HTTPS.
+        #[arg(long, conflicts_with = "clear_password")]
+        set_password: bool,
+        /// Remove the console password: only one-time URLs log in then.
+        #[arg(long)]
+        clear_password: bool,
+    },
     #[command(subcommand)]
     Key(KeyCmd),
     #[command(subcommand)]
@@ -80,20 +91,65 @@ pub enum AuditCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum KeyCmd {
-    /// Installed keys with their seats.
+    /// Installed keys: kind, revision, customer, entries, host binding, seats, overdraft.
     List,
+    /// Install a key file from the vendor; a higher revision of an installed key
+    /// replaces it in place, keeping pools and leases.
+    Install { file: PathBuf },
+    /// Write an activation request (this daemon's identity and hashed machine
+    /// identifiers) for the vendor to activate a key for this host, or repair one.
+    Request {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Return a key to move it to another host: its leases are revoked; once none
+    /// remains (or with --force) it is forgotten here and a signed receipt is written.
+    Return {
+        key_id: String,
+        #[arg(long)]
+        out: PathBuf,
+        /// Drop leases still counted instead of waiting for them (an audited overlap).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Write a signed usage report of a key: peak seats per feature per day and
+    /// overdraft hours, for true-up and renewal.
+    Report {
+        key_id: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Install a vendor's clock-reset token: clears a clock rollback once.
+    ClockReset { file: PathBuf },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum PoolCmd {
+    /// Pools with their seats per feature: allocated, in use, revoking, free, servers.
     List,
-    Show {
-        pool: String,
+    /// One pool: seats per feature, the sales orders it holds, its servers.
+    Show { pool: String },
+    /// Create pool NAME with unused seats from the key's Default pool: FEATURE=N takes
+    /// them from the entries that expire last, FEATURE=N@ORDER from that sales order.
+    Create {
+        name: String,
+        /// The key (may be left out when only one key is installed).
+        #[arg(long, value_name = "KEY_ID")]
+        key: Option<String>,
+        #[arg(value_name = "FEATURE=N[@ORDER]")]
+        seats: Vec<String>,
     },
+    /// Move unused seats from pool FROM to pool TO of the same key.
+    Move {
+        from: String,
+        to: String,
+        #[arg(required = true, value_name = "FEATURE=N[@ORDER]")]
+        seats: Vec<String>,
+    },
+    /// Delete a pool no server is enrolled in; its seats go back to Default.
+    Delete { pool: String },
     /// Print a one-time 8-digit enrolment code for POOL, valid 24 hours.
-    Code {
-        pool: String,
-    },
+    Code { pool: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -121,11 +177,15 @@ pub enum ServerCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum CameraCmd {
+    /// Licensed cameras (held and revoking), optionally of one server, pool or feature.
     List {
         #[arg(long)]
         server: Option<String>,
         #[arg(long)]
         pool: Option<String>,
+        /// Only cameras whose licence includes this feature (e.g. lpr).
+        #[arg(long)]
+        feature: Option<String>,
     },
     /// Free a camera's licence: the holder is told to stop recording it.
     Free {

@@ -55,6 +55,24 @@ pub struct Args {
     /// Log level: error, warn, info, debug or trace (RUST_LOG overrides it) [default: info].
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
+    /// A vendor public key (`vendor.pub`) whose keys this daemon installs (repeatable;
+    /// adds to `vendor_keys` of the file).
+    #[arg(long = "vendor-key", value_name = "FILE")]
+    pub vendor_keys: Vec<PathBuf>,
+    /// Write the machine identifiers the service user cannot read (the board UUID, the
+    /// root filesystem's UUID) to FILE for the daemon, then exit. The systemd unit runs
+    /// this as root before starting netkeyd.
+    #[arg(long, value_name = "FILE")]
+    pub write_host_ids: Option<PathBuf>,
+    /// A host name the web console answers to, besides localhost and loopback addresses
+    /// (repeatable): the name administrators use to reach it over HTTPS. Requests for
+    /// any other name are refused (DNS rebinding).
+    #[arg(long = "console-host", value_name = "NAME")]
+    pub console_hosts: Vec<String>,
+    /// Make /metrics need a console session from loopback too (from other machines it
+    /// always does).
+    #[arg(long)]
+    pub metrics_need_session: bool,
 }
 
 /// The configuration file. Unknown settings are errors, so a misspelt one is caught.
@@ -72,6 +90,10 @@ pub struct FileConfig {
     /// `[limits]`: bounds on connections, timeouts and frames.
     #[serde(default)]
     pub limits: crate::daemon::Limits,
+    /// Vendor public key files (or their text) whose keys this daemon installs.
+    pub vendor_keys: Option<Vec<String>>,
+    pub console_hosts: Option<Vec<String>>,
+    pub metrics_need_session: Option<bool>,
 }
 
 /// The settings in force: defaults, then the file, then the flags.
@@ -86,6 +108,10 @@ pub struct Settings {
     pub no_broadcast: bool,
     pub log_level: String,
     pub limits: crate::daemon::Limits,
+    /// Vendor public key files, or keys given as text.
+    pub vendor_keys: Vec<String>,
+    pub console_hosts: Vec<String>,
+    pub metrics_need_session: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +125,31 @@ pub enum ConfigError {
     Invalid { path: PathBuf, message: String },
     #[error("log level {0:?} is not one of error, warn, info, debug, trace")]
     LogLevel(String),
+    #[error("vendor key {entry}: {reason}")]
+    VendorKey { entry: String, reason: String },
+}
+
+impl Settings {
+    /// The trusted vendor keys: each entry is a public key file or the key's text.
+    pub fn vendor_public_keys(&self) -> Result<Vec<crate::key::VendorPublicKey>, ConfigError> {
+        self.vendor_keys
+            .iter()
+            .map(|entry| {
+                let text = if entry.trim_start().starts_with("netkey-vendor-public-key") {
+                    entry.clone()
+                } else {
+                    std::fs::read_to_string(entry).map_err(|e| ConfigError::VendorKey {
+                        entry: entry.clone(),
+                        reason: e.to_string(),
+                    })?
+                };
+                crate::key::VendorPublicKey::from_text(&text).map_err(|e| ConfigError::VendorKey {
+                    entry: entry.clone(),
+                    reason: e.to_string(),
+                })
+            })
+            .collect()
+    }
 }
 
 impl FileConfig {
@@ -156,6 +207,19 @@ impl Args {
                 .or(f.log_level)
                 .unwrap_or_else(|| "info".into()),
             limits: f.limits,
+            vendor_keys: f
+                .vendor_keys
+                .unwrap_or_default()
+                .into_iter()
+                .chain(self.vendor_keys.iter().map(|p| p.display().to_string()))
+                .collect(),
+            console_hosts: if self.console_hosts.is_empty() {
+                f.console_hosts.unwrap_or_default()
+            } else {
+                self.console_hosts.clone()
+            },
+            metrics_need_session: self.metrics_need_session
+                || f.metrics_need_session.unwrap_or(false),
         };
         settings
             .limits
@@ -167,6 +231,7 @@ impl Args {
         if !["error", "warn", "info", "debug", "trace"].contains(&settings.log_level.as_str()) {
             return Err(ConfigError::LogLevel(settings.log_level));
         }
+        settings.vendor_public_keys()?;
         Ok((settings, used))
     }
 }
@@ -203,6 +268,39 @@ mod tests {
         assert_eq!(s.state_dir, PathBuf::from("/srv/nk"));
         assert_eq!(s.log_level, "debug");
         assert_eq!(s.admin_socket, PathBuf::from("/run/netkey/admin.sock"));
+    }
+
+    #[test]
+    fn vendor_keys_come_from_files_or_text_and_bad_ones_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let pair = crate::key::VendorKeyPair::generate().unwrap();
+        let file = dir.path().join("vendor.pub");
+        std::fs::write(&file, pair.public().to_text()).unwrap();
+        let conf = dir.path().join("n.toml");
+        std::fs::write(
+            &conf,
+            format!(
+                "vendor_keys = [{:?}, {:?}]\n",
+                file.display().to_string(),
+                pair.public().to_text().trim()
+            ),
+        )
+        .unwrap();
+        let args = Args::parse_from(["netkeyd", "--config", conf.to_str().unwrap()]);
+        let (s, _) = args.settings().unwrap();
+        assert_eq!(
+            s.vendor_public_keys().unwrap(),
+            vec![pair.public(), pair.public()]
+        );
+        let args = Args::parse_from([
+            "netkeyd",
+            "--config",
+            "/dev/null",
+            "--vendor-key",
+            "/nonexistent.pub",
+        ]);
+        let err = args.settings().unwrap_err().to_string();
+        assert!(err.contains("vendor key /nonexistent.pub"), "{err}");
     }
 
     #[test]

@@ -341,22 +341,15 @@ impl Client {
     }
 
     /// Checks out cameras. Cameras this client already holds are re-claimed with their
-    /// epoch (idempotent). Returns one outcome per camera.
+    /// epoch (idempotent). Returns one outcome per camera. The lease token covering new
+    /// cameras comes with the next heartbeat (`refresh`, or `VideoServer`, which sends one
+    /// at once after new grants).
     pub async fn checkout(
         &mut self,
         items: Vec<CheckoutItem>,
     ) -> Result<Vec<(String, CameraOutcome)>, ClientError> {
         let mut conn = self.connect().await?;
         let out = self.checkout_on(&mut conn, items).await?;
-        // A heartbeat on the same connection brings a lease token covering the new
-        // cameras, so the grace deadline survives a restart of this program.
-        if out
-            .iter()
-            .any(|(_, o)| matches!(o, CameraOutcome::Granted { .. }))
-        {
-            let mut events = Vec::new();
-            run::heartbeat_once(self, &mut conn, &mut events).await?;
-        }
         Ok(out)
     }
 

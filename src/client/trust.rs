@@ -104,6 +104,7 @@ mod tests {
         doc.demo = false;
         doc.host = Some(HostBinding {
             daemon_identity: identity.to_base64(),
+            salt: String::new(),
             hardware: vec![],
             software: vec![],
         });

@@ -100,6 +100,7 @@ impl Core {
             .servers
             .get(&holder)
             .is_some_and(|s| s.revoking.contains(&(camera.to_string(), lease.epoch)));
+        self.settle(now);
         Ok(FreeOutcome {
             key,
             camera: camera.to_string(),
@@ -166,6 +167,7 @@ impl Core {
             .map(|s| s.revoking.iter().map(|(c, _)| c.clone()).collect())
             .unwrap_or_default();
         self.forget_if_kicked_and_empty(server);
+        self.settle(now);
         let forgotten = !self.servers.contains_key(server);
         Ok(KickOutcome {
             server: server.to_string(),
@@ -197,6 +199,20 @@ impl Core {
             return Ok(());
         }
         if from.key != pool.key {
+            let kind = |k: &str| self.keys.get(k).map(|k| k.document.kind);
+            if kind(&from.key) != kind(&pool.key) {
+                // A local key licenses the video server on this host alone; it cannot
+                // also take licences from a network key (nor the other way round).
+                return Err(Refusal::BadRequest {
+                    reason: format!(
+                        "server {server} is on key {} ({}); it cannot move to key {} ({}): a video server uses either a local or a network key",
+                        from.key,
+                        kind_name(kind(&from.key)),
+                        pool.key,
+                        kind_name(kind(&pool.key))
+                    ),
+                });
+            }
             if !s.held.is_empty() || !s.revoking.is_empty() {
                 return Err(Refusal::BoundToOtherKey {
                     key: from.key.clone(),
@@ -237,6 +253,7 @@ impl Core {
         if let Some(s) = self.servers.get_mut(server) {
             s.pool = pool.clone();
         }
+        self.settle(now);
         self.events.push(Event::ServerMoved {
             server: server.to_string(),
             from,
@@ -266,5 +283,13 @@ impl Core {
             name: name.to_string(),
         });
         Ok(())
+    }
+}
+
+fn kind_name(kind: Option<crate::key::KeyKind>) -> &'static str {
+    match kind {
+        Some(crate::key::KeyKind::Local) => "local",
+        Some(crate::key::KeyKind::Network) => "network",
+        None => "not installed",
     }
 }

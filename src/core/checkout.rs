@@ -69,6 +69,18 @@ pub struct HeartbeatAnswer {
     /// The client's digest differs from the daemon's view: send a full sync.
     pub sync_needed: bool,
     pub revocations: Vec<Revocation>,
+    /// Entries of the server's key that expire within 30 days.
+    pub expiring: Vec<ExpiryWarning>,
+}
+
+/// An entry of the key nearing its not-after instant (warned 30, 7 and 1 days ahead): its
+/// seats go then, and cameras beyond what is left are revoked, newest first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExpiryWarning {
+    pub order: String,
+    pub feature: Feature,
+    pub count: u32,
+    pub not_after: Timestamp,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,6 +174,7 @@ impl Core {
         if changed {
             self.check_in_durable(now, server);
         }
+        self.settle(now);
         Ok(CheckoutAnswer {
             outcomes,
             valid_for_ms: self.checkout_valid_for(now, server),
@@ -226,6 +239,12 @@ impl Core {
                 key: pool.key.clone(),
             });
         };
+        if let Some(reason) = key.inactive_reason() {
+            return Refused(Refusal::KeyInactive {
+                key: pool.key.clone(),
+                reason,
+            });
+        }
         if key.document.expires_at() <= now {
             return Refused(Refusal::KeyExpired {
                 key: pool.key.clone(),
@@ -235,6 +254,16 @@ impl Core {
             Ok(c) => c,
             Err(r) => return Refused(r),
         };
+        // While the wall clock is behind its high-water mark only renewals go on.
+        if let Some(mark) = self.clock_rollback {
+            let renewal = record
+                .lease
+                .as_ref()
+                .is_some_and(|l| l.server == server && l.features == features);
+            if !renewal {
+                return Refused(Refusal::ClockRollback { mark });
+            }
+        }
         match &record.lease {
             Some(lease) if lease.server == server => {
                 // Idempotent re-claim by the holder, also after a reconnect.
@@ -468,6 +497,7 @@ impl Core {
             }
         }
         self.forget_if_kicked_and_empty(server);
+        self.settle(now);
         Ok(out)
     }
 
@@ -480,9 +510,11 @@ impl Core {
     ) -> Result<HeartbeatAnswer, Refusal> {
         self.advance(now);
         let s = self.servers.get(server).ok_or(Refusal::NotEnrolled)?;
+        self.refuse_if_key_refused(&s.pool.key)?;
+        let key = s.pool.key.clone();
         let interval = self
             .keys
-            .get(&s.pool.key)
+            .get(&key)
             .map(|k| k.document.policy.heartbeat_interval_ms())
             .unwrap_or(60_000);
         let revocations = s.revocations.values().cloned().collect();
@@ -502,6 +534,7 @@ impl Core {
             heartbeat_interval_ms: interval,
             sync_needed: &ours != client_digest,
             revocations,
+            expiring: self.expiring_entries(&key, now),
         })
     }
 
@@ -521,6 +554,18 @@ impl Core {
     /// How many cameras the server holds.
     pub fn held_count(&self, server: &str) -> usize {
         self.servers.get(server).map_or(0, |s| s.held.len())
+    }
+
+    /// A key the daemon refuses to serve (host binding failed, DEMO key on a production
+    /// daemon) renews nothing: its servers' grace runs out, so a copy cannot serve.
+    fn refuse_if_key_refused(&self, key: &str) -> Result<(), Refusal> {
+        match self.keys.get(key).and_then(|k| k.refused.clone()) {
+            Some(reason) => Err(Refusal::KeyInactive {
+                key: key.to_string(),
+                reason,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// The digest of (camera, epoch) the server holds, as the client computes it.
@@ -546,6 +591,7 @@ impl Core {
         self.advance(now);
         let s = self.servers.get(server).ok_or(Refusal::NotEnrolled)?;
         let key = s.pool.key.clone();
+        self.refuse_if_key_refused(&key)?;
         let held: Vec<CameraId> = s.held.iter().cloned().collect();
         self.check_in(now, server);
         let claimed_set: std::collections::BTreeMap<&str, u64> =
@@ -588,6 +634,7 @@ impl Core {
             revocations,
         };
         self.forget_if_kicked_and_empty(server);
+        self.settle(now);
         Ok(answer)
     }
 
@@ -625,6 +672,7 @@ impl Core {
         } else {
             self.forget_if_kicked_and_empty(server);
         }
+        self.settle(now);
         Ok(freed)
     }
 }

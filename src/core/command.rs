@@ -4,7 +4,8 @@
 
 use super::{
     CheckoutAnswer, CheckoutItem, Core, EnrolRequest, Enrolment, FreeOutcome, HeartbeatAnswer,
-    KickOutcome, PoolId, Refusal, ReleaseOutcomes, SyncAnswer, Timestamp,
+    KickOutcome, PoolChange, PoolId, Refusal, ReleaseOutcomes, ReturnOutcome, SeatRequest,
+    SyncAnswer, Timestamp,
 };
 use crate::key::KeyDocument;
 use serde::{Deserialize, Serialize};
@@ -79,6 +80,51 @@ pub enum Command {
     /// move requests waiting for live holders are withdrawn. Logged first by every daemon
     /// start, so a replay across several restarts sees each one.
     Restarted,
+    /// The daemon's verdict on an installed key (host binding, trust): `refused` keeps
+    /// it from being served until a later verdict clears it.
+    KeyChecked {
+        key: String,
+        binding: String,
+        refused: Option<String>,
+        /// The fingerprint of the vendor key that signed it, when the daemon knows it.
+        signer: Option<String>,
+        /// The signed key file, at install: clients check it against the daemon's
+        /// identity, so it is kept with the key.
+        file: Option<String>,
+    },
+    /// `key return`, first step: the key's leases are revoked, no new checkouts.
+    DeactivateKey {
+        key: String,
+    },
+    /// `key return`, last step: the key, its pools and servers are forgotten. Refused
+    /// while leases remain (`revoking` included) unless `force`.
+    ReturnKey {
+        key: String,
+        force: bool,
+    },
+    /// The wall clock is behind the high-water mark `Some(mark)` (new checkouts wait), or
+    /// no longer (`None`).
+    ClockRollback {
+        mark: Option<Timestamp>,
+    },
+    /// A vendor's reset token set the daemon's time back to the wall clock: entries that
+    /// expired are judged again at the new instant.
+    TimeRebased,
+    /// A new pool with unused seats from its key's `Default` pool.
+    CreatePool {
+        pool: PoolId,
+        seats: Vec<SeatRequest>,
+    },
+    /// Unused seats from one pool to another of the same key.
+    MoveSeats {
+        from: PoolId,
+        to: PoolId,
+        seats: Vec<SeatRequest>,
+    },
+    /// A pool with no server goes; its seats return to `Default`.
+    DeletePool {
+        pool: PoolId,
+    },
 }
 
 impl Command {
@@ -114,6 +160,9 @@ pub enum Outcome {
     Freed(FreeOutcome),
     Kicked(KickOutcome),
     Refused(Refusal),
+    Deactivated { leases: u64 },
+    Returned(ReturnOutcome),
+    PoolChanged(PoolChange),
 }
 
 fn from<T>(r: Result<T, Refusal>, f: impl FnOnce(T) -> Outcome) -> Outcome {
@@ -196,6 +245,39 @@ impl Core {
             Command::Restarted => {
                 self.reset_sessions();
                 Outcome::Done
+            }
+            Command::KeyChecked {
+                key,
+                binding,
+                refused,
+                signer,
+                file,
+            } => from(
+                self.key_checked(now, &key, &binding, refused, signer, file),
+                |_| Outcome::Done,
+            ),
+            Command::DeactivateKey { key } => from(self.deactivate_key(now, &key), |leases| {
+                Outcome::Deactivated { leases }
+            }),
+            Command::ReturnKey { key, force } => {
+                from(self.return_key(now, &key, force), Outcome::Returned)
+            }
+            Command::ClockRollback { mark } => {
+                self.set_clock_rollback(now, mark);
+                Outcome::Done
+            }
+            Command::TimeRebased => {
+                self.time_rebased(now);
+                Outcome::Done
+            }
+            Command::CreatePool { pool, seats } => {
+                from(self.create_pool(now, &pool, &seats), Outcome::PoolChanged)
+            }
+            Command::MoveSeats { from: f, to, seats } => {
+                from(self.move_seats(now, &f, &to, &seats), Outcome::PoolChanged)
+            }
+            Command::DeletePool { pool } => {
+                from(self.delete_pool(now, &pool), Outcome::PoolChanged)
             }
         }
     }

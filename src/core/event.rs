@@ -16,7 +16,8 @@ pub enum RevocationReason {
     Freed,
     /// An administrator kicked the server.
     Kicked,
-    /// The allocation shrank below use (an entry expired, seats moved, a key returned).
+    /// The allocation shrank below use (an entry expired, seats moved, a key returned, the
+    /// overdraft allowance was spent).
     Shrunk,
 }
 
@@ -158,5 +159,72 @@ pub enum Event {
     ServerRenamed {
         server: ServerId,
         name: String,
+    },
+    /// An entry expires within `days` days (warned at 30, 7 and 1 days).
+    EntryExpiring {
+        key: KeyId,
+        order: String,
+        feature: Feature,
+        count: u32,
+        not_after: super::Timestamp,
+        days: u32,
+    },
+    /// The daemon's verdict on a key it hosts changed: `binding` describes its host
+    /// binding, `refused` why it is not served (None: served).
+    KeyChecked {
+        key: KeyId,
+        binding: String,
+        refused: Option<String>,
+    },
+    /// `key return` began: the key's leases are revoked; no new checkouts.
+    KeyReturning {
+        key: KeyId,
+        leases: u64,
+    },
+    /// The key is gone from this daemon; `dropped` leases still counted were dropped by
+    /// force (a deliberate overlap).
+    KeyReturned {
+        key: KeyId,
+        revision: u32,
+        forced: bool,
+        dropped: u64,
+    },
+    /// The key went over its allocation (into its overdraft) by `seats`.
+    OverdraftStarted {
+        key: KeyId,
+        seats: u64,
+    },
+    /// The key is back within its allocation after `minutes` over it.
+    OverdraftEnded {
+        key: KeyId,
+        minutes: u64,
+    },
+    /// The overdraft allowance (`hours` per 30 days) is spent: overdraft leases are
+    /// revoked, newest first, and no more overdraft is granted.
+    OverdraftSpent {
+        key: KeyId,
+        hours: u32,
+    },
+    /// The wall clock is behind the high-water mark (`Some`), or no longer (`None`).
+    ClockRollback {
+        mark: Option<super::Timestamp>,
+    },
+    /// A vendor's reset token moved the daemon's time back to the wall clock.
+    TimeRebased {
+        at: super::Timestamp,
+    },
+    PoolCreated {
+        pool: PoolId,
+    },
+    /// Unused seats of one entry (sales order) moved between two pools of a key.
+    SeatsMoved {
+        from: PoolId,
+        to: PoolId,
+        feature: Feature,
+        order: String,
+        count: u32,
+    },
+    PoolDeleted {
+        pool: PoolId,
     },
 }

@@ -1,9 +1,14 @@
-//! Time passing: silent servers' reservations end, `revoking` leases stop counting, and
-//! entries expire, shrinking exactly the pools that hold them.
+//! Time passing: silent servers' reservations end, `revoking` leases stop counting,
+//! entries are warned about 30, 7 and 1 days ahead and then expire, shrinking exactly
+//! the pools that hold them, and overdraft allowances run out.
 
-use super::{Core, Event, PoolId, ReleaseReason, RevocationReason, Timestamp};
+use super::time::DAY;
+use super::{Core, Event, ExpiryWarning, PoolId, ReleaseReason, RevocationReason, Timestamp};
 use crate::key::Feature;
 use std::collections::BTreeSet;
+
+/// Days before an entry's not-after instant at which it is warned about.
+pub const WARN_DAYS: [u32; 3] = [30, 7, 1];
 
 impl Core {
     /// Applies everything due at or before `now`. Every command calls it first, so the
@@ -12,9 +17,11 @@ impl Core {
         if now < self.next_due {
             return;
         }
+        self.warn_entries(now);
         self.expire_entries(now);
         self.expire_revoking(now);
         self.expire_silent_servers(now);
+        self.settle(now);
         self.next_due = self.compute_next_due(now);
     }
 
@@ -23,7 +30,7 @@ impl Core {
         self.next_due
     }
 
-    fn compute_next_due(&self, now: Timestamp) -> Timestamp {
+    pub(crate) fn compute_next_due(&self, now: Timestamp) -> Timestamp {
         let mut next = Timestamp::NEVER;
         for (id, s) in &self.servers {
             if !s.held.is_empty() {
@@ -41,10 +48,65 @@ impl Core {
             for (i, e) in k.document.entries.iter().enumerate() {
                 if !k.expired_entries.contains(&i) {
                     next = next.min(e.not_after);
+                    let warned = k.warned.get(&i).copied().unwrap_or(u32::MAX);
+                    for days in WARN_DAYS.into_iter().filter(|d| *d < warned) {
+                        let at = e.not_after.minus(u64::from(days) * DAY);
+                        if at > now {
+                            next = next.min(at);
+                        }
+                    }
                 }
             }
         }
+        next = next.min(self.overdraft_deadline(now));
         next.max(now.plus(1))
+    }
+
+    /// Entries within 30, 7 or 1 days of their not-after instant, each stage warned once
+    /// (an entry installed late gets only the stage it is in).
+    fn warn_entries(&mut self, now: Timestamp) {
+        for (key_id, k) in self.keys.iter_mut() {
+            for (i, e) in k.document.entries.iter().enumerate() {
+                if e.not_after <= now {
+                    continue;
+                }
+                let stage = WARN_DAYS
+                    .into_iter()
+                    .filter(|d| now >= e.not_after.minus(u64::from(*d) * DAY))
+                    .min();
+                let Some(days) = stage else { continue };
+                if k.warned.get(&i).is_some_and(|w| *w <= days) {
+                    continue;
+                }
+                k.warned.insert(i, days);
+                self.events.push(Event::EntryExpiring {
+                    key: key_id.clone(),
+                    order: e.order.clone(),
+                    feature: e.feature.clone(),
+                    count: e.count,
+                    not_after: e.not_after,
+                    days,
+                });
+            }
+        }
+    }
+
+    /// Entries of `key` whose expiry is warned about at `now`: within 30 days, unexpired.
+    pub fn expiring_entries(&self, key: &str, now: Timestamp) -> Vec<ExpiryWarning> {
+        let Some(k) = self.keys.get(key) else {
+            return Vec::new();
+        };
+        k.document
+            .entries
+            .iter()
+            .filter(|e| e.not_after > now && now >= e.not_after.minus(30 * DAY))
+            .map(|e| ExpiryWarning {
+                order: e.order.clone(),
+                feature: e.feature.clone(),
+                count: e.count,
+                not_after: e.not_after,
+            })
+            .collect()
     }
 
     fn expire_revoking(&mut self, now: Timestamp) {
@@ -118,8 +180,9 @@ impl Core {
         }
     }
 
-    /// Brings held use of `feature` in `pool` back within its allocation by revoking the
-    /// newest leases first (the ones granted last have recorded least).
+    /// Brings held use of `feature` in `pool` back within its allocation (plus what is
+    /// left of the key's overdraft) by revoking the newest leases first (the ones granted
+    /// last have recorded least).
     pub(crate) fn shrink(
         &mut self,
         now: Timestamp,
@@ -127,8 +190,12 @@ impl Core {
         feature: &str,
         reason: RevocationReason,
     ) {
-        let total = self.allocation(pool, feature, now);
+        let allocation = self.allocation(pool, feature, now);
         let before = self.usage(pool, feature);
+        if before.held <= allocation {
+            return;
+        }
+        let total = allocation + self.overdraft_room(pool, feature, now);
         if before.held <= total {
             return;
         }

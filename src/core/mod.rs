@@ -13,19 +13,29 @@ mod command;
 pub mod digest;
 mod event;
 mod expiry;
+mod keys;
+mod overdraft;
+mod pools;
 mod refusal;
 pub mod time;
 mod view;
 
 pub use admin::{FreeOutcome, KickOutcome};
 pub use checkout::{
-    CameraOutcome, CheckoutAnswer, CheckoutItem, HeartbeatAnswer, ReleaseOutcomes, SyncAnswer,
+    CameraOutcome, CheckoutAnswer, CheckoutItem, ExpiryWarning, HeartbeatAnswer, ReleaseOutcomes,
+    SyncAnswer,
 };
 pub use command::{Command, Outcome};
 pub use event::{Event, ReleaseReason, RevocationReason};
+pub use keys::ReturnOutcome;
+pub use overdraft::OverdraftState;
+pub use pools::{PoolChange, SeatRequest, SeatsMoved};
 pub use refusal::Refusal;
 pub use time::Timestamp;
-pub use view::{CameraView, KeyView, PoolView, SeatUsage, ServerCounts, ServerView};
+pub use view::{
+    CameraView, EntryView, KeyView, OverdraftView, PoolEntry, PoolView, SeatUsage, ServerCounts,
+    ServerView,
+};
 
 use crate::key::{Feature, KeyDocument, KeyId};
 use serde::{Deserialize, Serialize};
@@ -73,6 +83,35 @@ pub struct InstalledKey {
     pub installed_at: Timestamp,
     /// Entries whose expiry has been applied (indices into `document.entries`).
     pub expired_entries: BTreeSet<usize>,
+    /// The daemon's description of the key's host binding, for `key list`.
+    pub binding: String,
+    /// The fingerprint of the vendor key that signed it, so the daemon can check at
+    /// every start that it still trusts that vendor.
+    pub signer: Option<String>,
+    /// Why the daemon does not serve the key (host binding failed, DEMO key on a
+    /// production daemon); `None`: served.
+    pub refused: Option<String>,
+    /// `key return` began: its leases are revoked and nothing new is granted.
+    pub returning: bool,
+    /// The signed key file, as installed (empty until the daemon records it).
+    #[serde(default)]
+    pub file: String,
+    /// Expiry warnings given: entry index -> the last stage warned (30, 7 or 1 days).
+    pub warned: BTreeMap<usize, u32>,
+    pub overdraft: OverdraftState,
+    /// Peak counted seats per feature per UTC day (days since 1970-01-01), for usage
+    /// reports; the last `overdraft::KEEP_DAYS` days.
+    pub peaks: BTreeMap<u64, BTreeMap<Feature, u64>>,
+}
+
+impl InstalledKey {
+    /// Why checkouts on this key are refused, if they are.
+    pub fn inactive_reason(&self) -> Option<String> {
+        if self.returning {
+            return Some("it is being returned (`netkeyctl key return`)".into());
+        }
+        self.refused.clone()
+    }
 }
 
 /// Seats of one feature in one pool that are counted against its allocation.
@@ -207,6 +246,8 @@ pub struct Core {
     events: Vec<Event>,
     /// Servers renewed in memory since the last `renewals_persisted`.
     unpersisted: BTreeSet<ServerId>,
+    /// The wall clock is behind this high-water mark: new checkouts are refused.
+    clock_rollback: Option<Timestamp>,
 }
 
 impl Core {
@@ -237,7 +278,16 @@ impl Core {
             .validate()
             .map_err(|reason| Refusal::BadRequest { reason })?;
         let key = document.key_id.clone();
+        if document.expires_at() <= now {
+            return Err(Refusal::KeyExpired { key });
+        }
         if let Some(old) = self.keys.get(&key) {
+            if old.returning {
+                return Err(Refusal::KeyInactive {
+                    key,
+                    reason: "it is being returned; a returned key cannot be replaced".into(),
+                });
+            }
             if old.document.revision >= document.revision {
                 return Err(Refusal::BadRequest {
                     reason: format!(
@@ -289,35 +339,54 @@ impl Core {
                 }
             }
         }
-        for e in &document.entries {
-            self.next_due = self.next_due.min(e.not_after);
-        }
+        // Its entries' expiry warnings and not-after instants are due from now on.
+        self.next_due = self.next_due.min(now);
         self.events.push(Event::KeyInstalled {
             key: key.clone(),
             revision: document.revision,
             demo,
         });
-        let mut expired_entries = self
-            .keys
-            .remove(&key)
-            .map(|k| k.expired_entries)
-            .unwrap_or_default();
-        // An expired entry the new revision extends counts again, so it must be able to
-        // expire (and shrink its pools) again.
-        expired_entries.retain(|i| document.entries.get(*i).is_some_and(|e| e.not_after <= now));
-        self.keys.insert(
-            key,
-            InstalledKey {
-                document,
-                demo,
-                installed_at: now,
-                expired_entries,
-            },
-        );
+        let old = self.keys.remove(&key);
+        let mut installed = InstalledKey {
+            document,
+            demo,
+            installed_at: now,
+            expired_entries: BTreeSet::new(),
+            binding: String::new(),
+            signer: None,
+            refused: None,
+            returning: false,
+            warned: BTreeMap::new(),
+            overdraft: OverdraftState::default(),
+            peaks: BTreeMap::new(),
+            file: String::new(),
+        };
+        if let Some(old) = old {
+            // An expired entry the new revision extends counts again, so it must be able
+            // to expire (and shrink its pools) again; a warning stands only for an entry
+            // whose not-after did not move.
+            let entries = &installed.document.entries;
+            installed.expired_entries = old.expired_entries;
+            installed
+                .expired_entries
+                .retain(|i| entries.get(*i).is_some_and(|e| e.not_after <= now));
+            installed.warned = old.warned;
+            installed.warned.retain(|i, _| {
+                entries.get(*i).map(|e| e.not_after)
+                    == old.document.entries.get(*i).map(|e| e.not_after)
+            });
+            installed.binding = old.binding;
+            installed.signer = old.signer;
+            installed.refused = old.refused;
+            installed.overdraft = old.overdraft;
+            installed.peaks = old.peaks;
+        }
+        self.keys.insert(key, installed);
         for (pool, feature) in shrunk {
             self.shrink(now, &pool, &feature, RevocationReason::Shrunk);
         }
         self.advance(now);
+        self.settle(now);
         Ok(())
     }
 
@@ -377,6 +446,12 @@ impl Core {
         let key = self.keys.get(&code.pool.key).ok_or(Refusal::UnknownKey {
             key: code.pool.key.clone(),
         })?;
+        if let Some(reason) = key.inactive_reason() {
+            return Err(Refusal::KeyInactive {
+                key: code.pool.key.clone(),
+                reason,
+            });
+        }
         if let Some(min) = &key.document.policy.min_server_version {
             let ok = match (
                 crate::key::DeviceVersion::parse(&req.version),
@@ -571,30 +646,63 @@ impl Core {
             .unwrap_or_default()
     }
 
-    /// Can `features` be added to `pool` at `now`?
+    /// Can `features` be added to `pool` at `now`? Beyond the pool's allocation only
+    /// within the key's overdraft: seats shared by its pools, while its allowance of
+    /// hours lasts.
     fn fits(&self, pool: &PoolId, features: &Features, now: Timestamp) -> Result<(), Refusal> {
+        let mut extra = 0u64;
+        let mut short: Option<(&Feature, u64, u64)> = None;
         for (feature, n) in features {
             if *n == 0 {
                 continue;
             }
             let used = self.usage(pool, feature).counted();
             let total = self.allocation(pool, feature, now);
-            if used > total {
-                return Err(Refusal::OverAllocated {
-                    feature: feature.clone(),
-                    in_use: used,
-                    total,
-                });
-            }
-            if used + u64::from(*n) > total {
-                return Err(Refusal::NoSeats {
-                    feature: feature.clone(),
-                    in_use: used,
-                    total,
-                });
+            let over_before = used.saturating_sub(total);
+            let over_after = (used + u64::from(*n)).saturating_sub(total);
+            if over_after > over_before {
+                extra += over_after - over_before;
+                short.get_or_insert((feature, used, total));
             }
         }
-        Ok(())
+        let Some((feature, used, total)) = short else {
+            return Ok(());
+        };
+        // Use over the allocation is the overdraft's while the overdraft covers it;
+        // beyond, it is what a shrink left behind.
+        let mut overdraft_full = false;
+        if let Some(k) = self.keys.get(&pool.key) {
+            let policy = &k.document.policy;
+            if policy.overdraft_seats > 0 {
+                if self.overdraft_spent(&pool.key, now) {
+                    return Err(Refusal::OverdraftSpent {
+                        feature: feature.clone(),
+                        in_use: used,
+                        total,
+                        hours: policy.overdraft_hours,
+                    });
+                }
+                let excess = self.key_excess(&pool.key, now);
+                let seats = u64::from(policy.overdraft_seats);
+                if excess + extra <= seats {
+                    return Ok(());
+                }
+                overdraft_full = excess <= seats;
+            }
+        }
+        if used > total && !overdraft_full {
+            Err(Refusal::OverAllocated {
+                feature: feature.clone(),
+                in_use: used,
+                total,
+            })
+        } else {
+            Err(Refusal::NoSeats {
+                feature: feature.clone(),
+                in_use: used,
+                total,
+            })
+        }
     }
 
     fn add_usage(&mut self, pool: &PoolId, features: &Features, held: i64, revoking: i64) {
@@ -809,7 +917,11 @@ impl Core {
 }
 
 #[cfg(test)]
+mod key_tests;
+#[cfg(test)]
 mod model_tests;
+#[cfg(test)]
+mod pool_tests;
 #[cfg(test)]
 mod prop_tests;
 #[cfg(test)]

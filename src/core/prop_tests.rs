@@ -7,16 +7,17 @@
 //! epochs), moves from live and silent holders, releases, heartbeats with right and wrong
 //! digests, syncs, acknowledgements, frees, kicks, server moves, connections opening and
 //! closing, partitions, renewals persisted late, reissues of key A in place (counts up or
-//! down, an expired entry extended) and time passing (one of key A's entries expires
-//! mid-run, so the allocation shrinks). Each simulated client keeps what a real one
+//! down, an expired entry extended), pools created, filled, emptied and deleted by an
+//! administrator (servers enrol into and move between them), and time passing (one of
+//! key A's entries expires mid-run, so the allocations holding it shrink). Each simulated client keeps what a real one
 //! would: the cameras it believes it holds, with their epochs, and its deadline (the send
 //! instant of its last answer + `valid_for`). After every call into the core the
 //! invariants are checked, both the core's own recount and against what the clients
-//! believe; each pool's allocation must also equal its key's own total.
+//! believe; the allocations of a key's pools must also add up to the key's own total.
 
 use super::{
     digest, CameraId, CameraOutcome, CheckoutAnswer, CheckoutItem, Core, EnrolRequest, Event,
-    Features, PoolId, Refusal, ReleaseReason, Revocation, ServerId, Timestamp,
+    Features, PoolId, Refusal, ReleaseReason, Revocation, SeatRequest, ServerId, Timestamp,
 };
 use crate::key::{Entry, KeyDocument, KeyId, KeyKind, Policy};
 use proptest::prelude::*;
@@ -78,10 +79,12 @@ struct ItemSpec {
 
 #[derive(Clone, Debug)]
 enum Op {
-    /// create_code + enrol, into the client's own key's pool or the other key's.
+    /// create_code + enrol, into a pool (picked at run time) of the client's own key or
+    /// the other key's.
     Enrol {
         client: usize,
         other_key: bool,
+        pool: usize,
     },
     Checkout {
         client: usize,
@@ -130,6 +133,28 @@ enum Op {
     MoveServer {
         client: usize,
         other_key: bool,
+        pool: usize,
+    },
+    /// An administrator creates a pool on key B or A with `count` seats of camera (or
+    /// lpr) from `Default`, from one sales order (picked at run time) if `order`.
+    PoolCreate {
+        key_b: bool,
+        lpr: bool,
+        count: u32,
+        order: Option<usize>,
+    },
+    /// Moves unused seats between two pools of a key (picked at run time).
+    PoolMove {
+        key_b: bool,
+        from: usize,
+        to: usize,
+        lpr: bool,
+        count: u32,
+        order: Option<usize>,
+    },
+    PoolDelete {
+        key_b: bool,
+        pick: usize,
     },
     SessionOpen {
         client: usize,
@@ -192,8 +217,8 @@ fn item_spec() -> impl Strategy<Value = ItemSpec> {
 fn op() -> impl Strategy<Value = Op> {
     let client = || 0..CLIENTS;
     prop_oneof![
-        3 => (client(), prop::bool::weighted(0.4))
-            .prop_map(|(client, other_key)| Op::Enrol { client, other_key }),
+        3 => (client(), prop::bool::weighted(0.4), any::<usize>())
+            .prop_map(|(client, other_key, pool)| Op::Enrol { client, other_key, pool }),
         16 => (
             client(),
             prop::collection::vec(item_spec(), 1..4),
@@ -229,8 +254,23 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(extend_secs, delta)| Op::Reissue { extend_secs, delta }),
         1 => (client(), prop::bool::weighted(0.3))
             .prop_map(|(client, force)| Op::Kick { client, force }),
-        2 => (client(), any::<bool>())
-            .prop_map(|(client, other_key)| Op::MoveServer { client, other_key }),
+        2 => (client(), any::<bool>(), any::<usize>())
+            .prop_map(|(client, other_key, pool)| Op::MoveServer { client, other_key, pool }),
+        1 => (any::<bool>(), prop::bool::weighted(0.3), 0..4u32, prop::option::weighted(0.4, any::<usize>()))
+            .prop_map(|(key_b, lpr, count, order)| Op::PoolCreate { key_b, lpr, count, order }),
+        2 => (
+            any::<bool>(),
+            any::<usize>(),
+            any::<usize>(),
+            prop::bool::weighted(0.3),
+            0..4u32,
+            prop::option::weighted(0.3, any::<usize>()),
+        )
+            .prop_map(|(key_b, from, to, lpr, count, order)| Op::PoolMove {
+                key_b, from, to, lpr, count, order
+            }),
+        1 => (any::<bool>(), any::<usize>())
+            .prop_map(|(key_b, pick)| Op::PoolDelete { key_b, pick }),
         4 => client().prop_map(|client| Op::SessionOpen { client }),
         3 => client().prop_map(|client| Op::SessionClose { client }),
         2 => (client(), any::<bool>())
@@ -505,6 +545,11 @@ struct Coverage {
     forgotten: AtomicU64,
     sync_released: AtomicU64,
     no_seats: AtomicU64,
+    pools_created: AtomicU64,
+    seats_moved: AtomicU64,
+    pools_deleted: AtomicU64,
+    seats_in_use: AtomicU64,
+    pool_in_use: AtomicU64,
     /// Simulated time over all cases, in seconds.
     simulated_secs: AtomicU64,
 }
@@ -531,6 +576,8 @@ struct Sim<'a> {
     counted: BTreeMap<(PoolId, &'static str), u64>,
     next_persist: Timestamp,
     codes: u64,
+    /// Pools made so far (their names are never reused).
+    pools_made: u64,
     /// The last operations and events, for failure messages.
     trail: VecDeque<String>,
     coverage: &'a Coverage,
@@ -565,6 +612,7 @@ impl<'a> Sim<'a> {
             counted: BTreeMap::new(),
             next_persist: T0.plus(HEARTBEAT_MS),
             codes: 0,
+            pools_made: 0,
             trail: VecDeque::new(),
             coverage,
         };
@@ -577,7 +625,7 @@ impl<'a> Sim<'a> {
             .map_err(|e| format!("installing key B: {e}"))?;
         sim.done("install keys")?;
         for i in 0..CLIENTS {
-            sim.enrol(i, false)?;
+            sim.enrol(i, false, 0)?;
             if i % 2 == 0 {
                 sim.session_open(i)?;
             }
@@ -726,8 +774,7 @@ impl<'a> Sim<'a> {
         // Invariant 1: counted use (held + revoking) within the allocation; over it only
         // after a shrink, and then it must not grow. Held seats alone never exceed it:
         // a shrink revokes the newest leases until they fit.
-        for key in [KA, KB] {
-            let pool = PoolId::default_of(key);
+        for pool in self.all_pools() {
             for f in FEATURES {
                 let u = self.core.usage(&pool, f);
                 let total = self.core.allocation(&pool, f, now);
@@ -754,16 +801,17 @@ impl<'a> Sim<'a> {
             }
         }
 
-        // A key's one pool is allocated exactly the key's own total: its unexpired entries.
+        // A key's pools are allocated exactly the key's own total: its unexpired entries.
         for key in [KA, KB] {
             let doc = self.core.key_document(key).ok_or("key missing")?;
+            let pools = self.pools_of(key);
             for f in FEATURES {
-                let pool = PoolId::default_of(key);
-                let (alloc, total) = (self.core.allocation(&pool, f, now), doc.total(f, now));
+                let alloc: u64 = pools.iter().map(|p| self.core.allocation(p, f, now)).sum();
+                let total = doc.total(f, now);
                 ensure(alloc == total, || {
                     format!(
-                        "after {what}: pool {pool} is allocated {alloc} {f} but key {key} \
-                         revision {} grants {total} at {}",
+                        "after {what}: the pools of key {key} ({pools:?}) are allocated {alloc} \
+                         {f} but its revision {} grants {total} at {}",
                         doc.revision,
                         at(now)
                     )
@@ -910,7 +958,11 @@ impl<'a> Sim<'a> {
 
     fn apply(&mut self, op: &Op) -> Check {
         match op {
-            Op::Enrol { client, other_key } => self.enrol(*client, *other_key),
+            Op::Enrol {
+                client,
+                other_key,
+                pool,
+            } => self.enrol(*client, *other_key, *pool),
             Op::Checkout {
                 client,
                 items,
@@ -958,7 +1010,26 @@ impl<'a> Sim<'a> {
                 force,
             } => self.free(*pick, *any, *name_key, *force),
             Op::Kick { client, force } => self.kick(*client, *force),
-            Op::MoveServer { client, other_key } => self.move_server(*client, *other_key),
+            Op::MoveServer {
+                client,
+                other_key,
+                pool,
+            } => self.move_server(*client, *other_key, *pool),
+            Op::PoolCreate {
+                key_b,
+                lpr,
+                count,
+                order,
+            } => self.pool_create(*key_b, *lpr, *count, *order),
+            Op::PoolMove {
+                key_b,
+                from,
+                to,
+                lpr,
+                count,
+                order,
+            } => self.pool_move(*key_b, *from, *to, *lpr, *count, *order),
+            Op::PoolDelete { key_b, pick } => self.pool_delete(*key_b, *pick),
             Op::SessionOpen { client } => self.session_open(*client),
             Op::SessionClose { client } => {
                 if !self.clients[*client].session {
@@ -995,7 +1066,7 @@ impl<'a> Sim<'a> {
         }
     }
 
-    fn enrol(&mut self, i: usize, other_key: bool) -> Check {
+    fn enrol(&mut self, i: usize, other_key: bool, pool_pick: usize) -> Check {
         if self.clients[i].partitioned {
             return Ok(());
         }
@@ -1006,7 +1077,8 @@ impl<'a> Sim<'a> {
             .clone()
             .unwrap_or_else(|| if i < 4 { KA } else { KB }.to_string());
         let target = if other_key { other(&home) } else { home };
-        let pool = PoolId::default_of(&target);
+        let pools = self.pools_of(&target);
+        let pool = pools[pool_pick % pools.len()].clone();
         self.codes += 1;
         let code = format!("code-{}", self.codes);
         self.core
@@ -1070,6 +1142,19 @@ impl<'a> Sim<'a> {
                             )
                         },
                     )?;
+                    return self.done(&what);
+                }
+                Err(Refusal::NoSeats { .. } | Refusal::OverAllocated { .. })
+                    if existing.is_some() && !cross =>
+                {
+                    // Re-enrolling moves the server with its cameras, or nothing changes.
+                    ensure(self.pool_of(&id) == before && busy, || {
+                        format!(
+                            "{what}: refused for want of seats, yet it holds nothing or moved \
+                             (now {:?})",
+                            self.pool_of(&id)
+                        )
+                    })?;
                     return self.done(&what);
                 }
                 Err(Refusal::UnknownServer { .. }) if existing.is_some() => {
@@ -1231,7 +1316,7 @@ impl<'a> Sim<'a> {
         answer: &CheckoutAnswer,
     ) -> Check {
         let after = Snapshot::of(&self.core, self.now);
-        let pool = PoolId::default_of(key);
+        let pool = self.pool_of(id).unwrap_or_else(|| PoolId::default_of(key));
         ensure(answer.outcomes.len() == items.len(), || {
             format!(
                 "{what}: {} outcomes for {} cameras",
@@ -1908,37 +1993,361 @@ impl<'a> Sim<'a> {
         self.done(&what)
     }
 
-    fn move_server(&mut self, i: usize, other_key: bool) -> Check {
+    fn move_server(&mut self, i: usize, other_key: bool, pool_pick: usize) -> Check {
         let id = self.clients[i].id.clone();
         let Some(from) = self.pool_of(&id) else {
             return Ok(());
         };
-        let target = PoolId::default_of(&if other_key {
+        let pools = self.pools_of(&if other_key {
             other(&from.key)
         } else {
             from.key.clone()
         });
-        let busy = Snapshot::of(&self.core, self.now).busy(&id);
+        let target = pools[pool_pick % pools.len()].clone();
+        let snap = Snapshot::of(&self.core, self.now);
+        let busy = snap.busy(&id);
         let cross = target.key != from.key;
+        // What its held cameras need in the target pool, and whether that fits.
+        let mut needed: BTreeMap<String, u64> = BTreeMap::new();
+        for (_, _, features) in snap.held.values().filter(|(s, _, _)| *s == id) {
+            for (f, n) in features {
+                *needed.entry(f.clone()).or_insert(0) += u64::from(*n);
+            }
+        }
+        let short = needed.iter().any(|(f, n)| {
+            *n > 0
+                && self.core.usage(&target, f).counted() + n
+                    > self.core.allocation(&target, f, self.now)
+        });
         let what = format!("server move {id} {from} -> {target}");
         let r = self.core.move_server(self.now, &id, &target);
         self.note(format!("{} {what} -> {r:?}", at(self.now)));
-        match r {
+        match &r {
             Ok(()) => {
                 ensure(!(cross && busy), || {
                     format!("{what}: moved to another key's pool while holding cameras")
                 })?;
+                ensure(from == target || cross || !short, || {
+                    format!("{what}: moved although the pool lacks room for {needed:?}")
+                })?;
                 ensure(self.pool_of(&id).as_ref() == Some(&target), || {
                     format!("{what}: the server is in {:?}", self.pool_of(&id))
                 })?;
+                let after = Snapshot::of(&self.core, self.now);
+                ensure(
+                    cross || after.held_by(&target.key, &id) == snap.held_by(&from.key, &id),
+                    || format!("{what}: its cameras did not move with it"),
+                )?;
             }
             Err(Refusal::BoundToOtherKey { key }) => {
                 Coverage::bump(&self.coverage.bound_to_other_key);
-                ensure(cross && busy && key == from.key, || {
+                ensure(cross && busy && *key == from.key, || {
                     format!("{what}: refused BoundToOtherKey {{ key: {key} }} (busy: {busy})")
                 })?;
             }
+            Err(Refusal::NoSeats { .. } | Refusal::OverAllocated { .. }) => {
+                ensure(!cross && short, || {
+                    format!("{what}: refused {r:?} though {needed:?} fits")
+                })?;
+                ensure(self.pool_of(&id).as_ref() == Some(&from), || {
+                    format!(
+                        "{what}: refused, yet the server is in {:?}",
+                        self.pool_of(&id)
+                    )
+                })?;
+            }
             Err(e) => return Err(format!("{what}: unexpected refusal {e:?}")),
+        }
+        self.done(&what)
+    }
+
+    fn pools_of(&self, key: &str) -> Vec<PoolId> {
+        self.all_pools()
+            .into_iter()
+            .filter(|p| p.key == key)
+            .collect()
+    }
+
+    fn all_pools(&self) -> Vec<PoolId> {
+        self.core
+            .pool_views(self.now)
+            .into_iter()
+            .map(|v| PoolId::new(&v.key_id, &v.name))
+            .collect()
+    }
+
+    /// A seat request for `key`: camera or lpr (key B has no lpr: asking it is refused),
+    /// from one of the key's sales orders if `order` picks one.
+    fn seat_request(&self, key: &str, lpr: bool, count: u32, order: Option<usize>) -> SeatRequest {
+        let feature = if lpr { "lpr" } else { "camera" };
+        let order = order.and_then(|o| {
+            let doc = self.core.key_document(key)?;
+            let orders: Vec<&String> = doc
+                .entries
+                .iter()
+                .filter(|e| e.feature == feature)
+                .map(|e| &e.order)
+                .collect();
+            (!orders.is_empty()).then(|| orders[o % orders.len()].clone())
+        });
+        SeatRequest {
+            feature: feature.into(),
+            count,
+            order,
+        }
+    }
+
+    /// What moving `req` out of `from` must answer: Ok, or the refusal's kind.
+    fn expect_move(&self, from: &PoolId, req: &SeatRequest) -> Result<(), &'static str> {
+        if req.count == 0 {
+            return Ok(());
+        }
+        let doc = self.core.key_document(&from.key).ok_or("no key")?;
+        if !doc.entries.iter().any(|e| e.feature == req.feature) {
+            return Err("BadRequest");
+        }
+        let view = self
+            .core
+            .pool_views(self.now)
+            .into_iter()
+            .find(|v| v.pool == from.to_string())
+            .ok_or("no pool")?;
+        let available: u64 = view
+            .entries
+            .iter()
+            .filter(|e| {
+                e.feature == req.feature
+                    && !e.expired
+                    && req.order.as_ref().is_none_or(|o| e.order == *o)
+            })
+            .map(|e| u64::from(e.seats))
+            .sum();
+        if u64::from(req.count) > available {
+            return Err("BadRequest");
+        }
+        let unused = self
+            .core
+            .allocation(from, &req.feature, self.now)
+            .saturating_sub(self.core.usage(from, &req.feature).counted());
+        if u64::from(req.count) > unused {
+            return Err("SeatsInUse");
+        }
+        Ok(())
+    }
+
+    /// Checks a pool command's answer against `expected`: seats moved exactly as asked,
+    /// or a refusal that changed nothing.
+    #[allow(clippy::too_many_arguments)]
+    fn check_seat_move(
+        &self,
+        what: &str,
+        from: &PoolId,
+        to: &PoolId,
+        req: &SeatRequest,
+        expected: Result<(), &'static str>,
+        before: &[crate::core::PoolView],
+        r: &Result<crate::core::PoolChange, Refusal>,
+    ) -> Check {
+        let f = req.feature.as_str();
+        let alloc_before = |p: &PoolId| -> u64 {
+            before
+                .iter()
+                .find(|v| v.pool == p.to_string())
+                .and_then(|v| v.seats.iter().find(|s| s.feature == f))
+                .map(|s| s.total)
+                .unwrap_or(0)
+        };
+        match (expected, r) {
+            (Ok(()), Ok(change)) => {
+                let moved: u32 = change.moved.iter().map(|m| m.count).sum();
+                ensure(moved == req.count, || {
+                    format!(
+                        "{what}: moved {moved} seats, {} asked: {change:?}",
+                        req.count
+                    )
+                })?;
+                ensure(
+                    change
+                        .moved
+                        .iter()
+                        .all(|m| req.order.as_ref().is_none_or(|o| m.order == *o)),
+                    || format!("{what}: seats came from other sales orders: {change:?}"),
+                )?;
+                let n = u64::from(req.count);
+                let (fa, ta) = (
+                    self.core.allocation(from, f, self.now),
+                    self.core.allocation(to, f, self.now),
+                );
+                ensure(
+                    fa + n == alloc_before(from) && ta == alloc_before(to) + n,
+                    || {
+                        format!(
+                            "{what}: allocations {from} {} -> {fa}, {to} {} -> {ta}",
+                            alloc_before(from),
+                            alloc_before(to)
+                        )
+                    },
+                )?;
+            }
+            (
+                Err("SeatsInUse"),
+                Err(Refusal::SeatsInUse {
+                    asked,
+                    in_use,
+                    total,
+                    ..
+                }),
+            ) => {
+                Coverage::bump(&self.coverage.seats_in_use);
+                ensure(
+                    *asked == u64::from(req.count)
+                        && *in_use == self.core.usage(from, f).counted()
+                        && *total == self.core.allocation(from, f, self.now)
+                        && asked + in_use > *total,
+                    || format!("{what}: refused with wrong numbers {r:?}"),
+                )?;
+            }
+            (Err("BadRequest"), Err(Refusal::BadRequest { .. })) => {}
+            (expected, r) => {
+                return Err(format!("{what}: expected {expected:?}, answered {r:?}"));
+            }
+        }
+        if r.is_err() {
+            ensure(self.core.pool_views(self.now) == before, || {
+                format!("{what}: a refusal changed the pools")
+            })?;
+        }
+        Ok(())
+    }
+
+    fn pool_create(&mut self, key_b: bool, lpr: bool, count: u32, order: Option<usize>) -> Check {
+        let key = if key_b { KB } else { KA };
+        self.pools_made += 1;
+        let pool = PoolId::new(key, &format!("P{}", self.pools_made));
+        let from = PoolId::default_of(key);
+        let req = self.seat_request(key, lpr, count, order);
+        let expected = self.expect_move(&from, &req);
+        let before = self.core.pool_views(self.now);
+        let what = format!("pool create {pool} {req}");
+        let r = self
+            .core
+            .create_pool(self.now, &pool, std::slice::from_ref(&req));
+        self.note(format!("{} {what} -> {r:?}", at(self.now)));
+        if r.is_ok() {
+            Coverage::bump(&self.coverage.pools_created);
+        }
+        self.check_seat_move(&what, &from, &pool, &req, expected, &before, &r)?;
+        ensure(r.is_ok() == self.pools_of(key).contains(&pool), || {
+            format!("{what}: answered {r:?}; the pool exists: {}", r.is_err())
+        })?;
+        self.done(&what)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn pool_move(
+        &mut self,
+        key_b: bool,
+        from: usize,
+        to: usize,
+        lpr: bool,
+        count: u32,
+        order: Option<usize>,
+    ) -> Check {
+        let key = if key_b { KB } else { KA };
+        let pools = self.pools_of(key);
+        let (from, to) = (
+            pools[from % pools.len()].clone(),
+            pools[to % pools.len()].clone(),
+        );
+        let req = self.seat_request(key, lpr, count, order);
+        let expected = if from == to {
+            Err("BadRequest")
+        } else {
+            self.expect_move(&from, &req)
+        };
+        let before = self.core.pool_views(self.now);
+        let what = format!("pool move {from} {to} {req}");
+        let r = self
+            .core
+            .move_seats(self.now, &from, &to, std::slice::from_ref(&req));
+        self.note(format!("{} {what} -> {r:?}", at(self.now)));
+        if r.as_ref().is_ok_and(|c| !c.moved.is_empty()) {
+            Coverage::bump(&self.coverage.seats_moved);
+        }
+        self.check_seat_move(&what, &from, &to, &req, expected, &before, &r)?;
+        self.done(&what)
+    }
+
+    fn pool_delete(&mut self, key_b: bool, pick: usize) -> Check {
+        let key = if key_b { KB } else { KA };
+        let pools = self.pools_of(key);
+        let pool = pools[pick % pools.len()].clone();
+        let default = PoolId::default_of(key);
+        let servers = self
+            .core
+            .server_views(self.now)
+            .iter()
+            .filter(|v| v.pool == pool.to_string())
+            .count() as u64;
+        let counted: u64 = FEATURES
+            .iter()
+            .map(|f| self.core.usage(&pool, f).counted())
+            .sum();
+        let revoking_now: u64 = FEATURES
+            .iter()
+            .map(|f| self.core.usage(&pool, f).revoking)
+            .sum();
+        let before: Vec<(u64, u64)> = FEATURES
+            .iter()
+            .map(|f| {
+                (
+                    self.core.allocation(&pool, f, self.now),
+                    self.core.allocation(&default, f, self.now),
+                )
+            })
+            .collect();
+        let views = self.core.pool_views(self.now);
+        let what = format!("pool delete {pool}");
+        let r = self.core.delete_pool(self.now, &pool);
+        self.note(format!("{} {what} -> {r:?}", at(self.now)));
+        match &r {
+            Ok(_) => {
+                Coverage::bump(&self.coverage.pools_deleted);
+                ensure(pool != default && servers == 0 && counted == 0, || {
+                    format!("{what}: deleted with {servers} servers and {counted} seats counted")
+                })?;
+                for (f, (p, d)) in FEATURES.iter().zip(before) {
+                    let now_d = self.core.allocation(&default, f, self.now);
+                    ensure(now_d == d + p, || {
+                        format!("{what}: Default holds {now_d} {f}; it held {d} and got {p}")
+                    })?;
+                }
+                ensure(!self.pools_of(key).contains(&pool), || {
+                    format!("{what}: the pool is still there")
+                })?;
+            }
+            Err(Refusal::PoolInUse {
+                servers: s,
+                revoking,
+                ..
+            }) => {
+                Coverage::bump(&self.coverage.pool_in_use);
+                ensure(
+                    *s == servers && *revoking == revoking_now && (servers > 0 || counted > 0),
+                    || {
+                        format!(
+                            "{what}: refused {r:?}; it has {servers} servers, {counted} counted"
+                        )
+                    },
+                )?;
+            }
+            Err(Refusal::BadRequest { .. }) if pool == default => {}
+            Err(e) => return Err(format!("{what}: unexpected refusal {e:?}")),
+        }
+        if r.is_err() {
+            ensure(self.core.pool_views(self.now) == views, || {
+                format!("{what}: a refusal changed the pools")
+            })?;
         }
         self.done(&what)
     }
@@ -2101,6 +2510,11 @@ fn random_interleavings_keep_the_invariants() {
             ("silent servers expired", &c.servers_expired),
             ("servers forgotten", &c.forgotten),
             ("sync releases", &c.sync_released),
+            ("pools created", &c.pools_created),
+            ("seats moved between pools", &c.seats_moved),
+            ("pools deleted", &c.pools_deleted),
+            ("SeatsInUse refusals", &c.seats_in_use),
+            ("PoolInUse refusals", &c.pool_in_use),
         ] {
             assert!(
                 n.load(Ordering::Relaxed) > 0,

@@ -43,6 +43,8 @@ pub enum Refusal {
     RateLimited {
         retry_after_ms: u64,
     },
+    /// The daemon's wall clock is behind its high-water mark `mark` by more than the
+    /// tolerance: new checkouts wait until it passes the mark (renewals go on).
     ClockRollback {
         mark: Timestamp,
     },
@@ -87,6 +89,35 @@ pub enum Refusal {
     Unavailable {
         reason: String,
     },
+    /// The daemon does not serve this key now: its host binding failed, it is a DEMO key
+    /// on a production daemon, or it is being returned. `reason` says which.
+    KeyInactive {
+        key: KeyId,
+        reason: String,
+    },
+    /// No free seat, and the key's overdraft allowance of `hours` per 30 days is spent.
+    OverdraftSpent {
+        feature: Feature,
+        in_use: u64,
+        total: u64,
+        hours: u32,
+    },
+    /// Administration only: moving `asked` seats of `feature` out of `pool` would leave
+    /// it fewer than it has in use; only unused seats move.
+    SeatsInUse {
+        pool: String,
+        feature: Feature,
+        asked: u64,
+        in_use: u64,
+        total: u64,
+    },
+    /// Administration only: servers are still enrolled in the pool being deleted, or
+    /// seats of servers that left it are still counted (`revoking`).
+    PoolInUse {
+        pool: String,
+        servers: u64,
+        revoking: u64,
+    },
 }
 
 impl fmt::Display for Refusal {
@@ -122,7 +153,7 @@ impl fmt::Display for Refusal {
             }
             ClockRollback { mark } => write!(
                 f,
-                "the daemon's clock is behind its high-water mark {mark}; new checkouts are blocked until it passes it"
+                "the daemon's wall clock is behind its high-water mark {mark}; new checkouts are refused until it passes the mark or a vendor's reset token is installed (renewals go on)"
             ),
             NotHeld => write!(f, "this video server does not hold the camera"),
             NewlyAdded { until } => write!(
@@ -144,6 +175,27 @@ impl fmt::Display for Refusal {
             }
             BadRequest { reason } => write!(f, "bad request: {reason}"),
             Unavailable { reason } => write!(f, "the licence daemon cannot make changes now: {reason}"),
+            KeyInactive { key, reason } => write!(f, "key {key} is not served by this daemon: {reason}"),
+            OverdraftSpent { feature, in_use, total, hours } => write!(
+                f,
+                "no free {feature} licence: {in_use} in use of {total} total in this pool, and the key's overdraft allowance ({hours} hours per 30 days) is spent"
+            ),
+            SeatsInUse { pool, feature, asked, in_use, total } => write!(
+                f,
+                "only unused seats move: pool {pool} has {} unused {feature} seats ({in_use} in use of {total}); {asked} asked",
+                total.saturating_sub(*in_use)
+            ),
+            PoolInUse { pool, servers, .. } if *servers > 0 => write!(
+                f,
+                "pool {pool} still has {servers} video server{} enrolled; move or kick {} first",
+                if *servers == 1 { "" } else { "s" },
+                if *servers == 1 { "it" } else { "them" }
+            ),
+            PoolInUse { pool, revoking, .. } => write!(
+                f,
+                "pool {pool} still counts {revoking} revoking seat{} of a server that left it; it can be deleted once the server acknowledges or its reservation ends",
+                if *revoking == 1 { "" } else { "s" }
+            ),
         }
     }
 }

@@ -519,6 +519,17 @@ fn camera_contested_after_n_moves_within_the_window() {
     }
     // Moves: A->B, B->A, A->B: the third raises it.
     assert_eq!(contested, 1);
+    // The camera list marks it while the moves are inside the window.
+    let marked = |c: &Core, now| {
+        c.camera_views(now)
+            .iter()
+            .any(|v| v.camera_id == "c1" && v.state == "held" && v.contested)
+    };
+    assert!(marked(&c, T0.plus(3_000)));
+    assert!(
+        !marked(&c, T0.plus(62_000)),
+        "still contested after the window"
+    );
 }
 
 #[test]

@@ -37,8 +37,10 @@ impl Timestamp {
     pub fn since(self, earlier: Timestamp) -> u64 {
         self.0.saturating_sub(earlier.0)
     }
+    /// Clamped to the last millisecond of year 9999, the last instant RFC 3339 can name
+    /// (clamping to its last whole second printed 9999-12-31T23:59:59.5Z as .000Z).
     pub fn to_system_time(self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_millis(self.0.min(253_402_300_799_000))
+        UNIX_EPOCH + Duration::from_millis(self.0.min(253_402_300_799_999))
     }
     pub fn from_system_time(t: SystemTime) -> Self {
         match t.duration_since(UNIX_EPOCH) {
@@ -115,9 +117,49 @@ pub fn human_span(ms: u64) -> String {
     }
 }
 
+/// `t` as seen from `now`: "3 min ago", "in 2 h", "just now"; "never" for `NEVER`.
+pub fn relative(now: Timestamp, t: Timestamp) -> String {
+    if t == Timestamp::NEVER {
+        return "never".into();
+    }
+    let (ms, past) = if t <= now {
+        (now.since(t), true)
+    } else {
+        (t.since(now), false)
+    };
+    let s = ms / 1000;
+    let span = if s < 5 {
+        return "just now".into();
+    } else if s < 60 {
+        format!("{s} s")
+    } else if s < 3600 {
+        format!("{} min", s / 60)
+    } else if s < 2 * 86_400 {
+        format!("{} h", s / 3600)
+    } else {
+        format!("{} days", s / 86_400)
+    };
+    if past {
+        format!("{span} ago")
+    } else {
+        format!("in {span}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relative_times_read_like_speech() {
+        let now = Timestamp::from_secs(1_000_000);
+        assert_eq!(relative(now, now), "just now");
+        assert_eq!(relative(now, now.minus(30_000)), "30 s ago");
+        assert_eq!(relative(now, now.minus(3 * MINUTE + 10)), "3 min ago");
+        assert_eq!(relative(now, now.plus(2 * HOUR)), "in 2 h");
+        assert_eq!(relative(now, now.plus(3 * DAY)), "in 3 days");
+        assert_eq!(relative(now, Timestamp::NEVER), "never");
+    }
 
     #[test]
     fn rfc3339_round_trip() {
@@ -125,6 +167,13 @@ mod tests {
         assert_eq!(t.rfc3339(), "2026-11-22T14:00:00Z");
         assert_eq!(Timestamp(t.0 + 5).rfc3339(), "2026-11-22T14:00:00.005Z");
         assert!(Timestamp::parse_rfc3339("yesterday").is_err());
+    }
+
+    #[test]
+    fn the_last_second_of_year_9999_keeps_its_milliseconds() {
+        let t = Timestamp::parse_rfc3339("9999-12-31T23:59:59.5Z").unwrap();
+        assert_eq!(t.rfc3339(), "9999-12-31T23:59:59.500Z");
+        assert_eq!(Timestamp::parse_rfc3339(&t.rfc3339()), Ok(t));
     }
 
     #[test]

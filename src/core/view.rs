@@ -15,6 +15,39 @@ pub struct SeatUsage {
     pub revoking: u64,
     pub total: u64,
     pub free: u64,
+    /// Seats in use beyond `total`: the key's overdraft (or, after a shrink, leases
+    /// being revoked).
+    pub overdraft: u64,
+}
+
+/// One entry (sales-order line) of a key, as `key list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryView {
+    pub order: String,
+    pub feature: Feature,
+    pub count: u32,
+    pub not_after: Timestamp,
+    /// `valid`, `expiring` (within 30 days) or `expired`.
+    pub state: String,
+    /// Whole days left before `not_after` (0 once expired).
+    pub days_left: u64,
+}
+
+/// A key's overdraft: seats over the allocation and hours over it in the last 30 days.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverdraftView {
+    /// Extra seats the key allows, shared by its pools.
+    pub seats: u32,
+    /// Seats in use over the allocation now.
+    pub in_use: u64,
+    /// Hours over the allocation allowed per rolling 30 days.
+    pub hours_allowed: u32,
+    /// Minutes over the allocation in the last 30 days.
+    pub minutes_used: u64,
+    /// The allowance is spent: no overdraft is granted until hours free up.
+    pub spent: bool,
+    /// Since when the key is over its allocation.
+    pub over_since: Option<Timestamp>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,6 +61,15 @@ pub struct KeyView {
     pub heartbeat_interval_secs: u64,
     pub offline_grace_secs: u64,
     pub seats: Vec<SeatUsage>,
+    pub issued_at: Timestamp,
+    /// `active`, `refused` (not served: see `problem`) or `returning`.
+    pub state: String,
+    pub problem: Option<String>,
+    /// How the key is bound to this host (`bound to this host`, `DEMO key: not
+    /// host-bound`, or what changed).
+    pub binding: String,
+    pub entries: Vec<EntryView>,
+    pub overdraft: OverdraftView,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +80,18 @@ pub struct PoolView {
     pub demo: bool,
     pub servers: u64,
     pub seats: Vec<SeatUsage>,
+    /// The seats it holds of each entry (sales order line) of its key.
+    pub entries: Vec<PoolEntry>,
+}
+
+/// Seats a pool holds of one entry of its key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolEntry {
+    pub order: String,
+    pub feature: Feature,
+    pub seats: u32,
+    pub not_after: Timestamp,
+    pub expired: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,7 +106,9 @@ pub struct ServerView {
     pub seats: Vec<SeatUsage>,
     pub enrolled_at: Timestamp,
     pub last_checkin: Timestamp,
-    /// `live` (connected), `silent`, or `kicked`.
+    /// `live` (connected); `silent` (no connection, licensed by its offline grace);
+    /// `reservation ending` (silent past its grace: it has stopped, and its seats come
+    /// back at `reservation_end`); `kicked` (what it holds is being taken back).
     pub state: String,
     pub reservation_end: Option<Timestamp>,
     pub pending_revocations: u64,
@@ -75,6 +131,12 @@ pub struct CameraView {
     pub last_renewal: Timestamp,
     pub newly_added_until: Option<Timestamp>,
     pub revoking_until: Option<Timestamp>,
+    /// Held beyond its pool's allocation, on the key's overdraft (the newest leases of a
+    /// pool over its allocation are the ones counted as overdraft).
+    pub overdraft: bool,
+    /// Moved at least the key's `contested_moves` times within its window: two servers
+    /// may be fighting over it (`CameraContested`).
+    pub contested: bool,
 }
 
 /// Enrolled servers, those with a live connection (and not kicked), and the cameras
@@ -109,6 +171,7 @@ impl Core {
                     revoking: u.revoking,
                     total,
                     free: total.saturating_sub(u.counted()),
+                    overdraft: u.counted().saturating_sub(total),
                     feature,
                 }
             })
@@ -129,6 +192,7 @@ impl Core {
                                 x.revoking += s.revoking;
                                 x.total += s.total;
                                 x.free += s.free;
+                                x.overdraft += s.overdraft;
                             }
                             None => seats.push(s),
                         }
@@ -144,6 +208,44 @@ impl Core {
                     heartbeat_interval_secs: d.policy.heartbeat_interval_secs,
                     offline_grace_secs: d.policy.offline_grace_secs,
                     seats,
+                    issued_at: d.issued_at,
+                    state: if k.returning {
+                        "returning"
+                    } else if k.refused.is_some() {
+                        "refused"
+                    } else {
+                        "active"
+                    }
+                    .into(),
+                    problem: k.inactive_reason(),
+                    binding: k.binding.clone(),
+                    entries: d
+                        .entries
+                        .iter()
+                        .map(|e| EntryView {
+                            order: e.order.clone(),
+                            feature: e.feature.clone(),
+                            count: e.count,
+                            not_after: e.not_after,
+                            state: if e.not_after <= now {
+                                "expired"
+                            } else if now >= e.not_after.minus(30 * super::time::DAY) {
+                                "expiring"
+                            } else {
+                                "valid"
+                            }
+                            .into(),
+                            days_left: e.not_after.since(now) / super::time::DAY,
+                        })
+                        .collect(),
+                    overdraft: OverdraftView {
+                        seats: d.policy.overdraft_seats,
+                        in_use: self.key_excess(&d.key_id, now),
+                        hours_allowed: d.policy.overdraft_hours,
+                        minutes_used: k.overdraft.used_ms(now) / super::time::MINUTE,
+                        spent: d.policy.overdraft_seats > 0 && self.overdraft_spent(&d.key_id, now),
+                        over_since: k.overdraft.over_since,
+                    },
                 }
             })
             .collect()
@@ -159,6 +261,7 @@ impl Core {
                 demo: self.keys.get(&p.key).is_some_and(|k| k.demo),
                 servers: self.servers.values().filter(|s| s.pool == *p).count() as u64,
                 seats: self.seat_usage(p, now),
+                entries: self.pool_entries(p, now),
             })
             .collect()
     }
@@ -175,7 +278,38 @@ impl Core {
         c
     }
 
-    pub fn server_views(&self, _now: Timestamp) -> Vec<ServerView> {
+    fn pool_entries(&self, pool: &PoolId, now: Timestamp) -> Vec<PoolEntry> {
+        let (Some(p), Some(k)) = (self.pools.get(pool), self.keys.get(&pool.key)) else {
+            return Vec::new();
+        };
+        p.seats
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .filter_map(|(i, n)| {
+                let e = k.document.entries.get(*i)?;
+                Some(PoolEntry {
+                    order: e.order.clone(),
+                    feature: e.feature.clone(),
+                    seats: *n,
+                    not_after: e.not_after,
+                    expired: e.not_after <= now,
+                })
+            })
+            .collect()
+    }
+
+    /// Whether a camera moved often enough lately to be `CameraContested`.
+    fn contested(&self, key: &str, rec: &super::CameraRecord, now: Timestamp) -> bool {
+        let Some(k) = self.keys.get(key) else {
+            return false;
+        };
+        let policy = &k.document.policy;
+        let window = policy.contested_window_ms();
+        let recent = rec.moves.iter().filter(|t| now.since(**t) < window).count() as u32;
+        policy.contested_moves > 0 && recent >= policy.contested_moves
+    }
+
+    pub fn server_views(&self, now: Timestamp) -> Vec<ServerView> {
         self.servers
             .values()
             .map(|s| {
@@ -191,10 +325,13 @@ impl Core {
                         }
                     }
                 }
+                let busy = !s.held.is_empty() || !s.revoking.is_empty();
                 let state = if s.kicked {
                     "kicked"
                 } else if s.sessions > 0 {
                     "live"
+                } else if busy && self.valid_for(now, &s.id) == 0 {
+                    "reservation ending"
                 } else {
                     "silent"
                 };
@@ -214,6 +351,7 @@ impl Core {
                             revoking: 0,
                             total: n,
                             free: 0,
+                            overdraft: 0,
                         })
                         .collect(),
                     enrolled_at: s.enrolled_at,
@@ -229,9 +367,11 @@ impl Core {
     }
 
     pub fn camera_views(&self, now: Timestamp) -> Vec<CameraView> {
+        let overdraft = self.overdraft_leases(now);
         let mut out = Vec::new();
         for ((key, camera), rec) in &self.cameras {
             let newly = self.is_newly_added(key, rec, now);
+            let contested = self.contested(key, rec, now);
             if let Some(l) = &rec.lease {
                 let s = self.servers.get(&l.server);
                 out.push(CameraView {
@@ -249,6 +389,8 @@ impl Core {
                     last_renewal: s.map(|s| s.renewed_at).unwrap_or_default(),
                     newly_added_until: newly,
                     revoking_until: None,
+                    overdraft: overdraft.contains(&(key.clone(), camera.clone())),
+                    contested,
                 });
             }
             for r in &rec.revoking {
@@ -268,7 +410,44 @@ impl Core {
                     last_renewal: s.map(|s| s.renewed_at).unwrap_or_default(),
                     newly_added_until: newly,
                     revoking_until: Some(r.until),
+                    overdraft: false,
+                    contested,
                 });
+            }
+        }
+        out
+    }
+
+    /// Held leases counted as overdraft: in each pool and feature over its allocation,
+    /// the newest leases that make up the excess.
+    fn overdraft_leases(&self, now: Timestamp) -> std::collections::BTreeSet<(String, String)> {
+        let mut out = std::collections::BTreeSet::new();
+        for p in self.pools.values() {
+            for (feature, u) in &p.usage {
+                let mut excess = u
+                    .counted()
+                    .saturating_sub(self.allocation(&p.id, feature, now));
+                if excess == 0 {
+                    continue;
+                }
+                let mut leases: Vec<(Timestamp, u64, String, u64)> = self
+                    .cameras
+                    .iter()
+                    .filter(|((k, _), _)| *k == p.id.key)
+                    .filter_map(|((_, c), r)| {
+                        let l = r.lease.as_ref()?;
+                        let n = u64::from(l.features.get(feature).copied().unwrap_or(0));
+                        (l.pool == p.id && n > 0).then(|| (l.granted_at, l.epoch, c.clone(), n))
+                    })
+                    .collect();
+                leases.sort();
+                while excess > 0 {
+                    let Some((_, _, camera, n)) = leases.pop() else {
+                        break;
+                    };
+                    out.insert((p.id.key.clone(), camera));
+                    excess = excess.saturating_sub(n);
+                }
             }
         }
         out
@@ -389,6 +568,12 @@ impl Core {
     }
     pub fn key_document(&self, key: &str) -> Option<&crate::key::KeyDocument> {
         self.keys.get(key).map(|k| &k.document)
+    }
+    pub fn installed_key(&self, key: &str) -> Option<&super::InstalledKey> {
+        self.keys.get(key)
+    }
+    pub fn installed_keys(&self) -> impl Iterator<Item = &super::InstalledKey> {
+        self.keys.values()
     }
     pub fn server_pool(&self, server: &str) -> Option<&PoolId> {
         self.servers.get(server).map(|s| &s.pool)

@@ -1,6 +1,6 @@
-//! The admin socket: a Unix socket (mode 0660) where `netkeyctl` sends one JSON request
-//! per line. Every action is written once here, against the core, so the web console can
-//! serve the same requests.
+//! The admin API and its Unix socket (mode 0660), where `netkeyctl` sends one JSON
+//! request per line. Every action is written once here, in `AdminApi::handle`, against
+//! the core: the web console's pages and forms make the same requests.
 
 use super::conn::ACK_WAIT;
 use super::owner::CoreHandle;
@@ -68,18 +68,21 @@ fn refuse_open_directory(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-pub async fn serve(
-    listener: UnixListener,
-    core: CoreHandle,
-    info: Arc<DaemonInfo>,
-    shutdown: CancellationToken,
-) {
+/// The admin API: what `netkeyctl` and the web console ask of the daemon.
+#[derive(Clone, Debug)]
+pub struct AdminApi {
+    pub core: CoreHandle,
+    pub info: Arc<DaemonInfo>,
+    pub console: Arc<crate::web::Console>,
+}
+
+pub async fn serve(listener: UnixListener, api: AdminApi, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let (core, info, shutdown) = (core.clone(), info.clone(), shutdown.clone());
-                    tokio::spawn(async move { connection(stream, core, info, shutdown).await });
+                    let (api, shutdown) = (api.clone(), shutdown.clone());
+                    tokio::spawn(async move { connection(stream, api, shutdown).await });
                 }
                 Err(e) => {
                     tracing::warn!("admin socket accept failed: {e}");
@@ -91,12 +94,7 @@ pub async fn serve(
     }
 }
 
-async fn connection(
-    stream: UnixStream,
-    core: CoreHandle,
-    info: Arc<DaemonInfo>,
-    shutdown: CancellationToken,
-) {
+async fn connection(stream: UnixStream, api: AdminApi, shutdown: CancellationToken) {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read);
     loop {
@@ -119,7 +117,7 @@ async fn connection(
             }
         } else {
             match serde_json::from_str::<AdminRequest>(line.trim()) {
-                Ok(req) => handle(req, &core, &info).await,
+                Ok(req) => api.handle(req).await,
                 Err(e) => AdminReply {
                     ok: None,
                     error: Some(format!("bad admin request: {e}")),
@@ -158,21 +156,98 @@ fn err(e: impl std::fmt::Display) -> AdminReply {
     }
 }
 
-async fn handle(req: AdminRequest, core: &CoreHandle, info: &Arc<DaemonInfo>) -> AdminReply {
-    let result = match req {
-        AdminRequest::ServerKick { server, force } => kick(core, server, force).await,
-        AdminRequest::CameraFree { camera, key, force } => free(core, camera, key, force).await,
-        other => {
-            let info = info.clone();
-            core.call(move |o| query(o, other, &info))
-                .await
-                .unwrap_or_else(err)
+impl AdminApi {
+    /// Answers one admin request: the one place every administrative action is made.
+    pub async fn handle(&self, req: AdminRequest) -> AdminReply {
+        let core = &self.core;
+        let result = match req {
+            AdminRequest::ServerKick { server, force } => kick(core, server, force).await,
+            AdminRequest::CameraFree { camera, key, force } => free(core, camera, key, force).await,
+            AdminRequest::KeyReturn { key, force } => {
+                match super::keys::return_key(core, &self.info, key, force).await {
+                    Ok(doc) => ok(doc),
+                    Err(e) => err(e),
+                }
+            }
+            AdminRequest::ConsoleLogin => {
+                let now = core.call(|o| o.now).await;
+                match now {
+                    Ok(now) => {
+                        let (token, ttl) = self.console.mint_login_token();
+                        ok(ConsoleUrl {
+                            url: format!(
+                                "{}/login?token={token}",
+                                crate::web::loopback_base(&self.info.listen)
+                            ),
+                            expires_at: now.plus(ttl.as_millis() as u64),
+                        })
+                    }
+                    Err(e) => err(e),
+                }
+            }
+            AdminRequest::ConsolePassword { password } => {
+                let console = self.console.clone();
+                let set =
+                    tokio::task::spawn_blocking(move || console.set_password(password.as_deref()))
+                        .await;
+                match set {
+                    Ok(Ok(enabled)) => ok(serde_json::json!({ "password_login": enabled })),
+                    Ok(Err(e)) => err(e),
+                    Err(e) => err(e),
+                }
+            }
+            other => {
+                let info = self.info.clone();
+                core.call(move |o| query(o, other, &info))
+                    .await
+                    .unwrap_or_else(err)
+            }
+        };
+        if let Some(e) = &result.error {
+            tracing::info!(reason = %e, "admin request refused");
         }
-    };
-    if let Some(e) = &result.error {
-        tracing::info!(reason = %e, "admin request refused");
+        result
     }
-    result
+}
+
+/// The pool a command made or filled, as listed now.
+fn pool_changed(o: &super::owner::Owner, change: crate::core::PoolChange) -> AdminReply {
+    let name = change.to.to_string();
+    match o
+        .core()
+        .pool_views(o.now)
+        .into_iter()
+        .find(|p| p.pool == name)
+    {
+        Some(pool) => ok(PoolChanged {
+            from: change.from.to_string(),
+            to: name,
+            moved: change.moved,
+            pool,
+        }),
+        None => err(Refusal::UnknownPool { pool: name }),
+    }
+}
+
+/// The key a new pool belongs to: the one named, or the only key installed.
+fn key_for_new_pool(o: &super::owner::Owner, key: Option<String>) -> Result<String, String> {
+    if let Some(k) = key {
+        return Ok(k);
+    }
+    let keys: Vec<String> = o
+        .core()
+        .key_views(o.now)
+        .into_iter()
+        .map(|k| k.key_id)
+        .collect();
+    match keys.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err("no key is installed".into()),
+        _ => Err(format!(
+            "several keys are installed; say which one the pool belongs to ({})",
+            keys.join(", ")
+        )),
+    }
 }
 
 fn query(o: &mut super::owner::Owner, req: AdminRequest, info: &DaemonInfo) -> AdminReply {
@@ -200,8 +275,30 @@ fn query(o: &mut super::owner::Owner, req: AdminRequest, info: &DaemonInfo) -> A
                     .lock()
                     .map(|d| d.clone())
                     .unwrap_or_default(),
+                clock: o.clock_guard().map(|g| ClockView {
+                    wall: o.wall(),
+                    mark: g.mark(),
+                    rollback: g.rollback(),
+                    tolerance_secs: super::clockguard::TOLERANCE_MS / 1000,
+                }),
             })
         }
+        AdminRequest::KeyInstall { key } => match super::keys::install(o, info, &key) {
+            Ok(v) => ok(v),
+            Err(e) => err(e),
+        },
+        AdminRequest::KeyRequest => match super::keys::request(o, info) {
+            Ok(v) => ok(v),
+            Err(e) => err(e),
+        },
+        AdminRequest::KeyReport { key } => match super::keys::report(o, info, &key) {
+            Ok(v) => ok(v),
+            Err(e) => err(e),
+        },
+        AdminRequest::KeyClockReset { token } => match super::keys::clock_reset(o, info, &token) {
+            Ok(v) => ok(v),
+            Err(e) => err(e),
+        },
         AdminRequest::KeyList => ok(o.core().key_views(now)),
         AdminRequest::PoolList => ok(o.core().pool_views(now)),
         AdminRequest::PoolShow { pool } => match o.core().resolve_pool(&pool) {
@@ -285,7 +382,81 @@ fn query(o: &mut super::owner::Owner, req: AdminRequest, info: &DaemonInfo) -> A
                 Err(e) => err(e),
             }
         }
-        AdminRequest::CameraList { server, pool } => {
+        AdminRequest::PoolCreate { name, key, seats } => {
+            if let Some((k, n)) = name.split_once('/') {
+                if key.as_deref().is_some_and(|key| key != k) {
+                    return err(format!(
+                        "pool {name} does not belong to key {}",
+                        key.unwrap_or_default()
+                    ));
+                }
+                let id = PoolId::new(k, n);
+                return match outcome!(o.execute(Command::CreatePool { pool: id, seats }), Outcome::PoolChanged(c) => c)
+                {
+                    Ok(c) => pool_changed(o, c),
+                    Err(e) => err(e),
+                };
+            }
+            let key = match key_for_new_pool(o, key) {
+                Ok(k) => k,
+                Err(e) => return err(e),
+            };
+            let id = PoolId::new(&key, &name);
+            match outcome!(o.execute(Command::CreatePool { pool: id, seats }), Outcome::PoolChanged(c) => c)
+            {
+                Ok(c) => pool_changed(o, c),
+                Err(e) => err(e),
+            }
+        }
+        AdminRequest::PoolMove { from, to, seats } => {
+            let ids = o.core().resolve_pool(&from).and_then(|f| {
+                // A bare target name is looked up among the source's key first.
+                let t = if to.contains('/') {
+                    o.core().resolve_pool(&to)?
+                } else {
+                    o.core()
+                        .resolve_pool(&format!("{}/{to}", f.key))
+                        .or_else(|_| o.core().resolve_pool(&to))?
+                };
+                Ok((f, t))
+            });
+            let (f, t) = match ids {
+                Ok(ids) => ids,
+                Err(e) => return err(e),
+            };
+            match outcome!(o.execute(Command::MoveSeats { from: f, to: t, seats }), Outcome::PoolChanged(c) => c)
+            {
+                Ok(c) => pool_changed(o, c),
+                Err(e) => err(e),
+            }
+        }
+        AdminRequest::PoolDelete { pool } => {
+            let id = match o.core().resolve_pool(&pool) {
+                Ok(id) => id,
+                Err(e) => return err(e),
+            };
+            match outcome!(o.execute(Command::DeletePool { pool: id }), Outcome::PoolChanged(c) => c)
+            {
+                Ok(c) => pool_changed(o, c),
+                Err(e) => err(e),
+            }
+        }
+        AdminRequest::Usage { since } => {
+            let since = since.unwrap_or(now.minus(crate::core::time::DAY));
+            match o.store().usage_since(since) {
+                Ok(samples) => ok(UsageHistory {
+                    now,
+                    sample_interval_secs: super::owner::USAGE_SAMPLE_MS / 1000,
+                    samples,
+                }),
+                Err(e) => err(e),
+            }
+        }
+        AdminRequest::CameraList {
+            server,
+            pool,
+            feature,
+        } => {
             let pool = match pool.map(|p| o.core().resolve_pool(&p)).transpose() {
                 Ok(p) => p.map(|p| p.to_string()),
                 Err(e) => return err(e),
@@ -296,6 +467,11 @@ fn query(o: &mut super::owner::Owner, req: AdminRequest, info: &DaemonInfo) -> A
                 .into_iter()
                 .filter(|c| server.as_ref().is_none_or(|s| c.server_id == *s))
                 .filter(|c| pool.as_ref().is_none_or(|p| c.pool == *p))
+                .filter(|c| {
+                    feature
+                        .as_ref()
+                        .is_none_or(|f| c.features.get(f).is_some_and(|n| *n > 0))
+                })
                 .collect();
             ok(cams)
         }
@@ -318,14 +494,16 @@ fn query(o: &mut super::owner::Owner, req: AdminRequest, info: &DaemonInfo) -> A
                 Err(e) => err(e),
             }
         }
-        AdminRequest::ServerKick { .. } | AdminRequest::CameraFree { .. } => {
-            err("internal: routed elsewhere")
-        }
+        AdminRequest::ServerKick { .. }
+        | AdminRequest::CameraFree { .. }
+        | AdminRequest::KeyReturn { .. }
+        | AdminRequest::ConsoleLogin
+        | AdminRequest::ConsolePassword { .. } => err("internal: routed elsewhere"),
     }
 }
 
 /// Waits up to `ACK_WAIT` while `pending` says a live holder may still acknowledge.
-async fn wait_for_acks<F>(core: &CoreHandle, pending: F)
+pub(super) async fn wait_for_acks<F>(core: &CoreHandle, pending: F)
 where
     F: Fn(&mut super::owner::Owner) -> bool + Send + Sync + Clone + 'static,
 {

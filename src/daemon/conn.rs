@@ -202,34 +202,17 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             return Err(FrameError::Closed);
         }
         tracing::debug!(peer = %self.peer, software = %software, "licence client connected");
+        // Only keys this transport serves, and only while they are served (not refused,
+        // not being returned), each with its signed file for the client to check.
         let transport = self.transport;
-        let hosted = self
+        let keys = self
             .core
-            .call(move |o| {
-                o.core()
-                    .key_views(o.now)
-                    .into_iter()
-                    .filter(|k| k.kind == transport)
-                    .map(|k| (k.key_id, k.demo))
-                    .collect::<Vec<_>>()
-            })
+            .call(move |o| o.core().offered_keys(transport))
             .await
-            .map_err(|_| FrameError::Closed)?;
-        let keys = {
-            let files = self
-                .info
-                .key_files
-                .read()
-                .unwrap_or_else(|e| e.into_inner());
-            hosted
-                .into_iter()
-                .map(|(key_id, demo)| HostedKey {
-                    file: files.get(&key_id).cloned().unwrap_or_default(),
-                    key_id,
-                    demo,
-                })
-                .collect()
-        };
+            .map_err(|_| FrameError::Closed)?
+            .into_iter()
+            .map(|(key_id, demo, file)| HostedKey { key_id, demo, file })
+            .collect();
         let welcome = Response::Welcome {
             protocol: PROTOCOL_VERSION,
             daemon_id: self.info.daemon_id.clone(),

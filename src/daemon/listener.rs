@@ -131,6 +131,7 @@ pub(super) async fn accept_loop(
     listener: TcpListener,
     core: CoreHandle,
     info: Arc<DaemonInfo>,
+    web: Arc<crate::web::WebContext>,
     shutdown: CancellationToken,
 ) {
     let limits = info.limits.clone();
@@ -164,8 +165,9 @@ pub(super) async fn accept_loop(
                 };
                 let _ = stream.set_nodelay(true);
                 let (core, info, shutdown) = (core.clone(), info.clone(), shutdown.clone());
+                let web = web.clone();
                 connections.spawn(async move {
-                    dispatch(stream, peer, core, info, shutdown).await;
+                    dispatch(stream, peer, core, info, web, shutdown).await;
                     drop(slot);
                     drop(permit);
                 });
@@ -189,6 +191,12 @@ pub(super) async fn accept_loop(
     }
 }
 
+/// A finished TLS handshake, by the protocol its ALPN chose.
+enum Accepted {
+    Licence(tokio_rustls::server::TlsStream<TcpStream>),
+    Web(tokio_rustls::server::TlsStream<TcpStream>),
+}
+
 /// The first byte decides: 0x16 opens a TLS handshake; an HTTP method from loopback is
 /// the web console in plain HTTP; anything else is closed without a word.
 async fn dispatch(
@@ -196,6 +204,7 @@ async fn dispatch(
     peer: SocketAddr,
     core: CoreHandle,
     info: Arc<DaemonInfo>,
+    web: Arc<crate::web::WebContext>,
     shutdown: CancellationToken,
 ) {
     let deadline = tokio::time::Instant::now() + info.limits.handshake_timeout();
@@ -209,9 +218,9 @@ async fn dispatch(
         _ => return,
     }
     match first[0] {
-        0x16 => tls(stream, peer, deadline, core, info, shutdown).await,
-        b'A'..=b'Z' if peer.ip().is_loopback() => {
-            tracing::debug!(peer = %peer, "plain HTTP: the web console is not served here yet");
+        0x16 => tls(stream, peer, deadline, core, info, web, shutdown).await,
+        b if peer.ip().is_loopback() && crate::web::looks_like_http(b) => {
+            crate::web::serve_http(stream, peer, false, web).await;
         }
         _ => tracing::debug!(peer = %peer, "neither TLS nor HTTP: closed"),
     }
@@ -223,6 +232,7 @@ async fn tls(
     deadline: tokio::time::Instant,
     core: CoreHandle,
     info: Arc<DaemonInfo>,
+    web: Arc<crate::web::WebContext>,
     shutdown: CancellationToken,
 ) {
     let acceptor =
@@ -237,9 +247,11 @@ async fn tls(
         if offered.iter().any(|p| p == ALPN_LICENCE) {
             let config = info.tls.licence.clone();
             let tls = start.into_stream(config).await.map_err(|e| e.to_string())?;
-            Ok(Some(tls))
+            Ok(Accepted::Licence(tls))
         } else if offered.iter().any(|p| p == ALPN_HTTP) {
-            Ok(None)
+            let config = info.tls.web.clone();
+            let tls = start.into_stream(config).await.map_err(|e| e.to_string())?;
+            Ok(Accepted::Web(tls))
         } else {
             Err("the client offered neither netkey/1 nor http/1.1".to_string())
         }
@@ -249,16 +261,14 @@ async fn tls(
         _ = shutdown.cancelled() => return,
     };
     match result {
-        Ok(Ok(Some(tls))) => {
+        Ok(Ok(Accepted::Licence(tls))) => {
             let Some(identity) = peer_identity(tls.get_ref().1.peer_certificates()) else {
                 tracing::debug!(peer = %peer, "licence client without an identity: closed");
                 return;
             };
             conn::serve(tls, peer, identity, KeyKind::Network, core, info, shutdown).await;
         }
-        Ok(Ok(None)) => {
-            tracing::debug!(peer = %peer, "HTTPS: the web console is not served here yet");
-        }
+        Ok(Ok(Accepted::Web(tls))) => crate::web::serve_http(tls, peer, true, web).await,
         Ok(Err(e)) => tracing::debug!(peer = %peer, "TLS handshake failed: {e}"),
         Err(_) => tracing::debug!(peer = %peer, "TLS handshake not finished in time: closed"),
     }

@@ -130,5 +130,67 @@ pub fn event(e: &Event) {
         Event::ServerRenamed { server, name } => {
             info!(server_id = %server, name = %name, "video server renamed")
         }
+        Event::EntryExpiring {
+            key,
+            order,
+            feature,
+            count,
+            not_after,
+            days,
+        } => {
+            warn!(key_id = %key, order = %order, feature = %feature, count, not_after = %not_after, days, "key entry expires in {days} day{}: its seats go then", if *days == 1 { "" } else { "s" })
+        }
+        Event::KeyChecked {
+            key,
+            binding,
+            refused,
+        } => match refused {
+            Some(reason) => {
+                warn!(key_id = %key, binding = %binding, reason = %reason, "KEY NOT SERVED: {reason}")
+            }
+            None => info!(key_id = %key, binding = %binding, "key served"),
+        },
+        Event::KeyReturning { key, leases } => {
+            warn!(key_id = %key, leases, "key being returned: its leases are revoked")
+        }
+        Event::KeyReturned {
+            key,
+            revision,
+            forced,
+            dropped,
+        } => {
+            warn!(key_id = %key, revision, forced, dropped, "key returned: no longer served here")
+        }
+        Event::OverdraftStarted { key, seats } => {
+            warn!(key_id = %key, seats, "key over its allocation: overdraft in use")
+        }
+        Event::OverdraftEnded { key, minutes } => {
+            info!(key_id = %key, minutes, "key back within its allocation")
+        }
+        Event::OverdraftSpent { key, hours } => {
+            warn!(key_id = %key, hours, "overdraft allowance spent ({hours} h per 30 days): overdraft leases revoked, none granted")
+        }
+        Event::ClockRollback { mark } => match mark {
+            Some(mark) => {
+                warn!(mark = %mark, "CLOCK ROLLBACK: the wall clock is behind the high-water mark {mark}; new checkouts are refused until it passes it or a vendor reset token is installed")
+            }
+            None => info!("clock rollback cleared: new checkouts are allowed again"),
+        },
+        Event::TimeRebased { at } => {
+            warn!(at = %at, "time reset to the wall clock by a vendor token")
+        }
+        Event::PoolCreated { pool } => info!(pool = %pool, "pool created"),
+        Event::SeatsMoved {
+            from,
+            to,
+            feature,
+            order,
+            count,
+        } => {
+            info!(pool = %to, from = %from, feature = %feature, order = %order, count, "seats moved")
+        }
+        Event::PoolDeleted { pool } => {
+            info!(pool = %pool, "pool deleted; its seats are back in Default")
+        }
     }
 }

@@ -2,14 +2,21 @@
 //! runs the task that owns the allocation core. `Daemon::start` takes its clock and
 //! returns a handle whose `shutdown` stops everything, so tests run it in-process.
 
-mod admin;
+pub mod admin;
+mod beside;
+mod clockguard;
 mod conn;
-mod guess;
+pub(crate) mod guess;
+mod keys;
 mod listener;
 mod local;
 mod log;
+pub mod metrics;
 mod owner;
 mod port;
+
+pub use beside::{ClockMark, ReturnedKeys, CLOCK_FILE, RETURNED_FILE};
+pub use clockguard::TOLERANCE_MS as CLOCK_TOLERANCE_MS;
 
 pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use conn::ACK_WAIT;
@@ -18,15 +25,13 @@ pub use owner::{CoreHandle, Owner, Session, ShuttingDown};
 use port::port_error;
 
 use crate::core::{Command, Core, Outcome, Timestamp};
-use crate::key::{demo_key, demo_vendor, SignedKey};
+use crate::key::{demo_key, demo_vendor, HostSource, SignedKey, VendorPublicKey};
 use crate::store::Store;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-
-/// At most this many licence connections at once; more wait in the kernel's backlog.
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -43,6 +48,12 @@ pub struct Config {
     /// Daemons to ask directly when looking for duplicates of this daemon's keys.
     pub peers: Vec<SocketAddr>,
     pub limits: Limits,
+    /// The vendors whose keys this daemon installs (the demo vendor only with `demo`).
+    pub vendor_keys: Vec<VendorPublicKey>,
+    /// Where the host's machine identifiers are read from (tests give their own).
+    pub host: HostSource,
+    /// The web console's settings (host names, metrics access).
+    pub console: crate::web::ConsoleConfig,
 }
 
 impl Default for Config {
@@ -57,6 +68,9 @@ impl Default for Config {
             discovery: Some(SocketAddr::from(([0, 0, 0, 0], crate::DEFAULT_PORT))),
             peers: Vec::new(),
             limits: Limits::default(),
+            vendor_keys: Vec::new(),
+            host: HostSource::System,
+            console: crate::web::ConsoleConfig::default(),
         }
     }
 }
@@ -91,6 +105,8 @@ pub enum DaemonError {
     },
     #[error("{0}")]
     Identity(String),
+    #[error("{0}")]
+    Beside(#[from] beside::BesideError),
 }
 
 /// What every connection may tell about this daemon.
@@ -111,9 +127,13 @@ pub struct DaemonInfo {
     pub started_at: Timestamp,
     pub limits: Limits,
     pub tls: TlsConfigs,
-    /// The signed files of the keys this daemon hosts, by key id: sent to clients so they
-    /// can check the vendor's signature and the identity the key names.
-    pub key_files: std::sync::RwLock<std::collections::BTreeMap<String, String>>,
+    /// Vendors whose keys and tokens this daemon accepts.
+    pub trust: Vec<VendorPublicKey>,
+    /// Where the host's machine identifiers come from.
+    pub host_source: HostSource,
+    /// Keys returned from this daemon (kept beside the identity).
+    pub returned: std::sync::Mutex<ReturnedKeys>,
+    pub state_dir: PathBuf,
 }
 
 /// The TLS configurations made from the daemon identity at start.
@@ -147,6 +167,7 @@ pub struct Daemon {
     admin_socket: PathBuf,
     info: Arc<DaemonInfo>,
     core: CoreHandle,
+    web: Arc<crate::web::WebContext>,
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     owner: tokio::task::JoinHandle<Core>,
@@ -171,12 +192,14 @@ impl Daemon {
             servers = loaded.core.server_count(),
             "state loaded"
         );
+        let returned = ReturnedKeys::load(&config.state_dir)?;
+        let guard = clockguard::ClockGuard::load(config.state_dir.clone(), loaded.hwm)?;
         // Time resumes from the last persisted instant if the wall clock is behind it.
-        let clock = crate::clock::floored(clock, loaded.hwm);
+        let daemon_clock = crate::clock::floored(clock, loaded.hwm);
+        let clock: Arc<dyn Clock> = daemon_clock.clone();
         let now = clock.now();
         config.limits.validate().map_err(DaemonError::Startup)?;
         let tls = TlsConfigs::new(&identity, &daemon_id)?;
-        let mut key_files = std::collections::BTreeMap::new();
         let demo_key = if config.demo {
             let vendor = demo_vendor();
             let file = vendor
@@ -184,8 +207,7 @@ impl Daemon {
                 .map_err(|e| DaemonError::DemoKey(e.to_string()))?;
             let key = SignedKey::verify(&file, &[vendor.public()])
                 .map_err(|e| DaemonError::DemoKey(e.to_string()))?;
-            key_files.insert(key.document.key_id.clone(), file);
-            (!loaded.core.has_key(&key.document.key_id)).then_some(key.document)
+            (!loaded.core.has_key(&key.document.key_id)).then_some((key.document, file))
         } else {
             None
         };
@@ -270,39 +292,73 @@ impl Daemon {
             guesses: std::sync::Mutex::new(guess::GuessLimiter::default()),
             limits: config.limits.clone(),
             tls,
-            key_files: std::sync::RwLock::new(key_files),
+            trust: {
+                let mut t = config.vendor_keys.clone();
+                if config.demo {
+                    t.push(demo_vendor().public());
+                }
+                t
+            },
+            host_source: config.host.clone(),
+            returned: std::sync::Mutex::new(returned),
+            state_dir: config.state_dir.clone(),
         });
         let (handle, owner) =
             owner::spawn(core, store, clock, Some(offer_tx), shutdown.child_token());
+        handle
+            .call(move |o| o.watch_clock(guard, daemon_clock))
+            .await
+            .map_err(|e| DaemonError::Startup(e.to_string()))?;
         // Mark the restart in the log before anything else, durably.
         handle
             .execute(Command::Restarted)
             .await
             .map_err(|e| DaemonError::Startup(e.to_string()))?;
-        if let Some(document) = demo_key {
-            match handle
-                .execute(Command::InstallKey {
+        if let Some((document, file)) = demo_key {
+            let key = document.key_id.clone();
+            let commands = [
+                Command::InstallKey {
                     document,
                     demo: true,
-                })
-                .await
-            {
-                Ok(Outcome::Refused(r)) => return Err(DaemonError::DemoKey(r.to_string())),
-                Ok(_) => {}
-                Err(e) => return Err(DaemonError::DemoKey(e.to_string())),
+                },
+                Command::KeyChecked {
+                    key,
+                    binding: "DEMO key: not host-bound".into(),
+                    refused: None,
+                    signer: Some(demo_vendor().public().fingerprint()),
+                    file: Some(file),
+                },
+            ];
+            for command in commands {
+                match handle.execute(command).await {
+                    Ok(Outcome::Refused(r)) => return Err(DaemonError::DemoKey(r.to_string())),
+                    Ok(_) => {}
+                    Err(e) => return Err(DaemonError::DemoKey(e.to_string())),
+                }
             }
         }
+        keys::check_at_start(&handle, &info)
+            .await
+            .map_err(DaemonError::Startup)?;
+        let console =
+            Arc::new(crate::web::Console::open(Some(&config.state_dir)).map_err(state_err)?);
+        let api = admin::AdminApi {
+            core: handle.clone(),
+            info: info.clone(),
+            console: console.clone(),
+        };
+        let web = Arc::new(crate::web::WebContext {
+            admin: api.clone(),
+            console,
+            config: config.console.clone(),
+            shutdown: shutdown.clone(),
+        });
         let mut tasks = vec![
             tokio::spawn(listener::accept_loop(
                 listener,
                 handle.clone(),
                 info.clone(),
-                shutdown.clone(),
-            )),
-            tokio::spawn(admin::serve(
-                admin,
-                handle.clone(),
-                info.clone(),
+                web.clone(),
                 shutdown.clone(),
             )),
             tokio::spawn(local::serve(
@@ -311,6 +367,7 @@ impl Daemon {
                 info.clone(),
                 shutdown.clone(),
             )),
+            tokio::spawn(admin::serve(admin, api, shutdown.clone())),
         ];
         // Shutdown waits for the discovery task too, so its socket is closed on return.
         if let Some(r) = responder {
@@ -329,6 +386,7 @@ impl Daemon {
             admin_socket: config.admin_socket,
             info,
             core: handle,
+            web,
             shutdown,
             tasks,
             owner,
@@ -355,6 +413,10 @@ impl Daemon {
     /// Direct access to the core task, for in-process tests and tools.
     pub fn core(&self) -> &CoreHandle {
         &self.core
+    }
+    /// The web console, for serving a connection by hand (`web::serve_http`).
+    pub fn web(&self) -> Arc<crate::web::WebContext> {
+        self.web.clone()
     }
     /// One line on keys, seat use, servers and the store, as systemd's STATUS= shows it.
     pub async fn status_line(&self) -> String {

@@ -23,6 +23,8 @@ const CHANNEL_DEPTH: usize = 4096;
 const RENEWAL_PERSIST_MS: u64 = 1_000;
 /// Refusals are audited as one line per server and reason per this interval.
 const REFUSAL_AUDIT_MS: u64 = 60_000;
+/// Seats in use are sampled this often for the usage-over-time chart.
+pub const USAGE_SAMPLE_MS: u64 = 5 * 60_000;
 
 type Reply = Box<dyn FnOnce(Option<String>) + Send>;
 type Job = Box<dyn FnOnce(&mut Owner) -> Reply + Send>;
@@ -71,6 +73,16 @@ pub struct Owner {
     /// Sessions opened in the batch being applied: dropped again if its commit fails,
     /// since their connections were told the login failed.
     opened_in_batch: Vec<(String, u64)>,
+    /// Watches the wall clock against its high-water mark (set once at start).
+    guard: Option<super::clockguard::ClockGuard>,
+    /// The daemon's time, which a vendor's reset token moves back to the wall clock.
+    daemon_clock: Option<Arc<crate::clock::DaemonClock>>,
+    metrics: Arc<super::metrics::Metrics>,
+    /// When the job being run was handed to this task.
+    job_submitted: std::time::Instant,
+    /// When each heartbeat of this batch was handed over: observed once answered.
+    heartbeats_in_batch: Vec<std::time::Instant>,
+    next_usage_sample: Timestamp,
 }
 
 impl std::fmt::Debug for Owner {
@@ -121,6 +133,9 @@ impl Owner {
             }
         }
         let server = server_of(&command).map(str::to_string);
+        if matches!(command, Command::Heartbeat { .. }) {
+            self.heartbeats_in_batch.push(self.job_submitted);
+        }
         let logged = command.is_logged() && self.degraded.is_none();
         let durable = command.must_be_durable();
         if logged {
@@ -137,6 +152,17 @@ impl Owner {
             }
         } else {
             self.durable |= durable;
+        }
+        match &out {
+            Outcome::Refused(r) => self.metrics.refused(&refusal_code(r)),
+            Outcome::Checkout(a) => {
+                for (_, o) in &a.outcomes {
+                    if let crate::core::CameraOutcome::Refused(r) = o {
+                        self.metrics.refused(&refusal_code(r));
+                    }
+                }
+            }
+            _ => {}
         }
         if let Some(server) = server {
             let mut note = |r: &Refusal| {
@@ -158,6 +184,65 @@ impl Owner {
             }
         }
         out
+    }
+
+    /// Starts watching the wall clock against the high-water mark; `clock` is the one
+    /// this task reads, which a reset token moves.
+    pub(crate) fn watch_clock(
+        &mut self,
+        guard: super::clockguard::ClockGuard,
+        clock: Arc<crate::clock::DaemonClock>,
+    ) {
+        self.guard = Some(guard);
+        self.daemon_clock = Some(clock);
+    }
+
+    pub(crate) fn clock_guard(&self) -> Option<&super::clockguard::ClockGuard> {
+        self.guard.as_ref()
+    }
+
+    /// What the wall clock says now.
+    pub fn wall(&self) -> Timestamp {
+        self.daemon_clock
+            .as_ref()
+            .map(|c| c.wall())
+            .unwrap_or(self.now)
+    }
+
+    /// Looks at the wall clock; a change of its rollback state goes to the core.
+    fn observe_clock(&mut self, wall: Timestamp) {
+        let Some(guard) = self.guard.as_mut() else {
+            return;
+        };
+        guard.observe(wall);
+        let want = guard.rollback();
+        // Compared with the core every batch, so a change refused while the store failed
+        // is made once it works again.
+        if self.core.clock_rollback() != want {
+            self.execute(Command::ClockRollback { mark: want });
+        }
+    }
+
+    /// Installs a vendor's reset token (already verified and checked against the guard):
+    /// the mark is forgotten, the token spent, and the daemon's time set to the wall
+    /// clock, so entries that expired only by the old reckoning count again.
+    pub(crate) fn reset_clock(&mut self, token_id: &str) -> Result<Timestamp, String> {
+        let (Some(guard), Some(clock)) = (self.guard.as_mut(), self.daemon_clock.as_ref()) else {
+            return Err("this daemon does not watch its clock".into());
+        };
+        let wall = clock.wall();
+        guard.reset(token_id, wall).map_err(|e| e.to_string())?;
+        clock.rebase_to_wall();
+        self.now = clock.now();
+        self.store.lower_hwm(self.now);
+        // The owner's own timers count from the new time, or renewals would wait until it
+        // caught up with the old one before being persisted again.
+        self.renewals_persisted_at = self.now;
+        self.refusals_since = self.now;
+        self.last_recovery_attempt = self.now;
+        self.execute(Command::ClockRollback { mark: None });
+        self.execute(Command::TimeRebased);
+        Ok(self.now)
     }
 
     /// Registers a live connection for `server`: revocations are pushed to it.
@@ -206,6 +291,8 @@ pub struct CoreHandle {
     tx: mpsc::Sender<Job>,
     /// Notified after every batch in which a holder acknowledged a revocation.
     pub acks: Arc<Notify>,
+    /// Counters for `/metrics`, kept by the owner task.
+    pub metrics: Arc<super::metrics::Metrics>,
 }
 
 impl CoreHandle {
@@ -216,7 +303,9 @@ impl CoreHandle {
         F: FnOnce(&mut Owner) -> R + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
+        let submitted = std::time::Instant::now();
         let job: Job = Box::new(move |owner: &mut Owner| {
+            owner.job_submitted = submitted;
             let r = f(owner);
             Box::new(move |failure: Option<String>| {
                 let _ = tx.send(match failure {
@@ -249,9 +338,11 @@ pub fn spawn(
 ) -> (CoreHandle, tokio::task::JoinHandle<Core>) {
     let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
     let acks = Arc::new(Notify::new());
+    let metrics = Arc::new(super::metrics::Metrics::default());
     let handle = CoreHandle {
         tx,
         acks: acks.clone(),
+        metrics: metrics.clone(),
     };
     let now = clock.now();
     let owner = Owner {
@@ -270,6 +361,12 @@ pub fn spawn(
         last_recovery_attempt: now,
         offer,
         opened_in_batch: Vec::new(),
+        guard: None,
+        daemon_clock: None,
+        metrics,
+        job_submitted: std::time::Instant::now(),
+        heartbeats_in_batch: Vec::new(),
+        next_usage_sample: now,
     };
     let task = tokio::spawn(run(owner, rx, clock, acks, shutdown));
     (handle, task)
@@ -282,7 +379,9 @@ fn refresh_offer(owner: &Owner) {
         .core
         .key_views(owner.now)
         .into_iter()
-        .filter(|k| k.kind == crate::key::KeyKind::Network)
+        // Local keys never leave the host; a key the daemon does not serve (a failed host
+        // binding, a return under way) is not offered either.
+        .filter(|k| k.kind == crate::key::KeyKind::Network && k.state == "active")
         .map(|k| OfferedKey {
             key_id: k.key_id,
             demo: k.demo,
@@ -337,6 +436,22 @@ pub fn status_line(owner: &Owner) -> String {
     );
     if let Some(e) = &owner.degraded {
         line.push_str(&format!("; STATE STORE FAILING: {e}"));
+    }
+    if let Some(mark) = core.clock_rollback() {
+        line.push_str(&format!(
+            "; CLOCK ROLLBACK: behind the mark {mark}, new checkouts refused"
+        ));
+    }
+    for k in core.key_views(owner.now) {
+        if let Some(p) = &k.problem {
+            line.push_str(&format!("; KEY {} NOT SERVED: {p}", k.key_id));
+        }
+        if let Some(e) = k.entries.iter().find(|e| e.state == "expiring") {
+            line.push_str(&format!(
+                "; key {} entry {} expires in {} days",
+                k.key_id, e.order, e.days_left
+            ));
+        }
     }
     line
 }
@@ -411,6 +526,9 @@ async fn run(
         refresh_offer(&owner);
     }
     persist_renewals(&mut owner, true);
+    if let Some(g) = owner.guard.as_mut() {
+        g.persist();
+    }
     if let Err(e) = owner.store.snapshot(&owner.core) {
         tracing::warn!(
             "could not write a snapshot at shutdown (the log still holds everything): {e}"
@@ -479,6 +597,7 @@ fn try_recover(owner: &mut Owner) {
 fn apply(owner: &mut Owner, batch: &mut Vec<Job>, clock: &Arc<dyn Clock>, acks: &Notify) {
     owner.now = clock.now().max(owner.now);
     try_recover(owner);
+    owner.observe_clock(clock.wall());
     if owner.now >= owner.core.next_deadline() {
         owner.execute(Command::Advance);
     }
@@ -541,12 +660,17 @@ fn apply(owner: &mut Owner, batch: &mut Vec<Job>, clock: &Arc<dyn Clock>, acks: 
         for reply in replies {
             reply(Some(reason.clone()));
         }
+        owner.heartbeats_in_batch.clear();
         return;
     }
     let acknowledged = dispatch_events(owner, events);
     for reply in replies {
         reply(None);
     }
+    for submitted in std::mem::take(&mut owner.heartbeats_in_batch) {
+        owner.metrics.heartbeat_latency(submitted.elapsed());
+    }
+    sample_usage(owner);
     if acknowledged {
         acks.notify_waiters();
     }
@@ -555,6 +679,40 @@ fn apply(owner: &mut Owner, batch: &mut Vec<Job>, clock: &Arc<dyn Clock>, acks: 
         if let Err(e) = owner.store.snapshot(&owner.core) {
             tracing::warn!("snapshot failed (the log still holds everything): {e}");
         }
+    }
+}
+
+/// Records the seats in use per key and feature every `USAGE_SAMPLE_MS` (the first at
+/// start), for the usage chart.
+fn sample_usage(owner: &mut Owner) {
+    if owner.degraded.is_some() || owner.now < owner.next_usage_sample {
+        return;
+    }
+    let rows: Vec<crate::store::UsageRow> = owner
+        .core
+        .key_views(owner.now)
+        .into_iter()
+        .flat_map(|k| {
+            k.seats.into_iter().map(move |s| crate::store::UsageRow {
+                key_id: k.key_id.clone(),
+                feature: s.feature,
+                in_use: s.in_use,
+                total: s.total,
+            })
+        })
+        .collect();
+    if rows.is_empty() {
+        // No key yet (the demo key is installed just after the first batch).
+        return;
+    }
+    owner.next_usage_sample = owner.now.plus(USAGE_SAMPLE_MS);
+    let sample = crate::store::UsageSample {
+        at: owner.now,
+        rows,
+    };
+    if let Err(e) = owner.store.record_usage(&sample) {
+        // The chart misses a point; the next commit finds out whether the store is sick.
+        tracing::warn!("could not record a usage sample: {e}");
     }
 }
 
@@ -595,6 +753,7 @@ fn dispatch_events(owner: &mut Owner, events: Vec<Event>) -> bool {
     let mut acknowledged = false;
     for event in events {
         super::log::event(&event);
+        count_event(&owner.metrics, &event);
         match event {
             Event::RevocationIssued {
                 server,
@@ -627,4 +786,19 @@ fn dispatch_events(owner: &mut Owner, events: Vec<Event>) -> bool {
         }
     }
     acknowledged
+}
+
+fn count_event(m: &super::metrics::Metrics, event: &Event) {
+    use super::metrics::Metrics as M;
+    match event {
+        Event::Granted { .. } => M::bump(&m.grants),
+        Event::Moved { .. } => M::bump(&m.moves),
+        Event::Released { .. } => M::bump(&m.releases),
+        Event::RevocationIssued { .. } => M::bump(&m.revocations),
+        Event::ForcedOverlap { .. } => M::bump(&m.forced_overlaps),
+        Event::ServerExpired { cameras, .. } if *cameras > 0 => M::bump(&m.reservations_ended),
+        Event::EntryExpired { .. } => M::bump(&m.entries_expired),
+        Event::CameraContested { .. } => M::bump(&m.contested),
+        _ => {}
+    }
 }

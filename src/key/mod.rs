@@ -2,11 +2,18 @@
 //! is signed and checked. The allocation core reads these types; it never sees bytes.
 
 mod demo;
+pub mod host;
 mod sign;
+pub mod signed;
 mod version;
 
 pub use demo::{demo_key, demo_vendor, DEMO_KEY_ID};
+pub use host::{BindingError, HostBinding, HostSource, HostValues, IdentKind};
 pub use sign::{KeyError, SignedKey, VendorKeyPair, VendorPublicKey};
+pub use signed::{
+    ActivationRequest, ClockResetToken, DaemonDoc, DaemonDocKind, DayUsage, ReturnReceipt,
+    UsageReport,
+};
 pub use version::DeviceVersion;
 
 use crate::core::time::{Timestamp, DAY, HOUR, SECOND};
@@ -52,17 +59,6 @@ pub struct KeyDocument {
     /// The daemon identity and hashed machine identifiers this key is bound to.
     #[serde(default)]
     pub host: Option<HostBinding>,
-}
-
-/// What a key binds to: the hosting daemon's identity (public key, base64) and salted
-/// hashes of machine identifiers.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HostBinding {
-    pub daemon_identity: String,
-    #[serde(default)]
-    pub hardware: Vec<String>,
-    #[serde(default)]
-    pub software: Vec<String>,
 }
 
 /// The rules a key imposes on its pools, servers and cameras.
@@ -236,6 +232,26 @@ fn network() -> KeyKind {
 impl KeySpec {
     pub fn from_toml(text: &str) -> Result<KeySpec, String> {
         toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// The key of this spec bound to the daemon of a (verified) activation request: its
+    /// identity and the salted hashes of its machine identifiers.
+    pub fn activate(
+        self,
+        request: &ActivationRequest,
+        now: Timestamp,
+    ) -> Result<KeyDocument, String> {
+        if self.host.is_some() {
+            return Err(
+                "the spec names a host already; `activate` takes the host from the request".into(),
+            );
+        }
+        if request.host.daemon_identity != request.daemon_identity {
+            return Err("the request's host binding names another daemon identity".into());
+        }
+        let mut doc = self.into_document(now)?;
+        doc.host = Some(request.host.clone());
+        Ok(doc)
     }
 
     pub fn into_document(self, now: Timestamp) -> Result<KeyDocument, String> {

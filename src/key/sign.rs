@@ -32,6 +32,8 @@ pub enum KeyError {
     BadVendorKey(String),
     #[error("could not make a key pair: {0}")]
     Crypto(String),
+    #[error("the signature does not match the document: it was altered after daemon {identity} signed it")]
+    BadDaemonSignature { identity: String },
 }
 
 /// A vendor's public key: what daemons and clients trust.

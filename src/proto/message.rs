@@ -213,7 +213,9 @@ pub(crate) mod hex32 {
         if d.is_human_readable() {
             let s = String::deserialize(d)?;
             let mut out = [0u8; 32];
-            if s.len() != 64 {
+            // Hex digits only before slicing: a multi-byte character would split (the
+            // fuzzer's panic on a state file), and `from_str_radix` would take a '+'.
+            if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(serde::de::Error::custom("a hash is 64 hex digits"));
             }
             for (i, o) in out.iter_mut().enumerate() {

@@ -6,5 +6,5 @@ pub mod admin;
 mod frame;
 mod message;
 
-pub use frame::{decode, encode, framed, FrameError, Framed, MAX_FRAME};
+pub use frame::{codec, decode, encode, framed, FrameError, Framed, MAX_FRAME};
 pub use message::*;

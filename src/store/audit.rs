@@ -334,6 +334,104 @@ pub fn entry_for(event: &Event) -> AuditEntry {
             e.server_id = opt(server);
             e.detail = format!("name {name:?}");
         }
+        Event::EntryExpiring {
+            key,
+            order,
+            feature,
+            count,
+            not_after,
+            days,
+        } => {
+            e.action = "entry_expiring".into();
+            e.key_id = opt(key);
+            e.detail =
+                format!("order {order} {feature} x{count} until {not_after}: {days} days left");
+        }
+        Event::KeyChecked {
+            key,
+            binding,
+            refused,
+        } => {
+            e.action = "key_checked".into();
+            e.key_id = opt(key);
+            e.detail = match refused {
+                Some(r) => format!("NOT SERVED: {r} (binding: {binding})"),
+                None => format!("served (binding: {binding})"),
+            };
+        }
+        Event::KeyReturning { key, leases } => {
+            e.action = "key_returning".into();
+            e.key_id = opt(key);
+            e.detail = format!("{leases} leases revoked or revoking");
+        }
+        Event::KeyReturned {
+            key,
+            revision,
+            forced,
+            dropped,
+        } => {
+            e.action = "key_returned".into();
+            e.key_id = opt(key);
+            e.detail = format!(
+                "revision {revision}{}",
+                if *forced {
+                    format!(" with --force: {dropped} leases dropped")
+                } else {
+                    String::new()
+                }
+            );
+        }
+        Event::OverdraftStarted { key, seats } => {
+            e.action = "overdraft_started".into();
+            e.key_id = opt(key);
+            e.detail = format!("{seats} seats over the allocation");
+        }
+        Event::OverdraftEnded { key, minutes } => {
+            e.action = "overdraft_ended".into();
+            e.key_id = opt(key);
+            e.detail = format!("{minutes} minutes over the allocation");
+        }
+        Event::OverdraftSpent { key, hours } => {
+            e.action = "overdraft_spent".into();
+            e.key_id = opt(key);
+            e.detail = format!("allowance of {hours} h per 30 days spent");
+        }
+        Event::ClockRollback { mark } => {
+            e.action = "clock_rollback".into();
+            e.detail = match mark {
+                Some(m) => {
+                    format!("wall clock behind the high-water mark {m}: new checkouts refused")
+                }
+                None => "cleared".into(),
+            };
+        }
+        Event::TimeRebased { at } => {
+            e.action = "time_rebased".into();
+            e.detail = format!("time reset to the wall clock at {at} by a vendor token");
+        }
+        Event::PoolCreated { pool } => {
+            e.action = "pool_created".into();
+            e.key_id = opt(&pool.key);
+            e.pool = Some(pool.to_string());
+        }
+        Event::SeatsMoved {
+            from,
+            to,
+            feature,
+            order,
+            count,
+        } => {
+            e.action = "seats_moved".into();
+            e.key_id = opt(&to.key);
+            e.pool = Some(to.to_string());
+            e.detail = format!("{count} {feature} of order {order} from {from}");
+        }
+        Event::PoolDeleted { pool } => {
+            e.action = "pool_deleted".into();
+            e.key_id = opt(&pool.key);
+            e.pool = Some(pool.to_string());
+            e.detail = "seats returned to Default".into();
+        }
     }
     e
 }

@@ -7,9 +7,11 @@
 
 pub mod audit;
 mod backup;
+mod usage;
 
 pub use audit::{AuditEntry, AuditError, AuditHead, AuditRecord};
 pub use backup::Backup;
+pub use usage::{UsageRow, UsageSample, RETENTION_MS as USAGE_RETENTION_MS};
 
 use crate::core::{Command, Core, Timestamp};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
@@ -140,6 +142,7 @@ impl Store {
             tx.open_table(SNAPSHOT).map_err(fail)?;
             tx.open_table(LOG).map_err(fail)?;
             tx.open_table(AUDIT).map_err(fail)?;
+            tx.open_table(usage::USAGE).map_err(fail)?;
         }
         tx.commit().map_err(fail)?;
 
@@ -197,6 +200,12 @@ impl Store {
     }
     pub fn hwm(&self) -> Timestamp {
         self.hwm
+    }
+
+    /// Lowers the high-water mark (a vendor's reset token set time back to the wall
+    /// clock); the next commit writes it.
+    pub fn lower_hwm(&mut self, to: Timestamp) {
+        self.hwm = to;
     }
 
     /// Commits one batch and its audit entries atomically. With `durable`, the data is
