@@ -6,6 +6,7 @@
 //! - [`proto`]: messages and framing shared by daemon and client.
 //! - [`daemon`]: `netkeyd`: listeners, connections, the task that owns the core, admin.
 //! - [`client`]: what a video server embeds.
+//! - [`bench`]: `netkey-bench`, simulated video servers against a real daemon and redis.
 //! - [`web`]: the web console on the licence port (HTTP/1.1, server-rendered pages).
 //! - [`clock`]: where "now" comes from: the system's monotonic clock, or a test's.
 
@@ -18,6 +19,7 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod clock;

@@ -517,8 +517,17 @@ impl Core {
             .get(&key)
             .map(|k| k.document.policy.heartbeat_interval_ms())
             .unwrap_or(60_000);
-        let ours = self.holdings_digest(server);
         let revocations = s.revocations.values().cloned().collect();
+        let ours = match s.held.cached_digest() {
+            Some(d) => d,
+            None => {
+                let d = self.holdings_digest(server);
+                if let Some(s) = self.servers.get_mut(server) {
+                    s.held.keep_digest(d);
+                }
+                d
+            }
+        };
         self.check_in(now, server);
         Ok(HeartbeatAnswer {
             valid_for_ms: self.valid_for(now, server),

@@ -3,6 +3,71 @@
 //! the camera id's UTF-8 bytes, one 0x00 byte, and the epoch as 8 bytes little-endian.
 
 use ring::digest::{Context, SHA256};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+/// The cameras a server holds, and the digest of its holdings once a heartbeat has
+/// asked for it. Every heartbeat compares digests, and computing one looks up every lease
+/// of the server (a hundred, for a large recorder), so it is kept until the holdings
+/// change. A camera's epoch changes only when it is granted anew, which inserts it here,
+/// so `insert` and `remove` are the only ways the digest can go stale, and both forget it.
+/// Serialized as the plain set, so snapshots are unchanged.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "BTreeSet<String>", into = "BTreeSet<String>")]
+pub struct Holdings {
+    cameras: BTreeSet<String>,
+    digest: Option<[u8; 32]>,
+}
+
+impl Holdings {
+    pub fn insert(&mut self, camera: String) -> bool {
+        self.digest = None;
+        self.cameras.insert(camera)
+    }
+
+    pub fn remove(&mut self, camera: &str) -> bool {
+        self.digest = None;
+        self.cameras.remove(camera)
+    }
+
+    pub(crate) fn cached_digest(&self) -> Option<[u8; 32]> {
+        self.digest
+    }
+
+    pub(crate) fn keep_digest(&mut self, digest: [u8; 32]) {
+        self.digest = Some(digest);
+    }
+}
+
+impl std::ops::Deref for Holdings {
+    type Target = BTreeSet<String>;
+    fn deref(&self) -> &BTreeSet<String> {
+        &self.cameras
+    }
+}
+
+impl<'a> IntoIterator for &'a Holdings {
+    type Item = &'a String;
+    type IntoIter = std::collections::btree_set::Iter<'a, String>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.cameras.iter()
+    }
+}
+
+impl From<BTreeSet<String>> for Holdings {
+    fn from(cameras: BTreeSet<String>) -> Self {
+        Holdings {
+            cameras,
+            digest: None,
+        }
+    }
+}
+
+impl From<Holdings> for BTreeSet<String> {
+    fn from(h: Holdings) -> Self {
+        h.cameras
+    }
+}
 
 pub fn holdings<'a>(pairs: impl IntoIterator<Item = (&'a str, u64)>) -> [u8; 32] {
     let mut sorted: Vec<(&str, u64)> = pairs.into_iter().collect();
@@ -20,6 +85,25 @@ pub fn holdings<'a>(pairs: impl IntoIterator<Item = (&'a str, u64)>) -> [u8; 32]
 
 #[cfg(test)]
 mod tests {
+    use super::Holdings;
+
+    #[test]
+    fn a_change_of_holdings_forgets_the_digest() {
+        let mut h = Holdings::default();
+        h.keep_digest([1; 32]);
+        h.insert("cam-1".into());
+        assert_eq!(h.cached_digest(), None);
+        h.keep_digest([2; 32]);
+        h.remove("cam-1");
+        assert_eq!(h.cached_digest(), None);
+        // Serialized as the set alone: snapshots written before the cache still load.
+        let mut set = std::collections::BTreeSet::new();
+        set.insert("cam-2".to_string());
+        let bytes = postcard::to_allocvec(&set).unwrap();
+        let back: Holdings = postcard::from_bytes(&bytes).unwrap();
+        assert!(back.contains("cam-2") && back.cached_digest().is_none());
+    }
+
     #[test]
     fn order_does_not_matter_epochs_do() {
         let a = super::holdings([("cam-1", 1), ("cam-2", 4)]);

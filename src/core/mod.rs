@@ -33,7 +33,8 @@ pub use pools::{PoolChange, SeatRequest, SeatsMoved};
 pub use refusal::Refusal;
 pub use time::Timestamp;
 pub use view::{
-    CameraView, EntryView, KeyView, OverdraftView, PoolEntry, PoolView, SeatUsage, ServerView,
+    CameraView, EntryView, KeyView, OverdraftView, PoolEntry, PoolView, SeatUsage, ServerCounts,
+    ServerView,
 };
 
 use crate::key::{Feature, KeyDocument, KeyId};
@@ -162,7 +163,7 @@ pub struct Server {
     pub persisted_renewal: Timestamp,
     /// Open authenticated connections.
     pub sessions: u32,
-    pub held: BTreeSet<CameraId>,
+    pub held: digest::Holdings,
     pub revoking: BTreeSet<(CameraId, u64)>,
     pub revocations: BTreeMap<(CameraId, u64), Revocation>,
     pub kicked: bool,
@@ -492,7 +493,7 @@ impl Core {
                         renewed_at: now,
                         persisted_renewal: now,
                         sessions: 0,
-                        held: BTreeSet::new(),
+                        held: Default::default(),
                         revoking: BTreeSet::new(),
                         revocations: BTreeMap::new(),
                         kicked: false,

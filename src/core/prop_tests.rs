@@ -865,8 +865,31 @@ impl<'a> Sim<'a> {
             })?;
         }
 
+        // A digest kept for heartbeats is the digest of what the server holds now.
+        for (id, s) in &self.core.servers {
+            if let Some(kept) = s.held.cached_digest() {
+                ensure(kept == self.core.holdings_digest(id), || {
+                    format!("after {what}: {id}'s kept holdings digest is stale")
+                })?;
+            }
+        }
+
+        // `status` counts what the views show.
+        let views = self.core.server_views(now);
+        let counted = crate::core::ServerCounts {
+            servers: views.len() as u64,
+            live: views.iter().filter(|v| v.state == "live").count() as u64,
+            cameras: views.iter().map(|v| v.cameras).sum(),
+        };
+        ensure(self.core.server_counts() == counted, || {
+            format!(
+                "after {what}: server_counts {:?}, the views count {counted:?}",
+                self.core.server_counts()
+            )
+        })?;
+
         // The simulation's idea of open connections matches the daemon's.
-        for v in self.core.server_views(now) {
+        for v in views {
             if v.state == "kicked" {
                 continue;
             }

@@ -254,7 +254,7 @@ fn query(o: &mut super::owner::Owner, req: AdminRequest, info: &DaemonInfo) -> A
     let now = o.now;
     match req {
         AdminRequest::Status => {
-            let servers = o.core().server_views(now);
+            let counts = o.core().server_counts();
             ok(Status {
                 daemon_id: info.daemon_id.clone(),
                 identity: info.identity.public().fingerprint(),
@@ -263,9 +263,9 @@ fn query(o: &mut super::owner::Owner, req: AdminRequest, info: &DaemonInfo) -> A
                 listen: info.listen.clone(),
                 now,
                 started_at: info.started_at,
-                servers: servers.len() as u64,
-                servers_live: servers.iter().filter(|s| s.state == "live").count() as u64,
-                cameras: servers.iter().map(|s| s.cameras).sum(),
+                servers: counts.servers,
+                servers_live: counts.live,
+                cameras: counts.cameras,
                 keys: o.core().key_views(now),
                 audit_head: o.audit_head(),
                 store_error: o.degraded.clone(),

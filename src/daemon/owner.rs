@@ -421,17 +421,18 @@ pub fn status_line(owner: &Owner) -> String {
             )
         })
         .collect();
-    let servers = core.server_views(owner.now);
-    let live = servers.iter().filter(|s| s.state == "live").count();
+    // Counted, not viewed: this runs every 10 s in the task that owns the core.
+    let counts = core.server_counts();
     let mut line = format!(
-        "{}; {} video server{} ({live} live)",
+        "{}; {} video server{} ({} live)",
         if keys.is_empty() {
             "no keys".to_string()
         } else {
             keys.join("; ")
         },
-        servers.len(),
-        if servers.len() == 1 { "" } else { "s" }
+        counts.servers,
+        if counts.servers == 1 { "" } else { "s" },
+        counts.live
     );
     if let Some(e) = &owner.degraded {
         line.push_str(&format!("; STATE STORE FAILING: {e}"));

@@ -1,0 +1,372 @@
+//! `netkey-bench`: drives thousands of simulated video servers against a real `netkeyd`
+//! and measures it phase by phase (enrol, checkout storm, heartbeats, move churn, status
+//! queries, restart, reconnect, release), then runs the yardstick, `redis-benchmark`
+//! against a TLS redis, with the same client and request counts in the same run.
+//!
+//! Timings here are measurements, never pass/fail: the tests only check that a tiny run
+//! completes without errors and reports every phase.
+
+pub mod daemon;
+pub mod fleet;
+pub mod redis;
+pub mod report;
+
+use crate::core::Timestamp;
+use daemon::{Admin, NetkeydProcess};
+use fleet::{Fleet, Identity, PhasePlan};
+use report::{Comparison, Memory, PhaseResult, Report, Restart};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What one run does. The presets fill it in; every figure can be overridden.
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    pub preset: String,
+    /// Simulated video servers, each with one persistent licence connection.
+    pub servers: usize,
+    /// Cameras per server: the checkout storm grants servers x cameras leases.
+    pub cameras: usize,
+    /// Requests in flight at once (redis-benchmark's `-c`): the drivers.
+    pub clients: usize,
+    pub heartbeats: usize,
+    pub moves: usize,
+    pub status_queries: usize,
+    /// The `netkeyd` binary to start (the one beside `netkey-bench` by default).
+    pub netkeyd: PathBuf,
+    /// Target an already running daemon instead of starting one.
+    pub daemon: Option<SocketAddr>,
+    pub admin_socket: Option<PathBuf>,
+    /// The running daemon's pid, for its memory figures.
+    pub daemon_pid: Option<u32>,
+    pub redis: bool,
+}
+
+impl BenchConfig {
+    /// Seconds, for development.
+    pub fn quick(netkeyd: PathBuf) -> BenchConfig {
+        BenchConfig {
+            preset: "quick".into(),
+            servers: 200,
+            cameras: 10,
+            clients: 50,
+            heartbeats: 50_000,
+            moves: 1_000,
+            status_queries: 200,
+            netkeyd,
+            daemon: None,
+            admin_socket: None,
+            daemon_pid: None,
+            redis: true,
+        }
+    }
+
+    /// The issue's scale: 10,000 servers x 100 cameras = 1,000,000 leases.
+    pub fn full(netkeyd: PathBuf) -> BenchConfig {
+        BenchConfig {
+            preset: "full".into(),
+            servers: 10_000,
+            cameras: 100,
+            heartbeats: 1_000_000,
+            moves: 100_000,
+            status_queries: 500,
+            ..BenchConfig::quick(netkeyd)
+        }
+    }
+
+    pub fn leases(&self) -> usize {
+        self.servers * self.cameras
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("netkeyd: {0}")]
+    Daemon(String),
+    #[error("admin socket: {0}")]
+    Admin(String),
+    #[error("{0}")]
+    Setup(String),
+    #[error("redis yardstick: {0}")]
+    Redis(String),
+}
+
+impl BenchError {
+    pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BenchError {
+        let what = what.into();
+        move |source| BenchError::Io { what, source }
+    }
+}
+
+/// Raises the soft limit on open files as far as allowed: each simulated server holds a
+/// socket here and one in the daemon (a started `netkeyd` inherits the limit). Returns
+/// the limit in force.
+pub fn raise_open_files() -> Result<u64, BenchError> {
+    rlimit::increase_nofile_limit(u64::MAX)
+        .map_err(|e| BenchError::Setup(format!("cannot raise RLIMIT_NOFILE: {e}")))
+}
+
+/// Runs every phase against netkeyd, then the redis yardstick, and returns the report.
+pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
+    let open_files = raise_open_files()?;
+    // Two sockets per server on this machine (ours and the daemon's when it runs here),
+    // plus files: the daemon's limit is the same as ours.
+    if (config.servers as u64) + 256 > open_files {
+        return Err(BenchError::Setup(format!(
+            "{} servers need more open files than RLIMIT_NOFILE allows ({open_files}); raise the hard limit (ulimit -Hn)",
+            config.servers
+        )));
+    }
+    if config.servers == 0 || config.cameras == 0 || config.clients == 0 {
+        return Err(BenchError::Setup(
+            "servers, cameras and clients must each be at least 1".into(),
+        ));
+    }
+    let started = Instant::now();
+    let mut report = Report::new(&config, fleet::TRANSPORT);
+    let tmp = tempfile::Builder::new()
+        .prefix("netkey-bench-")
+        .tempdir()
+        .map_err(BenchError::io("cannot make a temporary directory"))?;
+    let mut own = match config.daemon {
+        Some(_) => None,
+        None => {
+            let state = tmp.path().join("state");
+            daemon::seed_state(&state, config.leases())?;
+            let p = NetkeydProcess::spawn(
+                &config.netkeyd,
+                &state,
+                &tmp.path().join("admin.sock"),
+                None,
+                &tmp.path().join("netkeyd.log"),
+            )
+            .await?;
+            Some(p)
+        }
+    };
+    let (addr, admin_path, pid) = match &own {
+        Some(p) => (p.addr, p.admin.clone(), Some(p.pid())),
+        None => (
+            config
+                .daemon
+                .ok_or_else(|| BenchError::Setup("no daemon".into()))?,
+            config.admin_socket.clone().ok_or_else(|| {
+                BenchError::Setup(
+                    "--daemon needs --admin-socket (for enrolment codes and status)".into(),
+                )
+            })?,
+            config.daemon_pid,
+        ),
+    };
+    let mut memory = Memory {
+        pid,
+        ..Memory::default()
+    };
+    memory.baseline_kib = pid.and_then(daemon::rss_kib);
+
+    // Enrolment: one code per server from the admin socket, then one session each.
+    let codes = daemon::issue_codes(&admin_path, config.servers, config.clients.min(16)).await?;
+    let identities = (0..config.servers)
+        .map(|i| Identity::new(i, codes.get(i).cloned()))
+        .collect::<Result<Vec<Identity>, _>>()
+        .map_err(|e| BenchError::Setup(e.to_string()))?;
+    let (mut fleet, enrol) = Fleet::connect(addr, identities, config.clients).await;
+    report.push(enrol);
+    if fleet.connected() < config.servers {
+        report.fail(format!(
+            "only {} of {} servers connected; later phases run with those",
+            fleet.connected(),
+            config.servers
+        ));
+    }
+    memory.connected_kib = pid.and_then(daemon::rss_kib);
+
+    let storm = fleet
+        .run_phase(
+            "checkout_storm",
+            config.clients,
+            &PhasePlan::storm(&fleet, config.cameras),
+        )
+        .await;
+    report.push(storm);
+    memory.leased_kib = pid.and_then(daemon::rss_kib);
+
+    let heartbeats = fleet
+        .run_phase(
+            "heartbeats",
+            config.clients,
+            &PhasePlan::heartbeats(&fleet, config.heartbeats),
+        )
+        .await;
+    report.push(heartbeats);
+
+    let moves = fleet
+        .run_phase(
+            "move_churn",
+            config.clients,
+            &PhasePlan::moves(&fleet, config.cameras, config.moves),
+        )
+        .await;
+    report.push(moves);
+
+    report.push(status_phase(&admin_path, config.clients, config.status_queries).await);
+    let leases = in_use(&admin_path).await?;
+    if leases != config.leases() as u64 {
+        report.fail(format!(
+            "the daemon counts {leases} cameras in use after the storm and the moves, expected {}",
+            config.leases()
+        ));
+    }
+    memory.live_kib = pid.and_then(daemon::rss_kib);
+    memory.peak_kib = pid.and_then(daemon::hwm_kib);
+
+    // Restart at the final lease count, connections open, as an upgrade would.
+    if let Some(p) = own.as_mut() {
+        fleet.expect_disconnect();
+        let restart = p.restart(addr).await?;
+        memory.restarted_kib = Some(restart.rss_kib);
+        report.restart = Some(Restart {
+            leases,
+            ..restart.figures
+        });
+        memory.pid = Some(p.pid());
+        let states = fleet.close().await;
+        let (again, reconnect) = Fleet::reconnect(addr, states, config.clients).await;
+        fleet = again;
+        report.push(reconnect);
+    } else {
+        report.note("restart not measured: the daemon was started elsewhere (--daemon)");
+    }
+
+    let release = fleet
+        .run_phase("release", config.clients, &PhasePlan::release(&fleet).await)
+        .await;
+    report.push(release);
+    let left = in_use(&admin_path).await?;
+    if left != 0 {
+        report.fail(format!(
+            "{left} cameras still in use after the release phase"
+        ));
+    }
+    fleet.close().await;
+    memory.finish(config.servers, config.leases());
+    report.memory = memory;
+    if let Some(p) = own.take() {
+        p.stop().await;
+    }
+
+    if config.redis {
+        match redis::Yardstick::find() {
+            Some(y) => {
+                let runs = y
+                    .run(
+                        tmp.path(),
+                        config.clients,
+                        report.phase_ops("heartbeats"),
+                        report.phase_ops("checkout_storm"),
+                    )
+                    .await?;
+                report.comparisons = Comparison::build(&report, &runs);
+                report.redis = runs;
+            }
+            None => report.note(
+                "redis yardstick skipped: redis-server or redis-benchmark not found (apt-get install redis-server redis-tools)",
+            ),
+        }
+    }
+    report.load_average.1 = report::load_average();
+    report.total_seconds = started.elapsed().as_secs_f64();
+    report.finished_at = Timestamp::from_system_time(std::time::SystemTime::now());
+    Ok(report)
+}
+
+/// Status queries over the admin socket, one connection per client.
+async fn status_phase(admin: &std::path::Path, clients: usize, queries: usize) -> PhaseResult {
+    let clients = clients.clamp(1, queries.max(1));
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..clients {
+        let (admin, next) = (admin.to_path_buf(), next.clone());
+        tasks.spawn(async move {
+            let mut rec = report::Recorder::new();
+            let mut conn = match Admin::connect(&admin).await {
+                Ok(c) => c,
+                Err(e) => {
+                    rec.error(e.to_string());
+                    return rec;
+                }
+            };
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < queries {
+                let t = Instant::now();
+                match conn.call(&crate::proto::admin::AdminRequest::Status).await {
+                    Ok(_) => rec.record(t.elapsed()),
+                    Err(e) => rec.error(e.to_string()),
+                }
+            }
+            rec
+        });
+    }
+    let mut all = report::Recorder::new();
+    while let Some(r) = tasks.join_next().await {
+        match r {
+            Ok(rec) => all.merge(rec),
+            Err(e) => all.error(format!("a status client failed: {e}")),
+        }
+    }
+    all.finish("status", clients, started.elapsed())
+}
+
+/// Camera seats in use on the daemon's keys.
+async fn in_use(admin: &std::path::Path) -> Result<u64, BenchError> {
+    let mut conn = Admin::connect(admin).await?;
+    let status = conn
+        .call(&crate::proto::admin::AdminRequest::Status)
+        .await?;
+    Ok(status["cameras"].as_u64().unwrap_or(0))
+}
+
+/// A pause long enough for the kernel to hand out what was asked, used only while
+/// polling for a process to start or stop.
+pub(crate) const POLL: Duration = Duration::from_millis(5);
+
+/// The id of camera `camera` of server `server`.
+pub(crate) fn camera_id(server: usize, camera: usize) -> String {
+    // MAC-shaped ids, as real cameras are named: 17 bytes each.
+    let n = (server as u64) << 16 | camera as u64;
+    let b = n.to_be_bytes();
+    format!(
+        "02:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        b[3], b[4], b[5], b[6], b[7]
+    )
+}
+
+/// Draws `report` (the JSON file) to `png` with the plot script (python3 and matplotlib).
+pub fn plot(report: &std::path::Path, png: &std::path::Path) -> Result<(), BenchError> {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("python3")
+        .arg("-")
+        .arg(report)
+        .arg(png)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .map_err(BenchError::io("cannot run python3 for --plot"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(include_str!("plot.py").as_bytes())
+            .map_err(BenchError::io("cannot hand the plot script to python3"))?;
+    }
+    let status = child.wait().map_err(BenchError::io("python3 for --plot"))?;
+    if !status.success() {
+        return Err(BenchError::Setup(format!(
+            "the plot script failed ({status}); it needs matplotlib (pip install matplotlib)"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,67 @@
+//! `netkey-bench` end to end at a tiny scale: it starts the real `netkeyd`, runs every
+//! phase with zero errors, and writes a JSON report naming each phase. No timing is
+//! asserted: the figures of a run this small mean nothing.
+
+use std::process::Command;
+
+#[test]
+fn a_tiny_run_completes_every_phase_without_errors_and_writes_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bench.json");
+    let run = Command::new(env!("CARGO_BIN_EXE_netkey-bench"))
+        .args(["--servers", "3", "--cameras", "4", "--clients", "2"])
+        .args([
+            "--heartbeats",
+            "30",
+            "--moves",
+            "4",
+            "--status-queries",
+            "5",
+        ])
+        .arg("--no-redis")
+        .arg("--netkeyd")
+        .arg(env!("CARGO_BIN_EXE_netkeyd"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "netkey-bench failed: {stdout}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let phase = |name: &str| {
+        report["phases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no phase {name} in {report}"))
+            .clone()
+    };
+    // Every phase made exactly the requests it plans, and none failed.
+    for (name, ops) in [
+        ("enrol", 3),
+        ("checkout_storm", 12),
+        ("heartbeats", 30),
+        // 3 servers: one pair, so one mover takes its partner's 4 cameras.
+        ("move_churn", 4),
+        ("status", 5),
+        ("reconnect", 3),
+        ("release", 12),
+    ] {
+        let p = phase(name);
+        assert_eq!(p["errors"], 0, "{name}: {p}");
+        assert_eq!(p["ops"], ops, "{name}: {p}");
+        assert!(p["p99_us"].as_f64().unwrap() > 0.0, "{name}: {p}");
+    }
+    assert_eq!(report["leases"], 12);
+    assert_eq!(report["restart"]["leases"], 12, "{report}");
+    assert!(report["memory"]["restarted_kib"].as_u64().unwrap() > 0);
+    assert_eq!(report["failures"], serde_json::json!([]));
+    assert_eq!(report["redis"], serde_json::json!([]));
+    assert!(stdout.contains("errors: 0"), "{stdout}");
+}
