@@ -1183,8 +1183,7 @@ impl<'a> Sim<'a> {
                     Refusal::NoSeats { .. }
                     | Refusal::OverAllocated { .. }
                     | Refusal::OverdraftSpent { .. },
-                ) if existing.is_some() && !cross =>
-                {
+                ) if existing.is_some() && !cross => {
                     // Re-enrolling moves the server with its cameras, or nothing changes.
                     ensure(self.pool_of(&id) == before && busy, || {
                         format!(
@@ -2077,9 +2076,10 @@ impl<'a> Sim<'a> {
                 ensure(!(cross && busy), || {
                     format!("{what}: moved to another key's pool while holding cameras")
                 })?;
-                ensure(from == target || cross || !short || overdraft_may_cover, || {
-                    format!("{what}: moved although the pool lacks room for {needed:?}")
-                })?;
+                ensure(
+                    from == target || cross || !short || overdraft_may_cover,
+                    || format!("{what}: moved although the pool lacks room for {needed:?}"),
+                )?;
                 ensure(self.pool_of(&id).as_ref() == Some(&target), || {
                     format!("{what}: the server is in {:?}", self.pool_of(&id))
                 })?;
