@@ -929,3 +929,86 @@ async fn a_key_whose_vendor_is_no_longer_trusted_is_not_served() {
     assert_eq!(h.key_list().await[0]["state"], "active");
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_local_key_answers_on_its_unix_socket_and_nowhere_on_tcp() {
+    use netkey::client::{Client, Trust};
+    let mut h = H::start(host_a()).await;
+    let mut local = site();
+    local.key_id = "LOCAL-0001".into();
+    local.kind = KeyKind::Local;
+    h.install(&h.activated(local).await).await.unwrap();
+    h.install(&h.activated(site()).await).await.unwrap();
+    let code = |pool: &'static str| {
+        let socket = h.socket();
+        async move {
+            admin(
+                &socket,
+                &AdminRequest::PoolCode {
+                    pool: pool.to_string(),
+                },
+            )
+            .await
+            .unwrap()["code"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let trust = Trust::Vendors(vec![h.vendor.public()]);
+    let client = |name: &str, addr: String| {
+        Client::with_clock(
+            &h.dir.path().join(format!("{name}.json")),
+            trust.clone(),
+            Some(addr),
+            h.clock.clone(),
+        )
+        .unwrap()
+    };
+    let unix = format!("unix:{}", h.d().local_socket().display());
+    let tcp = h.d().local_addr().to_string();
+
+    // On the local socket: enrolled on the local key, a camera checked out.
+    let mut on_host = client("on-host", unix.clone());
+    let binding = on_host
+        .enrol(&code("LOCAL-0001/Default").await, "on-host", "1.0")
+        .await
+        .unwrap();
+    assert_eq!(binding.key_id, "LOCAL-0001");
+    let out = on_host.checkout(vec![cam("cam-1")]).await.unwrap();
+    assert!(granted(&out[0].1), "{out:?}");
+
+    // Over TCP the local key is not offered, and its codes are refused unspent.
+    let local_code = code("LOCAL-0001/Default").await;
+    let mut remote = client("remote", tcp.clone());
+    let err = remote
+        .enrol(&local_code, "remote", "1.0")
+        .await
+        .expect_err("a local key over TCP");
+    assert!(err.to_string().contains("on a local key"), "{err}");
+    let conn = netkey::client::Connection::connect(
+        &tcp,
+        &netkey::tls::licence_client_config(&netkey::identity::Identity::generate()).unwrap(),
+    )
+    .await
+    .unwrap();
+    let offered: Vec<&str> = conn
+        .welcome
+        .keys
+        .iter()
+        .map(|k| k.key_id.as_str())
+        .collect();
+    assert_eq!(offered, vec!["SITE-0001"]);
+    // The code was not spent: it still enrols on the local socket.
+    let mut second = client("second", unix.clone());
+    second.enrol(&local_code, "second", "1.0").await.unwrap();
+
+    // And a network key's code is refused on the local socket.
+    let mut wrong = client("wrong", unix);
+    let err = wrong
+        .enrol(&code("SITE-0001/Default").await, "wrong", "1.0")
+        .await
+        .expect_err("a network key on the local socket");
+    assert!(err.to_string().contains("on a network key"), "{err}");
+    h.stop().await;
+}

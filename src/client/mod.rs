@@ -492,6 +492,6 @@ fn anchored(trust: &Trust, state: &ClientState) -> bool {
         demo: state.demo,
         file: state.key_file.clone(),
     };
-    trust::trusted_keys(trust, &daemon, "", &[hosted])
+    trust::trusted_keys(trust, &daemon, &state.daemon_addr, &[hosted])
         .is_ok_and(|keys| keys.iter().any(|(k, _)| k.document.key_id == state.key_id))
 }

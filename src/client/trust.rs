@@ -16,16 +16,22 @@ pub fn vendors(trust: &Trust) -> Vec<VendorPublicKey> {
     }
 }
 
-/// Why one key file does not make the daemon trustworthy, or `None` if it does.
-fn refuse(trust: &Trust, peer: &PublicKey, key: &SignedKey) -> Option<String> {
+/// Why one key file does not make the daemon trustworthy, or `None` if it does. `kind`
+/// is what the transport serves: network keys over TCP, local keys on the local socket.
+fn refuse(trust: &Trust, peer: &PublicKey, key: &SignedKey, kind: KeyKind) -> Option<String> {
     let doc = &key.document;
     match trust {
         Trust::Demo if key.is_demo() => None,
         Trust::Demo => Some(format!("{} is not a DEMO key", doc.key_id)),
         Trust::Vendors(_) if key.is_demo() => Some(format!("{} is a DEMO key", doc.key_id)),
-        Trust::Vendors(_) if doc.kind != KeyKind::Network => {
-            Some(format!("{} is not a network key", doc.key_id))
-        }
+        Trust::Vendors(_) if doc.kind != kind => Some(format!(
+            "{} is not a {} key",
+            doc.key_id,
+            match kind {
+                KeyKind::Network => "network",
+                KeyKind::Local => "local",
+            }
+        )),
         Trust::Vendors(_) => match &doc.host {
             None => Some(format!("{} is not bound to a host", doc.key_id)),
             Some(h) if PublicKey::from_base64(&h.daemon_identity).is_ok_and(|k| k == *peer) => None,
@@ -49,11 +55,17 @@ pub fn trusted_keys(
     hosted: &[HostedKey],
 ) -> Result<Vec<(SignedKey, String)>, ClientError> {
     let vendors = vendors(trust);
+    // The local socket (`unix:PATH`) serves local keys; TCP serves network keys.
+    let kind = if addr.starts_with("unix:") {
+        KeyKind::Local
+    } else {
+        KeyKind::Network
+    };
     let mut accepted = Vec::new();
     let mut reasons = Vec::new();
     for k in hosted {
         match SignedKey::verify(&k.file, &vendors) {
-            Ok(signed) => match refuse(trust, peer, &signed) {
+            Ok(signed) => match refuse(trust, peer, &signed, kind) {
                 None => accepted.push((signed, k.file.clone())),
                 Some(why) => reasons.push(why),
             },
