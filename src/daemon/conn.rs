@@ -253,15 +253,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                 }
                 self.guard_guessing()?;
                 let transport = self.transport;
-                let c = code.clone();
-                let kind = self
-                    .core
-                    .call(move |o| o.core().code_key_kind(&c))
-                    .await
-                    .map_err(closed)?;
-                if kind.is_some_and(|k| k != transport) {
-                    return Err(wrong_transport(transport));
-                }
                 let req = EnrolRequest {
                     code,
                     name,
@@ -275,6 +266,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                 let enrolled = self
                     .core
                     .call(move |o| {
+                        // Checked in the same turn of the core task as the enrolment, so
+                        // the code cannot change keys in between and be spent here.
+                        if o.core().code_key_kind(&req.code).is_some_and(|k| k != transport) {
+                            return Err(wrong_transport(transport));
+                        }
                         let e = outcome!(o.execute(Command::Enrol { request: req }), Outcome::Enrolled(e) => e)?;
                         if was.is_none() {
                             o.open_session(&e.server_id, session);

@@ -109,12 +109,13 @@ pub(super) async fn serve(
             );
             continue;
         }
+        // Finished connections are reaped first: `len` counts them until they are.
+        while connections.try_join_next().is_some() {}
         if connections.len() >= info.limits.max_connections {
             continue;
         }
         let (core, info, shutdown) = (core.clone(), info.clone(), shutdown.clone());
         connections.spawn(tls(stream, core, info, shutdown));
-        while connections.try_join_next().is_some() {}
     }
     connections.abort_all();
     while connections.join_next().await.is_some() {}
