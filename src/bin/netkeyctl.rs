@@ -138,7 +138,6 @@ fn run_admin(socket: &PathBuf, json: bool, command: Command) -> Fallible<ExitCod
                     s.identity,
                     if s.demo { "  DEMO mode" } else { "" }
                 );
-                out!("identity {}", s.identity);
                 out!("listening on {}, up since {}", s.listen, s.started_at);
                 out!(
                     "video servers: {} ({} live), cameras licensed: {}",
