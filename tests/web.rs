@@ -662,13 +662,8 @@ mod in_process {
         let dir = tempfile::tempdir().unwrap();
         let d = daemon(&dir).await;
         let t = token(&d).await;
-        let req = super::raw_request(
-            "GET",
-            &format!("/login?token={t}"),
-            "127.0.0.1:1947",
-            &[],
-            "",
-        );
+        let own = d.local_addr().to_string();
+        let req = super::raw_request("GET", &format!("/login?token={t}"), &own, &[], "");
         let r = exchange(&d, "192.0.2.10:40000", false, req.clone()).await;
         assert_eq!(r.status, 403, "{r:?}");
         assert!(r.body.contains("https://"), "{}", r.body);
@@ -683,7 +678,8 @@ mod in_process {
         let dir = tempfile::tempdir().unwrap();
         let d = daemon(&dir).await;
         let remote = "192.0.2.20:50000";
-        let host = "127.0.0.1:1947";
+        let own = d.local_addr().to_string();
+        let host = own.as_str();
         let t = token(&d).await;
         let r = exchange(
             &d,

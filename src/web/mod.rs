@@ -437,11 +437,11 @@ mod tests {
         };
         for ok in [
             "localhost",
-            "localhost:1947",
-            "127.0.0.1:1947",
+            "localhost:8947",
+            "127.0.0.1:8947",
             "127.0.0.9",
-            "[::1]:1947",
-            "LICENCES.example.lan:1947",
+            "[::1]:8947",
+            "LICENCES.example.lan:8947",
             "licences.example.lan.",
         ] {
             assert!(host_allowed(ok, &config), "{ok} refused");
@@ -449,9 +449,9 @@ mod tests {
         for bad in [
             "",
             "evil.example",
-            "evil.example:1947",
-            "192.168.1.10:1947",
-            "[fe80::1]:1947",
+            "evil.example:8947",
+            "192.168.1.10:8947",
+            "[fe80::1]:8947",
             "localhost.evil.example",
             "licences.example.lan.evil",
         ] {
@@ -461,10 +461,10 @@ mod tests {
 
     #[test]
     fn the_login_url_points_at_loopback() {
-        assert_eq!(loopback_base("0.0.0.0:1947"), "http://127.0.0.1:1947");
+        assert_eq!(loopback_base("0.0.0.0:8947"), "http://127.0.0.1:8947");
         assert_eq!(loopback_base("127.0.0.1:4000"), "http://127.0.0.1:4000");
-        assert_eq!(loopback_base("[::]:1947"), "http://[::1]:1947");
-        assert_eq!(loopback_base("192.0.2.1:1947"), "https://192.0.2.1:1947");
+        assert_eq!(loopback_base("[::]:8947"), "http://[::1]:8947");
+        assert_eq!(loopback_base("192.0.2.1:8947"), "https://192.0.2.1:8947");
     }
 
     #[test]
