@@ -262,6 +262,54 @@ async fn client_deadline_always_falls_before_the_reservation_end() {
 }
 
 #[tokio::test]
+async fn a_lease_token_is_answered_again_while_fresh_and_the_client_keeps_it() {
+    let h = Harness::start().await;
+    let mut a = h.client("A").await;
+    all_granted(&a.checkout(items(&["c1", "c2"])).await.unwrap());
+    let mut conn = a.connect().await.unwrap();
+    a.heartbeat(&mut conn).await.unwrap();
+    let first = a.state().unwrap().lease.clone().expect("a signed token");
+    assert_eq!(first.cameras, 2);
+
+    // A second later on the same connection: the same token comes back, and the client
+    // keeps it, since it proves no more than the answer gives.
+    h.clock.advance(1_000);
+    a.heartbeat(&mut conn).await.unwrap();
+    let state = a.state().unwrap();
+    assert_eq!(state.lease.as_ref(), Some(&first));
+    let proven = state
+        .proven_deadline()
+        .expect("the kept token proves a deadline");
+    let live = state.deadline.unwrap();
+    assert!(
+        proven <= live,
+        "proven {proven} after the live deadline {live}"
+    );
+    assert!(live.since(proven) <= 5 * 60_000);
+
+    // A released camera changes the count: a new signature.
+    a.release(vec!["c2".into()]).await.unwrap();
+    a.heartbeat(&mut conn).await.unwrap();
+    let after_release = a.state().unwrap().lease.clone().unwrap();
+    assert_eq!(after_release.cameras, 1);
+    assert!(after_release.sent_at > first.sent_at);
+
+    // Once a new token would prove a deadline more than five minutes later (the daemon's
+    // renewal is persisted just after a heartbeat's answer, so the next one shows it), a
+    // new signature, proving exactly the live deadline.
+    h.clock.advance(5 * 60_000 + 1);
+    a.heartbeat(&mut conn).await.unwrap();
+    h.clock.advance(1_000);
+    a.heartbeat(&mut conn).await.unwrap();
+    let state = a.state().unwrap();
+    let fresh = state.lease.clone().unwrap();
+    assert!(fresh.sent_at > after_release.sent_at);
+    assert_eq!(state.proven_deadline(), state.deadline);
+    drop(conn);
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn live_holder_acknowledges_a_move_and_no_seat_is_spent() {
     let h = Harness::start().await;
     let a = h.client("A").await;

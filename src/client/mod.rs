@@ -448,8 +448,17 @@ impl Client {
     /// pending revocations: brings the state file up to date with the daemon.
     pub async fn refresh(&mut self) -> Result<Vec<ClientEvent>, ClientError> {
         let mut conn = self.connect().await?;
+        self.heartbeat(&mut conn).await
+    }
+
+    /// `refresh` on a connection the caller keeps open (from `connect`), as a long-lived
+    /// video server does between heartbeats.
+    pub async fn heartbeat(
+        &mut self,
+        conn: &mut Connection,
+    ) -> Result<Vec<ClientEvent>, ClientError> {
         let mut events = Vec::new();
-        run::heartbeat_once(self, &mut conn, &mut events).await?;
+        run::heartbeat_once(self, conn, &mut events).await?;
         Ok(events)
     }
 

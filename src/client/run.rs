@@ -210,13 +210,15 @@ pub(crate) async fn heartbeat_once(
     // `valid_for` covers only cameras not revoked in this answer, and they are gone now.
     let state = client.state_mut()?;
     state.deadline = Some(super::deadline_from(sent_at, answer.valid_for_ms));
-    // Kept only if it is what we asked for, signed by the daemon we are bound to: a
-    // token that does not prove our deadline is worth nothing after a restart.
+    // Kept only if it is signed by the daemon we are bound to, for us, and proves no
+    // later a deadline than this answer gives (the daemon may answer again with a token
+    // it signed for an earlier heartbeat, or cap a send time far ahead of its clock):
+    // a token that proves more than we were given is worth nothing after a restart.
     let pinned = crate::identity::PublicKey::from_base64(&state.daemon_identity).ok();
     let proves = pinned.is_some_and(|p| lease.verify(&p))
-        && lease.sent_at == sent_at
-        && lease.server_id == state.server_id
-        && lease.valid_for_ms == answer.valid_for_ms;
+        && lease.sent_at <= sent_at
+        && lease.sent_at.plus(lease.valid_for_ms) <= sent_at.plus(answer.valid_for_ms)
+        && lease.server_id == state.server_id;
     state.lease = proves.then_some(lease);
     client.save()?;
     settle_pushes(client, conn, events).await

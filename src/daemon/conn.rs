@@ -4,7 +4,9 @@
 
 use super::owner::CoreHandle;
 use super::DaemonInfo;
-use crate::core::{CameraOutcome, CheckoutItem, Command, EnrolRequest, Outcome, Refusal};
+use crate::core::{
+    CameraOutcome, CheckoutItem, Command, EnrolRequest, Outcome, Refusal, Timestamp,
+};
 use crate::identity::PublicKey;
 use crate::key::KeyKind;
 use crate::outcome;
@@ -30,6 +32,13 @@ const PUSH_QUEUE: usize = 256;
 /// How far a client's clock may run ahead of ours before its lease tokens stop proving
 /// its send time (it then keeps no token, and a restart finds no grace to spend).
 const MAX_CLOCK_SKEW_MS: u64 = 10 * 60 * 1000;
+/// A lease token signed earlier on the connection is answered again while the deadline it
+/// proves is short of the one a new token would prove by no more than this fraction of
+/// the validity, and no more than `TOKEN_REUSE_MAX_MS`. An Ed25519 signature costs more
+/// than the rest of a heartbeat; a token that proves a slightly earlier deadline costs
+/// the client that much grace after a restart, and only then.
+const TOKEN_REUSE_FRACTION: u64 = 16;
+const TOKEN_REUSE_MAX_MS: u64 = 5 * 60 * 1000;
 /// Revocations listed in one heartbeat answer at most, so the answer fits in a frame.
 const MAX_REVOCATIONS_PER_ANSWER: usize = 256;
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -51,6 +60,9 @@ struct Conn<T> {
     push_tx: mpsc::Sender<Push>,
     /// Cancelled by the core task when this server is forgotten.
     forgotten: CancellationToken,
+    /// The last lease token signed on this connection, answered again while it is
+    /// fresh enough (see `reusable_token`).
+    last_token: Option<LeaseToken>,
 }
 
 pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(
@@ -74,6 +86,7 @@ pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(
         server: None,
         push_tx,
         forgotten: CancellationToken::new(),
+        last_token: None,
     };
     match timeout(HELLO_TIMEOUT, conn.handshake()).await {
         Ok(Ok(())) => {}
@@ -370,17 +383,30 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                 // Bounded: the rest go out with the next answers (and as pushes).
                 answer.revocations.truncate(MAX_REVOCATIONS_PER_ANSWER);
                 // A send time ahead of our clock would stretch the client's grace after
-                // a restart: it is signed no later than now plus a skew allowance (the
-                // client keeps a token only if it carries the time it sent).
-                let latest = now.plus(MAX_CLOCK_SKEW_MS);
-                // Signed here, not in the core task, so signing never holds up the core.
-                let lease = LeaseToken::sign(
-                    &self.info.identity,
-                    server,
-                    sent_at.min(latest),
+                // a restart: it is signed no later than now plus a skew allowance.
+                let sent_at = sent_at.min(now.plus(MAX_CLOCK_SKEW_MS));
+                let lease = match reusable_token(
+                    self.last_token.as_ref(),
+                    &server,
+                    sent_at,
                     answer.valid_for_ms,
                     holdings,
-                );
+                ) {
+                    Some(t) => t.clone(),
+                    None => {
+                        // Signed here, not in the core task, so signing never holds up
+                        // the core.
+                        let t = LeaseToken::sign(
+                            &self.info.identity,
+                            server,
+                            sent_at,
+                            answer.valid_for_ms,
+                            holdings,
+                        );
+                        self.last_token = Some(t.clone());
+                        t
+                    }
+                };
                 Ok(Response::Heartbeat {
                     answer,
                     audit,
@@ -527,5 +553,96 @@ fn binding(e: &crate::core::Enrolment) -> Binding {
         demo: e.demo,
         heartbeat_interval_ms: e.heartbeat_interval_ms,
         offline_grace_ms: e.offline_grace_ms,
+    }
+}
+
+/// The token signed earlier on this connection, if it may answer this heartbeat too: the
+/// same server and camera count, sent no later, proving a deadline no later than a new
+/// token would and at most `valid_for_ms / TOKEN_REUSE_FRACTION` (and 5 minutes) earlier.
+fn reusable_token<'a>(
+    last: Option<&'a LeaseToken>,
+    server: &str,
+    sent_at: Timestamp,
+    valid_for_ms: u64,
+    cameras: u32,
+) -> Option<&'a LeaseToken> {
+    let last = last?;
+    let proven = last.sent_at.plus(last.valid_for_ms);
+    let fresh = sent_at.plus(valid_for_ms);
+    (last.server_id == server
+        && last.cameras == cameras
+        && last.sent_at <= sent_at
+        && proven <= fresh
+        && fresh.since(proven) <= (valid_for_ms / TOKEN_REUSE_FRACTION).min(TOKEN_REUSE_MAX_MS))
+    .then_some(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(sent_at: u64, valid_for_ms: u64, cameras: u32) -> LeaseToken {
+        LeaseToken {
+            server_id: "srv-1".into(),
+            sent_at: Timestamp::from_millis(sent_at),
+            valid_for_ms,
+            cameras,
+            signature: vec![0; 64],
+        }
+    }
+
+    #[test]
+    fn a_token_is_reused_only_while_it_proves_nearly_the_same_deadline() {
+        let hour = 3_600_000;
+        let last = token(1_000_000, hour, 100);
+        let reuse = |sent_at: u64, valid_for: u64, cameras: u32| {
+            reusable_token(
+                Some(&last),
+                "srv-1",
+                Timestamp::from_millis(sent_at),
+                valid_for,
+                cameras,
+            )
+            .is_some()
+        };
+        // A second later, the same validity: the deadline it proves is a second short.
+        assert!(reuse(1_001_000, hour, 100));
+        // Exactly 1/16 of the validity short still reuses it; a millisecond more does not.
+        assert!(reuse(1_000_000 + hour / 16, hour, 100));
+        assert!(!reuse(1_000_000 + hour / 16 + 1, hour, 100));
+        // However long the validity, never more than 5 minutes short.
+        let day = 24 * hour;
+        let long = token(1_000_000, day, 100);
+        let reuse_long = |sent_at: u64| {
+            reusable_token(
+                Some(&long),
+                "srv-1",
+                Timestamp::from_millis(sent_at),
+                day,
+                100,
+            )
+            .is_some()
+        };
+        assert!(reuse_long(1_000_000 + 300_000));
+        assert!(!reuse_long(1_000_000 + 300_001));
+        // Another camera count needs a new signature, either way.
+        assert!(!reuse(1_001_000, hour, 101));
+        assert!(!reuse(1_001_000, hour, 99));
+        // Never a token that proves a later deadline than a new one would.
+        assert!(!reuse(1_001_000, hour - 2_000, 100));
+        // Never a token from after this heartbeat's send time (a client clock set back).
+        assert!(!reuse(999_000, hour + 5_000, 100));
+        // Nor another server's, nor none at all.
+        assert!(reusable_token(
+            Some(&last),
+            "srv-2",
+            Timestamp::from_millis(1_001_000),
+            hour,
+            100
+        )
+        .is_none());
+        assert!(
+            reusable_token(None, "srv-1", Timestamp::from_millis(1_001_000), hour, 100).is_none()
+        );
     }
 }
