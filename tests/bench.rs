@@ -17,6 +17,8 @@ fn a_tiny_run_completes_every_phase_without_errors_and_writes_json() {
             "4",
             "--status-queries",
             "5",
+            "--checkouts",
+            "5",
         ])
         .arg("--no-redis")
         .arg("--netkeyd")
@@ -47,11 +49,14 @@ fn a_tiny_run_completes_every_phase_without_errors_and_writes_json() {
         ("enrol", 3),
         ("checkout_storm", 12),
         ("heartbeats", 30),
+        // On the first 2 servers (as many as clients): 30 heartbeats, 5 new cameras.
+        ("heartbeats_like_redis", 30),
+        ("checkouts_like_redis", 5),
         // 3 servers: one pair, so one mover takes its partner's 4 cameras.
         ("move_churn", 4),
         ("status", 5),
         ("reconnect", 3),
-        ("release", 12),
+        ("release", 17),
     ] {
         let p = phase(name);
         assert_eq!(p["errors"], 0, "{name}: {p}");
@@ -59,7 +64,7 @@ fn a_tiny_run_completes_every_phase_without_errors_and_writes_json() {
         assert!(p["p99_us"].as_f64().unwrap() > 0.0, "{name}: {p}");
     }
     assert_eq!(report["leases"], 12);
-    assert_eq!(report["restart"]["leases"], 12, "{report}");
+    assert_eq!(report["restart"]["leases"], 17, "{report}");
     assert!(report["memory"]["restarted_kib"].as_u64().unwrap() > 0);
     assert_eq!(report["failures"], serde_json::json!([]));
     assert_eq!(report["redis"], serde_json::json!([]));

@@ -529,9 +529,11 @@ async fn drive(lane: Vec<(mpsc::Sender<Msg>, Ops)>) -> Recorder {
 /// otherwise be a million strings up front).
 #[derive(Clone, Debug)]
 pub enum Ops {
-    /// `count` cameras of server `owner`, checked out one per request.
+    /// `count` cameras of server `owner` from its camera `first` on, checked out one per
+    /// request.
     Checkout {
         owner: usize,
+        first: usize,
         count: usize,
     },
     Heartbeat {
@@ -549,7 +551,7 @@ impl Ops {
     }
     fn op(&self, i: usize) -> Op {
         match self {
-            Ops::Checkout { owner, .. } => Op::Checkout(super::camera_id(*owner, i)),
+            Ops::Checkout { owner, first, .. } => Op::Checkout(super::camera_id(*owner, first + i)),
             Ops::Heartbeat { .. } => Op::Heartbeat,
             Ops::Release(cams) => Op::Release(cams[i].clone()),
         }
@@ -574,6 +576,7 @@ impl PhasePlan {
                         s,
                         Ops::Checkout {
                             owner: s,
+                            first: 0,
                             count: cameras,
                         },
                     )
@@ -584,15 +587,61 @@ impl PhasePlan {
 
     /// `total` heartbeats spread evenly over the servers.
     pub fn heartbeats(fleet: &Fleet, total: usize) -> PhasePlan {
-        let live = fleet.live();
+        Self::heartbeats_on(fleet.live(), total)
+    }
+
+    /// `total` heartbeats from the first `connections` servers only: with as many drivers
+    /// as connections, each connection carries one request in flight, as each of
+    /// redis-benchmark's connections does.
+    pub fn heartbeats_like_redis(fleet: &Fleet, connections: usize, total: usize) -> PhasePlan {
+        let mut live = fleet.live();
+        live.truncate(connections);
+        Self::heartbeats_on(live, total)
+    }
+
+    fn heartbeats_on(servers: Vec<usize>, total: usize) -> PhasePlan {
+        let n = servers.len().max(1);
+        PhasePlan {
+            entries: servers
+                .into_iter()
+                .enumerate()
+                .map(|(k, s)| {
+                    (
+                        s,
+                        Ops::Heartbeat {
+                            count: spread(total, n, k),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// `total` checkouts of new cameras (numbered from `first` on, past the storm's) by
+    /// the first `connections` servers, one connection per driver as for heartbeats.
+    pub fn checkouts_like_redis(
+        fleet: &Fleet,
+        connections: usize,
+        first: usize,
+        total: usize,
+    ) -> PhasePlan {
+        let mut live = fleet.live();
+        live.truncate(connections);
         let n = live.len().max(1);
         PhasePlan {
             entries: live
                 .into_iter()
                 .enumerate()
                 .map(|(k, s)| {
-                    let count = total / n + usize::from(k < total % n);
-                    (s, Ops::Heartbeat { count })
+                    let count = spread(total, n, k);
+                    (
+                        s,
+                        Ops::Checkout {
+                            owner: s,
+                            first,
+                            count,
+                        },
+                    )
                 })
                 .collect(),
         }
@@ -615,6 +664,7 @@ impl PhasePlan {
                         live[k],
                         Ops::Checkout {
                             owner: live[k + pairs],
+                            first: 0,
                             count,
                         },
                     )
@@ -643,4 +693,9 @@ impl PhasePlan {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Part `k` of `total` split as evenly as possible into `n` parts.
+fn spread(total: usize, n: usize, k: usize) -> usize {
+    total / n + usize::from(k < total % n)
 }

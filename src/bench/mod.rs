@@ -31,6 +31,10 @@ pub struct BenchConfig {
     /// Requests in flight at once (redis-benchmark's `-c`): the drivers.
     pub clients: usize,
     pub heartbeats: usize,
+    /// Durable checkouts of new cameras on `clients` connections, compared with redis's
+    /// SET with `appendfsync always` (the storm, spread over every server, is reported
+    /// beside it).
+    pub checkouts: usize,
     pub moves: usize,
     pub status_queries: usize,
     /// The `netkeyd` binary to start (the one beside `netkey-bench` by default).
@@ -52,6 +56,7 @@ impl BenchConfig {
             cameras: 10,
             clients: 50,
             heartbeats: 50_000,
+            checkouts: 10_000,
             moves: 1_000,
             status_queries: 200,
             netkeyd,
@@ -69,14 +74,22 @@ impl BenchConfig {
             servers: 10_000,
             cameras: 100,
             heartbeats: 1_000_000,
+            checkouts: 200_000,
             moves: 100_000,
             status_queries: 500,
             ..BenchConfig::quick(netkeyd)
         }
     }
 
+    /// Leases after the storm.
     pub fn leases(&self) -> usize {
         self.servers * self.cameras
+    }
+
+    /// Leases after the storm and the like-for-like checkouts (which need as many
+    /// servers as there are connections to make them on).
+    pub fn all_leases(&self) -> usize {
+        self.leases() + self.checkouts
     }
 }
 
@@ -138,7 +151,7 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
         Some(_) => None,
         None => {
             let state = tmp.path().join("state");
-            daemon::seed_state(&state, config.leases())?;
+            daemon::seed_state(&state, config.all_leases())?;
             let p = NetkeydProcess::spawn(
                 &config.netkeyd,
                 &state,
@@ -206,6 +219,24 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
         .await;
     report.push(heartbeats);
 
+    // Like for like with redis-benchmark: as many connections as its clients, one
+    // request in flight on each, while the daemon holds every lease and connection.
+    let heartbeats = fleet
+        .run_phase(
+            "heartbeats_like_redis",
+            config.clients,
+            &PhasePlan::heartbeats_like_redis(&fleet, config.clients, config.heartbeats),
+        )
+        .await;
+    report.push(heartbeats);
+    let checkouts_plan =
+        PhasePlan::checkouts_like_redis(&fleet, config.clients, config.cameras, config.checkouts);
+    let checkouts = fleet
+        .run_phase("checkouts_like_redis", config.clients, &checkouts_plan)
+        .await;
+    report.push(checkouts);
+    let expected_leases = config.leases() + checkouts_plan.len();
+
     let moves = fleet
         .run_phase(
             "move_churn",
@@ -217,10 +248,9 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
 
     report.push(status_phase(&admin_path, config.clients, config.status_queries).await);
     let leases = in_use(&admin_path).await?;
-    if leases != config.leases() as u64 {
+    if leases != expected_leases as u64 {
         report.fail(format!(
-            "the daemon counts {leases} cameras in use after the storm and the moves, expected {}",
-            config.leases()
+            "the daemon counts {leases} cameras in use after the storm, the checkouts and the moves, expected {expected_leases}"
         ));
     }
     memory.live_kib = pid.and_then(daemon::rss_kib);
@@ -255,7 +285,7 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
         ));
     }
     fleet.close().await;
-    memory.finish(config.servers, config.leases());
+    memory.finish(config.servers, config.leases(), expected_leases);
     report.memory = memory;
     if let Some(p) = own.take() {
         p.stop().await;
@@ -268,8 +298,8 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
                     .run(
                         tmp.path(),
                         config.clients,
-                        report.phase_ops("heartbeats"),
-                        report.phase_ops("checkout_storm"),
+                        report.phase_ops("heartbeats_like_redis"),
+                        report.phase_ops("checkouts_like_redis"),
                     )
                     .await?;
                 report.comparisons = Comparison::build(&report, &runs);

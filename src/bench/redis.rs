@@ -1,8 +1,8 @@
 //! The yardstick: a throwaway `redis-server` on free loopback ports, TLS with mutual
 //! authentication (a certificate made here with rcgen) beside plain TCP, AOF with
 //! `appendfsync always`, and `redis-benchmark` with the same client and request counts
-//! as netkey's phases, no pipelining. GET stands beside heartbeats, durable SET beside
-//! checkouts.
+//! as netkey's like-for-like phases, no pipelining. GET stands beside heartbeats, durable
+//! SET beside checkouts.
 
 use super::report::RedisRun;
 use super::{BenchError, POLL};

@@ -131,14 +131,15 @@ pub struct Memory {
 }
 
 impl Memory {
-    pub fn finish(&mut self, servers: usize, leases: usize) {
+    /// `leases` after the storm (when `leased_kib` is taken), `restarted` at the restart.
+    pub fn finish(&mut self, servers: usize, leases: usize, restarted: usize) {
         let per = |a: Option<u64>, b: Option<u64>, n: usize| match (a, b) {
             (Some(a), Some(b)) if n > 0 => Some((a as f64 - b as f64) * 1024.0 / n as f64),
             _ => None,
         };
         self.bytes_per_connection = per(self.connected_kib, self.baseline_kib, servers);
         self.bytes_per_lease = per(self.leased_kib, self.connected_kib, leases);
-        self.bytes_per_lease_restarted = per(self.restarted_kib, self.baseline_kib, leases);
+        self.bytes_per_lease_restarted = per(self.restarted_kib, self.baseline_kib, restarted);
     }
 }
 
@@ -184,7 +185,12 @@ pub struct Comparison {
 impl Comparison {
     pub fn build(report: &Report, runs: &[RedisRun]) -> Vec<Comparison> {
         let mut out = Vec::new();
-        for (phase, test) in [("heartbeats", "GET"), ("checkout_storm", "SET")] {
+        for (phase, test) in [
+            ("heartbeats_like_redis", "GET"),
+            ("checkouts_like_redis", "SET"),
+            ("heartbeats", "GET"),
+            ("checkout_storm", "SET"),
+        ] {
             let Some(p) = report.phase(phase) else {
                 continue;
             };

@@ -16,9 +16,11 @@ use std::process::ExitCode;
     about = "Benchmark netkeyd with simulated video servers, beside redis-benchmark",
     long_about = "Starts netkeyd --demo on a temporary state directory (or targets --daemon), \
                   enrols simulated video servers over persistent connections from 127.0.0.x, and \
-                  measures each phase: enrol, checkout storm, heartbeats, move churn, status \
-                  queries, restart, reconnect, release. Then runs redis-benchmark against a TLS \
-                  redis with the same client and request counts, if redis is installed."
+                  measures each phase: enrol, checkout storm, heartbeats (over every server, \
+                  then like for like with redis: on as many connections as clients), durable \
+                  checkouts like for like, move churn, status queries, restart, reconnect, \
+                  release. Then runs redis-benchmark against a TLS redis with the same client \
+                  and request counts, if redis is installed."
 )]
 struct Args {
     /// A run of seconds: 200 servers x 10 cameras (the default).
@@ -36,9 +38,13 @@ struct Args {
     /// Requests in flight at once, as redis-benchmark's -c [default: 50].
     #[arg(long)]
     clients: Option<usize>,
-    /// Heartbeats in the heartbeat phase (and GETs for redis).
+    /// Heartbeats in each heartbeat phase (and GETs for redis).
     #[arg(long)]
     heartbeats: Option<usize>,
+    /// Durable checkouts of new cameras on as many connections as clients (and durable
+    /// SETs for redis).
+    #[arg(long)]
+    checkouts: Option<usize>,
     /// Camera moves in the move-churn phase.
     #[arg(long)]
     moves: Option<usize>,
@@ -86,6 +92,7 @@ fn main() -> ExitCode {
     config.cameras = args.cameras.unwrap_or(config.cameras);
     config.clients = args.clients.unwrap_or(config.clients);
     config.heartbeats = args.heartbeats.unwrap_or(config.heartbeats);
+    config.checkouts = args.checkouts.unwrap_or(config.checkouts);
     config.moves = args.moves.unwrap_or(config.moves);
     config.status_queries = args.status_queries.unwrap_or(config.status_queries);
     config.daemon = args.daemon;
