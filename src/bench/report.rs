@@ -332,13 +332,13 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "\n{:<16} {:>9} {:>8} {:>11} {:>10} {:>10} {:>10} {:>10} {:>7}",
+            "\n{:<22} {:>9} {:>8} {:>11} {:>10} {:>10} {:>10} {:>10} {:>7}",
             "phase", "ops", "clients", "ops/s", "p50", "p99", "p99.9", "max", "errors"
         );
         for p in &self.phases {
             let _ = writeln!(
                 s,
-                "{:<16} {:>9} {:>8} {:>11.0} {:>10} {:>10} {:>10} {:>10} {:>7}",
+                "{:<22} {:>9} {:>8} {:>11.0} {:>10} {:>10} {:>10} {:>10} {:>7}",
                 p.name,
                 p.ops,
                 p.clients,
@@ -381,13 +381,13 @@ impl Report {
         if !self.redis.is_empty() {
             let _ = writeln!(
                 s,
-                "\n{:<40} {:>11} {:>10} {:>10} | {:>11} {:>10} {:>7}",
+                "\n{:<54} {:>11} {:>10} {:>10} | {:>11} {:>10} {:>7}",
                 "netkey phase vs redis-benchmark", "netkey/s", "p99", "", "redis/s", "p99", "ratio"
             );
             for c in &self.comparisons {
                 let _ = writeln!(
                     s,
-                    "{:<40} {:>11.0} {:>10} {:>10} | {:>11.0} {:>10} {:>7.2}",
+                    "{:<54} {:>11.0} {:>10} {:>10} | {:>11.0} {:>10} {:>7.2}",
                     format!("{} vs {}", c.netkey_phase, c.redis),
                     c.netkey_ops_per_sec,
                     us(c.netkey_p99_us),
