@@ -4,6 +4,7 @@
 
 use ring::digest::{Context, SHA256};
 use serde::{Deserialize, Serialize};
+use super::compact::CameraKey;
 use std::collections::BTreeSet;
 
 /// The cameras a server holds, and the digest of its holdings once a heartbeat has
@@ -11,23 +12,47 @@ use std::collections::BTreeSet;
 /// of the server (a hundred, for a large recorder), so it is kept until the holdings
 /// change. A camera's epoch changes only when it is granted anew, which inserts it here,
 /// so `insert` and `remove` are the only ways the digest can go stale, and both forget it.
-/// Serialized as the plain set, so snapshots are unchanged.
+/// Serialized as the plain set of camera ids; loaded in bulk, so its nodes come out full.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "BTreeSet<String>", into = "BTreeSet<String>")]
+#[serde(transparent)]
 pub struct Holdings {
-    cameras: BTreeSet<String>,
+    #[serde(deserialize_with = "super::compact::dense_set")]
+    cameras: BTreeSet<CameraKey>,
+    #[serde(skip)]
     digest: Option<[u8; 32]>,
 }
 
 impl Holdings {
-    pub fn insert(&mut self, camera: String) -> bool {
+    pub fn insert(&mut self, camera: &str) -> bool {
         self.digest = None;
-        self.cameras.insert(camera)
+        self.cameras.insert(CameraKey::new(camera))
     }
 
     pub fn remove(&mut self, camera: &str) -> bool {
         self.digest = None;
-        self.cameras.remove(camera)
+        self.cameras.remove(camera.as_bytes())
+    }
+
+    pub fn contains(&self, camera: &str) -> bool {
+        self.cameras.contains(camera.as_bytes())
+    }
+
+    pub fn len(&self) -> usize {
+        self.cameras.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cameras.is_empty()
+    }
+
+    /// The camera ids, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.cameras.iter().map(CameraKey::as_str)
+    }
+
+    /// The camera ids as owned strings, for a caller that changes the holdings as it goes.
+    pub fn to_vec(&self) -> Vec<String> {
+        self.iter().map(str::to_string).collect()
     }
 
     pub(crate) fn cached_digest(&self) -> Option<[u8; 32]> {
@@ -39,33 +64,14 @@ impl Holdings {
     }
 }
 
-impl std::ops::Deref for Holdings {
-    type Target = BTreeSet<String>;
-    fn deref(&self) -> &BTreeSet<String> {
-        &self.cameras
-    }
-}
-
 impl<'a> IntoIterator for &'a Holdings {
-    type Item = &'a String;
-    type IntoIter = std::collections::btree_set::Iter<'a, String>;
+    type Item = &'a str;
+    type IntoIter = std::iter::Map<
+        std::collections::btree_set::Iter<'a, CameraKey>,
+        fn(&'a CameraKey) -> &'a str,
+    >;
     fn into_iter(self) -> Self::IntoIter {
-        self.cameras.iter()
-    }
-}
-
-impl From<BTreeSet<String>> for Holdings {
-    fn from(cameras: BTreeSet<String>) -> Self {
-        Holdings {
-            cameras,
-            digest: None,
-        }
-    }
-}
-
-impl From<Holdings> for BTreeSet<String> {
-    fn from(h: Holdings) -> Self {
-        h.cameras
+        self.cameras.iter().map(CameraKey::as_str)
     }
 }
 
@@ -91,7 +97,7 @@ mod tests {
     fn a_change_of_holdings_forgets_the_digest() {
         let mut h = Holdings::default();
         h.keep_digest([1; 32]);
-        h.insert("cam-1".into());
+        h.insert("cam-1");
         assert_eq!(h.cached_digest(), None);
         h.keep_digest([2; 32]);
         h.remove("cam-1");

@@ -305,7 +305,7 @@ impl Core {
         };
         let policy = &k.document.policy;
         let window = policy.contested_window_ms();
-        let recent = rec.moves.iter().filter(|t| now.since(**t) < window).count() as u32;
+        let recent = rec.moves().iter().filter(|t| now.since(**t) < window).count() as u32;
         policy.contested_moves > 0 && recent >= policy.contested_moves
     }
 
@@ -317,7 +317,7 @@ impl Core {
                 for c in &s.held {
                     if let Some(l) = self
                         .cameras
-                        .get(&(s.pool.key.clone(), c.clone()))
+                        .get(&s.pool.key, &c)
                         .and_then(|r| r.lease.as_ref())
                     {
                         for (f, n) in &l.features {
@@ -375,7 +375,7 @@ impl Core {
             if let Some(l) = &rec.lease {
                 let s = self.servers.get(&l.server);
                 out.push(CameraView {
-                    camera_id: camera.clone(),
+                    camera_id: camera.to_string(),
                     key_id: key.clone(),
                     pool: l.pool.to_string(),
                     server_id: l.server.clone(),
@@ -389,14 +389,14 @@ impl Core {
                     last_renewal: s.map(|s| s.renewed_at).unwrap_or_default(),
                     newly_added_until: newly,
                     revoking_until: None,
-                    overdraft: overdraft.contains(&(key.clone(), camera.clone())),
+                    overdraft: overdraft.contains(&(key.clone(), camera.to_string())),
                     contested,
                 });
             }
-            for r in &rec.revoking {
+            for r in rec.revoking() {
                 let s = self.servers.get(&r.server);
                 out.push(CameraView {
-                    camera_id: camera.clone(),
+                    camera_id: camera.to_string(),
                     key_id: key.clone(),
                     pool: r.pool.to_string(),
                     server_id: r.server.clone(),
@@ -433,11 +433,11 @@ impl Core {
                 let mut leases: Vec<(Timestamp, u64, String, u64)> = self
                     .cameras
                     .iter()
-                    .filter(|((k, _), _)| *k == p.id.key)
+                    .filter(|((k, _), _)| **k == p.id.key)
                     .filter_map(|((_, c), r)| {
                         let l = r.lease.as_ref()?;
                         let n = u64::from(l.features.get(feature).copied().unwrap_or(0));
-                        (l.pool == p.id && n > 0).then(|| (l.granted_at, l.epoch, c.clone(), n))
+                        (l.pool == p.id && n > 0).then(|| (l.granted_at, l.epoch, c.to_string(), n))
                     })
                     .collect();
                 leases.sort();
@@ -485,7 +485,7 @@ impl Core {
                     usage.entry((l.pool.clone(), f.clone())).or_default().held += u64::from(*n);
                 }
             }
-            for r in &rec.revoking {
+            for r in rec.revoking() {
                 if r.until <= now {
                     return Err(format!(
                         "invariant 5: {key}/{camera} revoking past {}",
@@ -503,7 +503,7 @@ impl Core {
                     .servers
                     .get(&r.server)
                     .ok_or(format!("revoking by unknown server {}", r.server))?;
-                if !s.revoking.contains(&(camera.clone(), r.epoch)) {
+                if !s.revoking.contains(&(camera.to_string(), r.epoch)) {
                     return Err(format!(
                         "{key}/{camera}: revoking not listed by {}",
                         r.server
@@ -521,7 +521,7 @@ impl Core {
             for c in &s.held {
                 let l = self
                     .cameras
-                    .get(&(s.pool.key.clone(), c.clone()))
+                    .get(&s.pool.key, &c)
                     .and_then(|r| r.lease.as_ref())
                     .ok_or(format!(
                         "invariant 2: server {id} lists {c} without a lease"
@@ -587,7 +587,7 @@ impl Core {
     /// The server holding `camera` of `key`, if any (`revoking` leases are not held).
     pub fn holder(&self, key: &str, camera: &str) -> Option<&str> {
         self.cameras
-            .get(&(key.to_string(), camera.to_string()))
+            .get(key, camera)
             .and_then(|r| r.lease.as_ref())
             .map(|l| l.server.as_str())
     }
@@ -610,7 +610,7 @@ impl Core {
             return false;
         };
         self.cameras
-            .get(&(s.pool.key.clone(), camera.to_string()))
+            .get(&s.pool.key, camera)
             .and_then(|r| r.lease.as_ref())
             .is_some_and(|l| l.server == server && l.epoch == epoch)
     }
