@@ -60,9 +60,10 @@ fn server_id(s: usize) -> String {
     format!("srv-{:012x}", s as u64 * 0x9e37_79b9 % (1 << 48))
 }
 
-/// The commands that build the state, in batches as the daemon would commit them:
-/// enrolments first, then one camera per checkout, `INTERLEAVE` servers at a time.
-fn batches(now: Timestamp, servers: usize) -> Vec<Vec<Command>> {
+/// The commands that build the state, batch by batch as the daemon would commit them:
+/// enrolments first, then one camera per checkout, `INTERLEAVE` servers at a time. Made
+/// as they are used, so no copy of them sits in memory while it is measured.
+fn each_batch(now: Timestamp, servers: usize, mut f: impl FnMut(Vec<Command>)) {
     let mut key = demo_key(now);
     key.entries = vec![Entry {
         feature: "camera".into(),
@@ -70,13 +71,13 @@ fn batches(now: Timestamp, servers: usize) -> Vec<Vec<Command>> {
         not_after: now.plus(365 * 86_400_000),
         order: "BENCH".into(),
     }];
-    let mut out = vec![vec![Command::InstallKey {
+    f(vec![Command::InstallKey {
         document: key,
         demo: true,
-    }]];
+    }]);
     for s in 0..servers {
         let code = format!("{s:08}");
-        out.push(vec![
+        f(vec![
             Command::CreateCode {
                 pool: PoolId::default_of(KEY),
                 code: code.clone(),
@@ -93,21 +94,20 @@ fn batches(now: Timestamp, servers: usize) -> Vec<Vec<Command>> {
             },
         ]);
     }
-    for group in (0..servers).collect::<Vec<_>>().chunks(INTERLEAVE) {
+    for first in (0..servers).step_by(INTERLEAVE) {
+        let group = first..(first + INTERLEAVE).min(servers);
         for c in 0..CAMERAS {
-            let batch = group
-                .iter()
-                .map(|&s| Command::Checkout {
+            f(group
+                .clone()
+                .map(|s| Command::Checkout {
                     server: server_id(s),
                     key: None,
                     items: vec![CheckoutItem::camera(&camera_id(s, c))],
                     after_wait: false,
                 })
-                .collect();
-            out.push(batch);
+                .collect());
         }
     }
-    out
 }
 
 fn per(bytes: i64, leases: usize) -> f64 {
@@ -180,7 +180,7 @@ fn main() {
     let mut core = Core::new();
     let rss0 = rss();
     let h0 = heap();
-    for batch in batches(now, servers) {
+    each_batch(now, servers, |batch| {
         for command in batch {
             let out = core.apply(now, command);
             assert!(
@@ -189,18 +189,18 @@ fn main() {
             );
             core.drain_events();
         }
-    }
+    });
     let h1 = heap();
     let rss1 = rss();
     row("core: leases held", (h1.0 - h0.0, h1.1 - h0.1), rss1 - rss0, leases);
 
-    // The store: the same batches committed to the log, then a snapshot, as the daemon
-    // does (core untouched, so the heap growth is the store's).
+    // The store: the same batches committed to the log (durably, as checkouts are), then
+    // a snapshot, as the daemon does (core untouched, so the heap growth is the store's).
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut store, _) = Store::open(dir.path()).expect("store");
     let h2 = heap();
     let rss2 = rss();
-    for batch in batches(now, servers) {
+    each_batch(now, servers, |batch| {
         store
             .commit(
                 &BatchRecord {
@@ -208,10 +208,10 @@ fn main() {
                     commands: batch,
                 },
                 Vec::new(),
-                false,
+                true,
             )
             .expect("commit");
-    }
+    });
     let h3 = heap();
     row(
         "store: log of the commands committed",

@@ -64,7 +64,7 @@ impl Core {
         let key = self.resolve_camera(key, camera)?;
         let ck = (key.clone(), camera.to_string());
         let record = self.cameras.get(&ck.0, &ck.1).cloned().unwrap_or_default();
-        let lease = record.lease.clone().ok_or(Refusal::NotHeld)?;
+        let lease = record.lease().ok_or(Refusal::NotHeld)?;
         if let Some(until) = self.is_newly_added(&key, &record, now) {
             return Err(Refusal::NewlyAdded { until });
         }
@@ -132,7 +132,7 @@ impl Core {
                 kept.push(camera);
                 continue;
             }
-            let epoch = record.lease.as_ref().map(|l| l.epoch).unwrap_or(0);
+            let epoch = record.lease().map(|l| l.epoch).unwrap_or(0);
             if force {
                 self.release_lease(&key, &camera, ReleaseReason::Forced);
                 self.issue_revocation(
@@ -216,7 +216,7 @@ impl Core {
                 if let Some(l) = self
                     .cameras
                     .get(&from.key, &c)
-                    .and_then(|r| r.lease.as_ref())
+                    .and_then(|r| r.lease())
                 {
                     for (f, n) in &l.features {
                         *needed.entry(f.clone()).or_insert(0) += n;
@@ -230,7 +230,7 @@ impl Core {
                 let Some(features) = self
                     .cameras
                     .get(&ck.0, &ck.1)
-                    .and_then(|r| r.lease.as_ref())
+                    .and_then(|r| r.lease())
                     .map(|l| l.features.clone())
                 else {
                     continue;
@@ -240,7 +240,7 @@ impl Core {
                 let Some(old) = self
                     .cameras
                     .get(&ck.0, &ck.1)
-                    .and_then(|r| r.lease.as_ref())
+                    .and_then(|r| r.lease())
                     .map(|l| l.terms().clone())
                 else {
                     continue;
@@ -249,12 +249,8 @@ impl Core {
                     pool: pool.clone(),
                     ..old
                 });
-                if let Some(l) = self
-                    .cameras
-                    .get_mut(&ck.0, &ck.1)
-                    .and_then(|r| r.lease.as_mut())
-                {
-                    l.terms = terms;
+                if let Some(r) = self.cameras.get_mut(&ck.0, &ck.1) {
+                    r.set_terms(terms);
                 }
             }
         }

@@ -257,14 +257,13 @@ impl Core {
         // While the wall clock is behind its high-water mark only renewals go on.
         if let Some(mark) = self.clock_rollback {
             let renewal = record
-                .lease
-                .as_ref()
+                .lease()
                 .is_some_and(|l| l.server == server && l.features == features);
             if !renewal {
                 return Refused(Refusal::ClockRollback { mark });
             }
         }
-        match &record.lease {
+        match record.lease() {
             Some(lease) if lease.server == server => {
                 // Idempotent re-claim by the holder, also after a reconnect.
                 if lease.features != features {
@@ -379,7 +378,7 @@ impl Core {
         if record.first_granted().is_none() {
             record.first_granted.set(now);
         }
-        record.lease = Some(Lease::new(terms, epoch, now));
+        record.hold(terms, now);
         let mut contested = None;
         if moved_from.is_some() {
             let window = policy.contested_window_ms();
@@ -454,12 +453,8 @@ impl Core {
             device_version: item.device_version.clone(),
             ..old.terms().clone()
         });
-        if let Some(l) = self
-            .cameras
-            .get_mut(&ck.0, &ck.1)
-            .and_then(|c| c.lease.as_mut())
-        {
-            l.terms = terms;
+        if let Some(r) = self.cameras.get_mut(&ck.0, &ck.1) {
+            r.set_terms(terms);
         }
         self.events.push(Event::Granted {
             key: ck.0.clone(),
@@ -586,7 +581,7 @@ impl Core {
         let key = &s.pool.key;
         digest::holdings(s.held.iter().filter_map(|c| {
             let rec = self.cameras.get(key, c)?;
-            Some((c, rec.lease.as_ref()?.epoch))
+            Some((c, rec.lease()?.epoch))
         }))
     }
 
@@ -611,7 +606,7 @@ impl Core {
             let epoch = self
                 .cameras
                 .get(&key, &camera)
-                .and_then(|c| c.lease.as_ref())
+                .and_then(|c| c.lease())
                 .map(|l| l.epoch);
             if claimed_set.get(camera.as_str()).copied() != epoch {
                 self.release_lease(&key, &camera, ReleaseReason::NotClaimed);
@@ -623,7 +618,7 @@ impl Core {
             let holds = self
                 .cameras
                 .get(&key, &camera)
-                .and_then(|c| c.lease.as_ref())
+                .and_then(|c| c.lease())
                 .is_some_and(|l| l.server == server && l.epoch == *epoch);
             if !holds {
                 not_held.push(camera.clone());
@@ -665,7 +660,7 @@ impl Core {
         let holds_at_epoch = self
             .cameras
             .get(&key, &camera)
-            .and_then(|c| c.lease.as_ref())
+            .and_then(|c| c.lease())
             .is_some_and(|l| l.server == server && l.epoch == epoch);
         let mut freed = false;
         if holds_at_epoch {

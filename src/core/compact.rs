@@ -3,11 +3,11 @@
 //! ones, and maps rebuilt densely when a snapshot loads. None of it changes what the core
 //! does; it changes how many bytes each lease takes (issue 9: at most 200 per lease).
 
-use serde::de::{Deserializer, SeqAccess, Visitor};
+use serde::de::{Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use std::borrow::Borrow;
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::hash::Hash;
 use std::marker::PhantomData;
@@ -199,16 +199,6 @@ where
     Ok(entries.into_iter().collect())
 }
 
-/// As `dense_map`, for a set.
-pub(crate) fn dense_set<'de, D, K>(d: D) -> Result<BTreeSet<K>, D::Error>
-where
-    D: Deserializer<'de>,
-    K: Deserialize<'de> + Ord,
-{
-    let items: Vec<K> = d.deserialize_seq(ItemsVisitor(PhantomData))?;
-    Ok(items.into_iter().collect())
-}
-
 /// A length hint from the input is trusted only this far before the items arrive.
 const MAX_PREALLOC: usize = 1 << 16;
 
@@ -223,22 +213,6 @@ impl<'de, K: Deserialize<'de>, V: Deserialize<'de>> Visitor<'de> for EntriesVisi
         let mut out = Vec::with_capacity(map.size_hint().unwrap_or(0).min(MAX_PREALLOC));
         while let Some(entry) = map.next_entry()? {
             out.push(entry);
-        }
-        Ok(out)
-    }
-}
-
-struct ItemsVisitor<K>(PhantomData<K>);
-
-impl<'de, K: Deserialize<'de>> Visitor<'de> for ItemsVisitor<K> {
-    type Value = Vec<K>;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a set")
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(MAX_PREALLOC));
-        while let Some(item) = seq.next_element()? {
-            out.push(item);
         }
         Ok(out)
     }

@@ -215,8 +215,7 @@ impl Core {
                     let l = self
                         .cameras
                         .get(&pool.key, c)?
-                        .lease
-                        .as_ref()?;
+                        .lease()?;
                     (l.features.get(feature).copied().unwrap_or(0) > 0)
                         .then(|| (l.granted_at, l.epoch, c.to_string()))
                 })

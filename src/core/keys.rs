@@ -67,7 +67,7 @@ impl Core {
         self.cameras
             .iter()
             .filter(|((k, _), _)| *k == key)
-            .map(|(_, c)| u64::from(c.lease.is_some()) + c.revoking().len() as u64)
+            .map(|(_, c)| u64::from(c.is_held()) + c.revoking().len() as u64)
             .sum()
     }
 
@@ -78,9 +78,9 @@ impl Core {
             .iter()
             .filter(|((k, _), _)| *k == key)
             .any(|(_, c)| {
-                c.lease
-                    .iter()
-                    .map(|l| &l.server)
+                c.terms()
+                    .map(|t| &t.server)
+                    .into_iter()
                     .chain(c.revoking().iter().map(|r| &r.server))
                     .any(|s| self.servers.get(s).is_some_and(|s| s.sessions > 0))
             })
@@ -99,7 +99,7 @@ impl Core {
             let held: Vec<String> = self
                 .cameras
                 .iter()
-                .filter(|((k, _), c)| *k == key && c.lease.is_some())
+                .filter(|((k, _), c)| *k == key && c.is_held())
                 .map(|((_, c), _)| c.to_string())
                 .collect();
             for camera in held {
@@ -156,7 +156,7 @@ impl Core {
                         .iter()
                         .map(|x| (x.server.clone(), x.epoch))
                         .collect(),
-                    r.lease.as_ref().map(|l| l.server.clone()),
+                    r.lease().map(|l| l.server.clone()),
                 )
             })
             .collect();

@@ -185,28 +185,17 @@ pub struct Terms {
     pub legacy: bool,
 }
 
-/// A held lease: its shared terms (read through `Deref`, as `lease.server`), the epoch
-/// it was granted at and when.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A held lease as the commands see it: its shared terms (read through `Deref`, as
+/// `lease.server`), its epoch and when it was granted. Made from a `CameraRecord` on
+/// demand (`CameraRecord::lease`), which stores the epoch once for both.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lease {
-    #[serde(
-        serialize_with = "compact::serialize_shared",
-        deserialize_with = "compact::shared_terms"
-    )]
     terms: Arc<Terms>,
     pub epoch: u64,
     pub granted_at: Timestamp,
 }
 
 impl Lease {
-    fn new(terms: Arc<Terms>, epoch: u64, granted_at: Timestamp) -> Self {
-        Lease {
-            terms,
-            epoch,
-            granted_at,
-        }
-    }
-
     pub fn terms(&self) -> &Terms {
         &self.terms
     }
@@ -217,6 +206,17 @@ impl std::ops::Deref for Lease {
     fn deref(&self) -> &Terms {
         &self.terms
     }
+}
+
+/// What a camera record keeps of its held lease.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Held {
+    #[serde(
+        serialize_with = "compact::serialize_shared",
+        deserialize_with = "compact::shared_terms"
+    )]
+    terms: Arc<Terms>,
+    granted_at: Timestamp,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -236,7 +236,8 @@ pub struct CameraRecord {
     /// Grows on every grant to a new holder; lives as long as the key.
     pub epoch: u64,
     first_granted: OptionalInstant,
-    pub lease: Option<Lease>,
+    /// The held lease, at `epoch`.
+    held: Option<Held>,
     /// Revoking leases and recent moves: most cameras have neither, so they take one
     /// pointer until they do.
     extra: Option<Box<CameraExtra>>,
@@ -250,6 +251,42 @@ struct CameraExtra {
 }
 
 impl CameraRecord {
+    /// The held lease, if any.
+    pub fn lease(&self) -> Option<Lease> {
+        self.held.as_ref().map(|h| Lease {
+            terms: h.terms.clone(),
+            epoch: self.epoch,
+            granted_at: h.granted_at,
+        })
+    }
+
+    /// The held lease's terms, borrowed.
+    pub fn terms(&self) -> Option<&Terms> {
+        self.held.as_ref().map(|h| &*h.terms)
+    }
+
+    pub fn is_held(&self) -> bool {
+        self.held.is_some()
+    }
+
+    fn take_lease(&mut self) -> Option<Lease> {
+        let lease = self.lease();
+        self.held = None;
+        lease
+    }
+
+    /// Grants the lease at the record's (new) epoch.
+    fn hold(&mut self, terms: Arc<Terms>, granted_at: Timestamp) {
+        self.held = Some(Held { terms, granted_at });
+    }
+
+    /// The held lease's terms change (class, modules, pool); epoch and grant stay.
+    fn set_terms(&mut self, terms: Arc<Terms>) {
+        if let Some(h) = &mut self.held {
+            h.terms = terms;
+        }
+    }
+
     pub fn first_granted(&self) -> Option<Timestamp> {
         self.first_granted.get()
     }
@@ -914,7 +951,7 @@ impl Core {
 
     /// Ends a held lease: the seat returns at once.
     fn release_lease(&mut self, key: &str, camera: &str, reason: ReleaseReason) {
-        let Some(lease) = self.cameras.get_mut(key, camera).and_then(|c| c.lease.take()) else {
+        let Some(lease) = self.cameras.get_mut(key, camera).and_then(|c| c.take_lease()) else {
             return;
         };
         self.add_usage(&lease.pool, &lease.features, -1, 0);
@@ -934,7 +971,7 @@ impl Core {
 
     /// Turns a held lease into a counted `revoking` lease and tells the holder.
     fn revoke_lease(&mut self, now: Timestamp, key: &str, camera: &str, reason: RevocationReason) {
-        let Some(lease) = self.cameras.get(key, camera).and_then(|c| c.lease.clone()) else {
+        let Some(lease) = self.cameras.get(key, camera).and_then(|c| c.lease()) else {
             return;
         };
         let until = self.reservation_end(&lease.server).unwrap_or(now).max(now);
@@ -943,7 +980,7 @@ impl Core {
             return;
         }
         if let Some(c) = self.cameras.get_mut(key, camera) {
-            c.lease = None;
+            c.held = None;
             c.revoking_mut().push(RevokingLease {
                 server: lease.server.clone(),
                 pool: lease.pool.clone(),

@@ -318,7 +318,7 @@ impl Core {
                     if let Some(l) = self
                         .cameras
                         .get(&s.pool.key, &c)
-                        .and_then(|r| r.lease.as_ref())
+                        .and_then(|r| r.lease())
                     {
                         for (f, n) in &l.features {
                             *per.entry(f.clone()).or_insert(0) += u64::from(*n);
@@ -372,7 +372,7 @@ impl Core {
         for ((key, camera), rec) in &self.cameras {
             let newly = self.is_newly_added(key, rec, now);
             let contested = self.contested(key, rec, now);
-            if let Some(l) = &rec.lease {
+            if let Some(l) = rec.lease() {
                 let s = self.servers.get(&l.server);
                 out.push(CameraView {
                     camera_id: camera.to_string(),
@@ -435,7 +435,7 @@ impl Core {
                     .iter()
                     .filter(|((k, _), _)| **k == p.id.key)
                     .filter_map(|((_, c), r)| {
-                        let l = r.lease.as_ref()?;
+                        let l = r.lease()?;
                         let n = u64::from(l.features.get(feature).copied().unwrap_or(0));
                         (l.pool == p.id && n > 0).then(|| (l.granted_at, l.epoch, c.to_string(), n))
                     })
@@ -458,7 +458,7 @@ impl Core {
     pub fn check_invariants(&self, now: Timestamp) -> Result<(), String> {
         let mut usage: BTreeMap<(PoolId, Feature), Usage> = BTreeMap::new();
         for ((key, camera), rec) in &self.cameras {
-            if let Some(l) = &rec.lease {
+            if let Some(l) = rec.lease() {
                 let s = self.servers.get(&l.server).ok_or(format!(
                     "{key}/{camera} held by unknown server {}",
                     l.server
@@ -475,12 +475,8 @@ impl Core {
                         l.server
                     ));
                 }
-                if l.epoch != rec.epoch {
-                    return Err(format!(
-                        "{key}/{camera}: lease epoch {} != camera epoch {}",
-                        l.epoch, rec.epoch
-                    ));
-                }
+                // A held lease is at the camera's epoch by construction: the record
+                // stores the epoch once for both.
                 for (f, n) in &l.features {
                     usage.entry((l.pool.clone(), f.clone())).or_default().held += u64::from(*n);
                 }
@@ -493,8 +489,7 @@ impl Core {
                     ));
                 }
                 if rec
-                    .lease
-                    .as_ref()
+                    .lease()
                     .is_some_and(|l| l.server == r.server && l.epoch == r.epoch)
                 {
                     return Err(format!("{key}/{camera}: same lease held and revoking"));
@@ -522,7 +517,7 @@ impl Core {
                 let l = self
                     .cameras
                     .get(&s.pool.key, &c)
-                    .and_then(|r| r.lease.as_ref())
+                    .and_then(|r| r.lease())
                     .ok_or(format!(
                         "invariant 2: server {id} lists {c} without a lease"
                     ))?;
@@ -588,8 +583,8 @@ impl Core {
     pub fn holder(&self, key: &str, camera: &str) -> Option<&str> {
         self.cameras
             .get(key, camera)
-            .and_then(|r| r.lease.as_ref())
-            .map(|l| l.server.as_str())
+            .and_then(|r| r.terms())
+            .map(|t| t.server.as_str())
     }
 
     /// Whether `server` still has a `revoking` lease on `camera` at `epoch`.
@@ -611,7 +606,7 @@ impl Core {
         };
         self.cameras
             .get(&s.pool.key, camera)
-            .and_then(|r| r.lease.as_ref())
+            .and_then(|r| r.lease())
             .is_some_and(|l| l.server == server && l.epoch == epoch)
     }
 }
