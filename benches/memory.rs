@@ -192,7 +192,12 @@ fn main() {
     });
     let h1 = heap();
     let rss1 = rss();
-    row("core: leases held", (h1.0 - h0.0, h1.1 - h0.1), rss1 - rss0, leases);
+    row(
+        "core: leases held",
+        (h1.0 - h0.0, h1.1 - h0.1),
+        rss1 - rss0,
+        leases,
+    );
 
     // The store: the same batches committed to the log (durably, as checkouts are), then
     // a snapshot, as the daemon does (core untouched, so the heap growth is the store's).

@@ -213,11 +213,7 @@ impl Core {
         } else {
             let mut needed: BTreeMap<String, u32> = BTreeMap::new();
             for c in &s.held {
-                if let Some(l) = self
-                    .cameras
-                    .get(&from.key, &c)
-                    .and_then(|r| r.lease())
-                {
+                if let Some(l) = self.cameras.get(&from.key, c).and_then(|r| r.lease()) {
                     for (f, n) in &l.features {
                         *needed.entry(f.clone()).or_insert(0) += n;
                     }

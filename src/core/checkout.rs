@@ -617,7 +617,7 @@ impl Core {
         for (camera, epoch) in claimed {
             let holds = self
                 .cameras
-                .get(&key, &camera)
+                .get(&key, camera)
                 .and_then(|c| c.lease())
                 .is_some_and(|l| l.server == server && l.epoch == *epoch);
             if !holds {
@@ -659,7 +659,7 @@ impl Core {
         self.check_in(now, server);
         let holds_at_epoch = self
             .cameras
-            .get(&key, &camera)
+            .get(&key, camera)
             .and_then(|c| c.lease())
             .is_some_and(|l| l.server == server && l.epoch == epoch);
         let mut freed = false;

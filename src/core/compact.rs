@@ -169,9 +169,7 @@ pub(crate) fn loading<R>(f: impl FnOnce() -> R) -> (R, Interner<super::Terms>) {
 }
 
 /// `deserialize_with` for shared lease terms: joins the loading table if there is one.
-pub(crate) fn shared_terms<'de, D: Deserializer<'de>>(
-    d: D,
-) -> Result<Arc<super::Terms>, D::Error> {
+pub(crate) fn shared_terms<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<super::Terms>, D::Error> {
     let terms = super::Terms::deserialize(d)?;
     Ok(LOADING.with(|l| match l.borrow_mut().as_mut() {
         Some(table) => table.intern(terms),
@@ -275,7 +273,11 @@ mod tests {
         for a in &ids {
             assert_eq!(CameraKey::new(a).as_str(), a);
             for b in &ids {
-                assert_eq!(CameraKey::new(a).cmp(&CameraKey::new(b)), a.cmp(b), "{a} {b}");
+                assert_eq!(
+                    CameraKey::new(a).cmp(&CameraKey::new(b)),
+                    a.cmp(b),
+                    "{a} {b}"
+                );
                 assert_eq!(CameraKey::new(a) == CameraKey::new(b), a == b);
             }
         }

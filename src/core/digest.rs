@@ -2,8 +2,8 @@
 //! daemon: SHA-256 over the (camera, epoch) pairs sorted by camera id, each encoded as
 //! the camera id's UTF-8 bytes, one 0x00 byte, and the epoch as 8 bytes little-endian.
 
-use ring::digest::{Context, SHA256};
 use super::compact::CameraKey;
+use ring::digest::{Context, SHA256};
 use serde::{Deserialize, Serialize};
 
 /// The cameras a server holds, and the digest of its holdings once a heartbeat has
@@ -102,8 +102,7 @@ impl Serialize for Holdings {
 
 impl<'a> IntoIterator for &'a Holdings {
     type Item = &'a str;
-    type IntoIter =
-        std::iter::Map<std::slice::Iter<'a, CameraKey>, fn(&'a CameraKey) -> &'a str>;
+    type IntoIter = std::iter::Map<std::slice::Iter<'a, CameraKey>, fn(&'a CameraKey) -> &'a str>;
     fn into_iter(self) -> Self::IntoIter {
         self.cameras.iter().map(CameraKey::as_str)
     }

@@ -212,10 +212,7 @@ impl Core {
                 .filter(|s| s.pool == *pool)
                 .flat_map(|s| s.held.iter())
                 .filter_map(|c| {
-                    let l = self
-                        .cameras
-                        .get(&pool.key, c)?
-                        .lease()?;
+                    let l = self.cameras.get(&pool.key, c)?.lease()?;
                     (l.features.get(feature).copied().unwrap_or(0) > 0)
                         .then(|| (l.granted_at, l.epoch, c.to_string()))
                 })

@@ -951,7 +951,11 @@ impl Core {
 
     /// Ends a held lease: the seat returns at once.
     fn release_lease(&mut self, key: &str, camera: &str, reason: ReleaseReason) {
-        let Some(lease) = self.cameras.get_mut(key, camera).and_then(|c| c.take_lease()) else {
+        let Some(lease) = self
+            .cameras
+            .get_mut(key, camera)
+            .and_then(|c| c.take_lease())
+        else {
             return;
         };
         self.add_usage(&lease.pool, &lease.features, -1, 0);

@@ -305,7 +305,11 @@ impl Core {
         };
         let policy = &k.document.policy;
         let window = policy.contested_window_ms();
-        let recent = rec.moves().iter().filter(|t| now.since(**t) < window).count() as u32;
+        let recent = rec
+            .moves()
+            .iter()
+            .filter(|t| now.since(**t) < window)
+            .count() as u32;
         policy.contested_moves > 0 && recent >= policy.contested_moves
     }
 
@@ -315,11 +319,7 @@ impl Core {
             .map(|s| {
                 let mut per: BTreeMap<Feature, u64> = BTreeMap::new();
                 for c in &s.held {
-                    if let Some(l) = self
-                        .cameras
-                        .get(&s.pool.key, &c)
-                        .and_then(|r| r.lease())
-                    {
+                    if let Some(l) = self.cameras.get(&s.pool.key, c).and_then(|r| r.lease()) {
                         for (f, n) in &l.features {
                             *per.entry(f.clone()).or_insert(0) += u64::from(*n);
                         }
@@ -516,7 +516,7 @@ impl Core {
             for c in &s.held {
                 let l = self
                     .cameras
-                    .get(&s.pool.key, &c)
+                    .get(&s.pool.key, c)
                     .and_then(|r| r.lease())
                     .ok_or(format!(
                         "invariant 2: server {id} lists {c} without a lease"
