@@ -153,6 +153,51 @@ fn load(dir: &Path, leases: usize) {
     );
 }
 
+/// Core and store together, in this fresh process, as the daemon runs them: each batch
+/// applied and committed with its audit records, a snapshot whenever the store asks for
+/// one.
+fn together(servers: usize) {
+    let leases = servers * CAMERAS;
+    let now = Timestamp::from_system_time(std::time::SystemTime::now());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut store, _) = Store::open(dir.path()).expect("store");
+    let mut core = Core::new();
+    let rss0 = rss();
+    let h0 = heap();
+    let mut snapshots = 0;
+    each_batch(now, servers, |batch| {
+        for command in batch.clone() {
+            core.apply(now, command);
+        }
+        let audit = core
+            .drain_events()
+            .iter()
+            .map(netkey::store::audit::entry_for)
+            .collect();
+        store
+            .commit(
+                &BatchRecord {
+                    now,
+                    commands: batch,
+                },
+                audit,
+                true,
+            )
+            .expect("commit");
+        if store.wants_snapshot() {
+            store.snapshot(&core).expect("snapshot");
+            snapshots += 1;
+        }
+    });
+    let h1 = heap();
+    row(
+        &format!("as the daemon ({snapshots} snapshots on the way)"),
+        (h1.0 - h0.0, h1.1 - h0.1),
+        rss() - rss0,
+        leases,
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let arg = |name: &str| {
@@ -168,6 +213,10 @@ fn main() {
     let servers: usize = arg("--servers")
         .map(|s| s.parse().expect("--servers N"))
         .unwrap_or(10_000);
+    if args.iter().any(|a| a == "--together") {
+        together(servers);
+        return;
+    }
     let leases = servers * CAMERAS;
     let now = Timestamp::from_system_time(std::time::SystemTime::now());
     println!("{servers} servers x {CAMERAS} cameras = {leases} leases");
@@ -251,4 +300,9 @@ fn main() {
         .status()
         .expect("load process");
     assert!(status.success(), "the load process failed");
+    let status = std::process::Command::new(std::env::current_exe().expect("exe"))
+        .args(["--together", "--servers", &servers.to_string()])
+        .status()
+        .expect("core and store process");
+    assert!(status.success(), "the core and store process failed");
 }

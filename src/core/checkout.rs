@@ -581,7 +581,7 @@ impl Core {
         let key = &s.pool.key;
         digest::holdings(s.held.iter().filter_map(|c| {
             let rec = self.cameras.get(key, c)?;
-            Some((c, rec.lease()?.epoch))
+            rec.is_held().then_some((c, rec.epoch))
         }))
     }
 
