@@ -1,7 +1,7 @@
 //! What an administrator asks of the core: free a camera, kick a server, move a server
 //! to another pool, rename it. Frees and kicks skip newly added cameras, even forced.
 
-use super::{Core, Event, PoolId, Refusal, ReleaseReason, RevocationReason, Timestamp};
+use super::{Core, Event, PoolId, Refusal, ReleaseReason, RevocationReason, Terms, Timestamp};
 use crate::key::KeyId;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -31,10 +31,7 @@ impl Core {
     /// Finds the key a camera id belongs to; ambiguous ids must name the key.
     pub fn resolve_camera(&self, key: Option<&str>, camera: &str) -> Result<KeyId, Refusal> {
         if let Some(k) = key {
-            return if self
-                .cameras
-                .contains_key(&(k.to_string(), camera.to_string()))
-            {
+            return if self.cameras.contains(k, camera) {
                 Ok(k.to_string())
             } else {
                 Err(Refusal::UnknownCamera {
@@ -42,12 +39,7 @@ impl Core {
                 })
             };
         }
-        let keys: Vec<&KeyId> = self
-            .cameras
-            .keys()
-            .filter(|(_, c)| c == camera)
-            .map(|(k, _)| k)
-            .collect();
+        let keys: Vec<&KeyId> = self.cameras.keys_of(camera).collect();
         match keys.as_slice() {
             [one] => Ok((*one).clone()),
             [] => Err(Refusal::UnknownCamera {
@@ -71,8 +63,8 @@ impl Core {
         self.advance(now);
         let key = self.resolve_camera(key, camera)?;
         let ck = (key.clone(), camera.to_string());
-        let record = self.cameras.get(&ck).cloned().unwrap_or_default();
-        let lease = record.lease.clone().ok_or(Refusal::NotHeld)?;
+        let record = self.cameras.get(&ck.0, &ck.1).cloned().unwrap_or_default();
+        let lease = record.lease().ok_or(Refusal::NotHeld)?;
         if let Some(until) = self.is_newly_added(&key, &record, now) {
             return Err(Refusal::NewlyAdded { until });
         }
@@ -125,7 +117,7 @@ impl Core {
         })?;
         s.kicked = true;
         let key = s.pool.key.clone();
-        let cameras: Vec<String> = s.held.iter().cloned().collect();
+        let cameras: Vec<String> = s.held.to_vec();
         self.events.push(Event::Kicked {
             server: server.to_string(),
             forced: force,
@@ -133,14 +125,14 @@ impl Core {
         let mut kept = Vec::new();
         for camera in cameras {
             let ck = (key.clone(), camera.clone());
-            let Some(record) = self.cameras.get(&ck).cloned() else {
+            let Some(record) = self.cameras.get(&ck.0, &ck.1).cloned() else {
                 continue;
             };
             if self.is_newly_added(&key, &record, now).is_some() {
                 kept.push(camera);
                 continue;
             }
-            let epoch = record.lease.as_ref().map(|l| l.epoch).unwrap_or(0);
+            let epoch = record.lease().map(|l| l.epoch).unwrap_or(0);
             if force {
                 self.release_lease(&key, &camera, ReleaseReason::Forced);
                 self.issue_revocation(
@@ -221,32 +213,40 @@ impl Core {
         } else {
             let mut needed: BTreeMap<String, u32> = BTreeMap::new();
             for c in &s.held {
-                if let Some(l) = self
-                    .cameras
-                    .get(&(from.key.clone(), c.clone()))
-                    .and_then(|r| r.lease.as_ref())
-                {
+                if let Some(l) = self.cameras.get(&from.key, c).and_then(|r| r.lease()) {
                     for (f, n) in &l.features {
                         *needed.entry(f.clone()).or_insert(0) += n;
                     }
                 }
             }
             self.fits(pool, &needed, now)?;
-            let held: Vec<String> = s.held.iter().cloned().collect();
+            let held: Vec<String> = s.held.to_vec();
             for c in held {
                 let ck = (from.key.clone(), c);
                 let Some(features) = self
                     .cameras
-                    .get(&ck)
-                    .and_then(|r| r.lease.as_ref())
+                    .get(&ck.0, &ck.1)
+                    .and_then(|r| r.lease())
                     .map(|l| l.features.clone())
                 else {
                     continue;
                 };
                 self.add_usage(&from, &features, -1, 0);
                 self.add_usage(pool, &features, 1, 0);
-                if let Some(l) = self.cameras.get_mut(&ck).and_then(|r| r.lease.as_mut()) {
-                    l.pool = pool.clone();
+                let Some(old) = self
+                    .cameras
+                    .get(&ck.0, &ck.1)
+                    .and_then(|r| r.lease())
+                    .map(|l| l.terms().clone())
+                else {
+                    continue;
+                };
+                let terms = self.cameras.intern(Terms {
+                    pool: pool.clone(),
+                    ..old
+                });
+                if let Some(r) = self.cameras.get_mut(&ck.0, &ck.1) {
+                    r.set_terms(terms);
                 }
             }
         }

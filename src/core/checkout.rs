@@ -3,7 +3,7 @@
 
 use super::{
     digest, CameraId, Core, Event, Features, Lease, PoolId, Refusal, ReleaseReason, Revocation,
-    RevocationReason, Timestamp,
+    RevocationReason, Terms, Timestamp,
 };
 use crate::key::{DeviceVersion, Feature, KeyId, Policy};
 use serde::{Deserialize, Serialize};
@@ -194,9 +194,9 @@ impl Core {
         s.revoking
             .iter()
             .filter_map(|(camera, epoch)| {
-                let rec = self.cameras.get(&(s.pool.key.clone(), camera.clone()))?;
+                let rec = self.cameras.get(&s.pool.key, camera)?;
                 let r = rec
-                    .revoking
+                    .revoking()
                     .iter()
                     .find(|r| r.server == server && r.epoch == *epoch)?;
                 Some(r.until.since(now))
@@ -226,7 +226,7 @@ impl Core {
         // A stale epoch is answered Moved before anything else about the item: it is what
         // tells the client to stop recording the camera.
         let ck = (pool.key.clone(), item.camera.clone());
-        let record = self.cameras.get(&ck).cloned().unwrap_or_default();
+        let record = self.cameras.get(&ck.0, &ck.1).cloned().unwrap_or_default();
         if let Some(e) = item.epoch {
             if e < record.epoch {
                 return Refused(Refusal::Moved {
@@ -257,14 +257,13 @@ impl Core {
         // While the wall clock is behind its high-water mark only renewals go on.
         if let Some(mark) = self.clock_rollback {
             let renewal = record
-                .lease
-                .as_ref()
+                .lease()
                 .is_some_and(|l| l.server == server && l.features == features);
             if !renewal {
                 return Refused(Refusal::ClockRollback { mark });
             }
         }
-        match &record.lease {
+        match record.lease() {
             Some(lease) if lease.server == server => {
                 // Idempotent re-claim by the holder, also after a reconnect.
                 if lease.features != features {
@@ -364,34 +363,36 @@ impl Core {
             .get(&pool.key)
             .map(|k| k.document.policy.clone())
             .unwrap_or_default();
-        let record = self.cameras.entry(ck.clone()).or_default();
-        record.epoch += 1;
-        let epoch = record.epoch;
-        record.first_granted.get_or_insert(now);
-        record.lease = Some(Lease {
+        let terms = self.cameras.intern(Terms {
             server: server.to_string(),
             pool: pool.clone(),
             features: features.clone(),
-            epoch,
-            granted_at: now,
             class: item.class.clone().unwrap_or_else(|| "camera".into()),
             modules: item.modules.clone(),
             device_version: item.device_version.clone(),
             legacy,
         });
+        let record = self.cameras.entry(&ck.0, &ck.1);
+        record.epoch += 1;
+        let epoch = record.epoch;
+        if record.first_granted().is_none() {
+            record.first_granted.set(now);
+        }
+        record.hold(terms, now);
         let mut contested = None;
         if moved_from.is_some() {
             let window = policy.contested_window_ms();
-            record.moves.retain(|t| now.since(*t) < window);
-            record.moves.push(now);
-            let n = record.moves.len() as u32;
+            let moves = record.moves_mut();
+            moves.retain(|t| now.since(*t) < window);
+            moves.push(now);
+            let n = moves.len() as u32;
             if policy.contested_moves > 0 && n >= policy.contested_moves {
                 contested = Some((n, window));
             }
         }
         self.add_usage(pool, &features, 1, 0);
         if let Some(s) = self.servers.get_mut(server) {
-            s.held.insert(ck.1.clone());
+            s.held.insert(&ck.1);
         }
         if let Some(from) = moved_from {
             self.events.push(Event::Moved {
@@ -444,17 +445,21 @@ impl Core {
         }
         self.add_usage(&old.pool, &features, 1, 0);
         let epoch = old.epoch;
-        if let Some(l) = self.cameras.get_mut(ck).and_then(|c| c.lease.as_mut()) {
-            l.features = features.clone();
-            l.legacy = legacy;
-            l.class = item.class.clone().unwrap_or_else(|| "camera".into());
-            l.modules = item.modules.clone();
-            l.device_version = item.device_version.clone();
+        let terms = self.cameras.intern(Terms {
+            features: features.clone(),
+            legacy,
+            class: item.class.clone().unwrap_or_else(|| "camera".into()),
+            modules: item.modules.clone(),
+            device_version: item.device_version.clone(),
+            ..old.terms().clone()
+        });
+        if let Some(r) = self.cameras.get_mut(&ck.0, &ck.1) {
+            r.set_terms(terms);
         }
         self.events.push(Event::Granted {
             key: ck.0.clone(),
             camera: ck.1.clone(),
-            server: old.server,
+            server: old.server.clone(),
             epoch,
             features: features.clone(),
             legacy,
@@ -575,8 +580,8 @@ impl Core {
         };
         let key = &s.pool.key;
         digest::holdings(s.held.iter().filter_map(|c| {
-            let rec = self.cameras.get(&(key.clone(), c.clone()))?;
-            Some((c.as_str(), rec.lease.as_ref()?.epoch))
+            let rec = self.cameras.get(key, c)?;
+            rec.is_held().then_some((c, rec.epoch))
         }))
     }
 
@@ -592,7 +597,7 @@ impl Core {
         let s = self.servers.get(server).ok_or(Refusal::NotEnrolled)?;
         let key = s.pool.key.clone();
         self.refuse_if_key_refused(&key)?;
-        let held: Vec<CameraId> = s.held.iter().cloned().collect();
+        let held: Vec<CameraId> = s.held.to_vec();
         self.check_in(now, server);
         let claimed_set: std::collections::BTreeMap<&str, u64> =
             claimed.iter().map(|(c, e)| (c.as_str(), *e)).collect();
@@ -600,8 +605,8 @@ impl Core {
         for camera in held {
             let epoch = self
                 .cameras
-                .get(&(key.clone(), camera.clone()))
-                .and_then(|c| c.lease.as_ref())
+                .get(&key, &camera)
+                .and_then(|c| c.lease())
                 .map(|l| l.epoch);
             if claimed_set.get(camera.as_str()).copied() != epoch {
                 self.release_lease(&key, &camera, ReleaseReason::NotClaimed);
@@ -612,8 +617,8 @@ impl Core {
         for (camera, epoch) in claimed {
             let holds = self
                 .cameras
-                .get(&(key.clone(), camera.clone()))
-                .and_then(|c| c.lease.as_ref())
+                .get(&key, camera)
+                .and_then(|c| c.lease())
                 .is_some_and(|l| l.server == server && l.epoch == *epoch);
             if !holds {
                 not_held.push(camera.clone());
@@ -654,8 +659,8 @@ impl Core {
         self.check_in(now, server);
         let holds_at_epoch = self
             .cameras
-            .get(&(key.clone(), camera.to_string()))
-            .and_then(|c| c.lease.as_ref())
+            .get(&key, camera)
+            .and_then(|c| c.lease())
             .is_some_and(|l| l.server == server && l.epoch == epoch);
         let mut freed = false;
         if holds_at_epoch {

@@ -40,7 +40,7 @@ impl Core {
             }
         }
         for c in self.cameras.values() {
-            for r in &c.revoking {
+            for r in c.revoking() {
                 next = next.min(r.until);
             }
         }
@@ -112,9 +112,9 @@ impl Core {
     fn expire_revoking(&mut self, now: Timestamp) {
         let mut due = Vec::new();
         for ((key, camera), c) in &self.cameras {
-            for r in &c.revoking {
+            for r in c.revoking() {
                 if r.until <= now {
-                    due.push((key.clone(), camera.clone(), r.server.clone(), r.epoch));
+                    due.push((key.clone(), camera.to_string(), r.server.clone(), r.epoch));
                 }
             }
         }
@@ -136,7 +136,7 @@ impl Core {
             let cameras: Vec<String> = self
                 .servers
                 .get(&server)
-                .map(|s| s.held.iter().cloned().collect())
+                .map(|s| s.held.to_vec())
                 .unwrap_or_default();
             let n = cameras.len() as u64;
             for camera in cameras {
@@ -212,13 +212,9 @@ impl Core {
                 .filter(|s| s.pool == *pool)
                 .flat_map(|s| s.held.iter())
                 .filter_map(|c| {
-                    let l = self
-                        .cameras
-                        .get(&(pool.key.clone(), c.clone()))?
-                        .lease
-                        .as_ref()?;
+                    let l = self.cameras.get(&pool.key, c)?.lease()?;
                     (l.features.get(feature).copied().unwrap_or(0) > 0)
-                        .then(|| (l.granted_at, l.epoch, c.clone()))
+                        .then(|| (l.granted_at, l.epoch, c.to_string()))
                 })
                 .max();
             let Some((_, _, camera)) = newest else { break };

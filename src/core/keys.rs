@@ -66,8 +66,8 @@ impl Core {
     pub fn key_leases(&self, key: &str) -> u64 {
         self.cameras
             .iter()
-            .filter(|((k, _), _)| k == key)
-            .map(|(_, c)| u64::from(c.lease.is_some()) + c.revoking.len() as u64)
+            .filter(|((k, _), _)| *k == key)
+            .map(|(_, c)| u64::from(c.is_held()) + c.revoking().len() as u64)
             .sum()
     }
 
@@ -76,12 +76,12 @@ impl Core {
     pub fn key_has_live_holders(&self, key: &str) -> bool {
         self.cameras
             .iter()
-            .filter(|((k, _), _)| k == key)
+            .filter(|((k, _), _)| *k == key)
             .any(|(_, c)| {
-                c.lease
-                    .iter()
-                    .map(|l| &l.server)
-                    .chain(c.revoking.iter().map(|r| &r.server))
+                c.terms()
+                    .map(|t| &t.server)
+                    .into_iter()
+                    .chain(c.revoking().iter().map(|r| &r.server))
                     .any(|s| self.servers.get(s).is_some_and(|s| s.sessions > 0))
             })
     }
@@ -99,8 +99,8 @@ impl Core {
             let held: Vec<String> = self
                 .cameras
                 .iter()
-                .filter(|((k, _), c)| k == key && c.lease.is_some())
-                .map(|((_, c), _)| c.clone())
+                .filter(|((k, _), c)| *k == key && c.is_held())
+                .map(|((_, c), _)| c.to_string())
                 .collect();
             for camera in held {
                 self.revoke_lease(now, key, &camera, RevocationReason::Shrunk);
@@ -148,15 +148,15 @@ impl Core {
         let cameras: Vec<Leases> = self
             .cameras
             .iter()
-            .filter(|((k, _), _)| k == key)
+            .filter(|((k, _), _)| *k == key)
             .map(|((_, c), r)| {
                 (
-                    c.clone(),
-                    r.revoking
+                    c.to_string(),
+                    r.revoking()
                         .iter()
                         .map(|x| (x.server.clone(), x.epoch))
                         .collect(),
-                    r.lease.as_ref().map(|l| l.server.clone()),
+                    r.lease().map(|l| l.server.clone()),
                 )
             })
             .collect();
@@ -189,7 +189,7 @@ impl Core {
             self.unpersisted.remove(&server);
             self.events.push(Event::Forgotten { server });
         }
-        self.cameras.retain(|(k, _), _| k != key);
+        self.cameras.remove_key(key);
         self.pools.retain(|p: &PoolId, _| p.key != key);
         self.codes.retain(|_, c| c.pool.key != key);
         self.keys.remove(key);

@@ -10,6 +10,7 @@
 mod admin;
 mod checkout;
 mod command;
+pub mod compact;
 pub mod digest;
 mod event;
 mod expiry;
@@ -38,9 +39,11 @@ pub use view::{
 };
 
 use crate::key::{Feature, KeyDocument, KeyId};
+use compact::{CameraKey, Interner, OptionalInstant};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::Arc;
 
 pub type ServerId = String;
 pub type CameraId = String;
@@ -169,17 +172,51 @@ pub struct Server {
     pub kicked: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Lease {
+/// What a lease grants and to whom: the same for every camera a server holds in the
+/// same way, so the leases share one copy (`Cameras::intern`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Terms {
     pub server: ServerId,
     pub pool: PoolId,
     pub features: Features,
-    pub epoch: u64,
-    pub granted_at: Timestamp,
     pub class: String,
     pub modules: Vec<Feature>,
     pub device_version: Option<String>,
     pub legacy: bool,
+}
+
+/// A held lease as the commands see it: its shared terms (read through `Deref`, as
+/// `lease.server`), its epoch and when it was granted. Made from a `CameraRecord` on
+/// demand (`CameraRecord::lease`), which stores the epoch once for both.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    terms: Arc<Terms>,
+    pub epoch: u64,
+    pub granted_at: Timestamp,
+}
+
+impl Lease {
+    pub fn terms(&self) -> &Terms {
+        &self.terms
+    }
+}
+
+impl std::ops::Deref for Lease {
+    type Target = Terms;
+    fn deref(&self) -> &Terms {
+        &self.terms
+    }
+}
+
+/// What a camera record keeps of its held lease.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Held {
+    #[serde(
+        serialize_with = "compact::serialize_shared",
+        deserialize_with = "compact::shared_terms"
+    )]
+    terms: Arc<Terms>,
+    granted_at: Timestamp,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -198,11 +235,176 @@ pub struct RevokingLease {
 pub struct CameraRecord {
     /// Grows on every grant to a new holder; lives as long as the key.
     pub epoch: u64,
-    pub first_granted: Option<Timestamp>,
-    pub lease: Option<Lease>,
-    pub revoking: Vec<RevokingLease>,
+    first_granted: OptionalInstant,
+    /// The held lease, at `epoch`.
+    held: Option<Held>,
+    /// Revoking leases and recent moves: most cameras have neither, so they take one
+    /// pointer until they do.
+    extra: Option<Box<CameraExtra>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct CameraExtra {
+    revoking: Vec<RevokingLease>,
     /// Instants of recent moves, for `CameraContested`.
-    pub moves: Vec<Timestamp>,
+    moves: Vec<Timestamp>,
+}
+
+impl CameraRecord {
+    /// The held lease, if any.
+    pub fn lease(&self) -> Option<Lease> {
+        self.held.as_ref().map(|h| Lease {
+            terms: h.terms.clone(),
+            epoch: self.epoch,
+            granted_at: h.granted_at,
+        })
+    }
+
+    /// The held lease's terms, borrowed.
+    pub fn terms(&self) -> Option<&Terms> {
+        self.held.as_ref().map(|h| &*h.terms)
+    }
+
+    pub fn is_held(&self) -> bool {
+        self.held.is_some()
+    }
+
+    fn take_lease(&mut self) -> Option<Lease> {
+        let lease = self.lease();
+        self.held = None;
+        lease
+    }
+
+    /// Grants the lease at the record's (new) epoch.
+    fn hold(&mut self, terms: Arc<Terms>, granted_at: Timestamp) {
+        self.held = Some(Held { terms, granted_at });
+    }
+
+    /// The held lease's terms change (class, modules, pool); epoch and grant stay.
+    fn set_terms(&mut self, terms: Arc<Terms>) {
+        if let Some(h) = &mut self.held {
+            h.terms = terms;
+        }
+    }
+
+    pub fn first_granted(&self) -> Option<Timestamp> {
+        self.first_granted.get()
+    }
+
+    pub fn revoking(&self) -> &[RevokingLease] {
+        self.extra.as_ref().map_or(&[], |x| &x.revoking)
+    }
+
+    pub fn moves(&self) -> &[Timestamp] {
+        self.extra.as_ref().map_or(&[], |x| &x.moves)
+    }
+
+    fn revoking_mut(&mut self) -> &mut Vec<RevokingLease> {
+        &mut self.extra.get_or_insert_with(Default::default).revoking
+    }
+
+    fn moves_mut(&mut self) -> &mut Vec<Timestamp> {
+        &mut self.extra.get_or_insert_with(Default::default).moves
+    }
+
+    /// Gives back the room of revoking leases and moves once there are none.
+    fn tidy(&mut self) {
+        if self
+            .extra
+            .as_ref()
+            .is_some_and(|x| x.revoking.is_empty() && x.moves.is_empty())
+        {
+            self.extra = None;
+        }
+    }
+}
+
+/// Every camera record, by key and camera id, with the table of lease terms their leases
+/// share. Iterates in (key, camera) order, as the views list them.
+#[derive(Clone, Debug, Default)]
+pub struct Cameras {
+    by_key: BTreeMap<KeyId, BTreeMap<CameraKey, CameraRecord>>,
+    terms: Interner<Terms>,
+}
+
+impl Cameras {
+    pub fn get(&self, key: &str, camera: &str) -> Option<&CameraRecord> {
+        self.by_key.get(key)?.get(camera.as_bytes())
+    }
+
+    fn get_mut(&mut self, key: &str, camera: &str) -> Option<&mut CameraRecord> {
+        self.by_key.get_mut(key)?.get_mut(camera.as_bytes())
+    }
+
+    /// The record, made (empty) if the camera has none yet.
+    fn entry(&mut self, key: &str, camera: &str) -> &mut CameraRecord {
+        self.by_key
+            .entry(key.to_string())
+            .or_default()
+            .entry(CameraKey::new(camera))
+            .or_default()
+    }
+
+    pub fn contains(&self, key: &str, camera: &str) -> bool {
+        self.get(key, camera).is_some()
+    }
+
+    /// ((key, camera), record), in key then camera order.
+    pub fn iter(&self) -> impl Iterator<Item = ((&KeyId, &str), &CameraRecord)> {
+        self.by_key
+            .iter()
+            .flat_map(|(k, cams)| cams.iter().map(move |(c, r)| ((k, c.as_str()), r)))
+    }
+
+    /// The keys that have a record of `camera`.
+    pub fn keys_of<'a>(&'a self, camera: &'a str) -> impl Iterator<Item = &'a KeyId> {
+        self.by_key
+            .iter()
+            .filter(|(_, cams)| cams.contains_key(camera.as_bytes()))
+            .map(|(k, _)| k)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &CameraRecord> {
+        self.by_key.values().flat_map(|cams| cams.values())
+    }
+
+    /// Forgets every camera of `key`.
+    fn remove_key(&mut self, key: &str) {
+        self.by_key.remove(key);
+    }
+
+    /// The one shared copy of these terms.
+    fn intern(&mut self, terms: Terms) -> Arc<Terms> {
+        self.terms.intern(terms)
+    }
+}
+
+impl<'a> IntoIterator for &'a Cameras {
+    type Item = ((&'a KeyId, &'a str), &'a CameraRecord);
+    type IntoIter = Box<dyn Iterator<Item = Self::Item> + 'a>;
+    fn into_iter(self) -> Self::IntoIter {
+        Box::new(self.iter())
+    }
+}
+
+impl Serialize for Cameras {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.by_key.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cameras {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Dense(
+            #[serde(deserialize_with = "compact::dense_map")] BTreeMap<CameraKey, CameraRecord>,
+        );
+        let (by_key, terms) = compact::loading(|| BTreeMap::<KeyId, Dense>::deserialize(d));
+        Ok(Cameras {
+            by_key: by_key?.into_iter().map(|(k, v)| (k, v.0)).collect(),
+            terms,
+        })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -238,7 +440,7 @@ pub struct Core {
     keys: BTreeMap<KeyId, InstalledKey>,
     pools: BTreeMap<PoolId, Pool>,
     servers: BTreeMap<ServerId, Server>,
-    cameras: BTreeMap<(KeyId, CameraId), CameraRecord>,
+    cameras: Cameras,
     codes: BTreeMap<String, EnrolmentCode>,
     /// No deadline (reservation end, revoking end, entry expiry) falls before this.
     next_due: Timestamp,
@@ -743,14 +945,17 @@ impl Core {
         now: Timestamp,
     ) -> Option<Timestamp> {
         let period = self.keys.get(key)?.document.policy.revocation_period_ms();
-        let until = camera.first_granted?.plus(period);
+        let until = camera.first_granted()?.plus(period);
         (period > 0 && now < until).then_some(until)
     }
 
     /// Ends a held lease: the seat returns at once.
     fn release_lease(&mut self, key: &str, camera: &str, reason: ReleaseReason) {
-        let ck = (key.to_string(), camera.to_string());
-        let Some(lease) = self.cameras.get_mut(&ck).and_then(|c| c.lease.take()) else {
+        let Some(lease) = self
+            .cameras
+            .get_mut(key, camera)
+            .and_then(|c| c.take_lease())
+        else {
             return;
         };
         self.add_usage(&lease.pool, &lease.features, -1, 0);
@@ -762,7 +967,7 @@ impl Core {
         self.events.push(Event::Released {
             key: key.to_string(),
             camera: camera.to_string(),
-            server: lease.server,
+            server: lease.server.clone(),
             epoch: lease.epoch,
             reason,
         });
@@ -770,8 +975,7 @@ impl Core {
 
     /// Turns a held lease into a counted `revoking` lease and tells the holder.
     fn revoke_lease(&mut self, now: Timestamp, key: &str, camera: &str, reason: RevocationReason) {
-        let ck = (key.to_string(), camera.to_string());
-        let Some(lease) = self.cameras.get(&ck).and_then(|c| c.lease.clone()) else {
+        let Some(lease) = self.cameras.get(key, camera).and_then(|c| c.lease()) else {
             return;
         };
         let until = self.reservation_end(&lease.server).unwrap_or(now).max(now);
@@ -779,9 +983,9 @@ impl Core {
             self.release_lease(key, camera, ReleaseReason::Expired);
             return;
         }
-        if let Some(c) = self.cameras.get_mut(&ck) {
-            c.lease = None;
-            c.revoking.push(RevokingLease {
+        if let Some(c) = self.cameras.get_mut(key, camera) {
+            c.held = None;
+            c.revoking_mut().push(RevokingLease {
                 server: lease.server.clone(),
                 pool: lease.pool.clone(),
                 features: lease.features.clone(),
@@ -840,18 +1044,18 @@ impl Core {
         epoch: u64,
         acknowledged: bool,
     ) {
-        let ck = (key.to_string(), camera.to_string());
-        let Some(c) = self.cameras.get_mut(&ck) else {
+        let Some(c) = self.cameras.get_mut(key, camera) else {
             return;
         };
         let Some(pos) = c
-            .revoking
+            .revoking()
             .iter()
             .position(|r| r.server == server && r.epoch == epoch)
         else {
             return;
         };
-        let r = c.revoking.remove(pos);
+        let r = c.revoking_mut().remove(pos);
+        c.tidy();
         self.add_usage(&r.pool, &r.features, 0, -1);
         if let Some(s) = self.servers.get_mut(server) {
             s.revoking.remove(&(camera.to_string(), epoch));

@@ -305,7 +305,11 @@ impl Core {
         };
         let policy = &k.document.policy;
         let window = policy.contested_window_ms();
-        let recent = rec.moves.iter().filter(|t| now.since(**t) < window).count() as u32;
+        let recent = rec
+            .moves()
+            .iter()
+            .filter(|t| now.since(**t) < window)
+            .count() as u32;
         policy.contested_moves > 0 && recent >= policy.contested_moves
     }
 
@@ -315,11 +319,7 @@ impl Core {
             .map(|s| {
                 let mut per: BTreeMap<Feature, u64> = BTreeMap::new();
                 for c in &s.held {
-                    if let Some(l) = self
-                        .cameras
-                        .get(&(s.pool.key.clone(), c.clone()))
-                        .and_then(|r| r.lease.as_ref())
-                    {
+                    if let Some(l) = self.cameras.get(&s.pool.key, c).and_then(|r| r.lease()) {
                         for (f, n) in &l.features {
                             *per.entry(f.clone()).or_insert(0) += u64::from(*n);
                         }
@@ -372,10 +372,10 @@ impl Core {
         for ((key, camera), rec) in &self.cameras {
             let newly = self.is_newly_added(key, rec, now);
             let contested = self.contested(key, rec, now);
-            if let Some(l) = &rec.lease {
+            if let Some(l) = rec.lease() {
                 let s = self.servers.get(&l.server);
                 out.push(CameraView {
-                    camera_id: camera.clone(),
+                    camera_id: camera.to_string(),
                     key_id: key.clone(),
                     pool: l.pool.to_string(),
                     server_id: l.server.clone(),
@@ -389,14 +389,14 @@ impl Core {
                     last_renewal: s.map(|s| s.renewed_at).unwrap_or_default(),
                     newly_added_until: newly,
                     revoking_until: None,
-                    overdraft: overdraft.contains(&(key.clone(), camera.clone())),
+                    overdraft: overdraft.contains(&(key.clone(), camera.to_string())),
                     contested,
                 });
             }
-            for r in &rec.revoking {
+            for r in rec.revoking() {
                 let s = self.servers.get(&r.server);
                 out.push(CameraView {
-                    camera_id: camera.clone(),
+                    camera_id: camera.to_string(),
                     key_id: key.clone(),
                     pool: r.pool.to_string(),
                     server_id: r.server.clone(),
@@ -433,11 +433,11 @@ impl Core {
                 let mut leases: Vec<(Timestamp, u64, String, u64)> = self
                     .cameras
                     .iter()
-                    .filter(|((k, _), _)| *k == p.id.key)
+                    .filter(|((k, _), _)| **k == p.id.key)
                     .filter_map(|((_, c), r)| {
-                        let l = r.lease.as_ref()?;
+                        let l = r.lease()?;
                         let n = u64::from(l.features.get(feature).copied().unwrap_or(0));
-                        (l.pool == p.id && n > 0).then(|| (l.granted_at, l.epoch, c.clone(), n))
+                        (l.pool == p.id && n > 0).then(|| (l.granted_at, l.epoch, c.to_string(), n))
                     })
                     .collect();
                 leases.sort();
@@ -458,7 +458,7 @@ impl Core {
     pub fn check_invariants(&self, now: Timestamp) -> Result<(), String> {
         let mut usage: BTreeMap<(PoolId, Feature), Usage> = BTreeMap::new();
         for ((key, camera), rec) in &self.cameras {
-            if let Some(l) = &rec.lease {
+            if let Some(l) = rec.lease() {
                 let s = self.servers.get(&l.server).ok_or(format!(
                     "{key}/{camera} held by unknown server {}",
                     l.server
@@ -475,17 +475,13 @@ impl Core {
                         l.server
                     ));
                 }
-                if l.epoch != rec.epoch {
-                    return Err(format!(
-                        "{key}/{camera}: lease epoch {} != camera epoch {}",
-                        l.epoch, rec.epoch
-                    ));
-                }
+                // A held lease is at the camera's epoch by construction: the record
+                // stores the epoch once for both.
                 for (f, n) in &l.features {
                     usage.entry((l.pool.clone(), f.clone())).or_default().held += u64::from(*n);
                 }
             }
-            for r in &rec.revoking {
+            for r in rec.revoking() {
                 if r.until <= now {
                     return Err(format!(
                         "invariant 5: {key}/{camera} revoking past {}",
@@ -493,8 +489,7 @@ impl Core {
                     ));
                 }
                 if rec
-                    .lease
-                    .as_ref()
+                    .lease()
                     .is_some_and(|l| l.server == r.server && l.epoch == r.epoch)
                 {
                     return Err(format!("{key}/{camera}: same lease held and revoking"));
@@ -503,7 +498,7 @@ impl Core {
                     .servers
                     .get(&r.server)
                     .ok_or(format!("revoking by unknown server {}", r.server))?;
-                if !s.revoking.contains(&(camera.clone(), r.epoch)) {
+                if !s.revoking.contains(&(camera.to_string(), r.epoch)) {
                     return Err(format!(
                         "{key}/{camera}: revoking not listed by {}",
                         r.server
@@ -521,8 +516,8 @@ impl Core {
             for c in &s.held {
                 let l = self
                     .cameras
-                    .get(&(s.pool.key.clone(), c.clone()))
-                    .and_then(|r| r.lease.as_ref())
+                    .get(&s.pool.key, c)
+                    .and_then(|r| r.lease())
                     .ok_or(format!(
                         "invariant 2: server {id} lists {c} without a lease"
                     ))?;
@@ -587,9 +582,9 @@ impl Core {
     /// The server holding `camera` of `key`, if any (`revoking` leases are not held).
     pub fn holder(&self, key: &str, camera: &str) -> Option<&str> {
         self.cameras
-            .get(&(key.to_string(), camera.to_string()))
-            .and_then(|r| r.lease.as_ref())
-            .map(|l| l.server.as_str())
+            .get(key, camera)
+            .and_then(|r| r.terms())
+            .map(|t| t.server.as_str())
     }
 
     /// Whether `server` still has a `revoking` lease on `camera` at `epoch`.
@@ -610,8 +605,8 @@ impl Core {
             return false;
         };
         self.cameras
-            .get(&(s.pool.key.clone(), camera.to_string()))
-            .and_then(|r| r.lease.as_ref())
+            .get(&s.pool.key, camera)
+            .and_then(|r| r.lease())
             .is_some_and(|l| l.server == server && l.epoch == epoch)
     }
 }

@@ -23,6 +23,9 @@ use std::path::{Path, PathBuf};
 pub const SCHEMA: u32 = 1;
 /// Snapshot after this many log records, so restarts replay little.
 const SNAPSHOT_EVERY: u64 = 20_000;
+/// redb's page cache. The store writes and reads back only at start, so its default
+/// (1 GiB) would only keep a copy of the snapshot and the log resident beside the core.
+const CACHE_BYTES: usize = 16 << 20;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const SNAPSHOT: TableDefinition<u64, &[u8]> = TableDefinition::new("snapshot");
@@ -104,7 +107,7 @@ impl Store {
             Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
         }
         let file = dir.join("netkey.redb");
-        let db = Database::create(&file).map_err(fail)?;
+        let db = open_file(&file)?;
         let (mut store, loaded) = Self::finish_open(db, Some(lock), dir)?;
         store.file = Some(file);
         Ok((store, loaded))
@@ -173,7 +176,7 @@ impl Store {
         if let Some(file) = &self.file {
             // Close first: redb will not open a file it still holds.
             self.db = None;
-            self.db = Some(Database::create(file).map_err(fail)?);
+            self.db = Some(open_file(file)?);
         }
         let (core, last_seq, _, head, hwm) = load(self.db()?)?;
         self.next_seq = last_seq + 1;
@@ -262,13 +265,23 @@ impl Store {
     /// Writes the core as the new snapshot and drops the log it covers, in one durable
     /// transaction.
     pub fn snapshot(&mut self, core: &Core) -> Result<(), StoreError> {
-        let bytes = postcard::to_allocvec(core).map_err(fail)?;
+        // Serialized straight into the room redb reserves for it: a state of a million
+        // leases is tens of megabytes, and a second copy of it would outlive the snapshot
+        // as heap the allocator keeps.
+        let len = postcard::experimental::serialized_size(core).map_err(fail)?;
         let covered = self.next_seq - 1;
         let tx = self.db()?.begin_write().map_err(fail)?;
         {
             let mut snap = tx.open_table(SNAPSHOT).map_err(fail)?;
             snap.retain(|_, _| false).map_err(fail)?;
-            snap.insert(covered, bytes.as_slice()).map_err(fail)?;
+            let mut room = snap.insert_reserve(covered, len).map_err(fail)?;
+            let written = postcard::to_slice(core, room.as_mut()).map_err(fail)?.len();
+            if written != len {
+                return Err(StoreError::Db(format!(
+                    "the snapshot took {written} bytes, not the {len} measured"
+                )));
+            }
+            drop(room);
             let mut log = tx.open_table(LOG).map_err(fail)?;
             log.retain(|k, _| k > covered).map_err(fail)?;
         }
@@ -369,6 +382,13 @@ fn load(db: &Database) -> Result<(Core, u64, u64, AuditHead, Timestamp), StoreEr
         None => AuditHead::EMPTY,
     };
     Ok((core, last_seq, replayed, head, hwm))
+}
+
+fn open_file(file: &Path) -> Result<Database, StoreError> {
+    redb::Builder::new()
+        .set_cache_size(CACHE_BYTES)
+        .create(file)
+        .map_err(fail)
 }
 
 fn read_u32(b: &[u8]) -> u32 {

@@ -1,0 +1,316 @@
+//! Compact building blocks for the per-lease state, which a daemon holds a million of:
+//! camera ids stored inline, lease terms shared between the leases that have the same
+//! ones, and maps rebuilt densely when a snapshot loads. None of it changes what the core
+//! does; it changes how many bytes each lease takes (issue 9: at most 200 per lease).
+
+use serde::de::{Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+use std::borrow::Borrow;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::hash::Hash;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+/// Bytes of a camera id kept inline; longer ids go to the heap.
+const INLINE: usize = 22;
+
+/// A camera id as a map key. The ids real cameras have (MAC addresses, 17 bytes) fit in
+/// its 24 bytes without a heap allocation; it orders, compares and hashes as the string's
+/// bytes, which is how `str` orders, so maps keyed by it iterate in camera-id order.
+#[derive(Clone)]
+pub enum CameraKey {
+    Inline { len: u8, bytes: [u8; INLINE] },
+    Heap(Box<str>),
+}
+
+impl CameraKey {
+    pub fn new(id: &str) -> Self {
+        if id.len() <= INLINE {
+            let mut bytes = [0; INLINE];
+            bytes[..id.len()].copy_from_slice(id.as_bytes());
+            CameraKey::Inline {
+                len: id.len() as u8,
+                bytes,
+            }
+        } else {
+            CameraKey::Heap(id.into())
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            CameraKey::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            CameraKey::Heap(s) => s.as_bytes(),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            // Built from a `str` only, so always valid.
+            CameraKey::Inline { .. } => std::str::from_utf8(self.as_bytes()).unwrap_or_default(),
+            CameraKey::Heap(s) => s,
+        }
+    }
+}
+
+impl From<&str> for CameraKey {
+    fn from(id: &str) -> Self {
+        CameraKey::new(id)
+    }
+}
+
+impl PartialEq for CameraKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+impl Eq for CameraKey {}
+impl PartialOrd for CameraKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for CameraKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_bytes().cmp(other.as_bytes())
+    }
+}
+impl Hash for CameraKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state)
+    }
+}
+impl Borrow<[u8]> for CameraKey {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+impl fmt::Debug for CameraKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+impl fmt::Display for CameraKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+impl Serialize for CameraKey {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+impl<'de> Deserialize<'de> for CameraKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = CameraKey;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a camera id")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<CameraKey, E> {
+                Ok(CameraKey::new(v))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// One copy of each distinct value, shared by everything that holds it: a million leases
+/// have a handful of distinct terms. Values nobody else holds any more are dropped now and
+/// then, so the table stays as small as what is in use.
+#[derive(Clone, Debug)]
+pub struct Interner<T> {
+    values: HashSet<Arc<T>>,
+    /// Sweep for unused values when the table grows past this.
+    sweep_at: usize,
+}
+
+impl<T> Default for Interner<T> {
+    fn default() -> Self {
+        Interner {
+            values: HashSet::new(),
+            sweep_at: 64,
+        }
+    }
+}
+
+impl<T: Eq + Hash> Interner<T> {
+    pub fn intern(&mut self, value: T) -> Arc<T> {
+        if let Some(shared) = self.values.get(&value) {
+            return shared.clone();
+        }
+        if self.values.len() >= self.sweep_at {
+            self.values.retain(|v| Arc::strong_count(v) > 1);
+            self.sweep_at = (self.values.len() * 2).max(64);
+        }
+        let shared = Arc::new(value);
+        self.values.insert(shared.clone());
+        shared
+    }
+}
+
+thread_local! {
+    /// The table that values deserialized on this thread join, while a snapshot loads
+    /// (`loading`): without it each of a million leases would come back with its own copy
+    /// of the terms it shares with the others.
+    static LOADING: RefCell<Option<Interner<super::Terms>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` (a deserialization) with a table for the lease terms it reads; returns the
+/// table too, for the loaded state to keep interning into.
+pub(crate) fn loading<R>(f: impl FnOnce() -> R) -> (R, Interner<super::Terms>) {
+    let outer = LOADING.with(|l| l.borrow_mut().replace(Interner::default()));
+    let r = f();
+    let table = LOADING.with(|l| std::mem::replace(&mut *l.borrow_mut(), outer));
+    (r, table.unwrap_or_default())
+}
+
+/// `deserialize_with` for shared lease terms: joins the loading table if there is one.
+pub(crate) fn shared_terms<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<super::Terms>, D::Error> {
+    let terms = super::Terms::deserialize(d)?;
+    Ok(LOADING.with(|l| match l.borrow_mut().as_mut() {
+        Some(table) => table.intern(terms),
+        None => Arc::new(terms),
+    }))
+}
+
+/// `serialize_with` for shared lease terms: as the value.
+pub(crate) fn serialize_shared<T: Serialize, S: Serializer>(
+    v: &Arc<T>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    T::serialize(v, s)
+}
+
+/// Deserializes a map as a sorted run and builds it in bulk: its nodes come out full,
+/// where inserting a million sorted keys one by one leaves each node half empty.
+pub(crate) fn dense_map<'de, D, K, V>(d: D) -> Result<BTreeMap<K, V>, D::Error>
+where
+    D: Deserializer<'de>,
+    K: Deserialize<'de> + Ord,
+    V: Deserialize<'de>,
+{
+    let entries: Vec<(K, V)> = d.deserialize_map(EntriesVisitor(PhantomData))?;
+    Ok(entries.into_iter().collect())
+}
+
+/// A length hint from the input is trusted only this far before the items arrive.
+const MAX_PREALLOC: usize = 1 << 16;
+
+struct EntriesVisitor<K, V>(PhantomData<(K, V)>);
+
+impl<'de, K: Deserialize<'de>, V: Deserialize<'de>> Visitor<'de> for EntriesVisitor<K, V> {
+    type Value = Vec<(K, V)>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a map")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::with_capacity(map.size_hint().unwrap_or(0).min(MAX_PREALLOC));
+        while let Some(entry) = map.next_entry()? {
+            out.push(entry);
+        }
+        Ok(out)
+    }
+}
+
+/// An optional instant in 8 bytes (`u64::MAX`, an instant no clock reaches, is "none").
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct OptionalInstant(u64);
+
+impl OptionalInstant {
+    pub const NONE: OptionalInstant = OptionalInstant(u64::MAX);
+
+    pub fn get(self) -> Option<super::Timestamp> {
+        (self.0 != u64::MAX).then_some(super::Timestamp(self.0))
+    }
+
+    pub fn set(&mut self, t: super::Timestamp) {
+        self.0 = t.0.min(u64::MAX - 1);
+    }
+}
+
+impl Default for OptionalInstant {
+    fn default() -> Self {
+        OptionalInstant::NONE
+    }
+}
+
+impl fmt::Debug for OptionalInstant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.get(), f)
+    }
+}
+
+impl Serialize for OptionalInstant {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.get().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for OptionalInstant {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut out = OptionalInstant::NONE;
+        if let Some(t) = Option::<super::Timestamp>::deserialize(d)? {
+            out.set(t);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn camera_keys_order_as_their_strings() {
+        let mut ids: Vec<String> = ["", "a", "02:00:00:00:00:01", "02:00:00:00:00:0a", "é"]
+            .map(String::from)
+            .to_vec();
+        ids.extend(["x".repeat(22), "x".repeat(23), "y".repeat(128)]);
+        for a in &ids {
+            assert_eq!(CameraKey::new(a).as_str(), a);
+            for b in &ids {
+                assert_eq!(
+                    CameraKey::new(a).cmp(&CameraKey::new(b)),
+                    a.cmp(b),
+                    "{a} {b}"
+                );
+                assert_eq!(CameraKey::new(a) == CameraKey::new(b), a == b);
+            }
+        }
+        assert_eq!(std::mem::size_of::<CameraKey>(), 24);
+        let bytes = postcard::to_allocvec(&CameraKey::new("cam-1")).unwrap();
+        assert_eq!(bytes, postcard::to_allocvec("cam-1").unwrap());
+        let back: CameraKey = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back.as_str(), "cam-1");
+    }
+
+    #[test]
+    fn equal_values_share_one_copy_and_unused_ones_go() {
+        let mut t: Interner<String> = Interner::default();
+        let a = t.intern("a".into());
+        let b = t.intern("a".into());
+        assert!(Arc::ptr_eq(&a, &b));
+        for i in 0..200 {
+            t.intern(i.to_string());
+        }
+        // The unused numbers were swept as the table grew; "a" is still held.
+        assert!(t.values.len() < 100, "{}", t.values.len());
+        assert!(Arc::ptr_eq(&a, &t.intern("a".into())));
+    }
+
+    #[test]
+    fn an_optional_instant_round_trips() {
+        let mut o = OptionalInstant::default();
+        assert_eq!(o.get(), None);
+        let bytes = postcard::to_allocvec(&o).unwrap();
+        assert_eq!(postcard::from_bytes::<OptionalInstant>(&bytes).unwrap(), o);
+        o.set(super::super::Timestamp(5));
+        assert_eq!(o.get(), Some(super::super::Timestamp(5)));
+        let bytes = postcard::to_allocvec(&o).unwrap();
+        assert_eq!(postcard::from_bytes::<OptionalInstant>(&bytes).unwrap(), o);
+    }
+}
