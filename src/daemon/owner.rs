@@ -368,7 +368,22 @@ pub fn spawn(
         heartbeats_in_batch: Vec::new(),
         next_usage_sample: now,
     };
-    let task = tokio::spawn(run(owner, rx, clock, acks, shutdown));
+    // The core task commits with fsync inline. On a runtime worker that would take the
+    // worker away from every connection for the length of each sync; on a thread of its
+    // own (with its own single-threaded runtime for its timers) only the core waits, and
+    // the connections go on reading and queueing the next batch meanwhile.
+    let task = tokio::task::spawn_blocking(move || {
+        match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt.block_on(run(owner, rx, clock, acks, shutdown)),
+            Err(e) => {
+                tracing::error!("cannot start the core task's runtime: {e}");
+                owner.core
+            }
+        }
+    });
     (handle, task)
 }
 
