@@ -358,11 +358,15 @@ impl Core {
         item: &CheckoutItem,
         moved_from: Option<String>,
     ) -> CameraOutcome {
+        // Only the contested-move rule is needed here: copied out rather than cloning the
+        // whole policy (its class table) on every grant.
+        let default = crate::key::Policy::default();
         let policy = self
             .keys
             .get(&pool.key)
-            .map(|k| k.document.policy.clone())
-            .unwrap_or_default();
+            .map_or(&default, |k| &k.document.policy);
+        let (contested_window, contested_moves) =
+            (policy.contested_window_ms(), policy.contested_moves);
         let terms = self.cameras.intern(Terms {
             server: server.to_string(),
             pool: pool.clone(),
@@ -381,12 +385,12 @@ impl Core {
         record.hold(terms, now);
         let mut contested = None;
         if moved_from.is_some() {
-            let window = policy.contested_window_ms();
+            let window = contested_window;
             let moves = record.moves_mut();
             moves.retain(|t| now.since(*t) < window);
             moves.push(now);
             let n = moves.len() as u32;
-            if policy.contested_moves > 0 && n >= policy.contested_moves {
+            if contested_moves > 0 && n >= contested_moves {
                 contested = Some((n, window));
             }
         }
