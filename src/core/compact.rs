@@ -1,7 +1,7 @@
 //! Compact building blocks for the per-lease state, which a daemon holds a million of:
 //! camera ids stored inline, lease terms shared between the leases that have the same
 //! ones, and maps rebuilt densely when a snapshot loads. None of it changes what the core
-//! does; it changes how many bytes each lease takes (issue 9: at most 200 per lease).
+//! does; it changes how many bytes each lease takes (the aim: 200 at most).
 
 use serde::de::{Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
