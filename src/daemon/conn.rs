@@ -30,7 +30,7 @@ pub const ACK_WAIT: Duration = Duration::from_secs(2);
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const PUSH_QUEUE: usize = 256;
 /// How far a client's clock may run ahead of ours before its lease tokens stop proving
-/// its send time (it then keeps no token, and a restart finds no grace to spend).
+/// its send time (they prove our clock plus this instead: less grace, never more).
 const MAX_CLOCK_SKEW_MS: u64 = 10 * 60 * 1000;
 /// A lease token signed earlier on the connection is answered again while the deadline it
 /// proves is short of the one a new token would prove by no more than this fraction of
