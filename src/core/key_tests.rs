@@ -3,20 +3,10 @@
 //! device versions, revisions, a key's return, a refused key, the clock, and key kinds.
 //! Each checks the text a person would read.
 
+use super::test_support::{self, entry, key_document, T0};
 use super::time::{DAY, HOUR, MINUTE};
 use super::*;
 use crate::key::{Entry, KeyKind, Policy};
-
-const T0: Timestamp = Timestamp(1_800_000_000_000);
-
-fn entry(feature: &str, count: u32, not_after: Timestamp, order: &str) -> Entry {
-    Entry {
-        feature: feature.into(),
-        count,
-        not_after,
-        order: order.into(),
-    }
-}
 
 /// Heartbeat 10 s; a long grace, so servers stay reserved while days pass.
 fn policy() -> Policy {
@@ -28,34 +18,11 @@ fn policy() -> Policy {
 }
 
 fn key(id: &str, entries: Vec<Entry>, policy: Policy) -> KeyDocument {
-    KeyDocument {
-        key_id: id.into(),
-        revision: 1,
-        kind: KeyKind::Network,
-        customer: "test".into(),
-        issued_at: T0,
-        demo: false,
-        entries,
-        policy,
-        host: None,
-    }
+    key_document(id, entries, policy)
 }
 
 fn enrol(c: &mut Core, now: Timestamp, key: &str, id: &str) {
-    let code = format!("code-{id}");
-    c.create_code(now, &PoolId::default_of(key), &code).unwrap();
-    c.enrol(
-        now,
-        EnrolRequest {
-            code,
-            name: id.into(),
-            version: "1.0".into(),
-            server_id: id.into(),
-            credential: vec![1],
-            existing: None,
-        },
-    )
-    .unwrap();
+    test_support::enrol(c, now, &PoolId::default_of(key), id);
 }
 
 fn one(c: &mut Core, now: Timestamp, server: &str, item: CheckoutItem) -> CameraOutcome {

@@ -1129,4 +1129,6 @@ mod pool_tests;
 #[cfg(test)]
 mod prop_tests;
 #[cfg(test)]
+mod test_support;
+#[cfg(test)]
 mod tests;

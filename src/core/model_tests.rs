@@ -11,6 +11,7 @@
 //! `lpr` module added or dropped), release, move, heartbeat (right or wrong digest),
 //! acknowledge, free --force, and time passing with silent servers expiring.
 
+use super::test_support::T0;
 use super::{
     digest, CameraOutcome, CheckoutAnswer, CheckoutItem, Core, EnrolRequest, Enrolment, Features,
     FreeOutcome, HeartbeatAnswer, PoolId, Refusal, Revocation, RevocationReason, Timestamp,
@@ -21,7 +22,6 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-const T0: Timestamp = Timestamp(1_800_000_000_000);
 const KEY: &str = "MK";
 const CAMERA_SEATS: u64 = 5;
 const LPR_SEATS: u64 = 2;

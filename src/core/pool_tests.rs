@@ -1,41 +1,26 @@
 //! Scenario tests of pools: create, move seats, delete (seeds 000 and 001), one rule each.
 
+use super::test_support::{self, entry, key_document, T0};
 use super::*;
-use crate::key::{Entry, KeyKind, Policy};
+use crate::key::Policy;
 
-const T0: Timestamp = Timestamp(1_800_000_000_000);
 const YEAR: u64 = 365 * time::DAY;
-
-fn entry(feature: &str, count: u32, not_after: Timestamp, order: &str) -> Entry {
-    Entry {
-        feature: feature.into(),
-        count,
-        not_after,
-        order: order.into(),
-    }
-}
 
 /// Key K: 4 cameras of SO-OLD (expire in 30 days), 6 of SO-NEW (a year), 2 lpr.
 fn key(id: &str) -> KeyDocument {
-    KeyDocument {
-        key_id: id.into(),
-        revision: 1,
-        kind: KeyKind::Network,
-        customer: "test".into(),
-        issued_at: T0,
-        demo: false,
-        entries: vec![
+    key_document(
+        id,
+        vec![
             entry("camera", 4, T0.plus(30 * time::DAY), "SO-OLD"),
             entry("camera", 6, T0.plus(YEAR), "SO-NEW"),
             entry("lpr", 2, T0.plus(YEAR), "SO-NEW"),
         ],
-        policy: Policy {
+        Policy {
             heartbeat_interval_secs: 10,
             offline_grace_secs: 60,
             ..Policy::default()
         },
-        host: None,
-    }
+    )
 }
 
 fn core() -> Core {
@@ -55,20 +40,7 @@ fn pool(name: &str) -> PoolId {
 }
 
 fn enrol(c: &mut Core, pool: &PoolId, id: &str) {
-    let code = format!("code-{id}");
-    c.create_code(T0, pool, &code).unwrap();
-    c.enrol(
-        T0,
-        EnrolRequest {
-            code,
-            name: id.into(),
-            version: "1.0".into(),
-            server_id: id.into(),
-            credential: vec![1],
-            existing: None,
-        },
-    )
-    .unwrap();
+    test_support::enrol(c, T0, pool, id);
 }
 
 fn grant(c: &mut Core, server: &str, cams: &[&str]) {

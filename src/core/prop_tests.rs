@@ -17,11 +17,12 @@
 //! invariants are checked, both the core's own recount and against what the clients
 //! believe; the allocations of a key's pools must also add up to the key's own total.
 
+use super::test_support::{entry, T0};
 use super::{
     digest, CameraId, CameraOutcome, CheckoutAnswer, CheckoutItem, Core, EnrolRequest, Event,
     Features, PoolId, Refusal, ReleaseReason, Revocation, SeatRequest, ServerId, Timestamp,
 };
-use crate::key::{Entry, KeyDocument, KeyId, KeyKind, Policy};
+use crate::key::{KeyDocument, KeyId, KeyKind, Policy};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -31,7 +32,6 @@ use std::time::Instant;
 const SECOND: u64 = 1000;
 const DAY: u64 = 86_400 * SECOND;
 /// The instant each run starts.
-const T0: Timestamp = Timestamp(1_800_000_000_000);
 /// 2 long + 3 expiring `camera`, 2 `lpr`, an `encoder-2ch` class, a revocation period.
 const KA: &str = "KA";
 /// 3 `camera`, no classes, no revocation period, a shorter grace, an overdraft of
@@ -316,15 +316,6 @@ fn scenario() -> impl Strategy<Value = Scenario> {
 // ---------------------------------------------------------------------------------------
 // Keys
 // ---------------------------------------------------------------------------------------
-
-fn entry(feature: &str, count: u32, not_after: Timestamp, order: &str) -> Entry {
-    Entry {
-        feature: feature.into(),
-        count,
-        not_after,
-        order: order.into(),
-    }
-}
 
 fn key_a(short_entry_secs: u64, revocation_period_secs: u64) -> KeyDocument {
     let far = T0.plus(365 * DAY);

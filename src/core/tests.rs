@@ -1,37 +1,22 @@
 //! Scenario tests of the core, one rule each, with time moved by hand.
 
+use super::test_support::{enrol, entry, key_document, T0};
 use super::*;
-use crate::key::{Entry, KeyKind, Policy};
+use crate::key::{Entry, Policy};
 
-const T0: Timestamp = Timestamp(1_800_000_000_000);
 const INTERVAL: u64 = 10_000;
 const GRACE: u64 = 60_000;
 
 fn key(id: &str, cameras: u32, policy: Policy) -> KeyDocument {
-    KeyDocument {
-        key_id: id.into(),
-        revision: 1,
-        kind: KeyKind::Network,
-        customer: "test".into(),
-        issued_at: T0,
-        demo: false,
-        entries: vec![
-            Entry {
-                feature: "camera".into(),
-                count: cameras,
-                not_after: T0.plus(365 * time::DAY),
-                order: "SO-1".into(),
-            },
-            Entry {
-                feature: "lpr".into(),
-                count: 1,
-                not_after: T0.plus(365 * time::DAY),
-                order: "SO-1".into(),
-            },
+    let year = T0.plus(365 * time::DAY);
+    key_document(
+        id,
+        vec![
+            entry("camera", cameras, year, "SO-1"),
+            entry("lpr", 1, year, "SO-1"),
         ],
         policy,
-        host: None,
-    }
+    )
 }
 
 fn policy() -> Policy {
@@ -48,23 +33,6 @@ fn core_with(keys: &[KeyDocument]) -> Core {
         c.install_key(T0, k.clone(), false).unwrap();
     }
     c
-}
-
-fn enrol(c: &mut Core, now: Timestamp, pool: &PoolId, id: &str) {
-    let code = format!("code-{id}");
-    c.create_code(now, pool, &code).unwrap();
-    c.enrol(
-        now,
-        EnrolRequest {
-            code,
-            name: id.into(),
-            version: "1.0".into(),
-            server_id: id.into(),
-            credential: vec![1],
-            existing: None,
-        },
-    )
-    .unwrap();
 }
 
 fn cams(names: &[&str]) -> Vec<CheckoutItem> {
