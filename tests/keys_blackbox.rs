@@ -75,6 +75,29 @@ impl Prod {
         serde_json::from_str(&self.ok(&a)).unwrap()
     }
 
+    /// A fresh enrolment code for `pool`.
+    fn code(&self, pool: &str) -> String {
+        self.json(&["pool", "code", pool])["code"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Runs `netkeyctl client` for the video server whose state is `state`, trusting the
+    /// vendor key `vendor_pub`, against this daemon.
+    fn client(&self, state: &str, vendor_pub: &str, args: &[&str]) -> Output {
+        let addr = self.json(&["status"])["listen"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        Command::new(env!("CARGO_BIN_EXE_netkeyctl"))
+            .args(["client", "--state", state, "--vendor-key", vendor_pub])
+            .args(["--daemon", &addr])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
     fn path(&self, name: &str) -> String {
         self.dir.path().join(name).to_str().unwrap().to_string()
     }
@@ -151,27 +174,9 @@ fn activation_round_trip_with_the_real_binaries() {
     assert!(list.contains("SO-2001"), "{list}");
 
     // A video server enrols and checks out, trusting the vendor's public key.
-    let status = d.json(&["status"]);
-    let addr = status["listen"].as_str().unwrap().to_string();
-    let code = d.json(&["pool", "code", "SITE-0001/Default"])["code"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let state = d.path("vs1.json");
-    let client = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_netkeyctl"))
-            .args([
-                "client",
-                "--state",
-                &state,
-                "--vendor-key",
-                &v("v/vendor.pub"),
-            ])
-            .args(["--daemon", &addr])
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let code = d.code("SITE-0001/Default");
+    let (state, vendor_pub) = (d.path("vs1.json"), v("v/vendor.pub"));
+    let client = |args: &[&str]| d.client(&state, &vendor_pub, args);
     let out = client(&["enrol", &code, "--name", "vs1"]);
     assert!(out.status.success(), "enrol: {}", stderr(&out));
     let out = client(&["checkout", "cam-1", "cam-2"]);
@@ -372,26 +377,9 @@ fn legacy_firmware_through_the_real_client() {
         &v("edge.key"),
     ]);
     d.ok(&["key", "install", &v("edge.key")]);
-    let addr = d.json(&["status"])["listen"].as_str().unwrap().to_string();
-    let code = d.json(&["pool", "code", "EDGE-0001/Default"])["code"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let state = d.path("vs.json");
-    let client = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_netkeyctl"))
-            .args([
-                "client",
-                "--state",
-                &state,
-                "--vendor-key",
-                &v("v/vendor.pub"),
-            ])
-            .args(["--daemon", &addr])
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let code = d.code("EDGE-0001/Default");
+    let (state, vendor_pub) = (d.path("vs.json"), v("v/vendor.pub"));
+    let client = |args: &[&str]| d.client(&state, &vendor_pub, args);
     assert!(client(&["enrol", &code, "--name", "edge"]).status.success());
     let out = client(&["checkout", "old", "--device-version", "8.2"]);
     assert_eq!(
