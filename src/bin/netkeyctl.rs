@@ -273,7 +273,7 @@ fn run_admin(socket: &PathBuf, json: bool, command: Command) -> Fallible<ExitCod
             if json {
                 print_json(&c)?;
             } else {
-                out!("pool {} created{}", c.to, moved_line(&c));
+                out!("pool {} created{}", c.to, c.moved_suffix());
             }
         }
         Command::Pool(PoolCmd::Move { from, to, seats }) => {
@@ -282,7 +282,12 @@ fn run_admin(socket: &PathBuf, json: bool, command: Command) -> Fallible<ExitCod
             if json {
                 print_json(&c)?;
             } else {
-                out!("seats moved from {} to {}{}", c.from, c.to, moved_line(&c));
+                out!(
+                    "seats moved from {} to {}{}",
+                    c.from,
+                    c.to,
+                    c.moved_suffix()
+                );
             }
         }
         Command::Pool(PoolCmd::Delete { pool }) => {
@@ -629,18 +634,6 @@ fn parse_seats(seats: &[String]) -> Fallible<Vec<netkey::core::SeatRequest>> {
         .iter()
         .map(|s| netkey::core::SeatRequest::parse(s))
         .collect()
-}
-
-fn moved_line(c: &PoolChanged) -> String {
-    if c.moved.is_empty() {
-        return String::new();
-    }
-    let parts: Vec<String> = c
-        .moved
-        .iter()
-        .map(|m| format!("{} {} of {}", m.count, m.feature, m.order))
-        .collect();
-    format!(": {}", parts.join(", "))
 }
 
 fn console(

@@ -254,6 +254,22 @@ pub struct ConsoleUrl {
     pub expires_at: Timestamp,
 }
 
+impl PoolChanged {
+    /// The seats that moved, per sales order, as a suffix for the one-line answer (": 4
+    /// camera of SO-1, ..."); empty when none did. The console and netkeyctl say the same.
+    pub fn moved_suffix(&self) -> String {
+        if self.moved.is_empty() {
+            return String::new();
+        }
+        let parts: Vec<String> = self
+            .moved
+            .iter()
+            .map(|m| format!("{} {} of {}", m.count, m.feature, m.order))
+            .collect();
+        format!(": {}", parts.join(", "))
+    }
+}
+
 impl KickResult {
     /// What the kick did, in one sentence (the console and netkeyctl say the same).
     pub fn sentence(&self) -> String {

@@ -66,7 +66,7 @@ async fn run_action(r: &Req, ctx: &WebContext) -> Result<String, String> {
                 },
             )
             .await?;
-            Ok(format!("pool {} created{}", c.to, moved_text(&c)))
+            Ok(format!("pool {} created{}", c.to, c.moved_suffix()))
         }
         "/pools/move" => {
             let c: PoolChanged = ask(
@@ -82,7 +82,7 @@ async fn run_action(r: &Req, ctx: &WebContext) -> Result<String, String> {
                 "seats moved from {} to {}{}",
                 c.from,
                 c.to,
-                moved_text(&c)
+                c.moved_suffix()
             ))
         }
         "/pools/delete" => {
@@ -164,18 +164,6 @@ async fn run_action(r: &Req, ctx: &WebContext) -> Result<String, String> {
         }
         _ => Err("no such action".into()),
     }
-}
-
-fn moved_text(c: &PoolChanged) -> String {
-    if c.moved.is_empty() {
-        return String::new();
-    }
-    let parts: Vec<String> = c
-        .moved
-        .iter()
-        .map(|m| format!("{} {} of {}", m.count, m.feature, m.order))
-        .collect();
-    format!(": {}", parts.join(", "))
 }
 
 #[cfg(test)]
