@@ -25,6 +25,19 @@ fn enrol(c: &mut Core, now: Timestamp, key: &str, id: &str) {
     test_support::enrol(c, now, &PoolId::default_of(key), id);
 }
 
+/// Key K (4 cameras of SO-1 for a year) with server A enrolled in its Default pool.
+fn four_cameras_with_server_a() -> Core {
+    let mut c = Core::new();
+    let k = key(
+        "K",
+        vec![entry("camera", 4, T0.plus(365 * DAY), "SO-1")],
+        policy(),
+    );
+    c.install_key(T0, k, false).unwrap();
+    enrol(&mut c, T0, "K", "A");
+    c
+}
+
 fn one(c: &mut Core, now: Timestamp, server: &str, item: CheckoutItem) -> CameraOutcome {
     let a = c.checkout(now, server, None, &[item], false).unwrap();
     a.outcomes[0].1.clone()
@@ -364,14 +377,7 @@ fn a_lower_revision_is_refused_and_a_higher_one_keeps_pools_and_leases() {
 
 #[test]
 fn a_clock_rollback_blocks_new_checkouts_and_lets_renewals_go_on() {
-    let mut c = Core::new();
-    let k = key(
-        "K",
-        vec![entry("camera", 4, T0.plus(365 * DAY), "SO-1")],
-        policy(),
-    );
-    c.install_key(T0, k, false).unwrap();
-    enrol(&mut c, T0, "K", "A");
+    let mut c = four_cameras_with_server_a();
     enrol(&mut c, T0, "K", "B");
     let epoch = match one(&mut c, T0, "A", cam("c1")) {
         CameraOutcome::Granted { epoch, .. } => epoch,
@@ -428,14 +434,7 @@ fn time_set_back_by_a_reset_counts_an_entry_expired_by_the_old_reckoning_again()
 
 #[test]
 fn a_returned_key_revokes_its_leases_then_goes_with_its_pools_and_servers() {
-    let mut c = Core::new();
-    let k = key(
-        "K",
-        vec![entry("camera", 4, T0.plus(365 * DAY), "SO-1")],
-        policy(),
-    );
-    c.install_key(T0, k, false).unwrap();
-    enrol(&mut c, T0, "K", "A");
+    let mut c = four_cameras_with_server_a();
     c.session_opened(T0, "A");
     assert!(is_granted(&one(&mut c, T0, "A", cam("c1"))));
     c.drain_events();
@@ -466,14 +465,7 @@ fn a_returned_key_revokes_its_leases_then_goes_with_its_pools_and_servers() {
 
 #[test]
 fn a_forced_return_drops_what_is_left_as_an_audited_overlap() {
-    let mut c = Core::new();
-    let k = key(
-        "K",
-        vec![entry("camera", 4, T0.plus(365 * DAY), "SO-1")],
-        policy(),
-    );
-    c.install_key(T0, k, false).unwrap();
-    enrol(&mut c, T0, "K", "A");
+    let mut c = four_cameras_with_server_a();
     assert!(is_granted(&one(&mut c, T0, "A", cam("c1"))));
     c.deactivate_key(T0, "K").unwrap();
     let r = c.return_key(T0, "K", true).unwrap();
@@ -487,14 +479,7 @@ fn a_forced_return_drops_what_is_left_as_an_audited_overlap() {
 
 #[test]
 fn a_key_the_daemon_refuses_renews_nothing() {
-    let mut c = Core::new();
-    let k = key(
-        "K",
-        vec![entry("camera", 4, T0.plus(365 * DAY), "SO-1")],
-        policy(),
-    );
-    c.install_key(T0, k, false).unwrap();
-    enrol(&mut c, T0, "K", "A");
+    let mut c = four_cameras_with_server_a();
     assert!(is_granted(&one(&mut c, T0, "A", cam("c1"))));
     let reason = "this host is not the one the key was activated for";
     c.key_checked(
