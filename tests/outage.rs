@@ -101,6 +101,27 @@ fn video_server(h: &Harness, proxy: &Proxy) -> VideoServer {
         .with_grace_warning(0.25)
 }
 
+/// A running video server (`video_server`) and what a test needs to follow and stop it.
+struct Running {
+    rx: tokio::sync::mpsc::Receiver<ClientEvent>,
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), netkey::client::ClientError>>,
+}
+
+/// Starts the video server through the proxy and waits until both its cameras are granted.
+async fn run_until_granted(h: &Harness, proxy: &Proxy) -> Running {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(video_server(h, proxy).run(tx, stop.clone()));
+    for _ in 0..2 {
+        next_event(&mut rx, "grant", |e| {
+            matches!(e, ClientEvent::Granted { renewed: false, .. })
+        })
+        .await;
+    }
+    Running { rx, stop, task }
+}
+
 #[tokio::test]
 async fn cut_off_the_client_keeps_recording_on_grace_and_stops_before_the_daemon_reservation_ends()
 {
@@ -109,15 +130,7 @@ async fn cut_off_the_client_keeps_recording_on_grace_and_stops_before_the_daemon
     let server = enrolled.state().unwrap().server_id.clone();
     let grace = enrolled.state().unwrap().offline_grace_ms;
     let proxy = Proxy::start(h.daemon.local_addr()).await;
-    let (tx, mut rx) = tokio::sync::mpsc::channel(256);
-    let stop = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn(video_server(&h, &proxy).run(tx, stop.clone()));
-    for _ in 0..2 {
-        next_event(&mut rx, "grant", |e| {
-            matches!(e, ClientEvent::Granted { renewed: false, .. })
-        })
-        .await;
-    }
+    let Running { mut rx, stop, task } = run_until_granted(&h, &proxy).await;
 
     // Cut: contact lost, the cameras keep recording on grace.
     proxy.cut();
@@ -256,15 +269,7 @@ async fn an_edited_state_file_voids_the_grace_instead_of_extending_it() {
     let h = Harness::start().await;
     h.client("A").await;
     let proxy = Proxy::start(h.daemon.local_addr()).await;
-    let (tx, mut rx) = tokio::sync::mpsc::channel(256);
-    let stop = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn(video_server(&h, &proxy).run(tx, stop.clone()));
-    for _ in 0..2 {
-        next_event(&mut rx, "grant", |e| {
-            matches!(e, ClientEvent::Granted { renewed: false, .. })
-        })
-        .await;
-    }
+    let Running { mut rx, stop, task } = run_until_granted(&h, &proxy).await;
     proxy.cut();
     let ClientEvent::ContactLost {
         deadline: Some(deadline),
