@@ -276,6 +276,28 @@ fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
         .and_then(|n| n.parse().ok())
 }
 
+/// CPU time the process has used, user and system, over all its threads (fields 14 and
+/// 15 of /proc/PID/stat, in USER_HZ ticks, which Linux fixes at 100 a second). Read
+/// around a phase, it says how much work the server did per request whatever else the
+/// machine was doing, where throughput moves with the load.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let rest = &text[text.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
+/// Microseconds of `pid`'s CPU per operation between two `cpu_seconds` readings.
+pub fn cpu_us_per_op(before: Option<f64>, after: Option<f64>, ops: u64) -> Option<f64> {
+    match (before, after) {
+        (Some(b), Some(a)) if ops > 0 => Some((a - b) * 1e6 / ops as f64),
+        _ => None,
+    }
+}
+
 /// Resident memory.
 pub fn rss_kib(pid: u32) -> Option<u64> {
     proc_status_kib(pid, "VmRSS")

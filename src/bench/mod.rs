@@ -200,50 +200,60 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
     }
     memory.connected_kib = pid.and_then(daemon::rss_kib);
 
-    let storm = fleet
-        .run_phase(
+    let storm = measured(
+        pid,
+        fleet.run_phase(
             "checkout_storm",
             config.clients,
             &PhasePlan::storm(&fleet, config.cameras),
-        )
-        .await;
+        ),
+    )
+    .await;
     report.push(storm);
     memory.leased_kib = pid.and_then(daemon::rss_kib);
 
-    let heartbeats = fleet
-        .run_phase(
+    let heartbeats = measured(
+        pid,
+        fleet.run_phase(
             "heartbeats",
             config.clients,
             &PhasePlan::heartbeats(&fleet, config.heartbeats),
-        )
-        .await;
+        ),
+    )
+    .await;
     report.push(heartbeats);
 
     // Like for like with redis-benchmark: as many connections as its clients, one
     // request in flight on each, while the daemon holds every lease and connection.
-    let heartbeats = fleet
-        .run_phase(
+    let heartbeats = measured(
+        pid,
+        fleet.run_phase(
             "heartbeats_like_redis",
             config.clients,
             &PhasePlan::heartbeats_like_redis(&fleet, config.clients, config.heartbeats),
-        )
-        .await;
+        ),
+    )
+    .await;
     report.push(heartbeats);
     let checkouts_plan =
         PhasePlan::checkouts_like_redis(&fleet, config.clients, config.cameras, config.checkouts);
-    let checkouts = fleet
-        .run_phase("checkouts_like_redis", config.clients, &checkouts_plan)
-        .await;
+    let checkouts = measured(
+        pid,
+        fleet.run_phase("checkouts_like_redis", config.clients, &checkouts_plan),
+    )
+    .await;
     report.push(checkouts);
     let expected_leases = config.leases() + checkouts_plan.len();
 
-    let moves = fleet
-        .run_phase(
+    let moves = measured(
+        pid,
+        fleet.run_phase(
             "move_churn",
             config.clients,
             &PhasePlan::moves(&fleet, config.cameras, config.moves),
-        )
-        .await;
+        ),
+    )
+    .await;
     report.push(moves);
 
     report.push(status_phase(&admin_path, config.clients, config.status_queries).await);
@@ -274,9 +284,14 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
         report.note("restart not measured: the daemon was started elsewhere (--daemon)");
     }
 
-    let release = fleet
-        .run_phase("release", config.clients, &PhasePlan::release(&fleet).await)
-        .await;
+    // The daemon was restarted above: its CPU is read from the new process.
+    let pid = own.as_ref().map(|p| p.pid()).or(pid);
+    let release_plan = PhasePlan::release(&fleet).await;
+    let release = measured(
+        pid,
+        fleet.run_phase("release", config.clients, &release_plan),
+    )
+    .await;
     report.push(release);
     let left = in_use(&admin_path).await?;
     if left != 0 {
@@ -314,6 +329,18 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
     report.total_seconds = started.elapsed().as_secs_f64();
     report.finished_at = Timestamp::from_system_time(std::time::SystemTime::now());
     Ok(report)
+}
+
+/// Runs a phase and notes the daemon's CPU time per request during it.
+async fn measured(
+    pid: Option<u32>,
+    phase: impl std::future::Future<Output = PhaseResult>,
+) -> PhaseResult {
+    let before = pid.and_then(daemon::cpu_seconds);
+    let mut result = phase.await;
+    let after = pid.and_then(daemon::cpu_seconds);
+    result.server_cpu_us_per_op = daemon::cpu_us_per_op(before, after, result.ops);
+    result
 }
 
 /// Status queries over the admin socket, one connection per client.

@@ -199,7 +199,13 @@ impl Yardstick {
                     continue;
                 }
                 let tls_args = (transport == "tls").then_some(&certs);
-                runs.push(self.bench(port, tls_args, test, clients, n).await?);
+                let pid = server.0.id();
+                let before = super::daemon::cpu_seconds(pid);
+                let mut run = self.bench(port, tls_args, test, clients, n).await?;
+                let after = super::daemon::cpu_seconds(pid);
+                run.server_cpu_us_per_op =
+                    super::daemon::cpu_us_per_op(before, after, run.requests as u64);
+                runs.push(run);
             }
         }
         drop(server);
@@ -240,6 +246,7 @@ impl Yardstick {
             p50_us: p50 * 1e3,
             p99_us: p99 * 1e3,
             max_us: max * 1e3,
+            server_cpu_us_per_op: None,
         })
     }
 }

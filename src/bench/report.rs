@@ -83,6 +83,7 @@ impl Recorder {
             max_us: self.hist.max() as f64 / 1_000.0,
             errors: self.errors,
             error_samples: self.samples,
+            server_cpu_us_per_op: None,
         }
     }
 }
@@ -103,6 +104,10 @@ pub struct PhaseResult {
     pub max_us: f64,
     pub errors: u64,
     pub error_samples: Vec<String>,
+    /// The daemon's CPU time (user + system) during the phase per request made: the work
+    /// a request costs, which machine load does not move the way it moves ops/s.
+    #[serde(default)]
+    pub server_cpu_us_per_op: Option<f64>,
 }
 
 /// The daemon's resident memory (VmRSS, KiB) at each stage, and what it says per
@@ -167,6 +172,9 @@ pub struct RedisRun {
     pub p50_us: f64,
     pub p99_us: f64,
     pub max_us: f64,
+    /// redis-server's CPU time (user + system) during the run per request.
+    #[serde(default)]
+    pub server_cpu_us_per_op: Option<f64>,
 }
 
 /// netkey's phase beside its redis yardstick.
@@ -180,6 +188,11 @@ pub struct Comparison {
     pub ratio: f64,
     pub netkey_p99_us: f64,
     pub redis_p99_us: f64,
+    /// Server CPU per request on each side.
+    #[serde(default)]
+    pub netkey_cpu_us_per_op: Option<f64>,
+    #[serde(default)]
+    pub redis_cpu_us_per_op: Option<f64>,
 }
 
 impl Comparison {
@@ -212,6 +225,8 @@ impl Comparison {
                     },
                     netkey_p99_us: p.p99_us,
                     redis_p99_us: r.p99_us,
+                    netkey_cpu_us_per_op: p.server_cpu_us_per_op,
+                    redis_cpu_us_per_op: r.server_cpu_us_per_op,
                 });
             }
         }
@@ -332,13 +347,13 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "\n{:<22} {:>9} {:>8} {:>11} {:>10} {:>10} {:>10} {:>10} {:>7}",
-            "phase", "ops", "clients", "ops/s", "p50", "p99", "p99.9", "max", "errors"
+            "\n{:<22} {:>9} {:>8} {:>11} {:>10} {:>10} {:>10} {:>10} {:>7} {:>10}",
+            "phase", "ops", "clients", "ops/s", "p50", "p99", "p99.9", "max", "errors", "cpu/op"
         );
         for p in &self.phases {
             let _ = writeln!(
                 s,
-                "{:<22} {:>9} {:>8} {:>11.0} {:>10} {:>10} {:>10} {:>10} {:>7}",
+                "{:<22} {:>9} {:>8} {:>11.0} {:>10} {:>10} {:>10} {:>10} {:>7} {:>10}",
                 p.name,
                 p.ops,
                 p.clients,
@@ -347,7 +362,8 @@ impl Report {
                 us(p.p99_us),
                 us(p.p999_us),
                 us(p.max_us),
-                p.errors
+                p.errors,
+                cpu(p.server_cpu_us_per_op)
             );
         }
         let m = &self.memory;
@@ -381,19 +397,27 @@ impl Report {
         if !self.redis.is_empty() {
             let _ = writeln!(
                 s,
-                "\n{:<54} {:>11} {:>10} {:>10} | {:>11} {:>10} {:>7}",
-                "netkey phase vs redis-benchmark", "netkey/s", "p99", "", "redis/s", "p99", "ratio"
+                "\n{:<54} {:>11} {:>10} {:>10} | {:>11} {:>10} {:>10} | {:>7}",
+                "netkey phase vs redis-benchmark",
+                "netkey/s",
+                "p99",
+                "cpu/op",
+                "redis/s",
+                "p99",
+                "cpu/op",
+                "ratio"
             );
             for c in &self.comparisons {
                 let _ = writeln!(
                     s,
-                    "{:<54} {:>11.0} {:>10} {:>10} | {:>11.0} {:>10} {:>7.2}",
+                    "{:<54} {:>11.0} {:>10} {:>10} | {:>11.0} {:>10} {:>10} | {:>7.2}",
                     format!("{} vs {}", c.netkey_phase, c.redis),
                     c.netkey_ops_per_sec,
                     us(c.netkey_p99_us),
-                    "",
+                    cpu(c.netkey_cpu_us_per_op),
                     c.redis_ops_per_sec,
                     us(c.redis_p99_us),
+                    cpu(c.redis_cpu_us_per_op),
                     c.ratio
                 );
             }
@@ -420,6 +444,11 @@ pub fn load_average() -> f64 {
         .ok()
         .and_then(|t| t.split_whitespace().next().and_then(|v| v.parse().ok()))
         .unwrap_or(0.0)
+}
+
+/// Server CPU per request, "-" where it was not measured.
+fn cpu(v: Option<f64>) -> String {
+    v.map_or("-".to_string(), |v| format!("{v:.1} µs"))
 }
 
 /// Microseconds, shown in the unit that reads best.

@@ -52,7 +52,12 @@ fn main() -> ExitCode {
         Ok(_) => {}
         Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    // Named, so an operator's `top -H` or a profile tells the daemon's threads apart.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("netkeyd")
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("netkeyd: cannot start the async runtime: {e}");
