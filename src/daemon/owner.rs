@@ -690,6 +690,13 @@ fn apply(owner: &mut Owner, batch: &mut Vec<Job>, clock: &Arc<dyn Clock>, acks: 
         acks.notify_waiters();
     }
     persist_renewals(owner, false);
+    if owner.degraded.is_none() && owner.store.wants_checkpoint() {
+        // The batches are durable in the journal already: a failure here only delays
+        // moving them into redb, and is tried again.
+        if let Err(e) = owner.store.checkpoint() {
+            tracing::warn!("could not move the journal into the store (it keeps growing until this succeeds): {e}");
+        }
+    }
     if owner.degraded.is_none() && owner.store.wants_snapshot() {
         if let Err(e) = owner.store.snapshot(&owner.core) {
             tracing::warn!("snapshot failed (the log still holds everything): {e}");

@@ -1,26 +1,34 @@
-//! Durable state under the state directory, in redb: a log of command batches over the
-//! last snapshot of the core, and the hash-chained audit log. A batch is committed before
-//! any of its answers go out (group commit); replaying the log over the snapshot rebuilds
-//! exactly the acknowledged state (invariant 4). redb commits are atomic and, with
-//! `Durability::Immediate`, fsynced before `commit` returns; non-durable commits are
-//! only for session changes and time passing, which a crash may lose harmlessly.
+//! Durable state under the state directory: in redb, a log of command batches over the
+//! last snapshot of the core, and the hash-chained audit log; in front of it, the journal
+//! (see `journal`). A batch is committed before any of its answers go out (group commit):
+//! appended to the journal and, when it must be durable, synced before `commit` returns.
+//! Batches move from the journal into redb in bulk (`checkpoint`), and on open whatever
+//! the journal holds beyond the last checkpoint is moved in first; replaying the log over
+//! the snapshot then rebuilds exactly the acknowledged state (invariant 4). Non-durable
+//! commits are only for session changes and time passing, which a crash may lose
+//! harmlessly.
 
 pub mod audit;
 mod backup;
+mod journal;
 mod usage;
 
 pub use audit::{AuditEntry, AuditError, AuditHead, AuditRecord};
 pub use backup::Backup;
+pub use journal::JournalFile;
 pub use usage::{UsageRow, UsageSample, RETENTION_MS as USAGE_RETENTION_MS};
 
 use crate::core::{Command, Core, Timestamp};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 /// The on-disk schema this build writes. Older ones migrate; newer ones are refused.
-pub const SCHEMA: u32 = 1;
+/// Schema 2 added the journal: a build that did not know it would miss its batches.
+pub const SCHEMA: u32 = 2;
+/// Batches are moved from the journal into redb once the journal holds this much.
+const CHECKPOINT_BYTES: u64 = 2 << 20;
 /// Snapshot after this many log records, so restarts replay little.
 const SNAPSHOT_EVERY: u64 = 20_000;
 /// redb's page cache. The store writes and reads back only at start, so its default
@@ -69,6 +77,11 @@ pub struct Store {
     file: Option<PathBuf>,
     _lock: Option<File>,
     dir: PathBuf,
+    journal: journal::Journal,
+    /// Frames appended since the last checkpoint, to move into redb at the next.
+    pending: Vec<journal::Frame>,
+    /// Journal bytes at which a failed checkpoint is tried again.
+    retry_checkpoint_at: u64,
     next_seq: u64,
     since_snapshot: u64,
     head: AuditHead,
@@ -108,22 +121,33 @@ impl Store {
         }
         let file = dir.join("netkey.redb");
         let db = open_file(&file)?;
-        let (mut store, loaded) = Self::finish_open(db, Some(lock), dir)?;
+        let journal = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(dir.join("journal"))
+            .map_err(io)?;
+        let (mut store, loaded) = Self::finish_open(db, Box::new(journal), Some(lock), dir)?;
         store.file = Some(file);
         Ok((store, loaded))
     }
 
-    /// Opens a store on any redb backend (the power-loss tests use one that forgets
-    /// unsynced writes).
-    pub fn open_backend(backend: impl redb::StorageBackend) -> Result<(Store, Loaded), StoreError> {
+    /// Opens a store on any redb backend and journal (the power-loss tests use ones that
+    /// forget unsynced writes).
+    pub fn open_backend(
+        backend: impl redb::StorageBackend,
+        journal: impl JournalFile + 'static,
+    ) -> Result<(Store, Loaded), StoreError> {
         let db = redb::Builder::new()
             .create_with_backend(backend)
             .map_err(fail)?;
-        Self::finish_open(db, None, Path::new(""))
+        Self::finish_open(db, Box::new(journal), None, Path::new(""))
     }
 
     fn finish_open(
         db: Database,
+        journal: Box<dyn JournalFile>,
         lock: Option<File>,
         dir: &Path,
     ) -> Result<(Store, Loaded), StoreError> {
@@ -140,6 +164,11 @@ impl Store {
                         .map_err(fail)?;
                 }
                 Some(found) if found > SCHEMA => return Err(StoreError::NewerSchema { found }),
+                // Schema 1 had no journal: there is nothing to move.
+                Some(found) if found < SCHEMA => {
+                    meta.insert("schema", SCHEMA.to_le_bytes().as_slice())
+                        .map_err(fail)?;
+                }
                 Some(_) => {}
             }
             tx.open_table(SNAPSHOT).map_err(fail)?;
@@ -149,12 +178,19 @@ impl Store {
         }
         tx.commit().map_err(fail)?;
 
+        let first = journal_next(&db)?;
+        let (journal, frames) = journal::Journal::open(journal, first)?;
+        // Before anything is written to the journal again (from its start).
+        move_into_db(&db, &frames, journal.next_number())?;
         let (core, last_seq, replayed, head, hwm) = load(&db)?;
         let store = Store {
             db: Some(db),
             file: None,
             _lock: lock,
             dir: dir.to_path_buf(),
+            journal,
+            pending: Vec::new(),
+            retry_checkpoint_at: 0,
             next_seq: last_seq + 1,
             since_snapshot: replayed,
             head,
@@ -178,6 +214,8 @@ impl Store {
             self.db = None;
             self.db = Some(open_file(file)?);
         }
+        // What the journal holds is durable: it goes into redb before the state is read.
+        self.checkpoint()?;
         let (core, last_seq, _, head, hwm) = load(self.db()?)?;
         self.next_seq = last_seq + 1;
         self.head = head;
@@ -211,51 +249,79 @@ impl Store {
         self.hwm = to;
     }
 
-    /// Commits one batch and its audit entries atomically. With `durable`, the data is
-    /// on disk when this returns.
+    /// Commits one batch and its audit entries atomically: one frame of the journal. With
+    /// `durable`, the batch is on disk when this returns.
     pub fn commit(
         &mut self,
         record: &BatchRecord,
         audit: Vec<AuditEntry>,
         durable: bool,
     ) -> Result<AuditHead, StoreError> {
-        let bytes = postcard::to_allocvec(record).map_err(fail)?;
-        let mut tx = self.db()?.begin_write().map_err(fail)?;
-        tx.set_durability(if durable {
-            Durability::Immediate
-        } else {
-            Durability::None
-        })
-        .map_err(fail)?;
+        let seq = (!record.commands.is_empty()).then_some(self.next_seq);
+        let bytes = match seq {
+            Some(_) => postcard::to_allocvec(record).map_err(fail)?,
+            None => Vec::new(),
+        };
         let mut head = self.head;
-        let hwm = self.hwm.max(record.now);
-        {
-            if !record.commands.is_empty() {
-                let mut log = tx.open_table(LOG).map_err(fail)?;
-                log.insert(self.next_seq, bytes.as_slice()).map_err(fail)?;
-            }
-            let mut table = tx.open_table(AUDIT).map_err(fail)?;
-            for entry in audit {
+        let chained = audit
+            .into_iter()
+            .map(|entry| {
                 let r = audit::chain(head, record.now, entry);
-                let rb = postcard::to_allocvec(&r).map_err(fail)?;
-                table.insert(r.index, rb.as_slice()).map_err(fail)?;
                 head = AuditHead {
                     count: r.index,
                     hash: r.hash,
                 };
-            }
-            let mut meta = tx.open_table(META).map_err(fail)?;
-            meta.insert("hwm", hwm.0.to_le_bytes().as_slice())
-                .map_err(fail)?;
-        }
-        tx.commit().map_err(fail)?;
-        if !record.commands.is_empty() {
+                r
+            })
+            .collect();
+        let hwm = self.hwm.max(record.now);
+        let frame = journal::Frame {
+            number: 0,
+            seq,
+            record: bytes,
+            audit: chained,
+            hwm,
+        };
+        let frame = self.journal.append(frame, durable)?;
+        self.pending.push(frame);
+        if seq.is_some() {
             self.next_seq += 1;
             self.since_snapshot += 1;
         }
         self.head = head;
         self.hwm = hwm;
         Ok(head)
+    }
+
+    /// Whether the journal holds enough to move into redb (see `checkpoint`).
+    pub fn wants_checkpoint(&self) -> bool {
+        let bytes = self.journal.pending_bytes();
+        bytes >= CHECKPOINT_BYTES && bytes >= self.retry_checkpoint_at
+    }
+
+    /// Moves the batches the journal holds into redb in one durable transaction, so the
+    /// journal is written from its start again. If it fails, the journal keeps them (and
+    /// grows) and the next try waits for another `CHECKPOINT_BYTES`.
+    pub fn checkpoint(&mut self) -> Result<(), StoreError> {
+        if self.pending.is_empty() {
+            self.journal.checkpointed();
+            return Ok(());
+        }
+        let moved = self
+            .db()
+            .and_then(|db| move_into_db(db, &self.pending, self.journal.next_number()));
+        match moved {
+            Ok(()) => {
+                self.pending.clear();
+                self.journal.checkpointed();
+                self.retry_checkpoint_at = 0;
+                Ok(())
+            }
+            Err(e) => {
+                self.retry_checkpoint_at = self.journal.pending_bytes() + CHECKPOINT_BYTES;
+                Err(e)
+            }
+        }
     }
 
     pub fn wants_snapshot(&self) -> bool {
@@ -268,6 +334,8 @@ impl Store {
         // Serialized straight into the room redb reserves for it: a state of a million
         // leases is tens of megabytes, and a second copy of it would outlive the snapshot
         // as heap the allocator keeps.
+        // The log the snapshot covers must be in redb before it is dropped there.
+        self.checkpoint()?;
         let len = postcard::experimental::serialized_size(core).map_err(fail)?;
         let covered = self.next_seq - 1;
         let tx = self.db()?.begin_write().map_err(fail)?;
@@ -303,6 +371,12 @@ impl Store {
                 out.push(r);
             }
         }
+        // And those still only in the journal.
+        for r in self.pending.iter().flat_map(|f| &f.audit) {
+            if since.is_none_or(|s| r.at >= s) {
+                out.push(r.clone());
+            }
+        }
         Ok(out)
     }
 
@@ -314,6 +388,7 @@ impl Store {
         index: u64,
         record: &AuditRecord,
     ) -> Result<(), StoreError> {
+        self.checkpoint()?;
         let tx = self.db()?.begin_write().map_err(fail)?;
         {
             let mut table = tx.open_table(AUDIT).map_err(fail)?;
@@ -326,6 +401,7 @@ impl Store {
     /// Removes the audit records after `count`: for truncation tests.
     #[doc(hidden)]
     pub fn truncate_audit(&mut self, count: u64) -> Result<(), StoreError> {
+        self.checkpoint()?;
         let tx = self.db()?.begin_write().map_err(fail)?;
         {
             let mut table = tx.open_table(AUDIT).map_err(fail)?;
@@ -333,6 +409,46 @@ impl Store {
         }
         tx.commit().map_err(fail)
     }
+}
+
+/// The number of the first journal frame not yet in redb.
+fn journal_next(db: &Database) -> Result<u64, StoreError> {
+    let rx = db.begin_read().map_err(fail)?;
+    let meta = rx.open_table(META).map_err(fail)?;
+    Ok(meta
+        .get("journal_next")
+        .map_err(fail)?
+        .map(|v| read_u64(v.value()))
+        .unwrap_or(0))
+}
+
+/// Writes journal frames into the log, the audit table and the high-water mark (the last
+/// frame's: a reset token may have lowered it), with the number of the next frame, in one
+/// durable transaction. Writing a frame twice writes the same rows again.
+fn move_into_db(db: &Database, frames: &[journal::Frame], next: u64) -> Result<(), StoreError> {
+    let Some(last) = frames.last() else {
+        return Ok(());
+    };
+    let tx = db.begin_write().map_err(fail)?;
+    {
+        let mut log = tx.open_table(LOG).map_err(fail)?;
+        let mut table = tx.open_table(AUDIT).map_err(fail)?;
+        for f in frames {
+            if let Some(seq) = f.seq {
+                log.insert(seq, f.record.as_slice()).map_err(fail)?;
+            }
+            for r in &f.audit {
+                let rb = postcard::to_allocvec(r).map_err(fail)?;
+                table.insert(r.index, rb.as_slice()).map_err(fail)?;
+            }
+        }
+        let mut meta = tx.open_table(META).map_err(fail)?;
+        meta.insert("hwm", last.hwm.0.to_le_bytes().as_slice())
+            .map_err(fail)?;
+        meta.insert("journal_next", next.to_le_bytes().as_slice())
+            .map_err(fail)?;
+    }
+    tx.commit().map_err(fail)
 }
 
 /// Reads snapshot and log into a core; returns it with the last log sequence, how many

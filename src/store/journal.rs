@@ -1,0 +1,366 @@
+//! The journal: the write-ahead file every batch is appended to, and synced to before any
+//! of its answers go out. redb holds the snapshot, the log and the audit chain; moving a
+//! batch into it costs a copy-on-write of every B-tree page the batch touches (a dozen
+//! scattered pages, and a sync of each) where the journal costs one contiguous write.
+//! Batches are moved into redb in bulk (a checkpoint), and on open whatever the journal
+//! holds beyond the last checkpoint is moved in before the state is loaded.
+//!
+//! The file is filled with zeros ahead of use and then overwritten from the start after
+//! each checkpoint, so a sync never has to record a new file length or newly allocated
+//! blocks: only the data goes to the disk. A frame is `[magic][length][check][payload]`,
+//! the check being the first 8 bytes of the payload's SHA-256; the payload carries the
+//! frame's number. Reading stops at the first frame that is torn, fails its check, or does
+//! not carry the next number: frames left from before the last checkpoint carry lower
+//! numbers, so they are never mistaken for new ones.
+
+use super::audit::AuditRecord;
+use super::{fail, StoreError};
+use crate::core::Timestamp;
+use serde::{Deserialize, Serialize};
+use std::io;
+
+const MAGIC: [u8; 4] = *b"NKJ1";
+const HEADER: usize = 16;
+/// Zeros written ahead of the tail at a time. The file settles at about the checkpoint
+/// size plus one step, and is reused from then on.
+pub const GROW_BYTES: u64 = 1 << 20;
+/// A frame larger than this is not one of ours: reading stops there.
+const MAX_FRAME: usize = 256 << 20;
+
+/// Where the journal lives: a file, or in the power-cut tests a disk that forgets what
+/// was not synced.
+pub trait JournalFile: Send + Sync + std::fmt::Debug {
+    fn len(&self) -> io::Result<u64>;
+    fn read_at(&self, offset: u64, out: &mut [u8]) -> io::Result<()>;
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()>;
+    fn sync_data(&self) -> io::Result<()>;
+}
+
+impl JournalFile for std::fs::File {
+    fn len(&self) -> io::Result<u64> {
+        self.metadata().map(|m| m.len())
+    }
+    fn read_at(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(self, out, offset)
+    }
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        std::os::unix::fs::FileExt::write_all_at(self, data, offset)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        std::fs::File::sync_data(self)
+    }
+}
+
+/// One committed batch as the journal carries it: its log record (already serialized,
+/// with its log sequence if it has commands), its audit records, already chained, and the
+/// high-water mark after it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Frame {
+    pub number: u64,
+    pub seq: Option<u64>,
+    pub record: Vec<u8>,
+    pub audit: Vec<AuditRecord>,
+    pub hwm: Timestamp,
+}
+
+#[derive(Debug)]
+pub struct Journal {
+    file: Box<dyn JournalFile>,
+    /// Where the next frame goes.
+    tail: u64,
+    /// Bytes of zeros (or old frames) the file holds: writes stay below this.
+    len: u64,
+    /// The number the next frame carries.
+    next: u64,
+}
+
+impl Journal {
+    /// Opens the journal and reads the frames numbered from `first` on (those not yet
+    /// moved into redb). The next frame is written at the start of the file: the caller
+    /// moves what was read into redb before writing anything.
+    pub fn open(
+        file: Box<dyn JournalFile>,
+        first: u64,
+    ) -> Result<(Journal, Vec<Frame>), StoreError> {
+        let len = file.len().map_err(io_fail)?;
+        let frames = read_frames(file.as_ref(), len, first);
+        let next = first + frames.len() as u64;
+        let mut journal = Journal {
+            file,
+            tail: 0,
+            len,
+            next,
+        };
+        if journal.len < GROW_BYTES {
+            journal.grow(GROW_BYTES)?;
+        }
+        Ok((journal, frames))
+    }
+
+    /// The number the next frame will carry: recorded in redb at each checkpoint.
+    pub fn next_number(&self) -> u64 {
+        self.next
+    }
+
+    /// Bytes written since the last checkpoint.
+    pub fn pending_bytes(&self) -> u64 {
+        self.tail
+    }
+
+    /// Appends a frame (numbered here) and, with `durable`, syncs it to the disk. A frame
+    /// whose write or sync failed is overwritten by the next one: the tail does not move.
+    pub fn append(&mut self, mut frame: Frame, durable: bool) -> Result<Frame, StoreError> {
+        frame.number = self.next;
+        let payload = postcard::to_allocvec(&frame).map_err(fail)?;
+        let mut bytes = Vec::with_capacity(HEADER + payload.len());
+        bytes.extend_from_slice(&MAGIC);
+        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&check(&payload));
+        bytes.extend_from_slice(&payload);
+        let end = self.tail + bytes.len() as u64;
+        if end > self.len {
+            self.grow(end.max(self.len + GROW_BYTES))?;
+        }
+        let written = self.file.write_at(self.tail, &bytes).and_then(|()| {
+            if durable {
+                self.file.sync_data()
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = written {
+            // The frame may still sit in the page cache: spoil its magic, so a reload
+            // in this process does not take a batch that was answered as failed.
+            let _ = self.file.write_at(self.tail, &[0; 4]);
+            return Err(io_fail(e));
+        }
+        self.tail = end;
+        self.next += 1;
+        Ok(frame)
+    }
+
+    /// Everything written so far is in redb: write from the start again.
+    pub fn checkpointed(&mut self) {
+        self.tail = 0;
+    }
+
+    /// Fills the file with zeros up to `to` and syncs the new length once, so later
+    /// syncs carry data only.
+    fn grow(&mut self, to: u64) -> Result<(), StoreError> {
+        let zeros = vec![0u8; 1 << 20];
+        let mut at = self.len;
+        while at < to {
+            let n = (to - at).min(zeros.len() as u64);
+            self.file
+                .write_at(at, &zeros[..n as usize])
+                .map_err(io_fail)?;
+            at += n;
+        }
+        self.file.sync_data().map_err(io_fail)?;
+        self.len = to;
+        Ok(())
+    }
+}
+
+/// Frames from the start of the file while each is whole, checks out, and carries the
+/// next number from `first`.
+fn read_frames(file: &dyn JournalFile, len: u64, first: u64) -> Vec<Frame> {
+    let mut frames = Vec::new();
+    let mut at = 0u64;
+    let mut expect = first;
+    while at + HEADER as u64 <= len {
+        let mut header = [0u8; HEADER];
+        if file.read_at(at, &mut header).is_err() || header[..4] != MAGIC {
+            break;
+        }
+        let size = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
+        if size > MAX_FRAME || at + (HEADER + size) as u64 > len {
+            break;
+        }
+        let mut payload = vec![0u8; size];
+        if file.read_at(at + HEADER as u64, &mut payload).is_err()
+            || check(&payload) != header[8..16]
+        {
+            break;
+        }
+        match postcard::from_bytes::<Frame>(&payload) {
+            Ok(frame) if frame.number == expect => frames.push(frame),
+            _ => break,
+        }
+        expect += 1;
+        at += (HEADER + size) as u64;
+    }
+    frames
+}
+
+fn check(payload: &[u8]) -> [u8; 8] {
+    let d = ring::digest::digest(&ring::digest::SHA256, payload);
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&d.as_ref()[..8]);
+    out
+}
+
+fn io_fail(e: io::Error) -> StoreError {
+    StoreError::Db(format!("the journal: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Debug, Clone, Default)]
+    struct Mem(Arc<Mutex<Vec<u8>>>);
+
+    impl JournalFile for Mem {
+        fn len(&self) -> io::Result<u64> {
+            Ok(self.0.lock().unwrap().len() as u64)
+        }
+        fn read_at(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+            let d = self.0.lock().unwrap();
+            let (s, e) = (offset as usize, offset as usize + out.len());
+            let src = d.get(s..e).ok_or(io::ErrorKind::UnexpectedEof)?;
+            out.copy_from_slice(src);
+            Ok(())
+        }
+        fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+            let mut d = self.0.lock().unwrap();
+            let end = offset as usize + data.len();
+            if d.len() < end {
+                d.resize(end, 0);
+            }
+            d[offset as usize..end].copy_from_slice(data);
+            Ok(())
+        }
+        fn sync_data(&self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn frame(seq: u64) -> Frame {
+        Frame {
+            number: 0,
+            seq: Some(seq),
+            record: vec![seq as u8; 40],
+            audit: Vec::new(),
+            hwm: Timestamp(seq),
+        }
+    }
+
+    #[test]
+    fn frames_are_read_back_in_order_from_the_first_not_checkpointed() {
+        let disk = Mem::default();
+        let (mut j, found) = Journal::open(Box::new(disk.clone()), 0).unwrap();
+        assert!(found.is_empty());
+        assert_eq!(disk.len().unwrap(), GROW_BYTES, "zeros are written ahead");
+        let written: Vec<Frame> = (1..=3).map(|s| j.append(frame(s), true).unwrap()).collect();
+        assert_eq!(
+            written.iter().map(|f| f.number).collect::<Vec<_>>(),
+            vec![0, 1, 2]
+        );
+        let (_, found) = Journal::open(Box::new(disk.clone()), 0).unwrap();
+        assert_eq!(found, written);
+        let (j2, found) = Journal::open(Box::new(disk.clone()), 1).unwrap();
+        assert!(
+            found.is_empty(),
+            "a frame of another number ends the reading"
+        );
+        assert_eq!(j2.next_number(), 1);
+        drop(j);
+    }
+
+    #[test]
+    fn frames_from_before_a_checkpoint_are_not_taken_for_new_ones() {
+        let disk = Mem::default();
+        let (mut j, _) = Journal::open(Box::new(disk.clone()), 0).unwrap();
+        for s in 1..=5 {
+            j.append(frame(s), true).unwrap();
+        }
+        j.checkpointed();
+        // One new frame over the old ones: the old frames after it carry lower numbers.
+        let new = j.append(frame(6), true).unwrap();
+        assert_eq!(new.number, 5);
+        let (_, found) = Journal::open(Box::new(disk.clone()), 5).unwrap();
+        assert_eq!(found, vec![new]);
+        let (_, found) = Journal::open(Box::new(disk.clone()), 6).unwrap();
+        assert!(found.is_empty(), "an old frame is never frame 6");
+    }
+
+    #[test]
+    fn a_torn_or_altered_frame_ends_the_reading() {
+        let disk = Mem::default();
+        let (mut j, _) = Journal::open(Box::new(disk.clone()), 0).unwrap();
+        let a = j.append(frame(1), true).unwrap();
+        j.append(frame(2), true).unwrap();
+        j.append(frame(3), true).unwrap();
+        let second = (HEADER + postcard::to_allocvec(&a).unwrap().len()) as u64;
+        // A byte of the second frame's payload flips (a torn write).
+        let mut byte = [0u8; 1];
+        disk.read_at(second + HEADER as u64 + 3, &mut byte).unwrap();
+        disk.write_at(second + HEADER as u64 + 3, &[byte[0] ^ 0xff])
+            .unwrap();
+        let (_, found) = Journal::open(Box::new(disk.clone()), 0).unwrap();
+        assert_eq!(found, vec![a.clone()]);
+        // A length past the end of the file.
+        disk.write_at(second + 4, &u32::MAX.to_le_bytes()).unwrap();
+        let (_, found) = Journal::open(Box::new(disk.clone()), 0).unwrap();
+        assert_eq!(found, vec![a]);
+    }
+
+    #[test]
+    fn the_file_grows_in_zeros_when_a_checkpoint_is_late() {
+        let disk = Mem::default();
+        let (mut j, _) = Journal::open(Box::new(disk.clone()), 0).unwrap();
+        let big = Frame {
+            record: vec![1; (GROW_BYTES as usize) / 3],
+            ..frame(1)
+        };
+        for _ in 0..4 {
+            j.append(big.clone(), true).unwrap();
+        }
+        assert!(disk.len().unwrap() >= 4 * GROW_BYTES / 3);
+        assert_eq!(disk.len().unwrap() % (1 << 20), 0);
+        let (_, found) = Journal::open(Box::new(disk.clone()), 0).unwrap();
+        assert_eq!(found.len(), 4);
+    }
+
+    #[derive(Debug)]
+    struct FailingSync(Mem);
+    impl JournalFile for FailingSync {
+        fn len(&self) -> io::Result<u64> {
+            self.0.len()
+        }
+        fn read_at(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+            self.0.read_at(offset, out)
+        }
+        fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+            self.0.write_at(offset, data)
+        }
+        fn sync_data(&self) -> io::Result<()> {
+            if self.0.len()? >= GROW_BYTES {
+                Err(io::Error::other("disk gone"))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    #[test]
+    fn a_frame_whose_sync_failed_is_not_read_back() {
+        let disk = Mem::default();
+        let (mut j, _) = Journal::open(Box::new(disk.clone()), 0).unwrap();
+        let kept = j.append(frame(1), true).unwrap();
+        let mut j = Journal {
+            file: Box::new(FailingSync(disk.clone())),
+            ..j
+        };
+        assert!(j.append(frame(2), true).is_err());
+        assert_eq!(
+            j.next_number(),
+            1,
+            "the failed frame's number is used again"
+        );
+        let (_, found) = Journal::open(Box::new(disk.clone()), 0).unwrap();
+        assert_eq!(found, vec![kept]);
+    }
+}
