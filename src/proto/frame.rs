@@ -68,3 +68,41 @@ pub fn decode<M: DeserializeOwned>(payload: &[u8]) -> Result<M, FrameError> {
     }
     Ok(msg)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::{SinkExt, StreamExt};
+
+    #[tokio::test]
+    async fn frames_larger_than_the_buffers_pass_whole_and_in_order() {
+        let (a, b) = tokio::io::duplex(4096);
+        let (mut tx, mut rx) = (framed(a), framed(b));
+        let sizes = [
+            1,
+            300,
+            BUFFER_CAPACITY,
+            5_000,
+            40,
+            MAX_FRAME,
+            7,
+            2 * BUFFER_CAPACITY,
+        ];
+        let frames: Vec<Bytes> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| Bytes::from(vec![i as u8; *n]))
+            .collect();
+        let sent = frames.clone();
+        let writer = tokio::spawn(async move {
+            for f in sent {
+                tx.send(f).await.expect("send");
+            }
+        });
+        for f in &frames {
+            let got = rx.next().await.expect("a frame").expect("read");
+            assert_eq!(&got[..], &f[..]);
+        }
+        writer.await.expect("writer");
+    }
+}
