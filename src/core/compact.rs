@@ -1,6 +1,6 @@
 //! Compact building blocks for the per-lease state, which a daemon holds a million of:
 //! camera ids stored inline, lease terms shared between the leases that have the same
-//! ones, and maps rebuilt densely when a snapshot loads. None of it changes what the core
+//! ones, and maps built densely when a snapshot loads and rebuilt densely as they grow. None of it changes what the core
 //! does; it changes how many bytes each lease takes (the aim: 200 at most).
 
 use serde::de::{Deserializer, Visitor};
@@ -185,16 +185,124 @@ pub(crate) fn serialize_shared<T: Serialize, S: Serializer>(
     T::serialize(v, s)
 }
 
-/// Deserializes a map as a sorted run and builds it in bulk: its nodes come out full,
-/// where inserting a million sorted keys one by one leaves each node half empty.
-pub(crate) fn dense_map<'de, D, K, V>(d: D) -> Result<BTreeMap<K, V>, D::Error>
-where
-    D: Deserializer<'de>,
-    K: Deserialize<'de> + Ord,
-    V: Deserialize<'de>,
-{
-    let entries: Vec<(K, V)> = d.deserialize_map(EntriesVisitor(PhantomData))?;
-    Ok(entries.into_iter().collect())
+/// A sorted map that keeps its nodes nearly full. A `BTreeMap` filled one key at a time
+/// splits a full node in two; keys that arrive in ascending runs (a video server's
+/// cameras, one after the other) leave every node it splits a little over half full for
+/// good, about 120 bytes per camera record where a full node takes 65. So once the map
+/// has grown by half since it was last built, it is built again in bulk, which fills
+/// every node: each rebuild moves every entry once, which the half as many inserts since
+/// the last one pay for (amortised O(1) per insert). Entries are never removed one by one
+/// (camera records live as long as their key), so only inserts count.
+#[derive(Clone, Debug)]
+pub struct DenseMap<K, V> {
+    map: BTreeMap<K, V>,
+    /// Entries when the map was last built in bulk.
+    built: usize,
+}
+
+/// Below this many entries a map is not rebuilt: its nodes are too few to matter.
+const REBUILD_MIN: usize = 64;
+
+impl<K, V> Default for DenseMap<K, V> {
+    fn default() -> Self {
+        DenseMap {
+            map: BTreeMap::new(),
+            built: 0,
+        }
+    }
+}
+
+impl<K: Ord, V> DenseMap<K, V> {
+    pub fn get<Q: Ord + ?Sized>(&self, key: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+    {
+        self.map.get(key)
+    }
+
+    pub fn get_mut<Q: Ord + ?Sized>(&mut self, key: &Q) -> Option<&mut V>
+    where
+        K: Borrow<Q>,
+    {
+        self.map.get_mut(key)
+    }
+
+    pub fn contains_key<Q: Ord + ?Sized>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+    {
+        self.map.contains_key(key)
+    }
+
+    /// The value of `key`, inserted as the default if the map has none.
+    pub fn entry_or_default(&mut self, key: K) -> &mut V
+    where
+        V: Default,
+    {
+        // Checked before the insert, so a rebuild never invalidates the entry handed out;
+        // the length test comes first so that a lookup of a present key costs nothing more.
+        if self.map.len() >= self.rebuild_at() && !self.map.contains_key(&key) {
+            self.rebuild();
+        }
+        self.map.entry(key).or_default()
+    }
+
+    fn rebuild_at(&self) -> usize {
+        (self.built + self.built / 2).max(REBUILD_MIN)
+    }
+
+    /// Builds the map again with full nodes. `append` merges two maps by pushing their
+    /// union, in order, into fresh nodes, freeing the old ones as it goes: no second copy
+    /// of the entries is made (`collect` would gather them in a vector first).
+    fn rebuild(&mut self) {
+        let mut rest = std::mem::take(&mut self.map);
+        if let Some((k, v)) = rest.pop_first() {
+            self.map.insert(k, v);
+            self.map.append(&mut rest);
+        }
+        self.built = self.map.len();
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub fn iter(&self) -> std::collections::btree_map::Iter<'_, K, V> {
+        self.map.iter()
+    }
+
+    pub fn values(&self) -> std::collections::btree_map::Values<'_, K, V> {
+        self.map.values()
+    }
+}
+
+impl<K: Ord, V> FromIterator<(K, V)> for DenseMap<K, V> {
+    /// Built in bulk (`BTreeMap`'s `collect` sorts and then fills each node).
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        let map: BTreeMap<K, V> = iter.into_iter().collect();
+        DenseMap {
+            built: map.len(),
+            map,
+        }
+    }
+}
+
+impl<K: Serialize, V: Serialize> Serialize for DenseMap<K, V> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.map.serialize(s)
+    }
+}
+
+impl<'de, K: Deserialize<'de> + Ord, V: Deserialize<'de>> Deserialize<'de> for DenseMap<K, V> {
+    /// Read as a sorted run and built in bulk, as a snapshot loads.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let entries: Vec<(K, V)> = d.deserialize_map(EntriesVisitor(PhantomData))?;
+        Ok(entries.into_iter().collect())
+    }
 }
 
 /// A length hint from the input is trusted only this far before the items arrive.
@@ -300,6 +408,63 @@ mod tests {
         // The unused numbers were swept as the table grew; "a" is still held.
         assert!(t.values.len() < 100, "{}", t.values.len());
         assert!(Arc::ptr_eq(&a, &t.intern("a".into())));
+    }
+
+    #[test]
+    fn a_dense_map_is_rebuilt_as_it_grows_and_keeps_its_entries() {
+        let mut m: DenseMap<u32, u64> = DenseMap::default();
+        let mut model = BTreeMap::new();
+        let mut builds = vec![];
+        // Runs of ascending keys, interleaved, as video servers check out their cameras.
+        for i in 0..2_000u32 {
+            let key = (i % 7) * 1_000 + i / 7;
+            *m.entry_or_default(key) += u64::from(i);
+            *model.entry(key).or_insert(0) += u64::from(i);
+            if builds.last() != Some(&m.built) {
+                builds.push(m.built);
+            }
+            // Present keys never trigger a rebuild, however large the map has grown.
+            *m.entry_or_default(key) += 1;
+            *model.entry(key).or_insert(0) += 1;
+        }
+        assert_eq!(builds, [0, 64, 96, 144, 216, 324, 486, 729, 1093, 1639]);
+        assert!(m.iter().eq(model.iter()));
+        assert_eq!(m.len(), model.len());
+        assert_eq!(m.get(&7_000), None);
+        assert_eq!(m.get(&1_000), model.get(&1_000));
+        // Serialized as the map it holds, and read back built in bulk.
+        let bytes = postcard::to_allocvec(&m).unwrap();
+        assert_eq!(bytes, postcard::to_allocvec(&model).unwrap());
+        let back: DenseMap<u32, u64> = postcard::from_bytes(&bytes).unwrap();
+        assert!(back.iter().eq(model.iter()));
+        assert_eq!(back.built, model.len());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_dense_map_holds_what_a_btree_map_holds(
+            ops in proptest::collection::vec((0u16..600, proptest::bool::ANY), 0..800)
+        ) {
+            let mut m: DenseMap<u16, u32> = DenseMap::default();
+            let mut model: BTreeMap<u16, u32> = BTreeMap::new();
+            for (i, (key, write)) in ops.into_iter().enumerate() {
+                if write {
+                    *m.entry_or_default(key) = i as u32;
+                    *model.entry(key).or_default() = i as u32;
+                } else {
+                    proptest::prop_assert_eq!(m.get(&key), model.get(&key));
+                    proptest::prop_assert_eq!(m.contains_key(&key), model.contains_key(&key));
+                }
+                if let Some(v) = m.get_mut(&key) {
+                    *v += 1;
+                    *model.get_mut(&key).unwrap() += 1;
+                }
+                proptest::prop_assert!(m.len() <= m.rebuild_at());
+            }
+            proptest::prop_assert!(m.iter().eq(model.iter()));
+            proptest::prop_assert!(m.values().eq(model.values()));
+            proptest::prop_assert_eq!(m.is_empty(), model.is_empty());
+        }
     }
 
     #[test]

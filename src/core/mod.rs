@@ -39,7 +39,7 @@ pub use view::{
 };
 
 use crate::key::{Feature, KeyDocument, KeyId};
-use compact::{CameraKey, Interner, OptionalInstant};
+use compact::{CameraKey, DenseMap, Interner, OptionalInstant};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -323,7 +323,7 @@ impl CameraRecord {
 /// share. Iterates in (key, camera) order, as the views list them.
 #[derive(Clone, Debug, Default)]
 pub struct Cameras {
-    by_key: BTreeMap<KeyId, BTreeMap<CameraKey, CameraRecord>>,
+    by_key: BTreeMap<KeyId, DenseMap<CameraKey, CameraRecord>>,
     terms: Interner<Terms>,
 }
 
@@ -341,8 +341,7 @@ impl Cameras {
         self.by_key
             .entry(key.to_string())
             .or_default()
-            .entry(CameraKey::new(camera))
-            .or_default()
+            .entry_or_default(CameraKey::new(camera))
     }
 
     pub fn contains(&self, key: &str, camera: &str) -> bool {
@@ -395,13 +394,11 @@ impl Serialize for Cameras {
 
 impl<'de> Deserialize<'de> for Cameras {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        struct Dense(
-            #[serde(deserialize_with = "compact::dense_map")] BTreeMap<CameraKey, CameraRecord>,
-        );
-        let (by_key, terms) = compact::loading(|| BTreeMap::<KeyId, Dense>::deserialize(d));
+        let (by_key, terms) = compact::loading(|| {
+            BTreeMap::<KeyId, DenseMap<CameraKey, CameraRecord>>::deserialize(d)
+        });
         Ok(Cameras {
-            by_key: by_key?.into_iter().map(|(k, v)| (k, v.0)).collect(),
+            by_key: by_key?,
             terms,
         })
     }
