@@ -30,14 +30,14 @@ const MAX_FRAME: usize = 256 << 20;
 /// Where the journal lives: a file, or in the power-cut tests a disk that forgets what
 /// was not synced.
 pub trait JournalFile: Send + Sync + std::fmt::Debug {
-    fn len(&self) -> io::Result<u64>;
+    fn size(&self) -> io::Result<u64>;
     fn read_at(&self, offset: u64, out: &mut [u8]) -> io::Result<()>;
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()>;
     fn sync_data(&self) -> io::Result<()>;
 }
 
 impl JournalFile for std::fs::File {
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         self.metadata().map(|m| m.len())
     }
     fn read_at(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
@@ -82,7 +82,7 @@ impl Journal {
         file: Box<dyn JournalFile>,
         first: u64,
     ) -> Result<(Journal, Vec<Frame>), StoreError> {
-        let len = file.len().map_err(io_fail)?;
+        let len = file.size().map_err(io_fail)?;
         let frames = read_frames(file.as_ref(), len, first);
         let next = first + frames.len() as u64;
         let mut journal = Journal {
@@ -213,7 +213,7 @@ mod tests {
     struct Mem(Arc<Mutex<Vec<u8>>>);
 
     impl JournalFile for Mem {
-        fn len(&self) -> io::Result<u64> {
+        fn size(&self) -> io::Result<u64> {
             Ok(self.0.lock().unwrap().len() as u64)
         }
         fn read_at(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
@@ -252,7 +252,7 @@ mod tests {
         let disk = Mem::default();
         let (mut j, found) = Journal::open(Box::new(disk.clone()), 0).unwrap();
         assert!(found.is_empty());
-        assert_eq!(disk.len().unwrap(), GROW_BYTES, "zeros are written ahead");
+        assert_eq!(disk.size().unwrap(), GROW_BYTES, "zeros are written ahead");
         let written: Vec<Frame> = (1..=3).map(|s| j.append(frame(s), true).unwrap()).collect();
         assert_eq!(
             written.iter().map(|f| f.number).collect::<Vec<_>>(),
@@ -318,8 +318,8 @@ mod tests {
         for _ in 0..4 {
             j.append(big.clone(), true).unwrap();
         }
-        assert!(disk.len().unwrap() >= 4 * GROW_BYTES / 3);
-        assert_eq!(disk.len().unwrap() % (1 << 20), 0);
+        assert!(disk.size().unwrap() >= 4 * GROW_BYTES / 3);
+        assert_eq!(disk.size().unwrap() % (1 << 20), 0);
         let (_, found) = Journal::open(Box::new(disk.clone()), 0).unwrap();
         assert_eq!(found.len(), 4);
     }
@@ -327,8 +327,8 @@ mod tests {
     #[derive(Debug)]
     struct FailingSync(Mem);
     impl JournalFile for FailingSync {
-        fn len(&self) -> io::Result<u64> {
-            self.0.len()
+        fn size(&self) -> io::Result<u64> {
+            self.0.size()
         }
         fn read_at(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
             self.0.read_at(offset, out)
@@ -337,7 +337,7 @@ mod tests {
             self.0.write_at(offset, data)
         }
         fn sync_data(&self) -> io::Result<()> {
-            if self.0.len()? >= GROW_BYTES {
+            if self.0.size()? >= GROW_BYTES {
                 Err(io::Error::other("disk gone"))
             } else {
                 Ok(())

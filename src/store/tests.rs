@@ -75,7 +75,7 @@ impl redb::StorageBackend for PowerCutDisk {
 }
 
 impl JournalFile for PowerCutDisk {
-    fn len(&self) -> std::io::Result<u64> {
+    fn size(&self) -> std::io::Result<u64> {
         redb::StorageBackend::len(self)
     }
     fn read_at(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
