@@ -11,7 +11,10 @@
 //! the check being the first 8 bytes of the payload's SHA-256; the payload carries the
 //! frame's number. Reading stops at the first frame that is torn, fails its check, or does
 //! not carry the next number: frames left from before the last checkpoint carry lower
-//! numbers, so they are never mistaken for new ones.
+//! numbers, so they are never mistaken for new ones. The run at the start of the file may
+//! begin below the first number wanted: a checkpoint can reach the disk though its sync
+//! reported a failure, and then the journal was written on without starting over. Those
+//! frames are skipped, not taken for the end of the journal.
 
 use super::audit::AuditRecord;
 use super::{fail, StoreError};
@@ -129,9 +132,13 @@ impl Journal {
             }
         });
         if let Err(e) = written {
-            // The frame may still sit in the page cache: spoil its magic, so a reload
-            // in this process does not take a batch that was answered as failed.
-            let _ = self.file.write_at(self.tail, &[0; 4]);
+            // The frame may still sit in the page cache, or a sync that reported failure
+            // may have written it: spoil its magic, on disk too if the disk lets us, so
+            // neither a reload in this process nor a restart takes a batch that was
+            // answered as failed.
+            if self.file.write_at(self.tail, &[0; 4]).is_ok() {
+                let _ = self.file.sync_data();
+            }
             return Err(io_fail(e));
         }
         self.tail = end;
@@ -163,11 +170,12 @@ impl Journal {
 }
 
 /// Frames from the start of the file while each is whole, checks out, and carries the
-/// next number from `first`.
+/// number after the one before it; of those, the ones numbered from `first` on. The first
+/// frame may carry a lower number (see the module comment), never a higher one.
 fn read_frames(file: &dyn JournalFile, len: u64, first: u64) -> Vec<Frame> {
     let mut frames = Vec::new();
     let mut at = 0u64;
-    let mut expect = first;
+    let mut expect: Option<u64> = None;
     while at + HEADER as u64 <= len {
         let mut header = [0u8; HEADER];
         if file.read_at(at, &mut header).is_err() || header[..4] != MAGIC {
@@ -184,10 +192,14 @@ fn read_frames(file: &dyn JournalFile, len: u64, first: u64) -> Vec<Frame> {
             break;
         }
         match postcard::from_bytes::<Frame>(&payload) {
-            Ok(frame) if frame.number == expect => frames.push(frame),
+            Ok(frame) if expect.map_or(frame.number <= first, |e| frame.number == e) => {
+                expect = Some(frame.number + 1);
+                if frame.number >= first {
+                    frames.push(frame);
+                }
+            }
             _ => break,
         }
-        expect += 1;
         at += (HEADER + size) as u64;
     }
     frames
@@ -261,11 +273,15 @@ mod tests {
         let (_, found) = Journal::open(Box::new(disk.clone()), 0).unwrap();
         assert_eq!(found, written);
         let (j2, found) = Journal::open(Box::new(disk.clone()), 1).unwrap();
-        assert!(
-            found.is_empty(),
-            "a frame of another number ends the reading"
+        assert_eq!(
+            found,
+            written[1..],
+            "a checkpoint that reached the disk without the journal starting over"
         );
-        assert_eq!(j2.next_number(), 1);
+        assert_eq!(j2.next_number(), 3);
+        let (j3, found) = Journal::open(Box::new(disk.clone()), 4).unwrap();
+        assert!(found.is_empty(), "a run that ends below the first wanted");
+        assert_eq!(j3.next_number(), 4);
         drop(j);
     }
 

@@ -363,16 +363,24 @@ impl Store {
         let rx = self.db()?.begin_read().map_err(fail)?;
         let table = rx.open_table(AUDIT).map_err(fail)?;
         let mut out = Vec::new();
+        let mut last = 0;
         for entry in table.iter().map_err(fail)? {
             let (k, v) = entry.map_err(fail)?;
             let r: AuditRecord = postcard::from_bytes(v.value())
                 .map_err(|e| StoreError::Corrupt(format!("audit record {}: {e}", k.value())))?;
+            last = r.index;
             if since.is_none_or(|s| r.at >= s) {
                 out.push(r);
             }
         }
-        // And those still only in the journal.
-        for r in self.pending.iter().flat_map(|f| &f.audit) {
+        // And those still only in the journal (a checkpoint that failed may have written
+        // some of them into redb all the same).
+        for r in self
+            .pending
+            .iter()
+            .flat_map(|f| &f.audit)
+            .filter(|r| r.index > last)
+        {
             if since.is_none_or(|s| r.at >= s) {
                 out.push(r.clone());
             }

@@ -18,6 +18,11 @@ struct Disk {
     durable: Vec<u8>,
     volatile: Vec<u8>,
     syncs: u64,
+    /// While set, `sync_data` fails: the disk is gone.
+    fail_syncs: bool,
+    /// While set, `sync_data` writes everything and then reports a failure anyway (an
+    /// fsync whose error says nothing of what reached the disk).
+    fail_syncs_after_writing: bool,
 }
 
 impl PowerCutDisk {
@@ -27,12 +32,18 @@ impl PowerCutDisk {
             inner: Arc::new(Mutex::new(Disk {
                 durable: d.durable.clone(),
                 volatile: d.durable.clone(),
-                syncs: 0,
+                ..Disk::default()
             })),
         }
     }
     fn syncs(&self) -> u64 {
         self.inner.lock().unwrap().syncs
+    }
+    fn fail_syncs(&self, on: bool) {
+        self.inner.lock().unwrap().fail_syncs = on;
+    }
+    fn fail_syncs_after_writing(&self, on: bool) {
+        self.inner.lock().unwrap().fail_syncs_after_writing = on;
     }
 }
 
@@ -59,8 +70,14 @@ impl redb::StorageBackend for PowerCutDisk {
     }
     fn sync_data(&self) -> Result<(), std::io::Error> {
         let mut d = self.inner.lock().unwrap();
+        if d.fail_syncs {
+            return Err(std::io::Error::other("the disk is gone"));
+        }
         d.durable = d.volatile.clone();
         d.syncs += 1;
+        if d.fail_syncs_after_writing {
+            return Err(std::io::Error::other("the disk reports an error"));
+        }
         Ok(())
     }
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
@@ -518,4 +535,418 @@ fn replay_across_restarts_sees_each_restart() {
     drop(store);
     let (_, loaded) = Store::open(dir.path()).unwrap();
     assert_eq!(bytes(&loaded.core), expected);
+}
+
+/// The state a restart must rebuild from `core`: everything but live sessions.
+fn acknowledged(core: &Core) -> Vec<u8> {
+    let mut c = core.clone();
+    c.reset_sessions();
+    bytes(&c)
+}
+
+fn release(server: &str, cams: &[&str]) -> Command {
+    Command::Release {
+        server: server.into(),
+        cameras: cams.iter().map(|c| c.to_string()).collect(),
+    }
+}
+
+/// Reopens after a power cut and checks the state, the audit chain and its head; returns
+/// the reopened store and the disks it runs on.
+fn assert_reopens_as(power: &Power, core: &Core, head: AuditHead, what: &str) -> (Store, Power) {
+    let power = power.cut();
+    let (reopened, loaded) = power.open();
+    assert_eq!(bytes(&loaded.core), acknowledged(core), "{what}: the state");
+    assert_eq!(reopened.head(), head, "{what}: the audit head");
+    let records = reopened.audit_records(None).unwrap();
+    assert_eq!(
+        audit::verify(&records, Some(head)).unwrap(),
+        head,
+        "{what}: the audit chain"
+    );
+    (reopened, power)
+}
+
+#[test]
+fn a_failed_checkpoint_keeps_every_later_commit_across_a_power_cut() {
+    let power = Power::default();
+    let (mut store, _) = power.open();
+    let mut core = populated(&mut store);
+    power.db.fail_syncs(true);
+    assert!(store.checkpoint().is_err());
+    // The journal still works: these are acknowledged.
+    run_batch(
+        &mut store,
+        &mut core,
+        T0.plus(6),
+        vec![checkout("B", &["c5"])],
+        true,
+    );
+    run_batch(
+        &mut store,
+        &mut core,
+        T0.plus(7),
+        vec![release("A", &["c2"])],
+        true,
+    );
+    assert!(store.checkpoint().is_err(), "the database is still gone");
+    let (reopened, _) = assert_reopens_as(&power, &core, store.head(), "after failed checkpoints");
+    assert_eq!(reopened.hwm(), T0.plus(7));
+}
+
+#[test]
+fn a_checkpoint_reported_failed_after_reaching_the_disk_loses_no_later_commit() {
+    // An fsync error says nothing of what reached the disk: redb's commit may be durable
+    // (journal_next moved on) though `checkpoint` failed and the journal was not restarted.
+    let power = Power::default();
+    let (mut store, _) = power.open();
+    let mut core = populated(&mut store);
+    power.db.fail_syncs_after_writing(true);
+    assert!(store.checkpoint().is_err());
+    power.db.fail_syncs_after_writing(false);
+    run_batch(
+        &mut store,
+        &mut core,
+        T0.plus(6),
+        vec![checkout("B", &["c5"])],
+        true,
+    );
+    run_batch(
+        &mut store,
+        &mut core,
+        T0.plus(7),
+        vec![release("A", &["c2"])],
+        true,
+    );
+    let head = store.head();
+    // In this process too, the records redb took as well as `pending` are listed once.
+    let listed = store.audit_records(None).unwrap();
+    assert_eq!(audit::verify(&listed, Some(head)).unwrap(), head);
+    let (mut reopened, power) =
+        assert_reopens_as(&power, &core, head, "after an ambiguous checkpoint");
+    assert_eq!(reopened.hwm(), T0.plus(7));
+    // The next incarnation writes on and restarts again.
+    let mut core2 = core.clone();
+    core2.reset_sessions();
+    run_batch(
+        &mut reopened,
+        &mut core2,
+        T0.plus(8),
+        vec![checkout("A", &["c6"])],
+        true,
+    );
+    let head = reopened.head();
+    drop(reopened);
+    assert_reopens_as(&power, &core2, head, "one restart later");
+}
+
+#[test]
+fn a_failed_journal_sync_then_reload_refuses_that_batch_and_keeps_the_rest() {
+    let power = Power::default();
+    let (mut store, _) = power.open();
+    let mut core = populated(&mut store);
+    // Not synced yet: only the page cache and `pending` hold it.
+    run_batch(
+        &mut store,
+        &mut core,
+        T0.plus(6),
+        vec![checkout("A", &["c6"])],
+        false,
+    );
+    let head_before = store.head();
+    let before = core.clone();
+
+    power.journal.fail_syncs(true);
+    let mut refused = core.clone();
+    refused.apply(T0.plus(7), checkout("B", &["c5"]));
+    let audit = refused
+        .drain_events()
+        .iter()
+        .map(audit::entry_for)
+        .collect();
+    let record = BatchRecord {
+        now: T0.plus(7),
+        commands: vec![checkout("B", &["c5"])],
+    };
+    assert!(store.commit(&record, audit, true).is_err());
+    assert_eq!(
+        store.head(),
+        head_before,
+        "the refused batch chains nothing"
+    );
+    power.journal.fail_syncs(false);
+
+    let reloaded = store.reload().unwrap();
+    assert_eq!(
+        bytes(&reloaded),
+        acknowledged(&before),
+        "the refused batch is gone"
+    );
+    assert_eq!(store.head(), head_before);
+    core = reloaded;
+    run_batch(
+        &mut store,
+        &mut core,
+        T0.plus(8),
+        vec![checkout("B", &["c7"])],
+        true,
+    );
+    let (reopened, _) = assert_reopens_as(&power, &core, store.head(), "after reload and a commit");
+    assert_eq!(
+        reopened.audit_records(None).unwrap(),
+        store.audit_records(None).unwrap()
+    );
+}
+
+#[test]
+fn a_batch_whose_sync_reported_failure_does_not_come_back_after_a_power_cut() {
+    // The sync wrote the frame but said it failed: the batch was answered as failed, so a
+    // restart before any reload must not find it.
+    let power = Power::default();
+    let (mut store, _) = power.open();
+    let core = populated(&mut store);
+    let head = store.head();
+    power.journal.fail_syncs_after_writing(true);
+    let record = BatchRecord {
+        now: T0.plus(7),
+        commands: vec![checkout("B", &["c5"])],
+    };
+    assert!(store
+        .commit(&record, vec![AuditEntry::default()], true)
+        .is_err());
+    power.journal.fail_syncs_after_writing(false);
+    assert_reopens_as(&power, &core, head, "after a failed sync");
+}
+
+#[test]
+fn power_cuts_between_durable_and_non_durable_frames_keep_what_was_synced() {
+    // Non-durable frames ride along with the next sync (or checkpoint); those after the
+    // last one may be lost, those before never.
+    let power = Power::default();
+    let (mut store, _) = power.open();
+    let mut core = populated(&mut store);
+    let mut synced = core.clone();
+    let mut synced_head = store.head();
+    for i in 0..24u64 {
+        let cam = format!("n{i}");
+        let cmd = if i % 3 == 2 {
+            release("A", &["c2", "c3"])
+        } else {
+            checkout("A", &[&cam])
+        };
+        let durable = i % 4 == 1 || i % 7 == 0;
+        run_batch(&mut store, &mut core, T0.plus(10 + i), vec![cmd], durable);
+        if i % 5 == 4 {
+            store.checkpoint().unwrap();
+        }
+        if durable || i % 5 == 4 {
+            synced = core.clone();
+            synced_head = store.head();
+        }
+        assert_reopens_as(&power, &synced, synced_head, &format!("after step {i}"));
+    }
+}
+
+#[test]
+fn a_restore_is_not_undone_by_journal_frames_from_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _) = Store::open(dir.path()).unwrap();
+    let core = populated(&mut store);
+    let backup = Backup::take(&store, &core, T0.plus(5)).unwrap();
+    let backup_head = store.head();
+    let mut later = core.clone();
+    // Batches after the backup, left in the journal (no checkpoint: a crash).
+    run_batch(
+        &mut store,
+        &mut later,
+        T0.plus(6),
+        vec![checkout("B", &["c5"])],
+        true,
+    );
+    run_batch(
+        &mut store,
+        &mut later,
+        T0.plus(7),
+        vec![release("A", &["c2"])],
+        true,
+    );
+    drop(store);
+
+    let backup = Backup::from_bytes(&backup.to_bytes().unwrap()).unwrap();
+    backup.restore_into(dir.path()).unwrap();
+    for round in 0..2 {
+        let (store, loaded) = Store::open(dir.path()).unwrap();
+        assert_eq!(bytes(&loaded.core), acknowledged(&core), "round {round}");
+        assert_eq!(store.head(), backup_head, "round {round}");
+        assert_eq!(store.audit_records(None).unwrap(), backup.audit);
+        assert_eq!(loaded.hwm, T0.plus(7), "the newer mark stays");
+    }
+    // Writing on after the restore, then restarting, replays only the new batch.
+    let (mut store, loaded) = Store::open(dir.path()).unwrap();
+    let mut core = loaded.core;
+    run_batch(
+        &mut store,
+        &mut core,
+        T0.plus(8),
+        vec![checkout("A", &["c9"])],
+        true,
+    );
+    let head = store.head();
+    drop(store);
+    let (store, loaded) = Store::open(dir.path()).unwrap();
+    assert_eq!(bytes(&loaded.core), acknowledged(&core));
+    assert_eq!(loaded.replayed, 1);
+    assert_eq!(store.head(), head);
+    audit::verify(&store.audit_records(None).unwrap(), Some(head)).unwrap();
+}
+
+#[test]
+fn a_schema_1_directory_opens_with_its_state_and_becomes_schema_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let (expected, head) = {
+        let (mut store, _) = Store::open(dir.path()).unwrap();
+        let core = populated(&mut store);
+        store.checkpoint().unwrap();
+        // What schema 1 left: everything in redb, no journal and no journal_next.
+        let tx = store.db().unwrap().begin_write().unwrap();
+        {
+            let mut meta = tx.open_table(META).unwrap();
+            meta.insert("schema", 1u32.to_le_bytes().as_slice())
+                .unwrap();
+            meta.remove("journal_next").unwrap();
+        }
+        tx.commit().unwrap();
+        (acknowledged(&core), store.head())
+    };
+    std::fs::remove_file(dir.path().join("journal")).unwrap();
+    let (mut store, loaded) = Store::open(dir.path()).unwrap();
+    assert_eq!(bytes(&loaded.core), expected);
+    assert_eq!(store.head(), head);
+    let rx = store.db().unwrap().begin_read().unwrap();
+    let schema = rx
+        .open_table(META)
+        .unwrap()
+        .get("schema")
+        .unwrap()
+        .unwrap()
+        .value()
+        .to_vec();
+    drop(rx);
+    assert_eq!(read_u32(&schema), SCHEMA);
+    // And it writes on through the journal from frame 0.
+    let mut core = loaded.core;
+    run_batch(
+        &mut store,
+        &mut core,
+        T0.plus(6),
+        vec![checkout("B", &["c5"])],
+        true,
+    );
+    drop(store);
+    let (_, loaded) = Store::open(dir.path()).unwrap();
+    assert_eq!(bytes(&loaded.core), acknowledged(&core));
+}
+
+#[test]
+fn a_lowered_high_water_mark_survives_a_restart_with_or_without_a_checkpoint() {
+    for checkpoint in [false, true] {
+        let power = Power::default();
+        let (mut store, _) = power.open();
+        let mut core = populated(&mut store);
+        run_batch(&mut store, &mut core, T0.plus(1_000_000), vec![], false);
+        store
+            .commit(
+                &BatchRecord {
+                    now: T0.plus(1_000_000),
+                    commands: vec![],
+                },
+                vec![AuditEntry::default()],
+                true,
+            )
+            .unwrap();
+        store.checkpoint().unwrap();
+        assert_eq!(power.cut().open().1.hwm, T0.plus(1_000_000));
+        // A reset token set time back to the wall clock.
+        store.lower_hwm(T0.plus(10));
+        run_batch(
+            &mut store,
+            &mut core,
+            T0.plus(10),
+            vec![Command::TimeRebased],
+            true,
+        );
+        if checkpoint {
+            store.checkpoint().unwrap();
+        }
+        let (reopened, loaded) = power.cut().open();
+        assert_eq!(loaded.hwm, T0.plus(10), "checkpoint: {checkpoint}");
+        assert_eq!(reopened.hwm(), T0.plus(10));
+    }
+}
+
+#[test]
+fn audit_records_and_backups_include_batches_still_in_the_journal() {
+    let power = Power::default();
+    let (mut store, _) = power.open();
+    let core = populated(&mut store);
+    let in_db = store.audit_records(None).unwrap();
+    store.checkpoint().unwrap();
+    let mut core2 = core.clone();
+    run_batch(
+        &mut store,
+        &mut core2,
+        T0.plus(50),
+        vec![checkout("B", &["c5"])],
+        true,
+    );
+    run_batch(
+        &mut store,
+        &mut core2,
+        T0.plus(60),
+        vec![release("B", &["c5"])],
+        true,
+    );
+    let all = store.audit_records(None).unwrap();
+    assert!(all.len() > in_db.len());
+    assert_eq!(
+        audit::verify(&all, Some(store.head())).unwrap(),
+        store.head()
+    );
+    let since = store.audit_records(Some(T0.plus(60))).unwrap();
+    assert!(!since.is_empty() && since.iter().all(|r| r.at >= T0.plus(60)));
+    assert_eq!(since.last(), all.last());
+    let backup = Backup::take(&store, &core2, T0.plus(70)).unwrap();
+    assert_eq!(backup.audit, all);
+    Backup::from_bytes(&backup.to_bytes().unwrap()).unwrap();
+    // The same list once they are moved into redb.
+    store.checkpoint().unwrap();
+    assert_eq!(store.audit_records(None).unwrap(), all);
+}
+
+#[test]
+fn a_usage_sample_is_durable_once_a_checkpoint_follows_it() {
+    let power = Power::default();
+    let (mut store, _) = power.open();
+    let mut core = populated(&mut store);
+    let sample = UsageSample {
+        at: T0.plus(10),
+        rows: vec![UsageRow {
+            key_id: "K".into(),
+            feature: "camera".into(),
+            in_use: 3,
+            total: 16,
+        }],
+    };
+    store.record_usage(&sample).unwrap();
+    run_batch(
+        &mut store,
+        &mut core,
+        T0.plus(11),
+        vec![checkout("B", &["c5"])],
+        true,
+    );
+    store.checkpoint().unwrap();
+    let (reopened, loaded) = power.cut().open();
+    assert_eq!(reopened.usage_since(T0).unwrap(), vec![sample]);
+    assert_eq!(bytes(&loaded.core), acknowledged(&core));
 }
