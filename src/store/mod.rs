@@ -182,7 +182,7 @@ impl Store {
         let (journal, frames) = journal::Journal::open(journal, first)?;
         // Before anything is written to the journal again (from its start).
         move_into_db(&db, &frames, journal.next_number())?;
-        let (core, last_seq, replayed, head, hwm) = load(&db)?;
+        let (core, last_seq, replayed, head, hwm) = load(&db, &[])?;
         let store = Store {
             db: Some(db),
             file: None,
@@ -208,19 +208,25 @@ impl Store {
 
     /// Rebuilds the core from what is durable: after a failed commit the daemon drops
     /// what it applied in memory and carries on from here.
+    /// Nothing is written: on a full disk this must still work.
     pub fn reload(&mut self) -> Result<Core, StoreError> {
+        self.reopen_db()?;
+        // redb, then what is still only in the journal.
+        let (core, last_seq, _, head, hwm) = load(self.db()?, &self.pending)?;
+        self.next_seq = last_seq + 1;
+        self.head = head;
+        self.hwm = hwm;
+        Ok(core)
+    }
+
+    /// redb refuses all work after an I/O error: a file-backed store opens it again.
+    fn reopen_db(&mut self) -> Result<(), StoreError> {
         if let Some(file) = &self.file {
             // Close first: redb will not open a file it still holds.
             self.db = None;
             self.db = Some(open_file(file)?);
         }
-        // What the journal holds is durable: it goes into redb before the state is read.
-        self.checkpoint()?;
-        let (core, last_seq, _, head, hwm) = load(self.db()?)?;
-        self.next_seq = last_seq + 1;
-        self.head = head;
-        self.hwm = hwm;
-        Ok(core)
+        Ok(())
     }
 
     fn db(&self) -> Result<&Database, StoreError> {
@@ -319,6 +325,8 @@ impl Store {
             }
             Err(e) => {
                 self.retry_checkpoint_at = self.journal.pending_bytes() + CHECKPOINT_BYTES;
+                // So the next try finds a database that accepts work (if the disk does).
+                let _ = self.reopen_db();
                 Err(e)
             }
         }
@@ -461,10 +469,13 @@ fn move_into_db(db: &Database, frames: &[journal::Frame], next: u64) -> Result<(
 
 /// Reads snapshot and log into a core; returns it with the last log sequence, how many
 /// records were replayed, the audit head and the high-water mark.
-fn load(db: &Database) -> Result<(Core, u64, u64, AuditHead, Timestamp), StoreError> {
+fn load(
+    db: &Database,
+    pending: &[journal::Frame],
+) -> Result<(Core, u64, u64, AuditHead, Timestamp), StoreError> {
     let rx = db.begin_read().map_err(fail)?;
     let meta = rx.open_table(META).map_err(fail)?;
-    let hwm = meta
+    let mut hwm = meta
         .get("hwm")
         .map_err(fail)?
         .map(|v| Timestamp(read_u64(v.value())))
@@ -491,10 +502,22 @@ fn load(db: &Database) -> Result<(Core, u64, u64, AuditHead, Timestamp), StoreEr
         last_seq = k.value();
         replayed += 1;
     }
+    // Batches still only in the journal. A checkpoint that reported failure may have
+    // reached redb all the same: what redb holds is not applied twice.
+    let in_db = last_seq;
+    for f in pending.iter().filter(|f| f.seq.is_some_and(|s| s > in_db)) {
+        let record: BatchRecord = postcard::from_bytes(&f.record)
+            .map_err(|e| StoreError::Corrupt(format!("journal frame {}: {e}", f.number)))?;
+        for command in record.commands {
+            core.apply(record.now, command);
+        }
+        last_seq = f.seq.unwrap_or(last_seq);
+        replayed += 1;
+    }
     core.reset_sessions();
     core.drain_events();
     let audit = rx.open_table(AUDIT).map_err(fail)?;
-    let head = match audit.last().map_err(fail)? {
+    let mut head = match audit.last().map_err(fail)? {
         Some((_, v)) => {
             let r: AuditRecord = postcard::from_bytes(v.value())
                 .map_err(|e| StoreError::Corrupt(format!("audit record: {e}")))?;
@@ -505,6 +528,17 @@ fn load(db: &Database) -> Result<(Core, u64, u64, AuditHead, Timestamp), StoreEr
         }
         None => AuditHead::EMPTY,
     };
+    for r in pending.iter().flat_map(|f| &f.audit) {
+        if r.index > head.count {
+            head = AuditHead {
+                count: r.index,
+                hash: r.hash,
+            };
+        }
+    }
+    if let Some(last) = pending.last() {
+        hwm = last.hwm;
+    }
     Ok((core, last_seq, replayed, head, hwm))
 }
 

@@ -950,3 +950,50 @@ fn a_usage_sample_is_durable_once_a_checkpoint_follows_it() {
     assert_eq!(reopened.usage_since(T0).unwrap(), vec![sample]);
     assert_eq!(bytes(&loaded.core), acknowledged(&core));
 }
+
+#[test]
+fn a_reload_writes_nothing_so_it_works_while_the_disk_refuses_writes() {
+    // On a full disk the journal cannot take the next batch and redb cannot take a
+    // checkpoint, yet the daemon must rebuild the acknowledged state to go on renewing
+    // leases in memory (tests/durability.rs runs that on a real full file system). So a
+    // reload reads redb and applies the journal's batches on top, writing nothing.
+    let power = Power::default();
+    let (mut store, _) = power.open();
+    let mut core = populated(&mut store);
+    run_batch(
+        &mut store,
+        &mut core,
+        T0.plus(6),
+        vec![checkout("A", &["c6"])],
+        true,
+    );
+    store.checkpoint().unwrap();
+    run_batch(
+        &mut store,
+        &mut core,
+        T0.plus(7),
+        vec![release("A", &["c6"]), checkout("B", &["c5"])],
+        true,
+    );
+    let head = store.head();
+    power.journal.fail_syncs(true);
+    let record = BatchRecord {
+        now: T0.plus(8),
+        commands: vec![checkout("B", &["c7"])],
+    };
+    assert!(store.commit(&record, Vec::new(), true).is_err());
+    let db_syncs = power.db.syncs();
+    let reloaded = store.reload().unwrap();
+    assert_eq!(power.db.syncs(), db_syncs, "the reload wrote nothing");
+    assert_eq!(
+        bytes(&reloaded),
+        acknowledged(&core),
+        "redb plus the journal's batches, without the refused one"
+    );
+    assert_eq!(store.head(), head);
+    assert_eq!(store.hwm(), T0.plus(7));
+    // The disk comes back: the batches move into redb and nothing is lost.
+    power.journal.fail_syncs(false);
+    store.checkpoint().unwrap();
+    assert_reopens_as(&power, &core, head, "after the disk came back");
+}

@@ -6,7 +6,7 @@
 use super::{fail, Store, StoreError};
 use crate::core::time::DAY;
 use crate::core::Timestamp;
-use redb::{Durability, ReadableDatabase, TableDefinition};
+use redb::{ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 pub(super) const USAGE: TableDefinition<u64, &[u8]> = TableDefinition::new("usage");
@@ -32,8 +32,9 @@ impl Store {
     /// Records one sample and drops those past the retention.
     pub fn record_usage(&mut self, sample: &UsageSample) -> Result<(), StoreError> {
         let bytes = postcard::to_allocvec(&sample.rows).map_err(fail)?;
-        let mut tx = self.db()?.begin_write().map_err(fail)?;
-        tx.set_durability(Durability::None).map_err(fail)?;
+        // Durable on its own (one sync every few minutes): redb is otherwise written
+        // durably only at checkpoints, which a quiet site reaches rarely.
+        let tx = self.db()?.begin_write().map_err(fail)?;
         {
             let mut table = tx.open_table(USAGE).map_err(fail)?;
             table
