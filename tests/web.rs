@@ -491,6 +491,10 @@ fn metrics_parse_as_prometheus_text_and_match_status() {
     );
     // 16 seats, 2 of them in pool Side: 11 more fit in Default, the 12th is refused.
     assert!(!over.status.success(), "the 15th camera must be refused");
+    // The client has exited; its connection's end reaches the core task on its own time.
+    eventually("the video server to be seen as silent", || {
+        d.json(&["status"])["servers_live"] == 0
+    });
     let b = Browser::new(&d);
     let r = b.get("/metrics");
     assert_eq!(r.status, 200, "{r:?}");

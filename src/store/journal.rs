@@ -8,8 +8,10 @@
 //! The file is filled with zeros ahead of use and then overwritten from the start after
 //! each checkpoint, so a sync never has to record a new file length or newly allocated
 //! blocks: only the data goes to the disk. A frame is `[magic][length][check][payload]`,
-//! the check being the first 8 bytes of the payload's SHA-256; the payload carries the
-//! frame's number. Reading stops at the first frame that is torn, fails its check, or does
+//! the check being the first 16 bytes of the payload's HMAC-SHA256 under a key of this
+//! state directory (kept in redb): a payload holds bytes clients chose (camera ids), and
+//! with a plain hash they could plant what reads as a frame inside one. The payload
+//! carries the frame's number. Reading stops at the first frame that is torn, fails its check, or does
 //! not carry the next number: frames left from before the last checkpoint carry lower
 //! numbers, so they are never mistaken for new ones. The run at the start of the file may
 //! begin below the first number wanted: a checkpoint can reach the disk though its sync
@@ -23,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use std::io;
 
 const MAGIC: [u8; 4] = *b"NKJ1";
-const HEADER: usize = 16;
+const HEADER: usize = 24;
 /// Zeros written ahead of the tail at a time. The file settles at about the checkpoint
 /// size plus one step, and is reused from then on.
 pub const GROW_BYTES: u64 = 1 << 20;
@@ -69,6 +71,7 @@ pub struct Frame {
 #[derive(Debug)]
 pub struct Journal {
     file: Box<dyn JournalFile>,
+    key: ring::hmac::Key,
     /// Where the next frame goes.
     tail: u64,
     /// Bytes of zeros (or old frames) the file holds: writes stay below this.
@@ -84,12 +87,15 @@ impl Journal {
     pub fn open(
         file: Box<dyn JournalFile>,
         first: u64,
+        key: &[u8; 32],
     ) -> Result<(Journal, Vec<Frame>), StoreError> {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
         let len = file.size().map_err(io_fail)?;
-        let frames = read_frames(file.as_ref(), len, first);
+        let frames = read_frames(file.as_ref(), &key, len, first);
         let next = first + frames.len() as u64;
         let mut journal = Journal {
             file,
+            key,
             tail: 0,
             len,
             next,
@@ -118,7 +124,7 @@ impl Journal {
         let mut bytes = Vec::with_capacity(HEADER + payload.len());
         bytes.extend_from_slice(&MAGIC);
         bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        bytes.extend_from_slice(&check(&payload));
+        bytes.extend_from_slice(&check(&self.key, &payload));
         bytes.extend_from_slice(&payload);
         let end = self.tail + bytes.len() as u64;
         if end > self.len {
@@ -172,7 +178,7 @@ impl Journal {
 /// Frames from the start of the file while each is whole, checks out, and carries the
 /// number after the one before it; of those, the ones numbered from `first` on. The first
 /// frame may carry a lower number (see the module comment), never a higher one.
-fn read_frames(file: &dyn JournalFile, len: u64, first: u64) -> Vec<Frame> {
+fn read_frames(file: &dyn JournalFile, key: &ring::hmac::Key, len: u64, first: u64) -> Vec<Frame> {
     let mut frames = Vec::new();
     let mut at = 0u64;
     let mut expect: Option<u64> = None;
@@ -187,7 +193,7 @@ fn read_frames(file: &dyn JournalFile, len: u64, first: u64) -> Vec<Frame> {
         }
         let mut payload = vec![0u8; size];
         if file.read_at(at + HEADER as u64, &mut payload).is_err()
-            || check(&payload) != header[8..16]
+            || check(key, &payload) != header[8..HEADER]
         {
             break;
         }
@@ -205,10 +211,10 @@ fn read_frames(file: &dyn JournalFile, len: u64, first: u64) -> Vec<Frame> {
     frames
 }
 
-fn check(payload: &[u8]) -> [u8; 8] {
-    let d = ring::digest::digest(&ring::digest::SHA256, payload);
-    let mut out = [0u8; 8];
-    out.copy_from_slice(&d.as_ref()[..8]);
+fn check(key: &ring::hmac::Key, payload: &[u8]) -> [u8; 16] {
+    let tag = ring::hmac::sign(key, payload);
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&tag.as_ref()[..16]);
     out
 }
 
@@ -249,6 +255,8 @@ mod tests {
         }
     }
 
+    const KEY: [u8; 32] = [7; 32];
+
     fn frame(seq: u64) -> Frame {
         Frame {
             number: 0,
@@ -262,7 +270,7 @@ mod tests {
     #[test]
     fn frames_are_read_back_in_order_from_the_first_not_checkpointed() {
         let disk = Mem::default();
-        let (mut j, found) = Journal::open(Box::new(disk.clone()), 0).unwrap();
+        let (mut j, found) = Journal::open(Box::new(disk.clone()), 0, &KEY).unwrap();
         assert!(found.is_empty());
         assert_eq!(disk.size().unwrap(), GROW_BYTES, "zeros are written ahead");
         let written: Vec<Frame> = (1..=3).map(|s| j.append(frame(s), true).unwrap()).collect();
@@ -270,16 +278,16 @@ mod tests {
             written.iter().map(|f| f.number).collect::<Vec<_>>(),
             vec![0, 1, 2]
         );
-        let (_, found) = Journal::open(Box::new(disk.clone()), 0).unwrap();
+        let (_, found) = Journal::open(Box::new(disk.clone()), 0, &KEY).unwrap();
         assert_eq!(found, written);
-        let (j2, found) = Journal::open(Box::new(disk.clone()), 1).unwrap();
+        let (j2, found) = Journal::open(Box::new(disk.clone()), 1, &KEY).unwrap();
         assert_eq!(
             found,
             written[1..],
             "a checkpoint that reached the disk without the journal starting over"
         );
         assert_eq!(j2.next_number(), 3);
-        let (j3, found) = Journal::open(Box::new(disk.clone()), 4).unwrap();
+        let (j3, found) = Journal::open(Box::new(disk.clone()), 4, &KEY).unwrap();
         assert!(found.is_empty(), "a run that ends below the first wanted");
         assert_eq!(j3.next_number(), 4);
         drop(j);
@@ -288,7 +296,7 @@ mod tests {
     #[test]
     fn frames_from_before_a_checkpoint_are_not_taken_for_new_ones() {
         let disk = Mem::default();
-        let (mut j, _) = Journal::open(Box::new(disk.clone()), 0).unwrap();
+        let (mut j, _) = Journal::open(Box::new(disk.clone()), 0, &KEY).unwrap();
         for s in 1..=5 {
             j.append(frame(s), true).unwrap();
         }
@@ -296,16 +304,16 @@ mod tests {
         // One new frame over the old ones: the old frames after it carry lower numbers.
         let new = j.append(frame(6), true).unwrap();
         assert_eq!(new.number, 5);
-        let (_, found) = Journal::open(Box::new(disk.clone()), 5).unwrap();
+        let (_, found) = Journal::open(Box::new(disk.clone()), 5, &KEY).unwrap();
         assert_eq!(found, vec![new]);
-        let (_, found) = Journal::open(Box::new(disk.clone()), 6).unwrap();
+        let (_, found) = Journal::open(Box::new(disk.clone()), 6, &KEY).unwrap();
         assert!(found.is_empty(), "an old frame is never frame 6");
     }
 
     #[test]
     fn a_torn_or_altered_frame_ends_the_reading() {
         let disk = Mem::default();
-        let (mut j, _) = Journal::open(Box::new(disk.clone()), 0).unwrap();
+        let (mut j, _) = Journal::open(Box::new(disk.clone()), 0, &KEY).unwrap();
         let a = j.append(frame(1), true).unwrap();
         j.append(frame(2), true).unwrap();
         j.append(frame(3), true).unwrap();
@@ -315,18 +323,51 @@ mod tests {
         disk.read_at(second + HEADER as u64 + 3, &mut byte).unwrap();
         disk.write_at(second + HEADER as u64 + 3, &[byte[0] ^ 0xff])
             .unwrap();
-        let (_, found) = Journal::open(Box::new(disk.clone()), 0).unwrap();
+        let (_, found) = Journal::open(Box::new(disk.clone()), 0, &KEY).unwrap();
         assert_eq!(found, vec![a.clone()]);
         // A length past the end of the file.
         disk.write_at(second + 4, &u32::MAX.to_le_bytes()).unwrap();
-        let (_, found) = Journal::open(Box::new(disk.clone()), 0).unwrap();
+        let (_, found) = Journal::open(Box::new(disk.clone()), 0, &KEY).unwrap();
         assert_eq!(found, vec![a]);
+    }
+
+    #[test]
+    fn a_frame_made_without_the_directory_key_is_not_taken() {
+        // Frames are written over older ones after each checkpoint; where the new ones
+        // end, bytes a client chose (a camera id inside an old frame) may follow. A frame
+        // planted there, well formed but without the key, is not read.
+        let disk = Mem::default();
+        let (mut j, _) = Journal::open(Box::new(disk.clone()), 0, &KEY).unwrap();
+        let a = j.append(frame(1), true).unwrap();
+        let end = (HEADER + postcard::to_allocvec(&a).unwrap().len()) as u64;
+        let forged = Frame {
+            number: 1,
+            ..frame(99)
+        };
+        let payload = postcard::to_allocvec(&forged).unwrap();
+        let other = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[8; 32]);
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&check(&other, &payload));
+        bytes.extend_from_slice(&payload);
+        disk.write_at(end, &bytes).unwrap();
+        let (_, found) = Journal::open(Box::new(disk.clone()), 0, &KEY).unwrap();
+        assert_eq!(found, vec![a.clone()]);
+        // The same frame with the key is read: the test plants a well-formed frame.
+        let mut bytes = MAGIC.to_vec();
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &KEY);
+        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&check(&key, &payload));
+        bytes.extend_from_slice(&payload);
+        disk.write_at(end, &bytes).unwrap();
+        let (_, found) = Journal::open(Box::new(disk.clone()), 0, &KEY).unwrap();
+        assert_eq!(found, vec![a, forged]);
     }
 
     #[test]
     fn the_file_grows_in_zeros_when_a_checkpoint_is_late() {
         let disk = Mem::default();
-        let (mut j, _) = Journal::open(Box::new(disk.clone()), 0).unwrap();
+        let (mut j, _) = Journal::open(Box::new(disk.clone()), 0, &KEY).unwrap();
         let big = Frame {
             record: vec![1; (GROW_BYTES as usize) / 3],
             ..frame(1)
@@ -336,7 +377,7 @@ mod tests {
         }
         assert!(disk.size().unwrap() >= 4 * GROW_BYTES / 3);
         assert_eq!(disk.size().unwrap() % (1 << 20), 0);
-        let (_, found) = Journal::open(Box::new(disk.clone()), 0).unwrap();
+        let (_, found) = Journal::open(Box::new(disk.clone()), 0, &KEY).unwrap();
         assert_eq!(found.len(), 4);
     }
 
@@ -364,7 +405,7 @@ mod tests {
     #[test]
     fn a_frame_whose_sync_failed_is_not_read_back() {
         let disk = Mem::default();
-        let (mut j, _) = Journal::open(Box::new(disk.clone()), 0).unwrap();
+        let (mut j, _) = Journal::open(Box::new(disk.clone()), 0, &KEY).unwrap();
         let kept = j.append(frame(1), true).unwrap();
         let mut j = Journal {
             file: Box::new(FailingSync(disk.clone())),
@@ -376,7 +417,7 @@ mod tests {
             1,
             "the failed frame's number is used again"
         );
-        let (_, found) = Journal::open(Box::new(disk.clone()), 0).unwrap();
+        let (_, found) = Journal::open(Box::new(disk.clone()), 0, &KEY).unwrap();
         assert_eq!(found, vec![kept]);
     }
 }

@@ -171,6 +171,13 @@ impl Store {
                 }
                 Some(_) => {}
             }
+            // The key of the journal's frame checks: made once per state directory.
+            if meta.get("journal_key").map_err(fail)?.is_none() {
+                let mut key = [0u8; 32];
+                ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
+                    .map_err(|_| fail("the system random number generator failed"))?;
+                meta.insert("journal_key", key.as_slice()).map_err(fail)?;
+            }
             tx.open_table(SNAPSHOT).map_err(fail)?;
             tx.open_table(LOG).map_err(fail)?;
             tx.open_table(AUDIT).map_err(fail)?;
@@ -178,8 +185,8 @@ impl Store {
         }
         tx.commit().map_err(fail)?;
 
-        let first = journal_next(&db)?;
-        let (journal, frames) = journal::Journal::open(journal, first)?;
+        let (first, key) = journal_meta(&db)?;
+        let (journal, frames) = journal::Journal::open(journal, first, &key)?;
         // Before anything is written to the journal again (from its start).
         move_into_db(&db, &frames, journal.next_number())?;
         let (core, last_seq, replayed, head, hwm) = load(&db, &[])?;
@@ -427,15 +434,21 @@ impl Store {
     }
 }
 
-/// The number of the first journal frame not yet in redb.
-fn journal_next(db: &Database) -> Result<u64, StoreError> {
+/// The number of the first journal frame not yet in redb, and the journal's key.
+fn journal_meta(db: &Database) -> Result<(u64, [u8; 32]), StoreError> {
     let rx = db.begin_read().map_err(fail)?;
     let meta = rx.open_table(META).map_err(fail)?;
-    Ok(meta
+    let next = meta
         .get("journal_next")
         .map_err(fail)?
         .map(|v| read_u64(v.value()))
-        .unwrap_or(0))
+        .unwrap_or(0);
+    let key = meta
+        .get("journal_key")
+        .map_err(fail)?
+        .and_then(|v| <[u8; 32]>::try_from(v.value()).ok())
+        .ok_or_else(|| StoreError::Corrupt("the journal's key is missing".into()))?;
+    Ok((next, key))
 }
 
 /// Writes journal frames into the log, the audit table and the high-water mark (the last
