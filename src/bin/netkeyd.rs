@@ -52,16 +52,10 @@ fn main() -> ExitCode {
         Ok(_) => {}
         Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
     }
-    // The task that owns the core runs on a thread of its own and keeps one CPU busy
-    // under load: the connections get the others (at least one). Measured on 2 CPUs with
-    // `netkey-bench --heartbeats 300000 --checkouts 100000`: one worker instead of two
-    // cut the daemon's CPU per request by 10-20 % and the heartbeat p99 from 1.08 to
-    // 0.90 ms. TOKIO_WORKER_THREADS still overrides it.
+    // One worker per CPU (tokio's default; TOKIO_WORKER_THREADS overrides it). One fewer,
+    // leaving a CPU to the core task's own thread, was tried: on 2 CPUs it helped 50
+    // connections a little but cost a quarter of the heartbeat rate over 10,000.
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        builder.worker_threads(cpus.saturating_sub(1).max(1));
-    }
     // Named, so an operator's `top -H` or a profile tells the daemon's threads apart.
     let runtime = match builder.enable_all().thread_name("netkeyd").build() {
         Ok(r) => r,
