@@ -151,6 +151,11 @@ fn run_batch(
         .unwrap();
 }
 
+/// `run_batch` of a durable batch at `T0` plus `ms`.
+fn durable(store: &mut Store, core: &mut Core, ms: u64, commands: Vec<Command>) {
+    run_batch(store, core, T0.plus(ms), commands, true);
+}
+
 fn enrol(server: &str, code: &str) -> Vec<Command> {
     vec![
         Command::CreateCode {
@@ -249,13 +254,7 @@ fn snapshot_plus_log_equals_log_alone() {
     let (mut store, _) = Store::open(dir.path()).unwrap();
     let mut core = populated(&mut store);
     store.snapshot(&core).unwrap();
-    run_batch(
-        &mut store,
-        &mut core,
-        T0.plus(9),
-        vec![checkout("A", &["c9"])],
-        true,
-    );
+    durable(&mut store, &mut core, 9, vec![checkout("A", &["c9"])]);
     core.reset_sessions();
     let expected = bytes(&core);
     drop(store);
@@ -318,13 +317,7 @@ fn power_cut_at_every_point_of_a_run_keeps_acknowledged_state() {
         }],
         true,
     );
-    run_batch(
-        &mut store,
-        &mut core,
-        T0.plus(1),
-        enrol("A", "11111111"),
-        true,
-    );
+    durable(&mut store, &mut core, 1, enrol("A", "11111111"));
     for i in 0..20u64 {
         let cam = format!("c{}", i % 7);
         let cmd = if i % 3 == 2 {
@@ -458,22 +451,10 @@ fn entries_that_expire_are_replayed_the_same() {
         }],
         true,
     );
-    run_batch(
-        &mut store,
-        &mut core,
-        T0.plus(1),
-        enrol("A", "11111111"),
-        true,
-    );
+    durable(&mut store, &mut core, 1, enrol("A", "11111111"));
     let cams: Vec<String> = (0..18).map(|i| format!("c{i}")).collect();
     let refs: Vec<&str> = cams.iter().map(String::as_str).collect();
-    run_batch(
-        &mut store,
-        &mut core,
-        T0.plus(2),
-        vec![checkout("A", &refs)],
-        true,
-    );
+    durable(&mut store, &mut core, 2, vec![checkout("A", &refs)]);
     run_batch(
         &mut store,
         &mut core,
@@ -481,13 +462,7 @@ fn entries_that_expire_are_replayed_the_same() {
         vec![Command::Advance],
         false,
     );
-    run_batch(
-        &mut store,
-        &mut core,
-        T0.plus(61),
-        vec![checkout("A", &["x"])],
-        true,
-    );
+    durable(&mut store, &mut core, 61, vec![checkout("A", &["x"])]);
     core.reset_sessions();
     let expected = bytes(&core);
     drop(store);
@@ -502,30 +477,17 @@ fn replay_across_restarts_sees_each_restart() {
     let dir = tempfile::tempdir().unwrap();
     let (mut store, _) = Store::open(dir.path()).unwrap();
     let mut core = populated(&mut store);
-    run_batch(
+    durable(
         &mut store,
         &mut core,
-        T0.plus(6),
+        6,
         vec![Command::SessionOpened { server: "A".into() }],
-        true,
     );
     drop(store);
     let (mut store, loaded) = Store::open(dir.path()).unwrap();
     let mut core = loaded.core;
-    run_batch(
-        &mut store,
-        &mut core,
-        T0.plus(7),
-        vec![Command::Restarted],
-        true,
-    );
-    run_batch(
-        &mut store,
-        &mut core,
-        T0.plus(8),
-        vec![checkout("B", &["c2"])],
-        true,
-    );
+    durable(&mut store, &mut core, 7, vec![Command::Restarted]);
+    durable(&mut store, &mut core, 8, vec![checkout("B", &["c2"])]);
     assert!(
         core.holds("B", "c2", 2),
         "A is silent after the restart: B takes c2 with a spare seat"
@@ -575,20 +537,8 @@ fn a_failed_checkpoint_keeps_every_later_commit_across_a_power_cut() {
     power.db.fail_syncs(true);
     assert!(store.checkpoint().is_err());
     // The journal still works: these are acknowledged.
-    run_batch(
-        &mut store,
-        &mut core,
-        T0.plus(6),
-        vec![checkout("B", &["c5"])],
-        true,
-    );
-    run_batch(
-        &mut store,
-        &mut core,
-        T0.plus(7),
-        vec![release("A", &["c2"])],
-        true,
-    );
+    durable(&mut store, &mut core, 6, vec![checkout("B", &["c5"])]);
+    durable(&mut store, &mut core, 7, vec![release("A", &["c2"])]);
     assert!(store.checkpoint().is_err(), "the database is still gone");
     let (reopened, _) = assert_reopens_as(&power, &core, store.head(), "after failed checkpoints");
     assert_eq!(reopened.hwm(), T0.plus(7));
@@ -604,20 +554,8 @@ fn a_checkpoint_reported_failed_after_reaching_the_disk_loses_no_later_commit() 
     power.db.fail_syncs_after_writing(true);
     assert!(store.checkpoint().is_err());
     power.db.fail_syncs_after_writing(false);
-    run_batch(
-        &mut store,
-        &mut core,
-        T0.plus(6),
-        vec![checkout("B", &["c5"])],
-        true,
-    );
-    run_batch(
-        &mut store,
-        &mut core,
-        T0.plus(7),
-        vec![release("A", &["c2"])],
-        true,
-    );
+    durable(&mut store, &mut core, 6, vec![checkout("B", &["c5"])]);
+    durable(&mut store, &mut core, 7, vec![release("A", &["c2"])]);
     let head = store.head();
     // In this process too, the records redb took as well as `pending` are listed once.
     let listed = store.audit_records(None).unwrap();
@@ -684,13 +622,7 @@ fn a_failed_journal_sync_then_reload_refuses_that_batch_and_keeps_the_rest() {
     );
     assert_eq!(store.head(), head_before);
     core = reloaded;
-    run_batch(
-        &mut store,
-        &mut core,
-        T0.plus(8),
-        vec![checkout("B", &["c7"])],
-        true,
-    );
+    durable(&mut store, &mut core, 8, vec![checkout("B", &["c7"])]);
     let (reopened, _) = assert_reopens_as(&power, &core, store.head(), "after reload and a commit");
     assert_eq!(
         reopened.audit_records(None).unwrap(),
@@ -784,13 +716,7 @@ fn a_restore_is_not_undone_by_journal_frames_from_before_it() {
     // Writing on after the restore, then restarting, replays only the new batch.
     let (mut store, loaded) = Store::open(dir.path()).unwrap();
     let mut core = loaded.core;
-    run_batch(
-        &mut store,
-        &mut core,
-        T0.plus(8),
-        vec![checkout("A", &["c9"])],
-        true,
-    );
+    durable(&mut store, &mut core, 8, vec![checkout("A", &["c9"])]);
     let head = store.head();
     drop(store);
     let (store, loaded) = Store::open(dir.path()).unwrap();
@@ -835,13 +761,7 @@ fn a_schema_1_directory_opens_with_its_state_and_becomes_schema_2() {
     assert_eq!(read_u32(&schema), SCHEMA);
     // And it writes on through the journal from frame 0.
     let mut core = loaded.core;
-    run_batch(
-        &mut store,
-        &mut core,
-        T0.plus(6),
-        vec![checkout("B", &["c5"])],
-        true,
-    );
+    durable(&mut store, &mut core, 6, vec![checkout("B", &["c5"])]);
     drop(store);
     let (_, loaded) = Store::open(dir.path()).unwrap();
     assert_eq!(bytes(&loaded.core), acknowledged(&core));
@@ -868,13 +788,7 @@ fn a_lowered_high_water_mark_survives_a_restart_with_or_without_a_checkpoint() {
         assert_eq!(power.cut().open().1.hwm, T0.plus(1_000_000));
         // A reset token set time back to the wall clock.
         store.lower_hwm(T0.plus(10));
-        run_batch(
-            &mut store,
-            &mut core,
-            T0.plus(10),
-            vec![Command::TimeRebased],
-            true,
-        );
+        durable(&mut store, &mut core, 10, vec![Command::TimeRebased]);
         if checkpoint {
             store.checkpoint().unwrap();
         }
@@ -938,13 +852,7 @@ fn a_usage_sample_is_durable_once_a_checkpoint_follows_it() {
         }],
     };
     store.record_usage(&sample).unwrap();
-    run_batch(
-        &mut store,
-        &mut core,
-        T0.plus(11),
-        vec![checkout("B", &["c5"])],
-        true,
-    );
+    durable(&mut store, &mut core, 11, vec![checkout("B", &["c5"])]);
     store.checkpoint().unwrap();
     let (reopened, loaded) = power.cut().open();
     assert_eq!(reopened.usage_since(T0).unwrap(), vec![sample]);
@@ -960,20 +868,13 @@ fn a_reload_writes_nothing_so_it_works_while_the_disk_refuses_writes() {
     let power = Power::default();
     let (mut store, _) = power.open();
     let mut core = populated(&mut store);
-    run_batch(
-        &mut store,
-        &mut core,
-        T0.plus(6),
-        vec![checkout("A", &["c6"])],
-        true,
-    );
+    durable(&mut store, &mut core, 6, vec![checkout("A", &["c6"])]);
     store.checkpoint().unwrap();
-    run_batch(
+    durable(
         &mut store,
         &mut core,
-        T0.plus(7),
+        7,
         vec![release("A", &["c6"]), checkout("B", &["c5"])],
-        true,
     );
     let head = store.head();
     power.journal.fail_syncs(true);
