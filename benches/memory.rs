@@ -114,7 +114,9 @@ fn per(bytes: i64, leases: usize) -> f64 {
     bytes as f64 / leases as f64
 }
 
-fn row(what: &str, heap: (i64, i64), rss: i64, leases: usize) {
+/// One line: the heap (bytes, allocations) grown from `from` to `to`, and `rss`, per lease.
+fn row(what: &str, from: (i64, i64), to: (i64, i64), rss: i64, leases: usize) {
+    let heap = (to.0 - from.0, to.1 - from.1);
     println!(
         "{what:<44} {:>10.1} {:>10.2} {:>10.1}",
         per(heap.0, leases),
@@ -139,7 +141,8 @@ fn load(dir: &Path, leases: usize) {
     assert_eq!(held as usize, leases, "leases after loading");
     row(
         "restarted: Store::open (core + store)",
-        (h1.0 - h0.0, h1.1 - h0.1),
+        h0,
+        h1,
         rss1 - rss0,
         leases,
     );
@@ -147,7 +150,8 @@ fn load(dir: &Path, leases: usize) {
     let h2 = heap();
     row(
         "restarted: core alone (store closed)",
-        (h2.0 - h0.0, h2.1 - h0.1),
+        h0,
+        h2,
         rss() - rss0,
         leases,
     );
@@ -192,7 +196,8 @@ fn together(servers: usize) {
     let h1 = heap();
     row(
         &format!("as the daemon ({snapshots} snapshots on the way)"),
-        (h1.0 - h0.0, h1.1 - h0.1),
+        h0,
+        h1,
         rss() - rss0,
         leases,
     );
@@ -241,12 +246,7 @@ fn main() {
     });
     let h1 = heap();
     let rss1 = rss();
-    row(
-        "core: leases held",
-        (h1.0 - h0.0, h1.1 - h0.1),
-        rss1 - rss0,
-        leases,
-    );
+    row("core: leases held", h0, h1, rss1 - rss0, leases);
 
     // The store: the same batches committed to the log (durably, as checkouts are), then
     // a snapshot, as the daemon does (core untouched, so the heap growth is the store's).
@@ -269,23 +269,20 @@ fn main() {
     let h3 = heap();
     row(
         "store: log of the commands committed",
-        (h3.0 - h2.0, h3.1 - h2.1),
+        h2,
+        h3,
         rss() - rss2,
         leases,
     );
     store.snapshot(&core).expect("snapshot");
     let h4 = heap();
-    row(
-        "store: + snapshot written",
-        (h4.0 - h2.0, h4.1 - h2.1),
-        rss() - rss2,
-        leases,
-    );
+    row("store: + snapshot written", h2, h4, rss() - rss2, leases);
     drop(store);
     drop(core);
     row(
         "after dropping core and store (leftover)",
-        (heap().0 - h0.0, heap().1 - h0.1),
+        h0,
+        heap(),
         rss() - rss0,
         leases,
     );

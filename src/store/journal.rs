@@ -121,11 +121,7 @@ impl Journal {
     pub fn append(&mut self, mut frame: Frame, durable: bool) -> Result<Frame, StoreError> {
         frame.number = self.next;
         let payload = postcard::to_allocvec(&frame).map_err(fail)?;
-        let mut bytes = Vec::with_capacity(HEADER + payload.len());
-        bytes.extend_from_slice(&MAGIC);
-        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        bytes.extend_from_slice(&check(&self.key, &payload));
-        bytes.extend_from_slice(&payload);
+        let bytes = encode(&self.key, &payload);
         let end = self.tail + bytes.len() as u64;
         if end > self.len {
             self.grow(end.max(self.len + GROW_BYTES))?;
@@ -211,6 +207,16 @@ fn read_frames(file: &dyn JournalFile, key: &ring::hmac::Key, len: u64, first: u
     frames
 }
 
+/// A frame's bytes: `[magic][length][check][payload]`.
+fn encode(key: &ring::hmac::Key, payload: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(HEADER + payload.len());
+    bytes.extend_from_slice(&MAGIC);
+    bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&check(key, payload));
+    bytes.extend_from_slice(payload);
+    bytes
+}
+
 fn check(key: &ring::hmac::Key, payload: &[u8]) -> [u8; 16] {
     let tag = ring::hmac::sign(key, payload);
     let mut out = [0u8; 16];
@@ -225,35 +231,10 @@ fn io_fail(e: io::Error) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
 
-    #[derive(Debug, Clone, Default)]
-    struct Mem(Arc<Mutex<Vec<u8>>>);
-
-    impl JournalFile for Mem {
-        fn size(&self) -> io::Result<u64> {
-            Ok(self.0.lock().unwrap().len() as u64)
-        }
-        fn read_at(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
-            let d = self.0.lock().unwrap();
-            let (s, e) = (offset as usize, offset as usize + out.len());
-            let src = d.get(s..e).ok_or(io::ErrorKind::UnexpectedEof)?;
-            out.copy_from_slice(src);
-            Ok(())
-        }
-        fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-            let mut d = self.0.lock().unwrap();
-            let end = offset as usize + data.len();
-            if d.len() < end {
-                d.resize(end, 0);
-            }
-            d[offset as usize..end].copy_from_slice(data);
-            Ok(())
-        }
-        fn sync_data(&self) -> io::Result<()> {
-            Ok(())
-        }
-    }
+    // The store tests' disk: unsynced writes read back until a power cut, and syncs
+    // that can be made to fail.
+    use crate::store::tests::PowerCutDisk;
 
     const KEY: [u8; 32] = [7; 32];
 
@@ -269,7 +250,7 @@ mod tests {
 
     #[test]
     fn frames_are_read_back_in_order_from_the_first_not_checkpointed() {
-        let disk = Mem::default();
+        let disk = PowerCutDisk::default();
         let (mut j, found) = Journal::open(Box::new(disk.clone()), 0, &KEY).unwrap();
         assert!(found.is_empty());
         assert_eq!(disk.size().unwrap(), GROW_BYTES, "zeros are written ahead");
@@ -295,7 +276,7 @@ mod tests {
 
     #[test]
     fn frames_from_before_a_checkpoint_are_not_taken_for_new_ones() {
-        let disk = Mem::default();
+        let disk = PowerCutDisk::default();
         let (mut j, _) = Journal::open(Box::new(disk.clone()), 0, &KEY).unwrap();
         for s in 1..=5 {
             j.append(frame(s), true).unwrap();
@@ -312,7 +293,7 @@ mod tests {
 
     #[test]
     fn a_torn_or_altered_frame_ends_the_reading() {
-        let disk = Mem::default();
+        let disk = PowerCutDisk::default();
         let (mut j, _) = Journal::open(Box::new(disk.clone()), 0, &KEY).unwrap();
         let a = j.append(frame(1), true).unwrap();
         j.append(frame(2), true).unwrap();
@@ -336,7 +317,7 @@ mod tests {
         // Frames are written over older ones after each checkpoint; where the new ones
         // end, bytes a client chose (a camera id inside an old frame) may follow. A frame
         // planted there, well formed but without the key, is not read.
-        let disk = Mem::default();
+        let disk = PowerCutDisk::default();
         let (mut j, _) = Journal::open(Box::new(disk.clone()), 0, &KEY).unwrap();
         let a = j.append(frame(1), true).unwrap();
         let end = (HEADER + postcard::to_allocvec(&a).unwrap().len()) as u64;
@@ -346,27 +327,18 @@ mod tests {
         };
         let payload = postcard::to_allocvec(&forged).unwrap();
         let other = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[8; 32]);
-        let mut bytes = MAGIC.to_vec();
-        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        bytes.extend_from_slice(&check(&other, &payload));
-        bytes.extend_from_slice(&payload);
-        disk.write_at(end, &bytes).unwrap();
+        disk.write_at(end, &encode(&other, &payload)).unwrap();
         let (_, found) = Journal::open(Box::new(disk.clone()), 0, &KEY).unwrap();
         assert_eq!(found, vec![a.clone()]);
         // The same frame with the key is read: the test plants a well-formed frame.
-        let mut bytes = MAGIC.to_vec();
-        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &KEY);
-        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        bytes.extend_from_slice(&check(&key, &payload));
-        bytes.extend_from_slice(&payload);
-        disk.write_at(end, &bytes).unwrap();
+        disk.write_at(end, &encode(&j.key, &payload)).unwrap();
         let (_, found) = Journal::open(Box::new(disk.clone()), 0, &KEY).unwrap();
         assert_eq!(found, vec![a, forged]);
     }
 
     #[test]
     fn the_file_grows_in_zeros_when_a_checkpoint_is_late() {
-        let disk = Mem::default();
+        let disk = PowerCutDisk::default();
         let (mut j, _) = Journal::open(Box::new(disk.clone()), 0, &KEY).unwrap();
         let big = Frame {
             record: vec![1; (GROW_BYTES as usize) / 3],
@@ -381,36 +353,12 @@ mod tests {
         assert_eq!(found.len(), 4);
     }
 
-    #[derive(Debug)]
-    struct FailingSync(Mem);
-    impl JournalFile for FailingSync {
-        fn size(&self) -> io::Result<u64> {
-            self.0.size()
-        }
-        fn read_at(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
-            self.0.read_at(offset, out)
-        }
-        fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-            self.0.write_at(offset, data)
-        }
-        fn sync_data(&self) -> io::Result<()> {
-            if self.0.size()? >= GROW_BYTES {
-                Err(io::Error::other("disk gone"))
-            } else {
-                Ok(())
-            }
-        }
-    }
-
     #[test]
     fn a_frame_whose_sync_failed_is_not_read_back() {
-        let disk = Mem::default();
+        let disk = PowerCutDisk::default();
         let (mut j, _) = Journal::open(Box::new(disk.clone()), 0, &KEY).unwrap();
         let kept = j.append(frame(1), true).unwrap();
-        let mut j = Journal {
-            file: Box::new(FailingSync(disk.clone())),
-            ..j
-        };
+        disk.fail_syncs(true);
         assert!(j.append(frame(2), true).is_err());
         assert_eq!(
             j.next_number(),
