@@ -55,9 +55,12 @@ fn main() -> ExitCode {
     // One worker per CPU (tokio's default; TOKIO_WORKER_THREADS overrides it). One fewer,
     // leaving a CPU to the core task's own thread, was tried: on 2 CPUs it helped 50
     // connections a little but cost a quarter of the heartbeat rate over 10,000.
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
     // Named, so an operator's `top -H` or a profile tells the daemon's threads apart.
-    let runtime = match builder.enable_all().thread_name("netkeyd").build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("netkeyd")
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("netkeyd: cannot start the async runtime: {e}");

@@ -214,8 +214,8 @@ impl Store {
     }
 
     /// Rebuilds the core from what is durable: after a failed commit the daemon drops
-    /// what it applied in memory and carries on from here.
-    /// Nothing is written: on a full disk this must still work.
+    /// what it applied in memory and carries on from here. Nothing is written: on a full
+    /// disk this must still work.
     pub fn reload(&mut self) -> Result<Core, StoreError> {
         self.reopen_db()?;
         // redb, then what is still only in the journal.
@@ -507,11 +507,8 @@ fn load(
     let mut last_seq = snap_seq;
     for entry in log.range(snap_seq + 1..).map_err(fail)? {
         let (k, v) = entry.map_err(fail)?;
-        let record: BatchRecord = postcard::from_bytes(v.value())
+        replay(&mut core, v.value())
             .map_err(|e| StoreError::Corrupt(format!("log record {}: {e}", k.value())))?;
-        for command in record.commands {
-            core.apply(record.now, command);
-        }
         last_seq = k.value();
         replayed += 1;
     }
@@ -519,11 +516,8 @@ fn load(
     // reached redb all the same: what redb holds is not applied twice.
     let in_db = last_seq;
     for f in pending.iter().filter(|f| f.seq.is_some_and(|s| s > in_db)) {
-        let record: BatchRecord = postcard::from_bytes(&f.record)
+        replay(&mut core, &f.record)
             .map_err(|e| StoreError::Corrupt(format!("journal frame {}: {e}", f.number)))?;
-        for command in record.commands {
-            core.apply(record.now, command);
-        }
         last_seq = f.seq.unwrap_or(last_seq);
         replayed += 1;
     }
@@ -553,6 +547,15 @@ fn load(
         hwm = last.hwm;
     }
     Ok((core, last_seq, replayed, head, hwm))
+}
+
+/// Applies one serialized log record to the core.
+fn replay(core: &mut Core, bytes: &[u8]) -> Result<(), postcard::Error> {
+    let record: BatchRecord = postcard::from_bytes(bytes)?;
+    for command in record.commands {
+        core.apply(record.now, command);
+    }
+    Ok(())
 }
 
 fn open_file(file: &Path) -> Result<Database, StoreError> {
