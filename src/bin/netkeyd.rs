@@ -52,15 +52,19 @@ fn main() -> ExitCode {
         Ok(_) => {}
         Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
     }
-    // One worker per CPU (tokio's default; TOKIO_WORKER_THREADS overrides it). One fewer,
-    // leaving a CPU to the core task's own thread, was tried: on 2 CPUs it helped 50
-    // connections a little but cost a quarter of the heartbeat rate over 10,000.
+    // One event loop serves the connections and the core, as redis does: a request never
+    // crosses a thread. netkey-bench measured it ahead of a worker per CPU plus a thread
+    // for the core in every phase but durable checkouts (level), at 200 and at 10,000
+    // servers, with less CPU per request. Syncs, and what else blocks, run on blocking
+    // threads. TOKIO_WORKER_THREADS=N asks for N workers instead (the
+    // core then has a thread of its own), for hosts where TLS handshakes after a restart
+    // of a very large fleet should use more than one CPU.
     // Named, so an operator's `top -H` or a profile tells the daemon's threads apart.
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("netkeyd")
-        .build()
-    {
+    let mut builder = match std::env::var_os("TOKIO_WORKER_THREADS") {
+        Some(_) => tokio::runtime::Builder::new_multi_thread(),
+        None => tokio::runtime::Builder::new_current_thread(),
+    };
+    let runtime = match builder.enable_all().thread_name("netkeyd").build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("netkeyd: cannot start the async runtime: {e}");

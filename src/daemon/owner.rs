@@ -368,22 +368,24 @@ pub fn spawn(
         heartbeats_in_batch: Vec::new(),
         next_usage_sample: now,
     };
-    // The core task commits with fsync inline. On a runtime worker that would take the
-    // worker away from every connection for the length of each sync; on a thread of its
-    // own (with its own single-threaded runtime for its timers) only the core waits, and
-    // the connections go on reading and queueing the next batch meanwhile.
-    let task = tokio::task::spawn_blocking(move || {
-        match tokio::runtime::Builder::new_current_thread()
+    let run = run(owner, rx, clock, acks, shutdown);
+    // On a single-threaded runtime (netkeyd's, and the tests') the core runs beside the
+    // connections, as one event loop: no request crosses a thread, and its syncs run on
+    // a blocking thread while the loop serves connections. On a multi-threaded runtime
+    // it keeps a thread of its own, so its work never holds up a worker's queue.
+    let task = match tokio::runtime::Handle::current().runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::CurrentThread => tokio::spawn(run),
+        _ => match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
         {
-            Ok(rt) => rt.block_on(run(owner, rx, clock, acks, shutdown)),
+            Ok(rt) => tokio::task::spawn_blocking(move || rt.block_on(run)),
             Err(e) => {
-                tracing::error!("cannot start the core task's runtime: {e}");
-                owner.core
+                tracing::warn!("the core runs beside the connections (no runtime of its own: {e})");
+                tokio::spawn(run)
             }
-        }
-    });
+        },
+    };
     (handle, task)
 }
 
@@ -526,7 +528,7 @@ async fn run(
                 // Answer what is queued, then stop.
                 rx.close();
                 while let Some(j) = rx.recv().await { batch.push(j); }
-                apply(&mut owner, &mut batch, &clock, &acks);
+                apply(&mut owner, &mut batch, &clock, &acks).await;
                 break;
             }
         }
@@ -536,7 +538,7 @@ async fn run(
                 Err(_) => break,
             }
         }
-        apply(&mut owner, &mut batch, &clock, &acks);
+        apply(&mut owner, &mut batch, &clock, &acks).await;
         systemd.tick(&owner);
         refresh_offer(&owner);
     }
@@ -609,7 +611,7 @@ fn try_recover(owner: &mut Owner) {
     }
 }
 
-fn apply(owner: &mut Owner, batch: &mut Vec<Job>, clock: &Arc<dyn Clock>, acks: &Notify) {
+async fn apply(owner: &mut Owner, batch: &mut Vec<Job>, clock: &Arc<dyn Clock>, acks: &Notify) {
     owner.now = clock.now().max(owner.now);
     try_recover(owner);
     owner.observe_clock(clock.wall());
@@ -646,10 +648,9 @@ fn apply(owner: &mut Owner, batch: &mut Vec<Job>, clock: &Arc<dyn Clock>, acks: 
             now: owner.now,
             commands,
         };
-        if let Err(e) = owner.store.commit(&record, audit, durable) {
-            failure = Some(e.to_string());
-        } else {
-            owner.audit_head = owner.store.head();
+        match commit(owner, &record, audit, durable).await {
+            Ok(head) => owner.audit_head = head,
+            Err(e) => failure = Some(e.to_string()),
         }
     }
     if let Some(reason) = &failure {
@@ -702,6 +703,28 @@ fn apply(owner: &mut Owner, batch: &mut Vec<Job>, clock: &Arc<dyn Clock>, acks: 
             tracing::warn!("snapshot failed (the log still holds everything): {e}");
         }
     }
+}
+
+/// Commits a batch. Its sync runs on a blocking thread: the runtime thread serves
+/// connections meanwhile, while the owner waits (nothing more is applied until the batch
+/// is durable or refused, so a failure never has later batches built on it).
+async fn commit(
+    owner: &mut Owner,
+    record: &BatchRecord,
+    audit: Vec<AuditEntry>,
+    durable: bool,
+) -> Result<AuditHead, crate::store::StoreError> {
+    let commit = owner.store.begin_commit(record, audit, durable)?;
+    let synced = if commit.needs_sync() {
+        let file = owner.store.journal_file();
+        match tokio::task::spawn_blocking(move || file.sync_data()).await {
+            Ok(r) => r,
+            Err(e) => Err(std::io::Error::other(format!("the sync did not run: {e}"))),
+        }
+    } else {
+        Ok(())
+    };
+    owner.store.end_commit(commit, synced)
 }
 
 /// Records the seats in use per key and feature every `USAGE_SAMPLE_MS` (the first at

@@ -23,6 +23,7 @@ use super::{fail, StoreError};
 use crate::core::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::io;
+use std::sync::Arc;
 
 const MAGIC: [u8; 4] = *b"NKJ1";
 const HEADER: usize = 24;
@@ -68,9 +69,21 @@ pub struct Frame {
     pub hwm: Timestamp,
 }
 
+/// A frame written at the tail and not yet synced. The journal writes nothing else until
+/// it is settled with the outcome of its sync (`Journal::settle`), which may run on
+/// another thread meanwhile (`Journal::file`).
+#[derive(Debug)]
+#[must_use]
+pub struct Written {
+    frame: Frame,
+    end: u64,
+}
+
 #[derive(Debug)]
 pub struct Journal {
-    file: Box<dyn JournalFile>,
+    file: Arc<dyn JournalFile>,
+    /// A frame is written and not yet settled.
+    unsettled: bool,
     key: ring::hmac::Key,
     /// Where the next frame goes.
     tail: u64,
@@ -94,7 +107,8 @@ impl Journal {
         let frames = read_frames(file.as_ref(), &key, len, first);
         let next = first + frames.len() as u64;
         let mut journal = Journal {
-            file,
+            file: Arc::from(file),
+            unsettled: false,
             key,
             tail: 0,
             len,
@@ -118,7 +132,22 @@ impl Journal {
 
     /// Appends a frame (numbered here) and, with `durable`, syncs it to the disk. A frame
     /// whose write or sync failed is overwritten by the next one: the tail does not move.
-    pub fn append(&mut self, mut frame: Frame, durable: bool) -> Result<Frame, StoreError> {
+    /// (The store writes and settles in two halves, so its sync can run elsewhere.)
+    #[cfg(test)]
+    pub fn append(&mut self, frame: Frame, durable: bool) -> Result<Frame, StoreError> {
+        let written = self.write(frame)?;
+        let synced = if durable {
+            self.file.sync_data()
+        } else {
+            Ok(())
+        };
+        self.settle(written, synced)
+    }
+
+    /// Writes a frame (numbered here) at the tail without syncing it. Until it is settled,
+    /// the tail does not move and no other frame is written.
+    pub fn write(&mut self, mut frame: Frame) -> Result<Written, StoreError> {
+        self.settled()?;
         frame.number = self.next;
         let payload = postcard::to_allocvec(&frame).map_err(fail)?;
         let bytes = encode(&self.key, &payload);
@@ -126,26 +155,54 @@ impl Journal {
         if end > self.len {
             self.grow(end.max(self.len + GROW_BYTES))?;
         }
-        let written = self.file.write_at(self.tail, &bytes).and_then(|()| {
-            if durable {
-                self.file.sync_data()
-            } else {
-                Ok(())
-            }
-        });
-        if let Err(e) = written {
-            // The frame may still sit in the page cache, or a sync that reported failure
-            // may have written it: spoil its magic, on disk too if the disk lets us, so
-            // neither a reload in this process nor a restart takes a batch that was
-            // answered as failed.
-            if self.file.write_at(self.tail, &[0; 4]).is_ok() {
-                let _ = self.file.sync_data();
-            }
+        if let Err(e) = self.file.write_at(self.tail, &bytes) {
+            self.spoil_tail();
             return Err(io_fail(e));
         }
-        self.tail = end;
+        self.unsettled = true;
+        Ok(Written { frame, end })
+    }
+
+    /// Refuses work that must wait until the frame written last is settled.
+    pub fn settled(&self) -> Result<(), StoreError> {
+        if self.unsettled {
+            return Err(StoreError::Db(
+                "the journal: a frame written is not settled yet".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The file, so a written frame can be synced away from the thread that writes.
+    pub fn file(&self) -> Arc<dyn JournalFile> {
+        self.file.clone()
+    }
+
+    /// Ends a `write` with the outcome of its sync (`Ok` for a frame that need not be
+    /// durable yet: the next synced frame carries it to the disk).
+    pub fn settle(
+        &mut self,
+        written: Written,
+        synced: io::Result<()>,
+    ) -> Result<Frame, StoreError> {
+        self.unsettled = false;
+        if let Err(e) = synced {
+            self.spoil_tail();
+            return Err(io_fail(e));
+        }
+        self.tail = written.end;
         self.next += 1;
-        Ok(frame)
+        Ok(written.frame)
+    }
+
+    /// A frame that failed may still sit in the page cache, or a sync that reported
+    /// failure may have written it: its magic is spoiled, on disk too if the disk lets
+    /// us, so neither a reload in this process nor a restart takes a batch that was
+    /// answered as failed.
+    fn spoil_tail(&self) {
+        if self.file.write_at(self.tail, &[0; 4]).is_ok() {
+            let _ = self.file.sync_data();
+        }
     }
 
     /// Everything written so far is in redb: write from the start again.

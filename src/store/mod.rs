@@ -89,6 +89,25 @@ pub struct Store {
     hwm: Timestamp,
 }
 
+/// A batch written to the journal by `Store::begin_commit`, waiting for its sync.
+#[derive(Debug)]
+#[must_use]
+pub struct Commit {
+    written: journal::Written,
+    /// It carries commands, so it takes the next log sequence.
+    logged: bool,
+    head: AuditHead,
+    hwm: Timestamp,
+    durable: bool,
+}
+
+impl Commit {
+    /// The batch must be on disk before any of its answers go out.
+    pub fn needs_sync(&self) -> bool {
+        self.durable
+    }
+}
+
 /// What `open` found.
 #[derive(Debug)]
 pub struct Loaded {
@@ -270,6 +289,25 @@ impl Store {
         audit: Vec<AuditEntry>,
         durable: bool,
     ) -> Result<AuditHead, StoreError> {
+        let commit = self.begin_commit(record, audit, durable)?;
+        let synced = if commit.durable {
+            self.journal.file().sync_data()
+        } else {
+            Ok(())
+        };
+        self.end_commit(commit, synced)
+    }
+
+    /// `commit` in two halves, so the sync can run on another thread while this one
+    /// serves connections: this writes the batch to the journal; if `needs_sync`, the
+    /// caller syncs `journal_file()` and hands the outcome to `end_commit`. Nothing else
+    /// is committed in between, and until then the store is as it was before the batch.
+    pub fn begin_commit(
+        &mut self,
+        record: &BatchRecord,
+        audit: Vec<AuditEntry>,
+        durable: bool,
+    ) -> Result<Commit, StoreError> {
         let seq = (!record.commands.is_empty()).then_some(self.next_seq);
         let bytes = match seq {
             Some(_) => postcard::to_allocvec(record).map_err(fail)?,
@@ -295,15 +333,37 @@ impl Store {
             audit: chained,
             hwm,
         };
-        let frame = self.journal.append(frame, durable)?;
+        let written = self.journal.write(frame)?;
+        Ok(Commit {
+            written,
+            logged: seq.is_some(),
+            head,
+            hwm,
+            durable,
+        })
+    }
+
+    /// The journal's file, for syncing a `begin_commit` away from this thread.
+    pub fn journal_file(&self) -> std::sync::Arc<dyn JournalFile> {
+        self.journal.file()
+    }
+
+    /// The second half of `commit`, with the outcome of the sync (`Ok` if none was
+    /// needed). On an error the batch is not committed and never will be.
+    pub fn end_commit(
+        &mut self,
+        commit: Commit,
+        synced: std::io::Result<()>,
+    ) -> Result<AuditHead, StoreError> {
+        let frame = self.journal.settle(commit.written, synced)?;
         self.pending.push(frame);
-        if seq.is_some() {
+        if commit.logged {
             self.next_seq += 1;
             self.since_snapshot += 1;
         }
-        self.head = head;
-        self.hwm = hwm;
-        Ok(head)
+        self.head = commit.head;
+        self.hwm = commit.hwm;
+        Ok(commit.head)
     }
 
     /// Whether the journal holds enough to move into redb (see `checkpoint`).
@@ -316,6 +376,7 @@ impl Store {
     /// journal is written from its start again. If it fails, the journal keeps them (and
     /// grows) and the next try waits for another `CHECKPOINT_BYTES`.
     pub fn checkpoint(&mut self) -> Result<(), StoreError> {
+        self.journal.settled()?;
         if self.pending.is_empty() {
             self.journal.checkpointed();
             return Ok(());

@@ -900,3 +900,84 @@ fn a_reload_writes_nothing_so_it_works_while_the_disk_refuses_writes() {
     store.checkpoint().unwrap();
     assert_reopens_as(&power, &core, head, "after the disk came back");
 }
+
+/// The daemon's commit: written here, synced on another thread, settled here.
+fn commit_synced_elsewhere(
+    store: &mut Store,
+    record: &BatchRecord,
+    audit: Vec<AuditEntry>,
+) -> Result<AuditHead, StoreError> {
+    let commit = store.begin_commit(record, audit, true)?;
+    assert!(commit.needs_sync());
+    let file = store.journal_file();
+    let synced = std::thread::spawn(move || file.sync_data()).join().unwrap();
+    store.end_commit(commit, synced)
+}
+
+#[test]
+fn a_batch_synced_on_another_thread_survives_a_power_cut_and_one_refused_there_does_not() {
+    let power = Power::default();
+    let (mut store, _) = power.open();
+    let mut core = populated(&mut store);
+
+    let command = checkout("B", &["c5"]);
+    core.apply(T0.plus(7), command.clone());
+    let audit = core.drain_events().iter().map(audit::entry_for).collect();
+    let record = BatchRecord {
+        now: T0.plus(7),
+        commands: vec![command],
+    };
+    let head = commit_synced_elsewhere(&mut store, &record, audit).unwrap();
+    assert_eq!(store.head(), head);
+    let (_, power) = assert_reopens_as(&power, &core, head, "after a sync on another thread");
+
+    let (mut store, _) = power.open();
+    power.journal.fail_syncs_after_writing(true);
+    let mut refused = core.clone();
+    let command = checkout("B", &["c6"]);
+    refused.apply(T0.plus(8), command.clone());
+    let audit = refused
+        .drain_events()
+        .iter()
+        .map(audit::entry_for)
+        .collect();
+    let record = BatchRecord {
+        now: T0.plus(8),
+        commands: vec![command],
+    };
+    assert!(commit_synced_elsewhere(&mut store, &record, audit).is_err());
+    assert_eq!(store.head(), head, "the refused batch chains nothing");
+    power.journal.fail_syncs_after_writing(false);
+    // The store goes on from where it was: the next batch is the one that counts.
+    durable(&mut store, &mut core, 9, vec![checkout("B", &["c7"])]);
+    let (reopened, _) = assert_reopens_as(&power, &core, store.head(), "after a refused sync");
+    assert_eq!(
+        reopened.audit_records(None).unwrap().len() as u64,
+        store.head().count
+    );
+}
+
+#[test]
+fn nothing_is_committed_or_checkpointed_while_a_batch_waits_for_its_sync() {
+    let power = Power::default();
+    let (mut store, _) = power.open();
+    let core = populated(&mut store);
+    let record = BatchRecord {
+        now: T0.plus(7),
+        commands: vec![checkout("B", &["c5"])],
+    };
+    let waiting = store.begin_commit(&record, Vec::new(), true).unwrap();
+    let head = store.head();
+    assert!(
+        store.commit(&record, Vec::new(), true).is_err(),
+        "a second batch would be written over the first"
+    );
+    assert!(
+        store.checkpoint().is_err(),
+        "a checkpoint would move a batch not yet durable"
+    );
+    assert_eq!(store.head(), head, "the waiting batch is not committed yet");
+    // Never settled (the daemon stopped while the sync ran): a restart does not take it.
+    drop(waiting);
+    assert_reopens_as(&power, &core, head, "with a batch never settled");
+}
