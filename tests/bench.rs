@@ -6,9 +6,26 @@ use std::process::Command;
 
 #[test]
 fn a_tiny_run_completes_every_phase_without_errors_and_writes_json() {
+    tiny_run(None);
+}
+
+/// The same with the daemon on worker threads and the core on a thread of its own, as
+/// `TOKIO_WORKER_THREADS` asks (netkeyd's default is one event loop).
+#[test]
+fn a_tiny_run_against_a_daemon_on_worker_threads_completes_every_phase() {
+    tiny_run(Some("2"));
+}
+
+fn tiny_run(worker_threads: Option<&str>) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("bench.json");
-    let run = Command::new(env!("CARGO_BIN_EXE_netkey-bench"))
+    let mut bench = Command::new(env!("CARGO_BIN_EXE_netkey-bench"));
+    // netkey-bench's environment is its netkeyd's.
+    match worker_threads {
+        Some(n) => bench.env("TOKIO_WORKER_THREADS", n),
+        None => bench.env_remove("TOKIO_WORKER_THREADS"),
+    };
+    let run = bench
         .args(["--servers", "3", "--cameras", "4", "--clients", "2"])
         .args([
             "--heartbeats",
