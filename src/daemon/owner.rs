@@ -532,6 +532,10 @@ async fn run(
                 break;
             }
         }
+        // Let every connection that is ready hand in its request first (one turn of the
+        // event loop), so a sync carries all of them: taken as they came, the batches
+        // alternated between most of the clients and one straggler, a whole sync each.
+        tokio::task::yield_now().await;
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(j) => batch.push(j),
