@@ -9,7 +9,7 @@ use crate::clock::Clock;
 use crate::core::{Command, Core, Event, Outcome, Refusal, ReleaseReason, Timestamp};
 use crate::discovery::{Offer, OfferedKey};
 use crate::proto::{AuditHead, Push};
-use crate::store::{audit, AuditEntry, BatchRecord, Store};
+use crate::store::{audit, AuditEntry, BatchRecord, Commit, Store};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
@@ -516,6 +516,7 @@ async fn run(
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch: Vec<Job> = Vec::new();
+    let mut pipe = Pipeline::default();
     let mut systemd = Systemd::new();
     loop {
         tokio::select! {
@@ -523,18 +524,22 @@ async fn run(
                 Some(j) => batch.push(j),
                 None => break,
             },
+            (synced, covered) = sync_ended(&mut pipe.syncing) => {
+                pipe.syncing = None;
+                on_synced(&mut owner, &mut pipe, synced, covered, &acks);
+            }
             _ = tick.tick() => {}
             _ = shutdown.cancelled() => {
                 // Answer what is queued, then stop.
                 rx.close();
                 while let Some(j) = rx.recv().await { batch.push(j); }
-                apply(&mut owner, &mut batch, &clock, &acks).await;
+                apply(&mut owner, &mut batch, &clock, &mut pipe, &acks);
                 break;
             }
         }
         // Let every connection that is ready hand in its request first (one turn of the
-        // event loop), so a sync carries all of them: taken as they came, the batches
-        // alternated between most of the clients and one straggler, a whole sync each.
+        // event loop), so a batch carries all of them: taken as they came, batches
+        // alternated between most of the clients and one straggler.
         tokio::task::yield_now().await;
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -542,10 +547,17 @@ async fn run(
                 Err(_) => break,
             }
         }
-        apply(&mut owner, &mut batch, &clock, &acks).await;
+        apply(&mut owner, &mut batch, &clock, &mut pipe, &acks);
+        if !pipe.is_idle() && maintenance_due(&owner) {
+            drain(&mut owner, &mut pipe, &acks).await;
+        }
+        if pipe.is_idle() {
+            maintain(&mut owner);
+        }
         systemd.tick(&owner);
         refresh_offer(&owner);
     }
+    drain(&mut owner, &mut pipe, &acks).await;
     persist_renewals(&mut owner, true);
     if let Some(g) = owner.guard.as_mut() {
         g.persist();
@@ -556,6 +568,193 @@ async fn run(
         );
     }
     owner.core
+}
+
+/// A batch applied to the core and begun in the store: its answers, and what it tells
+/// other connections, wait until it (and every batch before it) is durable.
+struct Held {
+    commit: Option<Commit>,
+    replies: Vec<Reply>,
+    events: Vec<Event>,
+    /// When each of its heartbeats was handed over.
+    heartbeats: Vec<std::time::Instant>,
+    /// Sessions it opened: dropped again if it fails.
+    opened: Vec<(String, u64)>,
+}
+
+/// Group commit without a stall: while one sync runs (on a blocking thread), the core
+/// goes on applying batches and writing them to the journal; when the sync ends, the
+/// batches it covers are answered and the next sync covers all written since. A batch
+/// that reads what an earlier one changed is answered after it, never before; when a
+/// sync fails, every batch held fails with it and the core is rebuilt from the store.
+#[derive(Default)]
+struct Pipeline {
+    held: std::collections::VecDeque<Held>,
+    /// The sync under way, and how many of `held`, from the front, it covers.
+    syncing: Option<(tokio::task::JoinHandle<std::io::Result<()>>, usize)>,
+}
+
+impl Pipeline {
+    fn is_idle(&self) -> bool {
+        self.held.is_empty() && self.syncing.is_none()
+    }
+}
+
+/// The end of the sync under way (never, if there is none).
+async fn sync_ended(
+    syncing: &mut Option<(tokio::task::JoinHandle<std::io::Result<()>>, usize)>,
+) -> (std::io::Result<()>, usize) {
+    match syncing {
+        Some((handle, covered)) => {
+            let synced = match handle.await {
+                Ok(r) => r,
+                Err(e) => Err(std::io::Error::other(format!("the sync did not run: {e}"))),
+            };
+            (synced, *covered)
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits until every batch held is answered or failed.
+async fn drain(owner: &mut Owner, pipe: &mut Pipeline, acks: &Notify) {
+    while pipe.syncing.is_some() {
+        let (synced, covered) = sync_ended(&mut pipe.syncing).await;
+        pipe.syncing = None;
+        on_synced(owner, pipe, synced, covered, acks);
+    }
+}
+
+fn on_synced(
+    owner: &mut Owner,
+    pipe: &mut Pipeline,
+    synced: std::io::Result<()>,
+    covered: usize,
+    acks: &Notify,
+) {
+    match synced {
+        Ok(()) => {
+            release(owner, pipe, covered, acks);
+            advance(owner, pipe, acks);
+        }
+        Err(e) => fail_held(owner, pipe, format!("the journal: {e}")),
+    }
+}
+
+/// Starts a sync of everything held if any of it must be durable and none is under
+/// way; otherwise answers what is held, which needs none.
+fn advance(owner: &mut Owner, pipe: &mut Pipeline, acks: &Notify) {
+    if pipe.syncing.is_some() || pipe.held.is_empty() {
+        return;
+    }
+    let needs_sync = pipe
+        .held
+        .iter()
+        .any(|h| h.commit.as_ref().is_some_and(Commit::needs_sync));
+    if needs_sync {
+        let file = owner.store.journal_file();
+        let handle = tokio::task::spawn_blocking(move || file.sync_data());
+        pipe.syncing = Some((handle, pipe.held.len()));
+    } else {
+        let all = pipe.held.len();
+        release(owner, pipe, all, acks);
+    }
+}
+
+/// Ends the first `n` batches held in the store and answers them, in order.
+fn release(owner: &mut Owner, pipe: &mut Pipeline, n: usize, acks: &Notify) {
+    for _ in 0..n {
+        let Some(mut held) = pipe.held.pop_front() else {
+            return;
+        };
+        if let Some(commit) = held.commit.take() {
+            match owner.store.end_commit(commit, Ok(())) {
+                Ok(head) => owner.audit_head = head,
+                Err(e) => {
+                    pipe.held.push_front(held);
+                    fail_held(owner, pipe, e.to_string());
+                    return;
+                }
+            }
+        }
+        let acknowledged = dispatch_events(owner, held.events);
+        for reply in held.replies {
+            reply(None);
+        }
+        for submitted in held.heartbeats {
+            owner.metrics.heartbeat_latency(submitted.elapsed());
+        }
+        if acknowledged {
+            acks.notify_waiters();
+        }
+    }
+}
+
+/// A commit failed: nothing held may be acknowledged. The store drops every batch not
+/// yet ended, and the core is rebuilt from what is durable.
+fn fail_held(owner: &mut Owner, pipe: &mut Pipeline, reason: String) {
+    tracing::error!(reason = %reason, "COMMIT FAILED: this batch's changes are refused; leases go on being renewed in memory");
+    // The sync under way, if any, covers only batches that fail now.
+    pipe.syncing = None;
+    let held: Vec<Held> = pipe.held.drain(..).collect();
+    let mut replies = Vec::new();
+    for mut h in held {
+        if let Some(commit) = h.commit.take() {
+            let _ = owner
+                .store
+                .end_commit(commit, Err(std::io::Error::other(reason.clone())));
+        }
+        for (server, conn) in h.opened {
+            if let Some(v) = owner.sessions.get_mut(&server) {
+                v.retain(|s| s.conn != conn);
+                if v.is_empty() {
+                    owner.sessions.remove(&server);
+                }
+            }
+        }
+        replies.extend(h.replies);
+    }
+    owner.degraded = Some(reason.clone());
+    owner.last_recovery_attempt = owner.now;
+    match owner.store.reload() {
+        Ok(core) => owner.core = core,
+        Err(e) => {
+            tracing::error!("cannot reload the state store yet: {e}");
+            owner.needs_reload = true;
+        }
+    }
+    for reply in replies {
+        reply(Some(reason.clone()));
+    }
+}
+
+/// Work on the store that needs every batch ended first: when due, no batch is taken
+/// until the pipeline drains.
+fn maintenance_due(owner: &Owner) -> bool {
+    owner.degraded.is_some()
+        || owner.now >= owner.next_usage_sample
+        || (owner.core.has_unpersisted_renewals()
+            && owner.now.since(owner.renewals_persisted_at) >= RENEWAL_PERSIST_MS)
+        || owner.store.wants_checkpoint()
+        || owner.store.wants_snapshot()
+}
+
+/// Usage samples, renewals, checkpoints and snapshots: run while nothing is held.
+fn maintain(owner: &mut Owner) {
+    sample_usage(owner);
+    persist_renewals(owner, false);
+    if owner.degraded.is_none() && owner.store.wants_checkpoint() {
+        // The batches are durable in the journal already: a failure here only delays
+        // moving them into redb, and is tried again.
+        if let Err(e) = owner.store.checkpoint() {
+            tracing::warn!("could not move the journal into the store (it keeps growing until this succeeds): {e}");
+        }
+    }
+    if owner.degraded.is_none() && owner.store.wants_snapshot() {
+        if let Err(e) = owner.store.snapshot(&owner.core) {
+            tracing::warn!("snapshot failed (the log still holds everything): {e}");
+        }
+    }
 }
 
 /// While the store fails, tries once a second to reopen it, rebuild the core from what is
@@ -615,9 +814,17 @@ fn try_recover(owner: &mut Owner) {
     }
 }
 
-async fn apply(owner: &mut Owner, batch: &mut Vec<Job>, clock: &Arc<dyn Clock>, acks: &Notify) {
+fn apply(
+    owner: &mut Owner,
+    batch: &mut Vec<Job>,
+    clock: &Arc<dyn Clock>,
+    pipe: &mut Pipeline,
+    acks: &Notify,
+) {
     owner.now = clock.now().max(owner.now);
-    try_recover(owner);
+    if pipe.is_idle() {
+        try_recover(owner);
+    }
     owner.observe_clock(clock.wall());
     if owner.now >= owner.core.next_deadline() {
         owner.execute(Command::Advance);
@@ -641,94 +848,38 @@ async fn apply(owner: &mut Owner, batch: &mut Vec<Job>, clock: &Arc<dyn Clock>, 
     // Audit records are handed out as heads (heartbeats, exports): they must be durable,
     // or a power cut could make an honest log look rewritten.
     let durable = std::mem::replace(&mut owner.durable, false) || !audit.is_empty();
-    let mut failure = None;
     if owner.degraded.is_some() {
         // Nothing is written while the store fails; what happened in memory (renewals,
         // sessions, time passing) is rebuilt from the store when it recovers.
         audit.clear();
     }
-    if !commands.is_empty() || !audit.is_empty() {
+    let mut held = Held {
+        commit: None,
+        replies,
+        events,
+        heartbeats: std::mem::take(&mut owner.heartbeats_in_batch),
+        opened: std::mem::take(&mut owner.opened_in_batch),
+    };
+    let writes = !commands.is_empty() || !audit.is_empty();
+    if !writes && held.replies.is_empty() && held.events.is_empty() {
+        return;
+    }
+    if writes {
         let record = BatchRecord {
             now: owner.now,
             commands,
         };
-        match commit(owner, &record, audit, durable).await {
-            Ok(head) => owner.audit_head = head,
-            Err(e) => failure = Some(e.to_string()),
-        }
-    }
-    if let Some(reason) = &failure {
-        // Nothing of this batch may be acknowledged: rebuild the core from the store.
-        tracing::error!(reason = %reason, "COMMIT FAILED: this batch's changes are refused; leases go on being renewed in memory");
-        owner.degraded = Some(reason.clone());
-        owner.last_recovery_attempt = owner.now;
-        for (server, conn) in std::mem::take(&mut owner.opened_in_batch) {
-            if let Some(v) = owner.sessions.get_mut(&server) {
-                v.retain(|s| s.conn != conn);
-                if v.is_empty() {
-                    owner.sessions.remove(&server);
-                }
-            }
-        }
-        match owner.store.reload() {
-            Ok(core) => owner.core = core,
+        match owner.store.begin_commit(&record, audit, durable) {
+            Ok(commit) => held.commit = Some(commit),
             Err(e) => {
-                tracing::error!("cannot reload the state store yet: {e}");
-                owner.needs_reload = true;
+                pipe.held.push_back(held);
+                fail_held(owner, pipe, e.to_string());
+                return;
             }
         }
-        for reply in replies {
-            reply(Some(reason.clone()));
-        }
-        owner.heartbeats_in_batch.clear();
-        return;
     }
-    let acknowledged = dispatch_events(owner, events);
-    for reply in replies {
-        reply(None);
-    }
-    for submitted in std::mem::take(&mut owner.heartbeats_in_batch) {
-        owner.metrics.heartbeat_latency(submitted.elapsed());
-    }
-    sample_usage(owner);
-    if acknowledged {
-        acks.notify_waiters();
-    }
-    persist_renewals(owner, false);
-    if owner.degraded.is_none() && owner.store.wants_checkpoint() {
-        // The batches are durable in the journal already: a failure here only delays
-        // moving them into redb, and is tried again.
-        if let Err(e) = owner.store.checkpoint() {
-            tracing::warn!("could not move the journal into the store (it keeps growing until this succeeds): {e}");
-        }
-    }
-    if owner.degraded.is_none() && owner.store.wants_snapshot() {
-        if let Err(e) = owner.store.snapshot(&owner.core) {
-            tracing::warn!("snapshot failed (the log still holds everything): {e}");
-        }
-    }
-}
-
-/// Commits a batch. Its sync runs on a blocking thread: the runtime thread serves
-/// connections meanwhile, while the owner waits (nothing more is applied until the batch
-/// is durable or refused, so a failure never has later batches built on it).
-async fn commit(
-    owner: &mut Owner,
-    record: &BatchRecord,
-    audit: Vec<AuditEntry>,
-    durable: bool,
-) -> Result<AuditHead, crate::store::StoreError> {
-    let commit = owner.store.begin_commit(record, audit, durable)?;
-    let synced = if commit.needs_sync() {
-        let file = owner.store.journal_file();
-        match tokio::task::spawn_blocking(move || file.sync_data()).await {
-            Ok(r) => r,
-            Err(e) => Err(std::io::Error::other(format!("the sync did not run: {e}"))),
-        }
-    } else {
-        Ok(())
-    };
-    owner.store.end_commit(commit, synced)
+    pipe.held.push_back(held);
+    advance(owner, pipe, acks);
 }
 
 /// Records the seats in use per key and feature every `USAGE_SAMPLE_MS` (the first at

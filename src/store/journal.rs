@@ -69,28 +69,38 @@ pub struct Frame {
     pub hwm: Timestamp,
 }
 
-/// A frame written at the tail and not yet synced. The journal writes nothing else until
-/// it is settled with the outcome of its sync (`Journal::settle`), which may run on
-/// another thread meanwhile (`Journal::file`).
+/// A frame written and not yet settled with the outcome of its sync (`Journal::settle`),
+/// which may run on another thread meanwhile (`Journal::file`). Frames are settled in the
+/// order they were written; more may be written before the first is settled.
 #[derive(Debug)]
 #[must_use]
 pub struct Written {
     frame: Frame,
+    start: u64,
     end: u64,
+    generation: u64,
 }
 
 #[derive(Debug)]
 pub struct Journal {
     file: Arc<dyn JournalFile>,
-    /// A frame is written and not yet settled.
-    unsettled: bool,
     key: ring::hmac::Key,
-    /// Where the next frame goes.
+    /// The end of the settled frames: where the first unsettled one starts.
     tail: u64,
     /// Bytes of zeros (or old frames) the file holds: writes stay below this.
     len: u64,
-    /// The number the next frame carries.
+    /// The number the first frame after the settled ones carries.
     next: u64,
+    /// Frames written and not yet settled, in order from `tail`: where the next one
+    /// goes, its number, and how many there are.
+    ahead: u64,
+    ahead_next: u64,
+    unsettled: usize,
+    /// Counts failures: a frame written before the last one cannot be settled after it.
+    generation: u64,
+    /// Failed frames lie between `tail` and this until they are zeroed (see
+    /// `fail_unsettled`): nothing is written before they are.
+    failed_to: u64,
 }
 
 impl Journal {
@@ -108,11 +118,15 @@ impl Journal {
         let next = first + frames.len() as u64;
         let mut journal = Journal {
             file: Arc::from(file),
-            unsettled: false,
             key,
             tail: 0,
             len,
             next,
+            ahead: 0,
+            ahead_next: next,
+            unsettled: 0,
+            generation: 0,
+            failed_to: 0,
         };
         if journal.len < GROW_BYTES {
             journal.grow(GROW_BYTES)?;
@@ -144,70 +158,116 @@ impl Journal {
         self.settle(written, synced)
     }
 
-    /// Writes a frame (numbered here) at the tail without syncing it. Until it is settled,
-    /// the tail does not move and no other frame is written.
+    /// Writes a frame (numbered here) after the last one written, without syncing it. It
+    /// counts once settled; a failure here fails every frame not yet settled.
     pub fn write(&mut self, mut frame: Frame) -> Result<Written, StoreError> {
-        self.settled()?;
-        frame.number = self.next;
-        let payload = postcard::to_allocvec(&frame).map_err(fail)?;
-        let bytes = encode(&self.key, &payload);
-        let end = self.tail + bytes.len() as u64;
-        if end > self.len {
-            self.grow(end.max(self.len + GROW_BYTES))?;
-        }
-        if let Err(e) = self.file.write_at(self.tail, &bytes) {
-            self.spoil_tail();
+        if let Err(e) = self.clear_failed() {
             return Err(io_fail(e));
         }
-        self.unsettled = true;
-        Ok(Written { frame, end })
+        frame.number = self.ahead_next;
+        let payload = postcard::to_allocvec(&frame).map_err(fail)?;
+        let bytes = encode(&self.key, &payload);
+        let start = self.ahead;
+        let end = start + bytes.len() as u64;
+        if end > self.len {
+            if let Err(e) = self.grow(end.max(self.len + GROW_BYTES)) {
+                self.fail_unsettled();
+                return Err(e);
+            }
+        }
+        if let Err(e) = self.file.write_at(start, &bytes) {
+            // Part of it may be written.
+            self.failed_to = self.failed_to.max(end);
+            self.fail_unsettled();
+            return Err(io_fail(e));
+        }
+        self.ahead = end;
+        self.ahead_next += 1;
+        self.unsettled += 1;
+        Ok(Written {
+            frame,
+            start,
+            end,
+            generation: self.generation,
+        })
     }
 
-    /// Refuses work that must wait until the frame written last is settled.
+    /// Refuses work that must wait until every frame written is settled.
     pub fn settled(&self) -> Result<(), StoreError> {
-        if self.unsettled {
+        if self.unsettled > 0 {
             return Err(StoreError::Db(
-                "the journal: a frame written is not settled yet".into(),
+                "the journal: frames written are not settled yet".into(),
             ));
         }
         Ok(())
     }
 
-    /// The file, so a written frame can be synced away from the thread that writes.
+    /// The file, so written frames can be synced away from the thread that writes.
     pub fn file(&self) -> Arc<dyn JournalFile> {
         self.file.clone()
     }
 
-    /// Ends a `write` with the outcome of its sync (`Ok` for a frame that need not be
-    /// durable yet: the next synced frame carries it to the disk).
+    /// Settles the oldest frame not yet settled with the outcome of a sync that began
+    /// after it was written (`Ok` for a frame that need not be durable yet: the next
+    /// synced frame carries it to the disk). A failure fails it and every frame written
+    /// after it, and so does settling a frame out of order or one a failure already
+    /// failed.
     pub fn settle(
         &mut self,
         written: Written,
         synced: io::Result<()>,
     ) -> Result<Frame, StoreError> {
-        self.unsettled = false;
+        if written.generation != self.generation {
+            return Err(StoreError::Db(
+                "the journal: an earlier frame failed, so this one did too".into(),
+            ));
+        }
+        if written.start != self.tail {
+            self.fail_unsettled();
+            return Err(StoreError::Db(
+                "the journal: frames must be settled in the order they were written".into(),
+            ));
+        }
         if let Err(e) = synced {
-            self.spoil_tail();
+            self.fail_unsettled();
             return Err(io_fail(e));
         }
         self.tail = written.end;
-        self.next += 1;
+        self.next = written.frame.number + 1;
+        self.unsettled -= 1;
         Ok(written.frame)
     }
 
-    /// A frame that failed may still sit in the page cache, or a sync that reported
-    /// failure may have written it: its magic is spoiled, on disk too if the disk lets
-    /// us, so neither a reload in this process nor a restart takes a batch that was
-    /// answered as failed.
-    fn spoil_tail(&self) {
-        if self.file.write_at(self.tail, &[0; 4]).is_ok() {
-            let _ = self.file.sync_data();
+    /// Drops every frame not yet settled. They may still sit in the page cache, or a sync
+    /// that reported failure may have written them: they are zeroed, on disk too, before
+    /// anything else is written, so neither a reload in this process nor a restart takes
+    /// a batch that was answered as failed. Zeroing the first alone would not do: the
+    /// next frame takes its place and number, and where it ends the failed one after it
+    /// could read as the one that follows.
+    fn fail_unsettled(&mut self) {
+        self.failed_to = self.failed_to.max(self.ahead);
+        // Tried now; if the disk refuses, tried again before the next write.
+        let _ = self.clear_failed();
+        self.ahead = self.tail;
+        self.ahead_next = self.next;
+        self.unsettled = 0;
+        self.generation += 1;
+    }
+
+    fn clear_failed(&mut self) -> io::Result<()> {
+        if self.failed_to > self.tail {
+            let zeros = vec![0u8; (self.failed_to - self.tail) as usize];
+            self.file.write_at(self.tail, &zeros)?;
+            self.file.sync_data()?;
         }
+        self.failed_to = 0;
+        Ok(())
     }
 
     /// Everything written so far is in redb: write from the start again.
     pub fn checkpointed(&mut self) {
         self.tail = 0;
+        self.ahead = 0;
     }
 
     /// Fills the file with zeros up to `to` and syncs the new length once, so later

@@ -87,6 +87,18 @@ pub struct Store {
     head: AuditHead,
     /// The latest instant ever committed: the wall-clock high-water mark.
     hwm: Timestamp,
+    /// The same three after the batches begun and not yet ended (`begin_commit`), which
+    /// the next batch goes on from.
+    ahead: Ahead,
+    /// Counts `lower_hwm` calls: a batch begun before one does not raise the mark again.
+    lowered: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Ahead {
+    next_seq: u64,
+    head: AuditHead,
+    hwm: Timestamp,
 }
 
 /// A batch written to the journal by `Store::begin_commit`, waiting for its sync.
@@ -98,6 +110,7 @@ pub struct Commit {
     logged: bool,
     head: AuditHead,
     hwm: Timestamp,
+    lowered: u64,
     durable: bool,
 }
 
@@ -221,6 +234,12 @@ impl Store {
             since_snapshot: replayed,
             head,
             hwm,
+            ahead: Ahead {
+                next_seq: last_seq + 1,
+                head,
+                hwm,
+            },
+            lowered: 0,
         };
         Ok((
             store,
@@ -242,7 +261,16 @@ impl Store {
         self.next_seq = last_seq + 1;
         self.head = head;
         self.hwm = hwm;
+        self.ahead = self.settled();
         Ok(core)
+    }
+
+    fn settled(&self) -> Ahead {
+        Ahead {
+            next_seq: self.next_seq,
+            head: self.head,
+            hwm: self.hwm,
+        }
     }
 
     /// redb refuses all work after an I/O error: a file-backed store opens it again.
@@ -279,6 +307,8 @@ impl Store {
     /// clock); the next commit writes it.
     pub fn lower_hwm(&mut self, to: Timestamp) {
         self.hwm = to;
+        self.ahead.hwm = to;
+        self.lowered += 1;
     }
 
     /// Commits one batch and its audit entries atomically: one frame of the journal. With
@@ -300,20 +330,23 @@ impl Store {
 
     /// `commit` in two halves, so the sync can run on another thread while this one
     /// serves connections: this writes the batch to the journal; if `needs_sync`, the
-    /// caller syncs `journal_file()` and hands the outcome to `end_commit`. Nothing else
-    /// is committed in between, and until then the store is as it was before the batch.
+    /// caller syncs `journal_file()` and hands the outcome to `end_commit`. More batches
+    /// may begin meanwhile (each goes on from the one before), and they end in the order
+    /// they began; one sync begun after a batch was written covers it and all before it.
+    /// Until a batch ends, the store reads as if it had not begun.
     pub fn begin_commit(
         &mut self,
         record: &BatchRecord,
         audit: Vec<AuditEntry>,
         durable: bool,
     ) -> Result<Commit, StoreError> {
-        let seq = (!record.commands.is_empty()).then_some(self.next_seq);
+        let ahead = self.ahead;
+        let seq = (!record.commands.is_empty()).then_some(ahead.next_seq);
         let bytes = match seq {
             Some(_) => postcard::to_allocvec(record).map_err(fail)?,
             None => Vec::new(),
         };
-        let mut head = self.head;
+        let mut head = ahead.head;
         let chained = audit
             .into_iter()
             .map(|entry| {
@@ -325,7 +358,7 @@ impl Store {
                 r
             })
             .collect();
-        let hwm = self.hwm.max(record.now);
+        let hwm = ahead.hwm.max(record.now);
         let frame = journal::Frame {
             number: 0,
             seq,
@@ -333,12 +366,25 @@ impl Store {
             audit: chained,
             hwm,
         };
-        let written = self.journal.write(frame)?;
+        let written = match self.journal.write(frame) {
+            Ok(w) => w,
+            Err(e) => {
+                // The journal dropped every batch not yet ended: so does the store.
+                self.ahead = self.settled();
+                return Err(e);
+            }
+        };
+        self.ahead = Ahead {
+            next_seq: ahead.next_seq + u64::from(seq.is_some()),
+            head,
+            hwm,
+        };
         Ok(Commit {
             written,
             logged: seq.is_some(),
             head,
             hwm,
+            lowered: self.lowered,
             durable,
         })
     }
@@ -348,21 +394,30 @@ impl Store {
         self.journal.file()
     }
 
-    /// The second half of `commit`, with the outcome of the sync (`Ok` if none was
-    /// needed). On an error the batch is not committed and never will be.
+    /// Ends the oldest batch begun, with the outcome of a sync begun after it was
+    /// written (`Ok` if none was needed). On an error it is not committed and never will
+    /// be, nor is any batch begun after it: those end with errors too.
     pub fn end_commit(
         &mut self,
         commit: Commit,
         synced: std::io::Result<()>,
     ) -> Result<AuditHead, StoreError> {
-        let frame = self.journal.settle(commit.written, synced)?;
+        let frame = match self.journal.settle(commit.written, synced) {
+            Ok(f) => f,
+            Err(e) => {
+                self.ahead = self.settled();
+                return Err(e);
+            }
+        };
         self.pending.push(frame);
         if commit.logged {
             self.next_seq += 1;
             self.since_snapshot += 1;
         }
         self.head = commit.head;
-        self.hwm = commit.hwm;
+        if commit.lowered == self.lowered {
+            self.hwm = commit.hwm;
+        }
         Ok(commit.head)
     }
 

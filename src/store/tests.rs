@@ -957,27 +957,106 @@ fn a_batch_synced_on_another_thread_survives_a_power_cut_and_one_refused_there_d
     );
 }
 
+/// Applies a batch to `core` and begins its commit, as the daemon does while earlier
+/// batches wait for their sync.
+fn begin(
+    store: &mut Store,
+    core: &mut Core,
+    ms: u64,
+    commands: Vec<Command>,
+    durable: bool,
+) -> Result<Commit, StoreError> {
+    let now = T0.plus(ms);
+    for c in &commands {
+        core.apply(now, c.clone());
+    }
+    let audit = core.drain_events().iter().map(audit::entry_for).collect();
+    store.begin_commit(&BatchRecord { now, commands }, audit, durable)
+}
+
 #[test]
-fn nothing_is_committed_or_checkpointed_while_a_batch_waits_for_its_sync() {
+fn batches_begun_behind_one_waiting_for_its_sync_go_on_from_it_and_one_sync_covers_all() {
     let power = Power::default();
     let (mut store, _) = power.open();
-    let core = populated(&mut store);
-    let record = BatchRecord {
-        now: T0.plus(7),
-        commands: vec![checkout("B", &["c5"])],
-    };
-    let waiting = store.begin_commit(&record, Vec::new(), true).unwrap();
+    let mut core = populated(&mut store);
     let head = store.head();
-    assert!(
-        store.commit(&record, Vec::new(), true).is_err(),
-        "a second batch would be written over the first"
-    );
+    let a = begin(&mut store, &mut core, 7, vec![checkout("B", &["c5"])], true).unwrap();
+    let b = begin(&mut store, &mut core, 8, vec![release("A", &["a1"])], true).unwrap();
+    let c = begin(
+        &mut store,
+        &mut core,
+        9,
+        vec![checkout("B", &["c6"])],
+        false,
+    )
+    .unwrap();
+    assert_eq!(store.head(), head, "nothing has ended yet");
     assert!(
         store.checkpoint().is_err(),
-        "a checkpoint would move a batch not yet durable"
+        "a checkpoint would move batches not yet durable"
     );
-    assert_eq!(store.head(), head, "the waiting batch is not committed yet");
-    // Never settled (the daemon stopped while the sync ran): a restart does not take it.
-    drop(waiting);
-    assert_reopens_as(&power, &core, head, "with a batch never settled");
+    let file = store.journal_file();
+    let synced = std::thread::spawn(move || file.sync_data()).join().unwrap();
+    assert!(synced.is_ok());
+    store.end_commit(a, Ok(())).unwrap();
+    store.end_commit(b, Ok(())).unwrap();
+    let last = store.end_commit(c, Ok(())).unwrap();
+    assert_eq!(store.head(), last);
+    assert!(
+        last.count > head.count,
+        "the batches chained their audit records"
+    );
+    // All three were written before the one sync began.
+    let (mut reopened, power) = assert_reopens_as(&power, &core, last, "after one sync");
+    // And the store goes on from them, checkpoint included.
+    durable(&mut reopened, &mut core, 10, vec![checkout("B", &["c7"])]);
+    reopened.checkpoint().unwrap();
+    assert_reopens_as(&power, &core, reopened.head(), "after a checkpoint");
+}
+
+#[test]
+fn a_failed_sync_fails_every_batch_begun_after_it_and_a_power_cut_brings_none_back() {
+    let power = Power::default();
+    let (mut store, _) = power.open();
+    let mut core = populated(&mut store);
+    let head = store.head();
+    let before = core.clone();
+    let a = begin(&mut store, &mut core, 7, vec![checkout("B", &["c5"])], true).unwrap();
+    let b = begin(&mut store, &mut core, 8, vec![checkout("B", &["c6"])], true).unwrap();
+    // The sync wrote both frames and then reported a failure.
+    power.journal.fail_syncs_after_writing(true);
+    let synced = store.journal_file().sync_data();
+    assert!(store.end_commit(a, synced).is_err());
+    power.journal.fail_syncs_after_writing(false);
+    assert!(
+        store.end_commit(b, Ok(())).is_err(),
+        "a batch begun after a failed one fails with it"
+    );
+    assert_eq!(store.head(), head, "the refused batches chain nothing");
+    let mut core = store.reload().unwrap();
+    assert_eq!(
+        bytes(&core),
+        acknowledged(&before),
+        "the refused batches are gone"
+    );
+    durable(&mut store, &mut core, 9, vec![checkout("B", &["c7"])]);
+    assert_reopens_as(
+        &power,
+        &core,
+        store.head(),
+        "after the refusal and a commit",
+    );
+}
+
+#[test]
+fn batches_end_in_the_order_they_began() {
+    let power = Power::default();
+    let (mut store, _) = power.open();
+    let mut core = populated(&mut store);
+    let head = store.head();
+    let a = begin(&mut store, &mut core, 7, vec![checkout("B", &["c5"])], true).unwrap();
+    let b = begin(&mut store, &mut core, 8, vec![checkout("B", &["c6"])], true).unwrap();
+    assert!(store.end_commit(b, Ok(())).is_err(), "out of order");
+    assert!(store.end_commit(a, Ok(())).is_err(), "failed with it");
+    assert_eq!(store.head(), head);
 }
