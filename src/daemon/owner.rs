@@ -1,9 +1,11 @@
 //! The one task that owns the allocation core. Connection tasks send it jobs over a
-//! bounded channel; it drains every job waiting, applies them in order, commits the
-//! batch to the store once, then answers them all (group commit). Nothing is answered
-//! before the store holds it; if a commit fails, every job of the batch is answered with
-//! the failure and the core is rebuilt from what is durable. It also logs the core's
-//! events, audits them, and pushes revocations to the holders' live connections.
+//! bounded channel; it drains every job waiting, applies them in order, writes the batch
+//! to the store's journal once, and answers them all when a sync covers it (group
+//! commit; see `Pipeline`: the next batches are applied while a sync runs). Nothing is
+//! answered before the store holds it and everything before it; if a commit fails, every
+//! batch not yet answered fails with it and the core is rebuilt from what is durable. It
+//! also logs the core's events, audits them, and pushes revocations to the holders' live
+//! connections.
 
 use crate::clock::Clock;
 use crate::core::{Command, Core, Event, Outcome, Refusal, ReleaseReason, Timestamp};

@@ -1,7 +1,8 @@
 //! Durable state under the state directory: in redb, a log of command batches over the
 //! last snapshot of the core, and the hash-chained audit log; in front of it, the journal
 //! (see `journal`). A batch is committed before any of its answers go out (group commit):
-//! appended to the journal and, when it must be durable, synced before `commit` returns.
+//! appended to the journal and, when it must be durable, synced before `commit` returns,
+//! or in two halves (`begin_commit`, `end_commit`) with the sync elsewhere in between.
 //! Batches move from the journal into redb in bulk (`checkpoint`), and on open whatever
 //! the journal holds beyond the last checkpoint is moved in first; replaying the log over
 //! the snapshot then rebuilds exactly the acknowledged state (invariant 4). Non-durable
