@@ -1060,3 +1060,101 @@ fn batches_end_in_the_order_they_began() {
     assert!(store.end_commit(a, Ok(())).is_err(), "failed with it");
     assert_eq!(store.head(), head);
 }
+
+#[test]
+fn a_refused_batch_is_zeroed_before_a_checkpoint_so_a_restart_does_not_take_it() {
+    let power = Power::default();
+    let (mut store, _) = power.open();
+    let mut core = populated(&mut store);
+    let before = core.clone();
+    let head = store.head();
+    let a = begin(&mut store, &mut core, 7, vec![checkout("B", &["c5"])], true).unwrap();
+    // The sync writes the frame and reports a failure; then the disk refuses the sync
+    // that would make its zeroing durable.
+    power.journal.fail_syncs_after_writing(true);
+    let synced = store.journal_file().sync_data();
+    power.journal.fail_syncs_after_writing(false);
+    power.journal.fail_syncs(true);
+    assert!(store.end_commit(a, synced).is_err());
+    // The disk comes back, and the daemon stops before it writes again: its last
+    // snapshot checkpoints the journal.
+    power.journal.fail_syncs(false);
+    let core = store.reload().unwrap();
+    assert_eq!(bytes(&core), acknowledged(&before));
+    store.snapshot(&core).unwrap();
+    assert_reopens_as(&power, &before, head, "after a checkpoint behind a refusal");
+}
+
+#[test]
+fn a_backup_taken_while_batches_wait_for_their_sync_carries_their_audit_records() {
+    // The backup's answer waits behind those batches, so it goes out only once they are
+    // durable; its core already holds their changes, and so must its audit log.
+    let power = Power::default();
+    let (mut store, _) = power.open();
+    let mut core = populated(&mut store);
+    let a = begin(&mut store, &mut core, 7, vec![checkout("B", &["c5"])], true).unwrap();
+    let b = begin(&mut store, &mut core, 8, vec![release("B", &["c5"])], true).unwrap();
+    let backup = Backup::take(&store, &core, T0.plus(9)).unwrap();
+    store.end_commit(a, Ok(())).unwrap();
+    let head = store.end_commit(b, Ok(())).unwrap();
+    assert_eq!(audit::verify(&backup.audit, Some(head)).unwrap(), head);
+    assert_eq!(backup.audit, store.audit_records(None).unwrap());
+    // A backup taken after a failure carries none of the failed batches.
+    let c = begin(
+        &mut store,
+        &mut core,
+        10,
+        vec![checkout("B", &["c6"])],
+        true,
+    )
+    .unwrap();
+    assert!(store
+        .end_commit(c, Err(std::io::Error::other("the disk is gone")))
+        .is_err());
+    let core = store.reload().unwrap();
+    let backup = Backup::take(&store, &core, T0.plus(11)).unwrap();
+    assert_eq!(audit::verify(&backup.audit, Some(head)).unwrap(), head);
+}
+
+#[test]
+fn a_batch_ended_late_after_a_failure_does_not_fork_the_batches_begun_since() {
+    let power = Power::default();
+    let (mut store, _) = power.open();
+    populated(&mut store);
+    let mut doomed = store.reload().unwrap();
+    let a = begin(
+        &mut store,
+        &mut doomed,
+        7,
+        vec![checkout("B", &["c5"])],
+        true,
+    )
+    .unwrap();
+    let b = begin(
+        &mut store,
+        &mut doomed,
+        8,
+        vec![checkout("B", &["c6"])],
+        true,
+    )
+    .unwrap();
+    assert!(store
+        .end_commit(a, Err(std::io::Error::other("the disk is gone")))
+        .is_err());
+    let mut core = store.reload().unwrap();
+    let c = begin(&mut store, &mut core, 9, vec![checkout("B", &["c7"])], true).unwrap();
+    // `b` failed with `a`; ending it only now must not make the store forget `c`.
+    assert!(store.end_commit(b, Ok(())).is_err());
+    let d = begin(
+        &mut store,
+        &mut core,
+        10,
+        vec![checkout("A", &["c8"])],
+        true,
+    )
+    .unwrap();
+    let synced = store.journal_file().sync_data();
+    store.end_commit(c, synced).unwrap();
+    let head = store.end_commit(d, Ok(())).unwrap();
+    assert_reopens_as(&power, &core, head, "after a late end");
+}
