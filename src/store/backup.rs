@@ -21,13 +21,17 @@ pub struct Backup {
 }
 
 impl Backup {
+    /// `core` may hold batches begun in the store and not yet ended: their audit records
+    /// go with it. (The daemon answers with the backup only once they are durable.)
     pub fn take(store: &Store, core: &Core, now: Timestamp) -> Result<Backup, StoreError> {
+        let mut audit = store.audit_records(None)?;
+        audit.extend(store.begun_audit_records().cloned());
         Ok(Backup {
             schema: super::SCHEMA,
             taken_at: now,
             hwm: store.hwm().max(now),
             core: core.clone(),
-            audit: store.audit_records(None)?,
+            audit,
         })
     }
 

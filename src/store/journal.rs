@@ -81,6 +81,13 @@ pub struct Written {
     generation: u64,
 }
 
+impl Written {
+    /// The audit records the frame carries.
+    pub fn frame_audit(&self) -> &[AuditRecord] {
+        &self.frame.audit
+    }
+}
+
 #[derive(Debug)]
 pub struct Journal {
     file: Arc<dyn JournalFile>,
@@ -192,14 +199,22 @@ impl Journal {
         })
     }
 
-    /// Refuses work that must wait until every frame written is settled.
-    pub fn settled(&self) -> Result<(), StoreError> {
+    /// Refuses work that must wait until every frame written is settled, and zeroes
+    /// failed frames whose zeroing the disk refused so far: a daemon that stops writes
+    /// only a checkpoint (its last snapshot), and failed frames it left behind would be
+    /// read after the restart as batches that count.
+    pub fn settled(&mut self) -> Result<(), StoreError> {
         if self.unsettled > 0 {
             return Err(StoreError::Db(
                 "the journal: frames written are not settled yet".into(),
             ));
         }
-        Ok(())
+        self.clear_failed().map_err(io_fail)
+    }
+
+    /// How many frames are written and not yet settled.
+    pub fn unsettled(&self) -> usize {
+        self.unsettled
     }
 
     /// The file, so written frames can be synced away from the thread that writes.

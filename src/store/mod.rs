@@ -93,6 +93,8 @@ pub struct Store {
     ahead: Ahead,
     /// Counts `lower_hwm` calls: a batch begun before one does not raise the mark again.
     lowered: u64,
+    /// The audit records of each batch begun and not yet ended, oldest first.
+    begun_audit: std::collections::VecDeque<Vec<AuditRecord>>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -241,6 +243,7 @@ impl Store {
                 hwm,
             },
             lowered: 0,
+            begun_audit: Default::default(),
         };
         Ok((
             store,
@@ -262,7 +265,7 @@ impl Store {
         self.next_seq = last_seq + 1;
         self.head = head;
         self.hwm = hwm;
-        self.ahead = self.settled();
+        self.forget_begun();
         Ok(core)
     }
 
@@ -271,6 +274,16 @@ impl Store {
             next_seq: self.next_seq,
             head: self.head,
             hwm: self.hwm,
+        }
+    }
+
+    /// After an error: if the journal dropped every batch not yet ended, the next batch
+    /// goes on from the last one ended. An error that failed nothing (a batch a failure
+    /// already failed, ended late) leaves the batches begun since then as they are.
+    fn forget_begun(&mut self) {
+        if self.journal.unsettled() == 0 {
+            self.ahead = self.settled();
+            self.begun_audit.clear();
         }
     }
 
@@ -371,10 +384,11 @@ impl Store {
             Ok(w) => w,
             Err(e) => {
                 // The journal dropped every batch not yet ended: so does the store.
-                self.ahead = self.settled();
+                self.forget_begun();
                 return Err(e);
             }
         };
+        self.begun_audit.push_back(written.frame_audit().to_vec());
         self.ahead = Ahead {
             next_seq: ahead.next_seq + u64::from(seq.is_some()),
             head,
@@ -406,10 +420,11 @@ impl Store {
         let frame = match self.journal.settle(commit.written, synced) {
             Ok(f) => f,
             Err(e) => {
-                self.ahead = self.settled();
+                self.forget_begun();
                 return Err(e);
             }
         };
+        self.begun_audit.pop_front();
         self.pending.push(frame);
         if commit.logged {
             self.next_seq += 1;
@@ -488,6 +503,12 @@ impl Store {
         tx.commit().map_err(fail)?;
         self.since_snapshot = 0;
         Ok(())
+    }
+
+    /// The audit records of the batches begun and not yet ended, oldest first: a backup
+    /// taken behind them holds their changes, and goes out only if they end well.
+    pub fn begun_audit_records(&self) -> impl Iterator<Item = &AuditRecord> {
+        self.begun_audit.iter().flatten()
     }
 
     /// Audit records from `since` (inclusive), oldest first.

@@ -1060,3 +1060,321 @@ fn batches_end_in_the_order_they_began() {
     assert!(store.end_commit(a, Ok(())).is_err(), "failed with it");
     assert_eq!(store.head(), head);
 }
+
+#[test]
+fn a_refused_batch_is_zeroed_before_a_checkpoint_so_a_restart_does_not_take_it() {
+    let power = Power::default();
+    let (mut store, _) = power.open();
+    let mut core = populated(&mut store);
+    let before = core.clone();
+    let head = store.head();
+    let a = begin(&mut store, &mut core, 7, vec![checkout("B", &["c5"])], true).unwrap();
+    // The sync writes the frame and reports a failure; then the disk refuses the sync
+    // that would make its zeroing durable.
+    power.journal.fail_syncs_after_writing(true);
+    let synced = store.journal_file().sync_data();
+    power.journal.fail_syncs_after_writing(false);
+    power.journal.fail_syncs(true);
+    assert!(store.end_commit(a, synced).is_err());
+    // The disk comes back, and the daemon stops before it writes again: its last
+    // snapshot checkpoints the journal.
+    power.journal.fail_syncs(false);
+    let core = store.reload().unwrap();
+    assert_eq!(bytes(&core), acknowledged(&before));
+    store.snapshot(&core).unwrap();
+    assert_reopens_as(&power, &before, head, "after a checkpoint behind a refusal");
+}
+
+#[test]
+fn a_backup_taken_while_batches_wait_for_their_sync_carries_their_audit_records() {
+    // The backup's answer waits behind those batches, so it goes out only once they are
+    // durable; its core already holds their changes, and so must its audit log.
+    let power = Power::default();
+    let (mut store, _) = power.open();
+    let mut core = populated(&mut store);
+    let a = begin(&mut store, &mut core, 7, vec![checkout("B", &["c5"])], true).unwrap();
+    let b = begin(&mut store, &mut core, 8, vec![release("B", &["c5"])], true).unwrap();
+    let backup = Backup::take(&store, &core, T0.plus(9)).unwrap();
+    store.end_commit(a, Ok(())).unwrap();
+    let head = store.end_commit(b, Ok(())).unwrap();
+    assert_eq!(audit::verify(&backup.audit, Some(head)).unwrap(), head);
+    assert_eq!(backup.audit, store.audit_records(None).unwrap());
+    // A backup taken after a failure carries none of the failed batches.
+    let c = begin(
+        &mut store,
+        &mut core,
+        10,
+        vec![checkout("B", &["c6"])],
+        true,
+    )
+    .unwrap();
+    assert!(store
+        .end_commit(c, Err(std::io::Error::other("the disk is gone")))
+        .is_err());
+    let core = store.reload().unwrap();
+    let backup = Backup::take(&store, &core, T0.plus(11)).unwrap();
+    assert_eq!(audit::verify(&backup.audit, Some(head)).unwrap(), head);
+}
+
+#[test]
+fn a_batch_ended_late_after_a_failure_does_not_fork_the_batches_begun_since() {
+    let power = Power::default();
+    let (mut store, _) = power.open();
+    populated(&mut store);
+    let mut doomed = store.reload().unwrap();
+    let a = begin(
+        &mut store,
+        &mut doomed,
+        7,
+        vec![checkout("B", &["c5"])],
+        true,
+    )
+    .unwrap();
+    let b = begin(
+        &mut store,
+        &mut doomed,
+        8,
+        vec![checkout("B", &["c6"])],
+        true,
+    )
+    .unwrap();
+    assert!(store
+        .end_commit(a, Err(std::io::Error::other("the disk is gone")))
+        .is_err());
+    let mut core = store.reload().unwrap();
+    let c = begin(&mut store, &mut core, 9, vec![checkout("B", &["c7"])], true).unwrap();
+    // `b` failed with `a`; ending it only now must not make the store forget `c`.
+    assert!(store.end_commit(b, Ok(())).is_err());
+    let d = begin(
+        &mut store,
+        &mut core,
+        10,
+        vec![checkout("A", &["c8"])],
+        true,
+    )
+    .unwrap();
+    let synced = store.journal_file().sync_data();
+    store.end_commit(c, synced).unwrap();
+    let head = store.end_commit(d, Ok(())).unwrap();
+    assert_reopens_as(&power, &core, head, "after a late end");
+}
+
+/// How the sync that ends some batches turns out (`interleavings_of_begin_end_failure_...`).
+#[derive(Clone, Copy, Debug)]
+enum SyncOutcome {
+    /// Batches that need no sync end without one (a durable one among them gets a sync).
+    None,
+    Ok,
+    /// The disk writes everything and reports a failure; it works again at once.
+    FailsAfterWriting,
+    /// The disk writes nothing and reports a failure; it works again at once.
+    Fails,
+    /// The sync writes and fails, and so does the zeroing's: the disk comes back only
+    /// for the checkpoint that follows (a daemon that stops).
+    FailsThenCheckpoint,
+}
+
+#[derive(Clone, Debug)]
+enum Step {
+    Begin {
+        server: bool,
+        camera: u8,
+        release: bool,
+        durable: bool,
+    },
+    End(usize, SyncOutcome),
+    Checkpoint,
+    Reload,
+    PowerCut,
+}
+
+fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    let outcome = prop_oneof![
+        Just(SyncOutcome::None),
+        Just(SyncOutcome::Ok),
+        Just(SyncOutcome::FailsAfterWriting),
+        Just(SyncOutcome::Fails),
+        Just(SyncOutcome::FailsThenCheckpoint),
+    ];
+    prop_oneof![
+        4 => (any::<bool>(), 0u8..6, any::<bool>(), any::<bool>()).prop_map(
+            |(server, camera, release, durable)| Step::Begin { server, camera, release, durable }
+        ),
+        3 => (1usize..4, outcome).prop_map(|(n, o)| Step::End(n, o)),
+        1 => Just(Step::Checkpoint),
+        1 => Just(Step::Reload),
+        1 => Just(Step::PowerCut),
+    ]
+}
+
+/// The state after the batches of `log`, over `base`.
+fn replayed(base: &Core, log: &[(u64, Vec<Command>, bool)]) -> Vec<u8> {
+    let mut core = base.clone();
+    for (ms, commands, _) in log {
+        for c in commands {
+            core.apply(T0.plus(*ms), c.clone());
+        }
+    }
+    acknowledged(&core)
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+    /// Batches are begun, ended in order with the outcome of a sync (or none), fail, are
+    /// checkpointed, reloaded and cut off by power cuts, in any order: a restart keeps
+    /// every batch ended after a sync (and all before it), never one that failed, and
+    /// otherwise only some prefix of those written; a reload is exactly the batches ended.
+    #[test]
+    fn interleavings_of_begin_end_failure_and_power_cuts_keep_ended_batches_and_no_failed_one(
+        steps in proptest::collection::vec(step(), 1..40)
+    ) {
+        let mut power = Power::default();
+        let (mut store, _) = power.open();
+        let base = populated(&mut store);
+        let mut core = base.clone();
+        // Every batch not failed, in the order written: (instant, commands, durable).
+        let mut log: Vec<(u64, Vec<Command>, bool)> = Vec::new();
+        // How many of `log` are ended; how many of them a sync made durable.
+        let mut ended = 0usize;
+        let mut synced_to = 0usize;
+        let mut begun: std::collections::VecDeque<Commit> = Default::default();
+        // Batches failed with an earlier one, ended late (between later batches).
+        let mut failed: Vec<Commit> = Vec::new();
+        let mut ms = 10u64;
+        for step in steps {
+            match step {
+                Step::Begin { server, camera, release: rel, durable } => {
+                    ms += 1;
+                    let server = if server { "A" } else { "B" };
+                    let cam = format!("c{camera}");
+                    let command = if rel { release(server, &[&cam]) } else { checkout(server, &[&cam]) };
+                    let commit = begin(&mut store, &mut core, ms, vec![command.clone()], durable)
+                        .expect("a write to a working disk");
+                    log.push((ms, vec![command], durable));
+                    begun.push_back(commit);
+                    if let Some(late) = failed.pop() {
+                        assert!(store.end_commit(late, Ok(())).is_err(), "a batch behind a failed one");
+                    }
+                }
+                Step::End(n, outcome) => {
+                    let n = n.min(begun.len());
+                    if n == 0 {
+                        continue;
+                    }
+                    let any_durable = log[ended..ended + n].iter().any(|b| b.2);
+                    let disk = &power.journal;
+                    let synced = match outcome {
+                        SyncOutcome::None if !any_durable => None,
+                        SyncOutcome::None | SyncOutcome::Ok => Some(store.journal_file().sync_data()),
+                        SyncOutcome::FailsAfterWriting | SyncOutcome::FailsThenCheckpoint => {
+                            disk.fail_syncs_after_writing(true);
+                            let r = store.journal_file().sync_data();
+                            disk.fail_syncs_after_writing(false);
+                            Some(r)
+                        }
+                        SyncOutcome::Fails => {
+                            disk.fail_syncs(true);
+                            let r = store.journal_file().sync_data();
+                            disk.fail_syncs(false);
+                            Some(r)
+                        }
+                    };
+                    match synced {
+                        Some(Err(e)) => {
+                            if matches!(outcome, SyncOutcome::FailsThenCheckpoint) {
+                                disk.fail_syncs(true);
+                            }
+                            let first = begun.pop_front().expect("n > 0");
+                            assert!(store.end_commit(first, Err(e)).is_err());
+                            disk.fail_syncs(false);
+                            // Ended later, each after the next batch begins.
+                            failed.extend(begun.drain(..));
+                            log.truncate(ended);
+                            core = store.reload().expect("a reload");
+                            assert_eq!(bytes(&core), replayed(&base, &log), "reloaded after a failure");
+                            if matches!(outcome, SyncOutcome::FailsThenCheckpoint) {
+                                store.checkpoint().expect("a checkpoint with nothing begun");
+                            }
+                        }
+                        synced => {
+                            let sync_ran = synced.is_some();
+                            for _ in 0..n {
+                                let commit = begun.pop_front().expect("n <= begun");
+                                store.end_commit(commit, Ok(())).expect("an end after a good sync");
+                                ended += 1;
+                            }
+                            if sync_ran {
+                                synced_to = ended;
+                            }
+                        }
+                    }
+                }
+                Step::Checkpoint => {
+                    assert_eq!(store.checkpoint().is_ok(), begun.is_empty(), "a checkpoint waits for every batch to end");
+                    if begun.is_empty() {
+                        // redb holds them now.
+                        synced_to = ended;
+                    }
+                }
+                Step::Reload => {
+                    if begun.is_empty() {
+                        core = store.reload().expect("a reload");
+                        assert_eq!(bytes(&core), replayed(&base, &log), "reloaded");
+                    }
+                }
+                Step::PowerCut => {
+                    power = power.cut();
+                    begun.clear();
+                    failed.clear();
+                    let (reopened, loaded) = power.open();
+                    let found = bytes(&loaded.core);
+                    let kept = (synced_to..=log.len())
+                        .find(|&k| replayed(&base, &log[..k]) == found);
+                    let Some(kept) = kept else {
+                        panic!("after a power cut: not the batches synced ({synced_to}) plus some of the {} written after", log.len() - synced_to);
+                    };
+                    let records = reopened.audit_records(None).expect("audit records");
+                    assert_eq!(audit::verify(&records, Some(reopened.head())).expect("an audit chain"), reopened.head());
+                    log.truncate(kept);
+                    ended = kept;
+                    synced_to = kept;
+                    store = reopened;
+                    core = loaded.core;
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_mark_lowered_while_a_batch_waits_for_its_sync_is_not_raised_again_by_it() {
+    for checkpoint in [false, true] {
+        let power = Power::default();
+        let (mut store, _) = power.open();
+        let mut core = populated(&mut store);
+        // Begun at the old reckoning of time, before a reset token set it back.
+        let a = begin(
+            &mut store,
+            &mut core,
+            1_000_000,
+            vec![checkout("B", &["c5"])],
+            true,
+        )
+        .unwrap();
+        store.lower_hwm(T0.plus(10));
+        let b = begin(&mut store, &mut core, 10, vec![Command::TimeRebased], true).unwrap();
+        let synced = store.journal_file().sync_data();
+        store.end_commit(a, synced).unwrap();
+        assert_eq!(store.hwm(), T0.plus(10), "the batch begun before it");
+        store.end_commit(b, Ok(())).unwrap();
+        assert_eq!(store.hwm(), T0.plus(10));
+        if checkpoint {
+            store.checkpoint().unwrap();
+        }
+        let (reopened, loaded) = power.cut().open();
+        assert_eq!(loaded.hwm, T0.plus(10), "checkpoint: {checkpoint}");
+        assert_eq!(reopened.hwm(), T0.plus(10));
+        assert_eq!(bytes(&loaded.core), acknowledged(&core));
+    }
+}
