@@ -11,17 +11,18 @@
 //! the check being the first 16 bytes of the payload's HMAC-SHA256 under a key of this
 //! state directory (kept in redb): a payload holds bytes clients chose (camera ids), and
 //! with a plain hash they could plant what reads as a frame inside one. The payload
-//! carries the frame's number. Reading stops at the first frame that is torn, fails its check, or does
-//! not carry the next number: frames left from before the last checkpoint carry lower
-//! numbers, so they are never mistaken for new ones. The run at the start of the file may
-//! begin below the first number wanted: a checkpoint can reach the disk though its sync
-//! reported a failure, and then the journal was written on without starting over. Those
-//! frames are skipped, not taken for the end of the journal.
+//! carries the frame's number. Reading stops at the first frame that is torn, fails its
+//! check, or does not carry the next number: frames left from before the last checkpoint
+//! carry lower numbers, so they are never mistaken for new ones. The run at the start of
+//! the file may begin below the first number wanted: a checkpoint can reach the disk
+//! though its sync reported a failure, and then the journal was written on without
+//! starting over. Those frames are skipped, not taken for the end of the journal.
 
 use super::audit::AuditRecord;
 use super::{fail, StoreError};
 use crate::core::Timestamp;
 use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
 
@@ -75,17 +76,9 @@ pub struct Frame {
 #[derive(Debug)]
 #[must_use]
 pub struct Written {
-    frame: Frame,
     start: u64,
     end: u64,
     generation: u64,
-}
-
-impl Written {
-    /// The audit records the frame carries.
-    pub fn frame_audit(&self) -> &[AuditRecord] {
-        &self.frame.audit
-    }
 }
 
 #[derive(Debug)]
@@ -98,11 +91,10 @@ pub struct Journal {
     len: u64,
     /// The number the first frame after the settled ones carries.
     next: u64,
-    /// Frames written and not yet settled, in order from `tail`: where the next one
-    /// goes, its number, and how many there are.
+    /// Frames written and not yet settled, in order from `tail`, and where the next one
+    /// goes.
+    unsettled: VecDeque<Frame>,
     ahead: u64,
-    ahead_next: u64,
-    unsettled: usize,
     /// Counts failures: a frame written before the last one cannot be settled after it.
     generation: u64,
     /// Failed frames lie between `tail` and this until they are zeroed (see
@@ -129,9 +121,8 @@ impl Journal {
             tail: 0,
             len,
             next,
+            unsettled: VecDeque::new(),
             ahead: 0,
-            ahead_next: next,
-            unsettled: 0,
             generation: 0,
             failed_to: 0,
         };
@@ -171,7 +162,7 @@ impl Journal {
         if let Err(e) = self.clear_failed() {
             return Err(io_fail(e));
         }
-        frame.number = self.ahead_next;
+        frame.number = self.next + self.unsettled.len() as u64;
         let payload = postcard::to_allocvec(&frame).map_err(fail)?;
         let bytes = encode(&self.key, &payload);
         let start = self.ahead;
@@ -189,10 +180,8 @@ impl Journal {
             return Err(io_fail(e));
         }
         self.ahead = end;
-        self.ahead_next += 1;
-        self.unsettled += 1;
+        self.unsettled.push_back(frame);
         Ok(Written {
-            frame,
             start,
             end,
             generation: self.generation,
@@ -204,7 +193,7 @@ impl Journal {
     /// only a checkpoint (its last snapshot), and failed frames it left behind would be
     /// read after the restart as batches that count.
     pub fn settled(&mut self) -> Result<(), StoreError> {
-        if self.unsettled > 0 {
+        if !self.unsettled.is_empty() {
             return Err(StoreError::Db(
                 "the journal: frames written are not settled yet".into(),
             ));
@@ -214,7 +203,12 @@ impl Journal {
 
     /// How many frames are written and not yet settled.
     pub fn unsettled(&self) -> usize {
-        self.unsettled
+        self.unsettled.len()
+    }
+
+    /// The audit records of the frames written and not yet settled, oldest first.
+    pub fn unsettled_audit(&self) -> impl Iterator<Item = &AuditRecord> {
+        self.unsettled.iter().flat_map(|f| &f.audit)
     }
 
     /// The file, so written frames can be synced away from the thread that writes.
@@ -238,19 +232,25 @@ impl Journal {
             ));
         }
         if written.start != self.tail {
-            self.fail_unsettled();
-            return Err(StoreError::Db(
-                "the journal: frames must be settled in the order they were written".into(),
-            ));
+            return Err(self.out_of_order());
         }
         if let Err(e) = synced {
             self.fail_unsettled();
             return Err(io_fail(e));
         }
-        self.tail = written.end;
-        self.next = written.frame.number + 1;
-        self.unsettled -= 1;
-        Ok(written.frame)
+        match self.unsettled.pop_front() {
+            Some(frame) => {
+                self.tail = written.end;
+                self.next = frame.number + 1;
+                Ok(frame)
+            }
+            None => Err(self.out_of_order()),
+        }
+    }
+
+    fn out_of_order(&mut self) -> StoreError {
+        self.fail_unsettled();
+        StoreError::Db("the journal: frames must be settled in the order they were written".into())
     }
 
     /// Drops every frame not yet settled. They may still sit in the page cache, or a sync
@@ -264,15 +264,13 @@ impl Journal {
         // Tried now; if the disk refuses, tried again before the next write.
         let _ = self.clear_failed();
         self.ahead = self.tail;
-        self.ahead_next = self.next;
-        self.unsettled = 0;
+        self.unsettled.clear();
         self.generation += 1;
     }
 
     fn clear_failed(&mut self) -> io::Result<()> {
         if self.failed_to > self.tail {
-            let zeros = vec![0u8; (self.failed_to - self.tail) as usize];
-            self.file.write_at(self.tail, &zeros)?;
+            self.write_zeros(self.tail, self.failed_to)?;
             self.file.sync_data()?;
         }
         self.failed_to = 0;
@@ -288,17 +286,21 @@ impl Journal {
     /// Fills the file with zeros up to `to` and syncs the new length once, so later
     /// syncs carry data only.
     fn grow(&mut self, to: u64) -> Result<(), StoreError> {
-        let zeros = vec![0u8; 1 << 20];
-        let mut at = self.len;
-        while at < to {
-            let n = (to - at).min(zeros.len() as u64);
-            self.file
-                .write_at(at, &zeros[..n as usize])
-                .map_err(io_fail)?;
-            at += n;
-        }
+        self.write_zeros(self.len, to).map_err(io_fail)?;
         self.file.sync_data().map_err(io_fail)?;
         self.len = to;
+        Ok(())
+    }
+
+    /// Zeros from `from` to `to`, a MiB at a time.
+    fn write_zeros(&self, from: u64, to: u64) -> io::Result<()> {
+        let zeros = vec![0u8; (to.saturating_sub(from)).min(GROW_BYTES) as usize];
+        let mut at = from;
+        while at < to {
+            let n = (to - at).min(zeros.len() as u64);
+            self.file.write_at(at, &zeros[..n as usize])?;
+            at += n;
+        }
         Ok(())
     }
 }

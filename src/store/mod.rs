@@ -93,8 +93,6 @@ pub struct Store {
     ahead: Ahead,
     /// Counts `lower_hwm` calls: a batch begun before one does not raise the mark again.
     lowered: u64,
-    /// The audit records of each batch begun and not yet ended, oldest first.
-    begun_audit: std::collections::VecDeque<Vec<AuditRecord>>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -243,7 +241,6 @@ impl Store {
                 hwm,
             },
             lowered: 0,
-            begun_audit: Default::default(),
         };
         Ok((
             store,
@@ -283,7 +280,6 @@ impl Store {
     fn forget_begun(&mut self) {
         if self.journal.unsettled() == 0 {
             self.ahead = self.settled();
-            self.begun_audit.clear();
         }
     }
 
@@ -388,7 +384,6 @@ impl Store {
                 return Err(e);
             }
         };
-        self.begun_audit.push_back(written.frame_audit().to_vec());
         self.ahead = Ahead {
             next_seq: ahead.next_seq + u64::from(seq.is_some()),
             head,
@@ -424,7 +419,6 @@ impl Store {
                 return Err(e);
             }
         };
-        self.begun_audit.pop_front();
         self.pending.push(frame);
         if commit.logged {
             self.next_seq += 1;
@@ -508,7 +502,7 @@ impl Store {
     /// The audit records of the batches begun and not yet ended, oldest first: a backup
     /// taken behind them holds their changes, and goes out only if they end well.
     pub fn begun_audit_records(&self) -> impl Iterator<Item = &AuditRecord> {
-        self.begun_audit.iter().flatten()
+        self.journal.unsettled_audit()
     }
 
     /// Audit records from `since` (inclusive), oldest first.
