@@ -54,10 +54,12 @@ fn main() -> ExitCode {
     }
     // One event loop serves the connections and the core, as redis does: a request never
     // crosses a thread. netkey-bench measured it ahead of a worker per CPU plus a thread
-    // for the core in every phase, at 200 and at 10,000 servers, with less CPU per
-    // request. Syncs, and what else blocks, run on blocking threads. TOKIO_WORKER_THREADS=N asks for N workers instead (the
-    // core then has a thread of its own), for hosts where TLS handshakes after a restart
-    // of a very large fleet should use more than one CPU.
+    // for the core at 10,000 servers in heartbeats, the checkout storm, release and
+    // reconnect, with less CPU per request (docs/bench.json). Syncs, and what else
+    // blocks, run on blocking threads.
+    // TOKIO_WORKER_THREADS=N asks for N workers instead (the core then has a thread of
+    // its own), for hosts where TLS handshakes after a restart of a very large fleet
+    // should use more than one CPU.
     // Named, so an operator's `top -H` or a profile tells the daemon's threads apart.
     let mut builder = match std::env::var_os("TOKIO_WORKER_THREADS") {
         Some(_) => tokio::runtime::Builder::new_multi_thread(),

@@ -1,7 +1,8 @@
 //! Compact building blocks for the per-lease state, which a daemon holds a million of:
 //! camera ids stored inline, lease terms shared between the leases that have the same
-//! ones, and maps built densely when a snapshot loads and rebuilt densely as they grow. None of it changes what the core
-//! does; it changes how many bytes each lease takes (the aim: 200 at most).
+//! ones, and maps built densely when a snapshot loads and rebuilt densely as they grow.
+//! None of it changes what the core does; it changes how many bytes each lease takes
+//! (the aim: 200 at most).
 
 use serde::de::{Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
