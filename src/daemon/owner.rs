@@ -527,7 +527,6 @@ async fn run(
                 None => break,
             },
             (synced, covered) = sync_ended(&mut pipe.syncing) => {
-                pipe.syncing = None;
                 on_synced(&mut owner, &mut pipe, synced, covered, &acks);
             }
             _ = tick.tick() => {}
@@ -592,9 +591,11 @@ struct Held {
 #[derive(Default)]
 struct Pipeline {
     held: std::collections::VecDeque<Held>,
-    /// The sync under way, and how many of `held`, from the front, it covers.
-    syncing: Option<(tokio::task::JoinHandle<std::io::Result<()>>, usize)>,
+    syncing: Option<Syncing>,
 }
+
+/// The sync under way, and how many of `held`, from the front, it covers.
+type Syncing = (tokio::task::JoinHandle<std::io::Result<()>>, usize);
 
 impl Pipeline {
     fn is_idle(&self) -> bool {
@@ -603,9 +604,7 @@ impl Pipeline {
 }
 
 /// The end of the sync under way (never, if there is none).
-async fn sync_ended(
-    syncing: &mut Option<(tokio::task::JoinHandle<std::io::Result<()>>, usize)>,
-) -> (std::io::Result<()>, usize) {
+async fn sync_ended(syncing: &mut Option<Syncing>) -> (std::io::Result<()>, usize) {
     match syncing {
         Some((handle, covered)) => {
             let synced = match handle.await {
@@ -622,11 +621,11 @@ async fn sync_ended(
 async fn drain(owner: &mut Owner, pipe: &mut Pipeline, acks: &Notify) {
     while pipe.syncing.is_some() {
         let (synced, covered) = sync_ended(&mut pipe.syncing).await;
-        pipe.syncing = None;
         on_synced(owner, pipe, synced, covered, acks);
     }
 }
 
+/// The sync under way ended, covering the first `covered` batches held.
 fn on_synced(
     owner: &mut Owner,
     pipe: &mut Pipeline,
@@ -634,6 +633,7 @@ fn on_synced(
     covered: usize,
     acks: &Notify,
 ) {
+    pipe.syncing = None;
     match synced {
         Ok(()) => {
             release(owner, pipe, covered, acks);
