@@ -142,13 +142,21 @@ fn run_batch(
     commands: Vec<Command>,
     durable: bool,
 ) {
+    let (record, audit) = batch(core, now, commands);
+    store.commit(&record, audit, durable).unwrap();
+}
+
+/// Applies commands to the core: the batch's log record and its audit entries.
+fn batch(
+    core: &mut Core,
+    now: Timestamp,
+    commands: Vec<Command>,
+) -> (BatchRecord, Vec<AuditEntry>) {
     for c in &commands {
         core.apply(now, c.clone());
     }
     let audit = core.drain_events().iter().map(audit::entry_for).collect();
-    store
-        .commit(&BatchRecord { now, commands }, audit, durable)
-        .unwrap();
+    (BatchRecord { now, commands }, audit)
 }
 
 /// `run_batch` of a durable batch at `T0` plus `ms`.
@@ -185,6 +193,14 @@ fn checkout(server: &str, cams: &[&str]) -> Command {
 }
 
 /// A store with the demo key, servers A and B, and some leases, all committed durably.
+/// A store on disks that a power cut can hit, with `populated` committed.
+fn started() -> (Power, Store, Core) {
+    let power = Power::default();
+    let (mut store, _) = power.open();
+    let core = populated(&mut store);
+    (power, store, core)
+}
+
 fn populated(store: &mut Store) -> Core {
     let mut core = Core::new();
     run_batch(
@@ -531,9 +547,7 @@ fn assert_reopens_as(power: &Power, core: &Core, head: AuditHead, what: &str) ->
 
 #[test]
 fn a_failed_checkpoint_keeps_every_later_commit_across_a_power_cut() {
-    let power = Power::default();
-    let (mut store, _) = power.open();
-    let mut core = populated(&mut store);
+    let (power, mut store, mut core) = started();
     power.db.fail_syncs(true);
     assert!(store.checkpoint().is_err());
     // The journal still works: these are acknowledged.
@@ -548,9 +562,7 @@ fn a_failed_checkpoint_keeps_every_later_commit_across_a_power_cut() {
 fn a_checkpoint_reported_failed_after_reaching_the_disk_loses_no_later_commit() {
     // An fsync error says nothing of what reached the disk: redb's commit may be durable
     // (journal_next moved on) though `checkpoint` failed and the journal was not restarted.
-    let power = Power::default();
-    let (mut store, _) = power.open();
-    let mut core = populated(&mut store);
+    let (power, mut store, mut core) = started();
     power.db.fail_syncs_after_writing(true);
     assert!(store.checkpoint().is_err());
     power.db.fail_syncs_after_writing(false);
@@ -582,9 +594,7 @@ fn a_checkpoint_reported_failed_after_reaching_the_disk_loses_no_later_commit() 
 
 #[test]
 fn a_failed_journal_sync_then_reload_refuses_that_batch_and_keeps_the_rest() {
-    let power = Power::default();
-    let (mut store, _) = power.open();
-    let mut core = populated(&mut store);
+    let (power, mut store, mut core) = started();
     // Not synced yet: only the page cache and `pending` hold it.
     run_batch(
         &mut store,
@@ -598,16 +608,7 @@ fn a_failed_journal_sync_then_reload_refuses_that_batch_and_keeps_the_rest() {
 
     power.journal.fail_syncs(true);
     let mut refused = core.clone();
-    refused.apply(T0.plus(7), checkout("B", &["c5"]));
-    let audit = refused
-        .drain_events()
-        .iter()
-        .map(audit::entry_for)
-        .collect();
-    let record = BatchRecord {
-        now: T0.plus(7),
-        commands: vec![checkout("B", &["c5"])],
-    };
+    let (record, audit) = batch(&mut refused, T0.plus(7), vec![checkout("B", &["c5"])]);
     assert!(store.commit(&record, audit, true).is_err());
     assert_eq!(
         store.head(),
@@ -636,9 +637,7 @@ fn a_failed_journal_sync_then_reload_refuses_that_batch_and_keeps_the_rest() {
 fn a_batch_whose_sync_reported_failure_does_not_come_back_after_a_power_cut() {
     // The sync wrote the frame but said it failed: the batch was answered as failed, so a
     // restart before any reload must not find it.
-    let power = Power::default();
-    let (mut store, _) = power.open();
-    let core = populated(&mut store);
+    let (power, mut store, core) = started();
     let head = store.head();
     power.journal.fail_syncs_after_writing(true);
     let record = BatchRecord {
@@ -656,9 +655,7 @@ fn a_batch_whose_sync_reported_failure_does_not_come_back_after_a_power_cut() {
 fn power_cuts_between_durable_and_non_durable_frames_keep_what_was_synced() {
     // Non-durable frames ride along with the next sync (or checkpoint); those after the
     // last one may be lost, those before never.
-    let power = Power::default();
-    let (mut store, _) = power.open();
-    let mut core = populated(&mut store);
+    let (power, mut store, mut core) = started();
     let mut synced = core.clone();
     let mut synced_head = store.head();
     for i in 0..24u64 {
@@ -802,9 +799,7 @@ fn a_lowered_high_water_mark_survives_a_restart_with_or_without_a_checkpoint() {
 
 #[test]
 fn audit_records_and_backups_include_batches_still_in_the_journal() {
-    let power = Power::default();
-    let (mut store, _) = power.open();
-    let core = populated(&mut store);
+    let (_power, mut store, core) = started();
     let in_db = store.audit_records(None).unwrap();
     store.checkpoint().unwrap();
     let mut core2 = core.clone();
@@ -841,9 +836,7 @@ fn audit_records_and_backups_include_batches_still_in_the_journal() {
 
 #[test]
 fn a_usage_sample_is_durable_once_a_checkpoint_follows_it() {
-    let power = Power::default();
-    let (mut store, _) = power.open();
-    let mut core = populated(&mut store);
+    let (power, mut store, mut core) = started();
     let sample = UsageSample {
         at: T0.plus(10),
         rows: vec![UsageRow {
@@ -867,9 +860,7 @@ fn a_reload_writes_nothing_so_it_works_while_the_disk_refuses_writes() {
     // checkpoint, yet the daemon must rebuild the acknowledged state to go on renewing
     // leases in memory (tests/durability.rs runs that on a real full file system). So a
     // reload reads redb and applies the journal's batches on top, writing nothing.
-    let power = Power::default();
-    let (mut store, _) = power.open();
-    let mut core = populated(&mut store);
+    let (power, mut store, mut core) = started();
     durable(&mut store, &mut core, 6, vec![checkout("A", &["c6"])]);
     store.checkpoint().unwrap();
     durable(
@@ -916,17 +907,9 @@ fn commit_synced_elsewhere(
 
 #[test]
 fn a_batch_synced_on_another_thread_survives_a_power_cut_and_one_refused_there_does_not() {
-    let power = Power::default();
-    let (mut store, _) = power.open();
-    let mut core = populated(&mut store);
+    let (power, mut store, mut core) = started();
 
-    let command = checkout("B", &["c5"]);
-    core.apply(T0.plus(7), command.clone());
-    let audit = core.drain_events().iter().map(audit::entry_for).collect();
-    let record = BatchRecord {
-        now: T0.plus(7),
-        commands: vec![command],
-    };
+    let (record, audit) = batch(&mut core, T0.plus(7), vec![checkout("B", &["c5"])]);
     let head = commit_synced_elsewhere(&mut store, &record, audit).unwrap();
     assert_eq!(store.head(), head);
     let (_, power) = assert_reopens_as(&power, &core, head, "after a sync on another thread");
@@ -934,17 +917,7 @@ fn a_batch_synced_on_another_thread_survives_a_power_cut_and_one_refused_there_d
     let (mut store, _) = power.open();
     power.journal.fail_syncs_after_writing(true);
     let mut refused = core.clone();
-    let command = checkout("B", &["c6"]);
-    refused.apply(T0.plus(8), command.clone());
-    let audit = refused
-        .drain_events()
-        .iter()
-        .map(audit::entry_for)
-        .collect();
-    let record = BatchRecord {
-        now: T0.plus(8),
-        commands: vec![command],
-    };
+    let (record, audit) = batch(&mut refused, T0.plus(8), vec![checkout("B", &["c6"])]);
     assert!(commit_synced_elsewhere(&mut store, &record, audit).is_err());
     assert_eq!(store.head(), head, "the refused batch chains nothing");
     power.journal.fail_syncs_after_writing(false);
@@ -966,19 +939,13 @@ fn begin(
     commands: Vec<Command>,
     durable: bool,
 ) -> Result<Commit, StoreError> {
-    let now = T0.plus(ms);
-    for c in &commands {
-        core.apply(now, c.clone());
-    }
-    let audit = core.drain_events().iter().map(audit::entry_for).collect();
-    store.begin_commit(&BatchRecord { now, commands }, audit, durable)
+    let (record, audit) = batch(core, T0.plus(ms), commands);
+    store.begin_commit(&record, audit, durable)
 }
 
 #[test]
 fn batches_begun_behind_one_waiting_for_its_sync_go_on_from_it_and_one_sync_covers_all() {
-    let power = Power::default();
-    let (mut store, _) = power.open();
-    let mut core = populated(&mut store);
+    let (power, mut store, mut core) = started();
     let head = store.head();
     let a = begin(&mut store, &mut core, 7, vec![checkout("B", &["c5"])], true).unwrap();
     let b = begin(&mut store, &mut core, 8, vec![release("A", &["a1"])], true).unwrap();
@@ -1016,9 +983,7 @@ fn batches_begun_behind_one_waiting_for_its_sync_go_on_from_it_and_one_sync_cove
 
 #[test]
 fn a_failed_sync_fails_every_batch_begun_after_it_and_a_power_cut_brings_none_back() {
-    let power = Power::default();
-    let (mut store, _) = power.open();
-    let mut core = populated(&mut store);
+    let (power, mut store, mut core) = started();
     let head = store.head();
     let before = core.clone();
     let a = begin(&mut store, &mut core, 7, vec![checkout("B", &["c5"])], true).unwrap();
@@ -1050,9 +1015,7 @@ fn a_failed_sync_fails_every_batch_begun_after_it_and_a_power_cut_brings_none_ba
 
 #[test]
 fn batches_end_in_the_order_they_began() {
-    let power = Power::default();
-    let (mut store, _) = power.open();
-    let mut core = populated(&mut store);
+    let (_power, mut store, mut core) = started();
     let head = store.head();
     let a = begin(&mut store, &mut core, 7, vec![checkout("B", &["c5"])], true).unwrap();
     let b = begin(&mut store, &mut core, 8, vec![checkout("B", &["c6"])], true).unwrap();
@@ -1063,9 +1026,7 @@ fn batches_end_in_the_order_they_began() {
 
 #[test]
 fn a_refused_batch_is_zeroed_before_a_checkpoint_so_a_restart_does_not_take_it() {
-    let power = Power::default();
-    let (mut store, _) = power.open();
-    let mut core = populated(&mut store);
+    let (power, mut store, mut core) = started();
     let before = core.clone();
     let head = store.head();
     let a = begin(&mut store, &mut core, 7, vec![checkout("B", &["c5"])], true).unwrap();
@@ -1089,9 +1050,7 @@ fn a_refused_batch_is_zeroed_before_a_checkpoint_so_a_restart_does_not_take_it()
 fn a_backup_taken_while_batches_wait_for_their_sync_carries_their_audit_records() {
     // The backup's answer waits behind those batches, so it goes out only once they are
     // durable; its core already holds their changes, and so must its audit log.
-    let power = Power::default();
-    let (mut store, _) = power.open();
-    let mut core = populated(&mut store);
+    let (_power, mut store, mut core) = started();
     let a = begin(&mut store, &mut core, 7, vec![checkout("B", &["c5"])], true).unwrap();
     let b = begin(&mut store, &mut core, 8, vec![release("B", &["c5"])], true).unwrap();
     let backup = Backup::take(&store, &core, T0.plus(9)).unwrap();
