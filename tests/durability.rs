@@ -63,6 +63,17 @@ enum Seen {
 
 #[test]
 fn sigkill_at_random_moments_loses_nothing_acknowledged() {
+    sigkill_at_random_moments(&[]);
+}
+
+/// The same with a snapshot every few batches, so kills land while one is written on
+/// its blocking thread (and while the journal waits for it to be checkpointed).
+#[test]
+fn sigkill_while_snapshots_are_written_loses_nothing_acknowledged() {
+    sigkill_at_random_moments(&["--snapshot-every", "7"]);
+}
+
+fn sigkill_at_random_moments(flags: &[&str]) {
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -70,7 +81,7 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         | 1;
     eprintln!("crash test seed {seed}");
     let mut rng = Rng(seed);
-    let mut d = DaemonProcess::start_demo();
+    let mut d = DaemonProcess::start_demo_with(flags);
     let rt = tokio::runtime::Runtime::new().unwrap();
     const CLIENTS: usize = 6;
     let names: Vec<String> = (0..CLIENTS).map(|i| format!("vs{i}")).collect();
@@ -394,6 +405,7 @@ fn a_full_disk_refuses_changes_keeps_renewing_and_recovers() {
         addr,
         socket,
         dir,
+        flags: Vec::new(),
     };
     let code = d.code();
     assert!(d

@@ -10,6 +10,8 @@ pub struct DaemonProcess {
     pub addr: String,
     pub socket: PathBuf,
     pub dir: tempfile::TempDir,
+    /// Extra flags, given again at each restart.
+    pub flags: Vec<String>,
 }
 
 impl DaemonProcess {
@@ -36,6 +38,7 @@ impl DaemonProcess {
             addr,
             socket,
             dir,
+            flags: extra.iter().map(|f| f.to_string()).collect(),
         }
     }
 
@@ -68,7 +71,8 @@ impl DaemonProcess {
     }
 
     pub fn start_again(&mut self) {
-        let (child, addr) = spawn_demo(&self.state_dir(), &self.socket);
+        let flags: Vec<&str> = self.flags.iter().map(String::as_str).collect();
+        let (child, addr) = spawn_demo_with(&self.state_dir(), &self.socket, &flags);
         self.child = child;
         self.addr = addr;
     }

@@ -146,6 +146,7 @@ async fn run(
             hosts: settings.console_hosts.clone(),
             metrics_need_session: settings.metrics_need_session,
         },
+        snapshot_every: args.snapshot_every,
     };
     let daemon = Daemon::start(config, SystemClock::new()).await?;
     notify_ready(&daemon).await;

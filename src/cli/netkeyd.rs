@@ -73,6 +73,10 @@ pub struct Args {
     /// always does).
     #[arg(long)]
     pub metrics_need_session: bool,
+    /// Snapshot after this many log records instead of the default: for tests that want
+    /// snapshots (and crashes during them) without committing tens of thousands of batches.
+    #[arg(long, hide = true, value_name = "RECORDS")]
+    pub snapshot_every: Option<u64>,
 }
 
 /// The configuration file. Unknown settings are errors, so a misspelt one is caught.

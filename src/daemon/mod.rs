@@ -54,6 +54,8 @@ pub struct Config {
     pub host: HostSource,
     /// The web console's settings (host names, metrics access).
     pub console: crate::web::ConsoleConfig,
+    /// Log records after which a snapshot is due, if not the store's default (tests).
+    pub snapshot_every: Option<u64>,
 }
 
 impl Default for Config {
@@ -71,6 +73,7 @@ impl Default for Config {
             vendor_keys: Vec::new(),
             host: HostSource::System,
             console: crate::web::ConsoleConfig::default(),
+            snapshot_every: None,
         }
     }
 }
@@ -185,7 +188,10 @@ impl Daemon {
                 .map_err(|e| DaemonError::Identity(e.to_string()))?,
         );
         let daemon_id = identity.public().daemon_id();
-        let (store, loaded) = Store::open(&config.state_dir)?;
+        let (mut store, loaded) = Store::open(&config.state_dir)?;
+        if let Some(records) = config.snapshot_every {
+            store.set_snapshot_every(records);
+        }
         tracing::info!(
             state_dir = %config.state_dir.display(),
             replayed = loaded.replayed,

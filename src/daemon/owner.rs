@@ -519,6 +519,7 @@ async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch: Vec<Job> = Vec::new();
     let mut pipe = Pipeline::default();
+    let mut snapshot: Option<SnapshotTask> = None;
     let mut systemd = Systemd::new();
     loop {
         tokio::select! {
@@ -528,6 +529,10 @@ async fn run(
             },
             (synced, covered) = sync_ended(&mut pipe.syncing) => {
                 on_synced(&mut owner, &mut pipe, synced, covered, &acks);
+            }
+            written = snapshot_written(&mut snapshot) => {
+                snapshot = None;
+                end_snapshot(&mut owner, written);
             }
             _ = tick.tick() => {}
             _ = shutdown.cancelled() => {
@@ -553,12 +558,16 @@ async fn run(
             drain(&mut owner, &mut pipe, &acks).await;
         }
         if pipe.is_idle() {
-            maintain(&mut owner);
+            maintain(&mut owner, &mut snapshot);
         }
         systemd.tick(&owner);
         refresh_offer(&owner);
     }
     drain(&mut owner, &mut pipe, &acks).await;
+    if snapshot.is_some() {
+        let written = snapshot_written(&mut snapshot).await;
+        end_snapshot(&mut owner, written);
+    }
     persist_renewals(&mut owner, true);
     if let Some(g) = owner.guard.as_mut() {
         g.persist();
@@ -569,6 +578,42 @@ async fn run(
         );
     }
     owner.core
+}
+
+/// A snapshot being written on a blocking thread (`maintain` begins it), and when it
+/// began.
+type SnapshotTask = (
+    tokio::task::JoinHandle<Result<(), crate::store::StoreError>>,
+    std::time::Instant,
+);
+
+/// The end of the snapshot being written (never, if there is none), and how long it
+/// took.
+async fn snapshot_written(
+    task: &mut Option<SnapshotTask>,
+) -> (Result<(), crate::store::StoreError>, std::time::Duration) {
+    match task {
+        Some((handle, began)) => {
+            let written = match handle.await {
+                Ok(r) => r,
+                Err(e) => Err(crate::store::StoreError::Db(format!(
+                    "the snapshot was not written: {e}"
+                ))),
+            };
+            (written, began.elapsed())
+        }
+        None => std::future::pending().await,
+    }
+}
+
+fn end_snapshot(
+    owner: &mut Owner,
+    (written, took): (Result<(), crate::store::StoreError>, std::time::Duration),
+) {
+    match owner.store.end_snapshot(written) {
+        Ok(()) => tracing::debug!(took_ms = took.as_millis() as u64, "snapshot written"),
+        Err(e) => tracing::warn!("snapshot failed (the log still holds everything): {e}"),
+    }
 }
 
 /// A batch applied to the core and begun in the store: its answers, and what it tells
@@ -734,15 +779,17 @@ fn fail_held(owner: &mut Owner, pipe: &mut Pipeline, reason: String) {
 /// until the pipeline drains.
 fn maintenance_due(owner: &Owner) -> bool {
     owner.degraded.is_some()
-        || owner.now >= owner.next_usage_sample
+        || usage_sample_due(owner)
         || (owner.core.has_unpersisted_renewals()
             && owner.now.since(owner.renewals_persisted_at) >= RENEWAL_PERSIST_MS)
         || owner.store.wants_checkpoint()
         || owner.store.wants_snapshot()
 }
 
-/// Usage samples, renewals, checkpoints and snapshots: run while nothing is held.
-fn maintain(owner: &mut Owner) {
+/// Usage samples, renewals, checkpoints and snapshots: run while nothing is held. A
+/// snapshot is written on a blocking thread, from a copy of the core: at a million leases
+/// the copy takes tens of milliseconds of the event loop, the write most of a second.
+fn maintain(owner: &mut Owner, snapshot: &mut Option<SnapshotTask>) {
     sample_usage(owner);
     persist_renewals(owner, false);
     if owner.degraded.is_none() && owner.store.wants_checkpoint() {
@@ -752,9 +799,13 @@ fn maintain(owner: &mut Owner) {
             tracing::warn!("could not move the journal into the store (it keeps growing until this succeeds): {e}");
         }
     }
-    if owner.degraded.is_none() && owner.store.wants_snapshot() {
-        if let Err(e) = owner.store.snapshot(&owner.core) {
-            tracing::warn!("snapshot failed (the log still holds everything): {e}");
+    if owner.degraded.is_none() && snapshot.is_none() && owner.store.wants_snapshot() {
+        match owner.store.begin_snapshot(owner.core.clone()) {
+            Ok(write) => {
+                let began = std::time::Instant::now();
+                *snapshot = Some((tokio::task::spawn_blocking(move || write.write()), began));
+            }
+            Err(e) => tracing::warn!("snapshot failed (the log still holds everything): {e}"),
         }
     }
 }
@@ -886,8 +937,13 @@ fn apply(
 
 /// Records the seats in use per key and feature every `USAGE_SAMPLE_MS` (the first at
 /// start), for the usage chart.
+/// A usage sample is due, and redb can take it now (not while a snapshot is written).
+fn usage_sample_due(owner: &Owner) -> bool {
+    owner.now >= owner.next_usage_sample && !owner.store.snapshot_under_way()
+}
+
 fn sample_usage(owner: &mut Owner) {
-    if owner.degraded.is_some() || owner.now < owner.next_usage_sample {
+    if owner.degraded.is_some() || !usage_sample_due(owner) {
         return;
     }
     let rows: Vec<crate::store::UsageRow> = owner

@@ -7,7 +7,9 @@
 //! the journal holds beyond the last checkpoint is moved in first; replaying the log over
 //! the snapshot then rebuilds exactly the acknowledged state (invariant 4). Non-durable
 //! commits are only for session changes and time passing, which a crash may lose
-//! harmlessly.
+//! harmlessly. A snapshot of a million leases takes most of a second to write, so the
+//! daemon writes it on another thread (`begin_snapshot`), from a copy of the core, while
+//! batches go on into the journal; checkpoints wait for it.
 
 pub mod audit;
 mod backup;
@@ -24,6 +26,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The on-disk schema this build writes. Older ones migrate; newer ones are refused.
 /// Schema 2 added the journal: a build that did not know it would miss its batches.
@@ -73,7 +76,8 @@ pub struct BatchRecord {
 pub struct Store {
     /// `None` after an I/O error closed it: redb refuses all work after one, so the next
     /// `reload` reopens the file.
-    db: Option<Database>,
+    /// Shared only with a snapshot being written (`SnapshotWrite`).
+    db: Option<Arc<Database>>,
     /// The database file, when the store is file-backed (it can be reopened).
     file: Option<PathBuf>,
     _lock: Option<File>,
@@ -85,6 +89,12 @@ pub struct Store {
     retry_checkpoint_at: u64,
     next_seq: u64,
     since_snapshot: u64,
+    /// Log records after which a snapshot is due.
+    snapshot_every: u64,
+    /// `since_snapshot` at which one is tried again after a failure.
+    retry_snapshot_at: u64,
+    /// The snapshot being written on another thread, if any.
+    snapshotting: Option<UnderWay>,
     head: AuditHead,
     /// The latest instant ever committed: the wall-clock high-water mark.
     hwm: Timestamp,
@@ -100,6 +110,41 @@ struct Ahead {
     next_seq: u64,
     head: AuditHead,
     hwm: Timestamp,
+}
+
+/// What the store remembers of the snapshot being written.
+#[derive(Clone, Copy, Debug)]
+struct UnderWay {
+    /// `since_snapshot` when it began: if it fails, the log it would have covered still
+    /// counts towards the next.
+    since_before: u64,
+}
+
+/// A snapshot to write away from the event loop (`Store::begin_snapshot`): a copy of the
+/// core and the last log record it reflects. Hand the outcome of `write` to
+/// `Store::end_snapshot`.
+#[must_use]
+pub struct SnapshotWrite {
+    db: Arc<Database>,
+    core: Core,
+    covered: u64,
+}
+
+impl std::fmt::Debug for SnapshotWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotWrite")
+            .field("covered", &self.covered)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SnapshotWrite {
+    /// Writes the snapshot and drops the log it covers, in one durable transaction.
+    /// Dropping the copy of the core also happens here, off the event loop: at a million
+    /// leases that alone takes tens of milliseconds.
+    pub fn write(self) -> Result<(), StoreError> {
+        write_snapshot(&self.db, &self.core, self.covered)
+    }
 }
 
 /// A batch written to the journal by `Store::begin_commit`, waiting for its sync.
@@ -224,7 +269,7 @@ impl Store {
         move_into_db(&db, &frames, journal.next_number())?;
         let (core, last_seq, replayed, head, hwm) = load(&db, &[])?;
         let store = Store {
-            db: Some(db),
+            db: Some(Arc::new(db)),
             file: None,
             _lock: lock,
             dir: dir.to_path_buf(),
@@ -233,6 +278,9 @@ impl Store {
             retry_checkpoint_at: 0,
             next_seq: last_seq + 1,
             since_snapshot: replayed,
+            snapshot_every: SNAPSHOT_EVERY,
+            retry_snapshot_at: 0,
+            snapshotting: None,
             head,
             hwm,
             ahead: Ahead {
@@ -256,7 +304,12 @@ impl Store {
     /// what it applied in memory and carries on from here. Nothing is written: on a full
     /// disk this must still work.
     pub fn reload(&mut self) -> Result<Core, StoreError> {
-        self.reopen_db()?;
+        // A snapshot being written still holds the database: it is reopened when that
+        // ends, if it fails (a database redb refuses fails the load, and the daemon tries
+        // again).
+        if self.snapshotting.is_none() {
+            self.reopen_db()?;
+        }
         // redb, then what is still only in the journal.
         let (core, last_seq, _, head, hwm) = load(self.db()?, &self.pending)?;
         self.next_seq = last_seq + 1;
@@ -288,19 +341,30 @@ impl Store {
         if let Some(file) = &self.file {
             // Close first: redb will not open a file it still holds.
             self.db = None;
-            self.db = Some(open_file(file)?);
+            self.db = Some(Arc::new(open_file(file)?));
         }
         Ok(())
     }
 
-    fn db(&self) -> Result<&Database, StoreError> {
+    fn db(&self) -> Result<&Arc<Database>, StoreError> {
         self.db
             .as_ref()
             .ok_or_else(|| StoreError::Db("the database is closed after an I/O error".into()))
     }
 
-    pub(crate) fn db_for_restore(&self) -> Result<&Database, StoreError> {
+    /// The database, to write to: redb takes one write at a time, and one here while a
+    /// snapshot is being written would stall the event loop until that ends.
+    fn writer(&self) -> Result<&Arc<Database>, StoreError> {
+        if self.snapshotting.is_some() {
+            return Err(StoreError::Db(
+                "a snapshot is being written; try again when it ends".into(),
+            ));
+        }
         self.db()
+    }
+
+    pub(crate) fn db_for_restore(&self) -> Result<&Database, StoreError> {
+        Ok(self.writer()?.as_ref())
     }
 
     pub fn dir(&self) -> &Path {
@@ -434,7 +498,9 @@ impl Store {
     /// Whether the journal holds enough to move into redb (see `checkpoint`).
     pub fn wants_checkpoint(&self) -> bool {
         let bytes = self.journal.pending_bytes();
-        bytes >= CHECKPOINT_BYTES && bytes >= self.retry_checkpoint_at
+        self.snapshotting.is_none()
+            && bytes >= CHECKPOINT_BYTES
+            && bytes >= self.retry_checkpoint_at
     }
 
     /// Moves the batches the journal holds into redb in one durable transaction, so the
@@ -447,7 +513,7 @@ impl Store {
             return Ok(());
         }
         let moved = self
-            .db()
+            .writer()
             .and_then(|db| move_into_db(db, &self.pending, self.journal.next_number()));
         match moved {
             Ok(()) => {
@@ -456,6 +522,8 @@ impl Store {
                 self.retry_checkpoint_at = 0;
                 Ok(())
             }
+            // Nothing was tried: the journal keeps the batches until the snapshot ends.
+            Err(e) if self.snapshotting.is_some() => Err(e),
             Err(e) => {
                 self.retry_checkpoint_at = self.journal.pending_bytes() + CHECKPOINT_BYTES;
                 // So the next try finds a database that accepts work (if the disk does).
@@ -466,37 +534,85 @@ impl Store {
     }
 
     pub fn wants_snapshot(&self) -> bool {
-        self.since_snapshot >= SNAPSHOT_EVERY
+        self.snapshotting.is_none()
+            && self.since_snapshot >= self.snapshot_every
+            && self.since_snapshot >= self.retry_snapshot_at
+    }
+
+    /// Sets how many log records make a snapshot due: for tests that want snapshots
+    /// without committing `SNAPSHOT_EVERY` batches.
+    #[doc(hidden)]
+    pub fn set_snapshot_every(&mut self, records: u64) {
+        self.snapshot_every = records.max(1);
+    }
+
+    /// Whether a snapshot begun by `begin_snapshot` has not ended yet.
+    pub fn snapshot_under_way(&self) -> bool {
+        self.snapshotting.is_some()
     }
 
     /// Writes the core as the new snapshot and drops the log it covers, in one durable
-    /// transaction.
+    /// transaction, on this thread.
     pub fn snapshot(&mut self, core: &Core) -> Result<(), StoreError> {
-        // Serialized straight into the room redb reserves for it: a state of a million
-        // leases is tens of megabytes, and a second copy of it would outlive the snapshot
-        // as heap the allocator keeps.
-        // The log the snapshot covers must be in redb before it is dropped there.
-        self.checkpoint()?;
-        let len = postcard::experimental::serialized_size(core).map_err(fail)?;
-        let covered = self.next_seq - 1;
-        let tx = self.db()?.begin_write().map_err(fail)?;
-        {
-            let mut snap = tx.open_table(SNAPSHOT).map_err(fail)?;
-            snap.retain(|_, _| false).map_err(fail)?;
-            let mut room = snap.insert_reserve(covered, len).map_err(fail)?;
-            let written = postcard::to_slice(core, room.as_mut()).map_err(fail)?.len();
-            if written != len {
-                return Err(StoreError::Db(format!(
-                    "the snapshot took {written} bytes, not the {len} measured"
-                )));
-            }
-            drop(room);
-            let mut log = tx.open_table(LOG).map_err(fail)?;
-            log.retain(|k, _| k > covered).map_err(fail)?;
-        }
-        tx.commit().map_err(fail)?;
+        let covered = self.ready_for_snapshot()?;
+        write_snapshot(self.writer()?, core, covered)?;
         self.since_snapshot = 0;
+        self.retry_snapshot_at = 0;
         Ok(())
+    }
+
+    /// Begins a snapshot of `core`, a copy of the core as every batch ended so far left
+    /// it, to be written on another thread by `SnapshotWrite::write` while batches go on.
+    /// Until `end_snapshot`, checkpoints wait (the journal grows meanwhile), as does every
+    /// other write to redb.
+    pub fn begin_snapshot(&mut self, core: Core) -> Result<SnapshotWrite, StoreError> {
+        let (covered, db) = match self
+            .ready_for_snapshot()
+            .and_then(|covered| Ok((covered, self.writer()?.clone())))
+        {
+            Ok(ready) => ready,
+            Err(e) => {
+                self.snapshot_failed();
+                return Err(e);
+            }
+        };
+        self.snapshotting = Some(UnderWay {
+            since_before: self.since_snapshot,
+        });
+        self.since_snapshot = 0;
+        Ok(SnapshotWrite { db, core, covered })
+    }
+
+    /// Ends the snapshot begun, with the outcome of its `write`. If it failed, the log
+    /// still holds everything, and the records it would have covered count towards the
+    /// next one.
+    pub fn end_snapshot(&mut self, written: Result<(), StoreError>) -> Result<(), StoreError> {
+        let Some(under_way) = self.snapshotting.take() else {
+            return written;
+        };
+        if let Err(e) = written {
+            self.since_snapshot += under_way.since_before;
+            self.snapshot_failed();
+            // So the next write finds a database that accepts work (if the disk does).
+            let _ = self.reopen_db();
+            return Err(e);
+        }
+        self.retry_snapshot_at = 0;
+        Ok(())
+    }
+
+    /// A failing disk is not asked for a snapshot (a copy of the core, a second of
+    /// writing) at every turn of the loop: the next try waits for as many records again.
+    fn snapshot_failed(&mut self) {
+        self.retry_snapshot_at = self.since_snapshot + self.snapshot_every;
+    }
+
+    /// Moves the journal into redb, so the log a snapshot covers is there to be dropped,
+    /// and returns the last log record the core reflects. Refused while a batch is begun
+    /// and not ended: the core would hold changes that may yet fail.
+    fn ready_for_snapshot(&mut self) -> Result<u64, StoreError> {
+        self.checkpoint()?;
+        Ok(self.next_seq - 1)
     }
 
     /// The audit records of the batches begun and not yet ended, oldest first: a backup
@@ -544,7 +660,7 @@ impl Store {
         record: &AuditRecord,
     ) -> Result<(), StoreError> {
         self.checkpoint()?;
-        let tx = self.db()?.begin_write().map_err(fail)?;
+        let tx = self.writer()?.begin_write().map_err(fail)?;
         {
             let mut table = tx.open_table(AUDIT).map_err(fail)?;
             let rb = postcard::to_allocvec(record).map_err(fail)?;
@@ -557,13 +673,38 @@ impl Store {
     #[doc(hidden)]
     pub fn truncate_audit(&mut self, count: u64) -> Result<(), StoreError> {
         self.checkpoint()?;
-        let tx = self.db()?.begin_write().map_err(fail)?;
+        let tx = self.writer()?.begin_write().map_err(fail)?;
         {
             let mut table = tx.open_table(AUDIT).map_err(fail)?;
             table.retain(|k, _| k <= count).map_err(fail)?;
         }
         tx.commit().map_err(fail)
     }
+}
+
+/// Replaces the snapshot with `core` and drops the log up to `covered`, which it reflects,
+/// in one durable transaction.
+fn write_snapshot(db: &Database, core: &Core, covered: u64) -> Result<(), StoreError> {
+    // Serialized straight into the room redb reserves for it: a state of a million leases
+    // is a hundred megabytes, and a second copy of it would outlive the snapshot as heap
+    // the allocator keeps.
+    let len = postcard::experimental::serialized_size(core).map_err(fail)?;
+    let tx = db.begin_write().map_err(fail)?;
+    {
+        let mut snap = tx.open_table(SNAPSHOT).map_err(fail)?;
+        snap.retain(|_, _| false).map_err(fail)?;
+        let mut room = snap.insert_reserve(covered, len).map_err(fail)?;
+        let written = postcard::to_slice(core, room.as_mut()).map_err(fail)?.len();
+        if written != len {
+            return Err(StoreError::Db(format!(
+                "the snapshot took {written} bytes, not the {len} measured"
+            )));
+        }
+        drop(room);
+        let mut log = tx.open_table(LOG).map_err(fail)?;
+        log.retain(|k, _| k > covered).map_err(fail)?;
+    }
+    tx.commit().map_err(fail)
 }
 
 /// The number of the first journal frame not yet in redb, and the journal's key.

@@ -1337,3 +1337,119 @@ fn a_mark_lowered_while_a_batch_waits_for_its_sync_is_not_raised_again_by_it() {
         assert_eq!(bytes(&loaded.core), acknowledged(&core));
     }
 }
+
+#[test]
+fn a_snapshot_written_on_another_thread_while_batches_go_on_loses_none_of_them() {
+    let (power, mut store, mut core) = started();
+    let snapshot = store.begin_snapshot(core.clone()).unwrap();
+    assert!(store.snapshot_under_way());
+    assert!(!store.wants_snapshot(), "one at a time");
+    // Batches go on into the journal while the snapshot is written; a power cut now
+    // finds the old snapshot, the whole log and the journal.
+    durable(&mut store, &mut core, 6, vec![checkout("B", &["c5"])]);
+    durable(&mut store, &mut core, 7, vec![release("A", &["c2"])]);
+    assert_reopens_as(
+        &power,
+        &core,
+        store.head(),
+        "before the snapshot is written",
+    );
+
+    let written = std::thread::spawn(move || snapshot.write()).join().unwrap();
+    // The snapshot is durable, the two batches are only in the journal: both count.
+    assert_reopens_as(&power, &core, store.head(), "with the snapshot written");
+    store.end_snapshot(written).unwrap();
+    assert!(!store.snapshot_under_way());
+    durable(&mut store, &mut core, 8, vec![checkout("A", &["c6"])]);
+    store.checkpoint().unwrap();
+    let (reopened, power) =
+        assert_reopens_as(&power, &core, store.head(), "after the snapshot ended");
+    drop(reopened);
+    let (_, loaded) = power.open();
+    assert_eq!(
+        loaded.replayed, 3,
+        "only the batches after the snapshot's copy of the core are replayed"
+    );
+}
+
+#[test]
+fn while_a_snapshot_is_written_nothing_else_writes_to_redb_and_checkpoints_wait() {
+    // redb takes one write at a time: another on the event loop would wait for the
+    // snapshot, stalling every connection.
+    let (_power, mut store, mut core) = started();
+    let snapshot = store.begin_snapshot(core.clone()).unwrap();
+    durable(&mut store, &mut core, 6, vec![checkout("B", &["c5"])]);
+    assert!(!store.wants_checkpoint());
+    assert!(store.checkpoint().is_err(), "the journal keeps the batch");
+    let sample = UsageSample {
+        at: T0.plus(6),
+        rows: Vec::new(),
+    };
+    assert!(store.record_usage(&sample).is_err());
+    assert!(store.snapshot(&core).is_err());
+    assert!(store.begin_snapshot(core.clone()).is_err());
+    // Reads go on: a backup taken now holds the batch's audit records.
+    let backup = Backup::take(&store, &core, T0.plus(6)).unwrap();
+    assert_eq!(backup.audit, store.audit_records(None).unwrap());
+
+    store.end_snapshot(snapshot.write()).unwrap();
+    store.checkpoint().unwrap();
+    store.record_usage(&sample).unwrap();
+}
+
+#[test]
+fn a_snapshot_is_refused_while_a_batch_waits_for_its_sync() {
+    // The copy of the core would hold a batch that may yet fail.
+    let (_power, mut store, mut core) = started();
+    let a = begin(&mut store, &mut core, 7, vec![checkout("B", &["c5"])], true).unwrap();
+    assert!(store.begin_snapshot(core.clone()).is_err());
+    assert!(!store.snapshot_under_way());
+    store.end_commit(a, Ok(())).unwrap();
+    let snapshot = store.begin_snapshot(core.clone()).unwrap();
+    store.end_snapshot(snapshot.write()).unwrap();
+}
+
+#[test]
+fn a_failed_snapshot_leaves_the_log_whole_and_waits_for_as_many_records_again() {
+    let (power, mut store, mut core) = started();
+    store.set_snapshot_every(2);
+    durable(&mut store, &mut core, 6, vec![checkout("B", &["c5"])]);
+    assert!(store.wants_snapshot());
+    let snapshot = store.begin_snapshot(core.clone()).unwrap();
+    durable(&mut store, &mut core, 7, vec![release("A", &["c2"])]);
+    power.db.fail_syncs(true);
+    assert!(store.end_snapshot(snapshot.write()).is_err());
+    assert!(!store.snapshot_under_way());
+    assert_reopens_as(&power, &core, store.head(), "after a failed snapshot");
+    // Not again at once: a failing disk is not asked at every turn of the loop.
+    assert!(!store.wants_snapshot());
+    durable(&mut store, &mut core, 8, vec![checkout("A", &["c6"])]);
+    assert!(!store.wants_snapshot());
+    durable(&mut store, &mut core, 9, vec![checkout("A", &["c7"])]);
+    assert!(store.wants_snapshot());
+    assert_reopens_as(&power, &core, store.head(), "after more batches");
+}
+
+#[test]
+fn a_failed_journal_sync_while_a_snapshot_is_written_reloads_without_the_refused_batch() {
+    let (power, mut store, mut core) = started();
+    let snapshot = store.begin_snapshot(core.clone()).unwrap();
+    durable(&mut store, &mut core, 6, vec![checkout("B", &["c5"])]);
+    let head = store.head();
+    power.journal.fail_syncs(true);
+    let mut refused = core.clone();
+    let (record, audit) = batch(&mut refused, T0.plus(7), vec![checkout("B", &["c6"])]);
+    assert!(store.commit(&record, audit, true).is_err());
+    let reloaded = store.reload().unwrap();
+    assert_eq!(bytes(&reloaded), acknowledged(&core));
+    power.journal.fail_syncs(false);
+    store.end_snapshot(snapshot.write()).unwrap();
+    durable(&mut store, &mut core, 8, vec![checkout("A", &["c6"])]);
+    assert_eq!(store.head().count, head.count + 1);
+    assert_reopens_as(
+        &power,
+        &core,
+        store.head(),
+        "after the reload and the snapshot",
+    );
+}
