@@ -1341,7 +1341,7 @@ fn a_mark_lowered_while_a_batch_waits_for_its_sync_is_not_raised_again_by_it() {
 #[test]
 fn a_snapshot_written_on_another_thread_while_batches_go_on_loses_none_of_them() {
     let (power, mut store, mut core) = started();
-    let snapshot = store.begin_snapshot(core.clone()).unwrap();
+    let snapshot = store.begin_snapshot(&core).unwrap();
     assert!(store.snapshot_under_way());
     assert!(!store.wants_snapshot(), "one at a time");
     // Batches go on into the journal while the snapshot is written; a power cut now
@@ -1368,7 +1368,7 @@ fn a_snapshot_written_on_another_thread_while_batches_go_on_loses_none_of_them()
     let (_, loaded) = power.open();
     assert_eq!(
         loaded.replayed, 3,
-        "only the batches after the snapshot's copy of the core are replayed"
+        "only the batches after the core the snapshot holds are replayed"
     );
 }
 
@@ -1377,7 +1377,7 @@ fn while_a_snapshot_is_written_nothing_else_writes_to_redb_and_checkpoints_wait(
     // redb takes one write at a time: another on the event loop would wait for the
     // snapshot, stalling every connection.
     let (_power, mut store, mut core) = started();
-    let snapshot = store.begin_snapshot(core.clone()).unwrap();
+    let snapshot = store.begin_snapshot(&core).unwrap();
     durable(&mut store, &mut core, 6, vec![checkout("B", &["c5"])]);
     assert!(!store.wants_checkpoint());
     assert!(store.checkpoint().is_err(), "the journal keeps the batch");
@@ -1387,7 +1387,7 @@ fn while_a_snapshot_is_written_nothing_else_writes_to_redb_and_checkpoints_wait(
     };
     assert!(store.record_usage(&sample).is_err());
     assert!(store.snapshot(&core).is_err());
-    assert!(store.begin_snapshot(core.clone()).is_err());
+    assert!(store.begin_snapshot(&core).is_err());
     // Reads go on: a backup taken now holds the batch's audit records.
     let backup = Backup::take(&store, &core, T0.plus(6)).unwrap();
     assert_eq!(backup.audit, store.audit_records(None).unwrap());
@@ -1399,13 +1399,13 @@ fn while_a_snapshot_is_written_nothing_else_writes_to_redb_and_checkpoints_wait(
 
 #[test]
 fn a_snapshot_is_refused_while_a_batch_waits_for_its_sync() {
-    // The copy of the core would hold a batch that may yet fail.
+    // The core serialized would hold a batch that may yet fail.
     let (_power, mut store, mut core) = started();
     let a = begin(&mut store, &mut core, 7, vec![checkout("B", &["c5"])], true).unwrap();
-    assert!(store.begin_snapshot(core.clone()).is_err());
+    assert!(store.begin_snapshot(&core).is_err());
     assert!(!store.snapshot_under_way());
     store.end_commit(a, Ok(())).unwrap();
-    let snapshot = store.begin_snapshot(core.clone()).unwrap();
+    let snapshot = store.begin_snapshot(&core).unwrap();
     store.end_snapshot(snapshot.write()).unwrap();
 }
 
@@ -1415,7 +1415,7 @@ fn a_failed_snapshot_leaves_the_log_whole_and_waits_for_as_many_records_again() 
     store.set_snapshot_every(2);
     durable(&mut store, &mut core, 6, vec![checkout("B", &["c5"])]);
     assert!(store.wants_snapshot());
-    let snapshot = store.begin_snapshot(core.clone()).unwrap();
+    let snapshot = store.begin_snapshot(&core).unwrap();
     durable(&mut store, &mut core, 7, vec![release("A", &["c2"])]);
     power.db.fail_syncs(true);
     assert!(store.end_snapshot(snapshot.write()).is_err());
@@ -1433,7 +1433,7 @@ fn a_failed_snapshot_leaves_the_log_whole_and_waits_for_as_many_records_again() 
 #[test]
 fn a_failed_journal_sync_while_a_snapshot_is_written_reloads_without_the_refused_batch() {
     let (power, mut store, mut core) = started();
-    let snapshot = store.begin_snapshot(core.clone()).unwrap();
+    let snapshot = store.begin_snapshot(&core).unwrap();
     durable(&mut store, &mut core, 6, vec![checkout("B", &["c5"])]);
     let head = store.head();
     power.journal.fail_syncs(true);
