@@ -519,7 +519,7 @@ async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch: Vec<Job> = Vec::new();
     let mut pipe = Pipeline::default();
-    let mut snapshot: Option<SnapshotTask> = None;
+    let mut redb_write: Option<RedbWriteTask> = None;
     let mut systemd = Systemd::new();
     loop {
         tokio::select! {
@@ -530,9 +530,9 @@ async fn run(
             (synced, covered) = sync_ended(&mut pipe.syncing) => {
                 on_synced(&mut owner, &mut pipe, synced, covered, &acks);
             }
-            written = snapshot_written(&mut snapshot) => {
-                snapshot = None;
-                end_snapshot(&mut owner, written);
+            written = redb_written(&mut redb_write) => {
+                redb_write = None;
+                end_redb_write(&mut owner, written);
             }
             _ = tick.tick() => {}
             _ = shutdown.cancelled() => {
@@ -558,15 +558,15 @@ async fn run(
             drain(&mut owner, &mut pipe, &acks).await;
         }
         if pipe.is_idle() {
-            maintain(&mut owner, &mut snapshot);
+            maintain(&mut owner, &mut redb_write);
         }
         systemd.tick(&owner);
         refresh_offer(&owner);
     }
     drain(&mut owner, &mut pipe, &acks).await;
-    if snapshot.is_some() {
-        let written = snapshot_written(&mut snapshot).await;
-        end_snapshot(&mut owner, written);
+    if redb_write.is_some() {
+        let written = redb_written(&mut redb_write).await;
+        end_redb_write(&mut owner, written);
     }
     persist_renewals(&mut owner, true);
     if let Some(g) = owner.guard.as_mut() {
@@ -580,39 +580,46 @@ async fn run(
     owner.core
 }
 
-/// A snapshot being written on a blocking thread (`maintain` begins it), and when it
-/// began.
-type SnapshotTask = (
+/// A checkpoint or snapshot being written to redb on a blocking thread (`maintain` begins
+/// it): the task, whether it is a snapshot, and when it began.
+type RedbWriteTask = (
     tokio::task::JoinHandle<Result<(), crate::store::StoreError>>,
+    bool,
     std::time::Instant,
 );
 
-/// The end of the snapshot being written (never, if there is none), and how long it
-/// took.
-async fn snapshot_written(
-    task: &mut Option<SnapshotTask>,
-) -> (Result<(), crate::store::StoreError>, std::time::Duration) {
+/// What a write to redb did: its outcome, whether it was a snapshot, how long it took.
+type RedbWritten = (
+    Result<(), crate::store::StoreError>,
+    bool,
+    std::time::Duration,
+);
+
+/// The end of the write to redb under way (never, if there is none).
+async fn redb_written(task: &mut Option<RedbWriteTask>) -> RedbWritten {
     match task {
-        Some((handle, began)) => {
+        Some((handle, snapshot, began)) => {
             let written = match handle.await {
                 Ok(r) => r,
                 Err(e) => Err(crate::store::StoreError::Db(format!(
-                    "the snapshot was not written: {e}"
+                    "the write to the store did not run: {e}"
                 ))),
             };
-            (written, began.elapsed())
+            (written, *snapshot, began.elapsed())
         }
         None => std::future::pending().await,
     }
 }
 
-fn end_snapshot(
-    owner: &mut Owner,
-    (written, took): (Result<(), crate::store::StoreError>, std::time::Duration),
-) {
-    match owner.store.end_snapshot(written) {
-        Ok(()) => tracing::debug!(took_ms = took.as_millis() as u64, "snapshot written"),
-        Err(e) => tracing::warn!("snapshot failed (the log still holds everything): {e}"),
+fn end_redb_write(owner: &mut Owner, (written, snapshot, took): RedbWritten) {
+    let what = if snapshot { "snapshot" } else { "checkpoint" };
+    match owner.store.end_write(written) {
+        Ok(()) => tracing::debug!(took_ms = took.as_millis() as u64, "{what} written"),
+        // The batches are durable in the journal already: a failure here only delays
+        // moving them into redb, and is tried again.
+        Err(e) => tracing::warn!(
+            "{what} failed (the journal keeps every batch, and grows until one succeeds): {e}"
+        ),
     }
 }
 
@@ -786,27 +793,34 @@ fn maintenance_due(owner: &Owner) -> bool {
         || owner.store.wants_snapshot()
 }
 
-/// Usage samples, renewals, checkpoints and snapshots: run while nothing is held. A
-/// snapshot is serialized here and written on a blocking thread: at a million leases the
-/// first takes about a seventh of a second of the event loop, the write most of a second.
-fn maintain(owner: &mut Owner, snapshot: &mut Option<SnapshotTask>) {
+/// Usage samples, renewals, checkpoints and snapshots: run while nothing is held.
+/// Checkpoints and snapshots are written to redb on a blocking thread while batches go on
+/// into the journal; a snapshot's core is serialized here (at a million leases, about a
+/// seventh of a second of the event loop; the write takes most of a second).
+fn maintain(owner: &mut Owner, redb_write: &mut Option<RedbWriteTask>) {
     sample_usage(owner);
     persist_renewals(owner, false);
-    if owner.degraded.is_none() && owner.store.wants_checkpoint() {
-        // The batches are durable in the journal already: a failure here only delays
-        // moving them into redb, and is tried again.
-        if let Err(e) = owner.store.checkpoint() {
-            tracing::warn!("could not move the journal into the store (it keeps growing until this succeeds): {e}");
-        }
+    if owner.degraded.is_some() || redb_write.is_some() {
+        return;
     }
-    if owner.degraded.is_none() && snapshot.is_none() && owner.store.wants_snapshot() {
-        match owner.store.begin_snapshot(&owner.core) {
-            Ok(write) => {
-                let began = std::time::Instant::now();
-                *snapshot = Some((tokio::task::spawn_blocking(move || write.write()), began));
-            }
-            Err(e) => tracing::warn!("snapshot failed (the log still holds everything): {e}"),
+    let begun = if owner.store.wants_snapshot() {
+        owner.store.begin_snapshot(&owner.core).map(Some)
+    } else if owner.store.wants_checkpoint() {
+        owner.store.begin_checkpoint()
+    } else {
+        Ok(None)
+    };
+    match begun {
+        Ok(Some(write)) => {
+            let snapshot = write.is_snapshot();
+            let began = std::time::Instant::now();
+            let task = tokio::task::spawn_blocking(move || write.write());
+            *redb_write = Some((task, snapshot, began));
         }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(
+            "could not begin moving the journal into the store (it keeps every batch, and grows until this succeeds): {e}"
+        ),
     }
 }
 
@@ -937,9 +951,10 @@ fn apply(
 
 /// Records the seats in use per key and feature every `USAGE_SAMPLE_MS` (the first at
 /// start), for the usage chart.
-/// A usage sample is due, and redb can take it now (not while a snapshot is written).
+/// A usage sample is due, and redb can take it now (not while a checkpoint or snapshot is
+/// written).
 fn usage_sample_due(owner: &Owner) -> bool {
-    owner.now >= owner.next_usage_sample && !owner.store.snapshot_under_way()
+    owner.now >= owner.next_usage_sample && !owner.store.write_under_way()
 }
 
 fn sample_usage(owner: &mut Owner) {

@@ -5,18 +5,26 @@
 //! Batches are moved into redb in bulk (a checkpoint), and on open whatever the journal
 //! holds beyond the last checkpoint is moved in before the state is loaded.
 //!
-//! The file is filled with zeros ahead of use and then overwritten from the start after
-//! each checkpoint, so a sync never has to record a new file length or newly allocated
-//! blocks: only the data goes to the disk. A frame is `[magic][length][check][payload]`,
+//! The journal is two files. Frames go to one of them; a checkpoint that runs on another
+//! thread first switches to the other, so batches go on being written from the other's
+//! start while the first one's move into redb. A file is written over only once every
+//! frame it holds is in redb; until then the journal stays in the file it is in, which
+//! grows. A switch syncs the file it leaves: a frame there that was written without a
+//! sync must not be lost while a later one in the other file survives.
+//!
+//! Each file is filled with zeros ahead of use and then overwritten from the start, so a
+//! sync never has to record a new file length or newly allocated blocks: only the data
+//! goes to the disk. A frame is `[magic][length][check][payload]`,
 //! the check being the first 16 bytes of the payload's HMAC-SHA256 under a key of this
 //! state directory (kept in redb): a payload holds bytes clients chose (camera ids), and
 //! with a plain hash they could plant what reads as a frame inside one. The payload
-//! carries the frame's number. Reading stops at the first frame that is torn, fails its
-//! check, or does not carry the next number: frames left from before the last checkpoint
-//! carry lower numbers, so they are never mistaken for new ones. The run at the start of
-//! the file may begin below the first number wanted: a checkpoint can reach the disk
-//! though its sync reported a failure, and then the journal was written on without
-//! starting over. Those frames are skipped, not taken for the end of the journal.
+//! carries the frame's number. Each file is read from its start while frames are whole,
+//! check out and carry consecutive numbers: frames left from before they were written
+//! over carry lower numbers, so they are never mistaken for new ones. The frames of both
+//! files numbered from the first not in redb on are taken while their numbers follow on
+//! from it, with no gap. A run may begin below the first number wanted: a checkpoint can
+//! reach the disk though its sync reported a failure, and then the journal was written on
+//! without starting over. Those frames are skipped, not taken for the end of the journal.
 
 use super::audit::AuditRecord;
 use super::{fail, StoreError};
@@ -83,7 +91,14 @@ pub struct Written {
 
 #[derive(Debug)]
 pub struct Journal {
+    /// The file frames are written to.
     file: Arc<dyn JournalFile>,
+    /// The other file, and its length.
+    other: Arc<dyn JournalFile>,
+    other_len: u64,
+    /// The number of the last frame in `other` not yet known to be in redb: until it is,
+    /// `other` is not written over.
+    other_holds: Option<u64>,
     key: ring::hmac::Key,
     /// The end of the settled frames: where the first unsettled one starts.
     tail: u64,
@@ -103,20 +118,27 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Opens the journal and reads the frames numbered from `first` on (those not yet
-    /// moved into redb). The next frame is written at the start of the file: the caller
-    /// moves what was read into redb before writing anything.
+    /// Opens the journal's two files and reads the frames numbered from `first` on (those
+    /// not yet moved into redb). The next frame is written at the start of the first
+    /// file: the caller moves what was read into redb before writing anything.
     pub fn open(
-        file: Box<dyn JournalFile>,
+        files: [Box<dyn JournalFile>; 2],
         first: u64,
         key: &[u8; 32],
     ) -> Result<(Journal, Vec<Frame>), StoreError> {
         let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+        let [file, other] = files;
         let len = file.size().map_err(io_fail)?;
-        let frames = read_frames(file.as_ref(), &key, len, first);
+        let other_len = other.size().map_err(io_fail)?;
+        let mut frames = read_run(file.as_ref(), &key, len);
+        frames.extend(read_run(other.as_ref(), &key, other_len));
+        let frames = following_on(frames, first);
         let next = first + frames.len() as u64;
         let mut journal = Journal {
             file: Arc::from(file),
+            other: Arc::from(other),
+            other_len,
+            other_holds: None,
             key,
             tail: 0,
             len,
@@ -277,10 +299,34 @@ impl Journal {
         Ok(())
     }
 
-    /// Everything written so far is in redb: write from the start again.
-    pub fn checkpointed(&mut self) {
+    /// Switches to the other file, if every frame it holds is in redb, and syncs the one
+    /// it leaves: from here on, frames are written from the other's start. Only while
+    /// every frame written is settled, and there is something to leave.
+    pub fn switch(&mut self) -> Result<bool, StoreError> {
+        if self.other_holds.is_some() || self.tail == 0 {
+            return Ok(false);
+        }
+        self.settled()?;
+        self.file.sync_data().map_err(io_fail)?;
+        std::mem::swap(&mut self.file, &mut self.other);
+        std::mem::swap(&mut self.len, &mut self.other_len);
+        self.other_holds = Some(self.next - 1);
         self.tail = 0;
         self.ahead = 0;
+        Ok(true)
+    }
+
+    /// redb now holds every frame numbered below `next` (a checkpoint committed): a file
+    /// whose frames are all among them may be written over. The one in use is written
+    /// from its start again, if nothing has been written to it since.
+    pub fn in_redb(&mut self, next: u64) {
+        if self.other_holds.is_some_and(|last| last < next) {
+            self.other_holds = None;
+        }
+        if self.unsettled.is_empty() && self.failed_to <= self.tail && self.next <= next {
+            self.tail = 0;
+            self.ahead = 0;
+        }
     }
 
     /// Fills the file with zeros up to `to` and syncs the new length once, so later
@@ -305,10 +351,9 @@ impl Journal {
     }
 }
 
-/// Frames from the start of the file while each is whole, checks out, and carries the
-/// number after the one before it; of those, the ones numbered from `first` on. The first
-/// frame may carry a lower number (see the module comment), never a higher one.
-fn read_frames(file: &dyn JournalFile, key: &ring::hmac::Key, len: u64, first: u64) -> Vec<Frame> {
+/// Frames from the start of a file while each is whole, checks out, and carries the
+/// number after the one before it.
+fn read_run(file: &dyn JournalFile, key: &ring::hmac::Key, len: u64) -> Vec<Frame> {
     let mut frames = Vec::new();
     let mut at = 0u64;
     let mut expect: Option<u64> = None;
@@ -328,16 +373,30 @@ fn read_frames(file: &dyn JournalFile, key: &ring::hmac::Key, len: u64, first: u
             break;
         }
         match postcard::from_bytes::<Frame>(&payload) {
-            Ok(frame) if expect.map_or(frame.number <= first, |e| frame.number == e) => {
+            Ok(frame) if expect.is_none_or(|e| frame.number == e) => {
                 expect = Some(frame.number + 1);
-                if frame.number >= first {
-                    frames.push(frame);
-                }
+                frames.push(frame);
             }
             _ => break,
         }
         at += (HEADER + size) as u64;
     }
+    frames
+}
+
+/// Of the frames read from both files, those numbered `first`, `first + 1` and so on, up
+/// to the first number missing. (Both files never hold the same number: a number is
+/// used again only for a frame that failed, and that is zeroed before anything else is
+/// written or the journal switches.)
+fn following_on(mut frames: Vec<Frame>, first: u64) -> Vec<Frame> {
+    frames.retain(|f| f.number >= first);
+    frames.sort_by_key(|f| f.number);
+    let taken = frames
+        .iter()
+        .zip(first..)
+        .take_while(|(f, expect)| f.number == *expect)
+        .count();
+    frames.truncate(taken);
     frames
 }
 
@@ -372,6 +431,15 @@ mod tests {
 
     const KEY: [u8; 32] = [7; 32];
 
+    /// The journal on `disk`, its second file empty.
+    fn alone(disk: &PowerCutDisk) -> [Box<dyn JournalFile>; 2] {
+        [Box::new(disk.clone()), Box::new(PowerCutDisk::default())]
+    }
+
+    fn both(a: &PowerCutDisk, b: &PowerCutDisk) -> [Box<dyn JournalFile>; 2] {
+        [Box::new(a.clone()), Box::new(b.clone())]
+    }
+
     fn frame(seq: u64) -> Frame {
         Frame {
             number: 0,
@@ -385,7 +453,7 @@ mod tests {
     #[test]
     fn frames_are_read_back_in_order_from_the_first_not_checkpointed() {
         let disk = PowerCutDisk::default();
-        let (mut j, found) = Journal::open(Box::new(disk.clone()), 0, &KEY).unwrap();
+        let (mut j, found) = Journal::open(alone(&disk), 0, &KEY).unwrap();
         assert!(found.is_empty());
         assert_eq!(disk.size().unwrap(), GROW_BYTES, "zeros are written ahead");
         let written: Vec<Frame> = (1..=3).map(|s| j.append(frame(s), true).unwrap()).collect();
@@ -393,16 +461,16 @@ mod tests {
             written.iter().map(|f| f.number).collect::<Vec<_>>(),
             vec![0, 1, 2]
         );
-        let (_, found) = Journal::open(Box::new(disk.clone()), 0, &KEY).unwrap();
+        let (_, found) = Journal::open(alone(&disk), 0, &KEY).unwrap();
         assert_eq!(found, written);
-        let (j2, found) = Journal::open(Box::new(disk.clone()), 1, &KEY).unwrap();
+        let (j2, found) = Journal::open(alone(&disk), 1, &KEY).unwrap();
         assert_eq!(
             found,
             written[1..],
             "a checkpoint that reached the disk without the journal starting over"
         );
         assert_eq!(j2.next_number(), 3);
-        let (j3, found) = Journal::open(Box::new(disk.clone()), 4, &KEY).unwrap();
+        let (j3, found) = Journal::open(alone(&disk), 4, &KEY).unwrap();
         assert!(found.is_empty(), "a run that ends below the first wanted");
         assert_eq!(j3.next_number(), 4);
         drop(j);
@@ -411,24 +479,24 @@ mod tests {
     #[test]
     fn frames_from_before_a_checkpoint_are_not_taken_for_new_ones() {
         let disk = PowerCutDisk::default();
-        let (mut j, _) = Journal::open(Box::new(disk.clone()), 0, &KEY).unwrap();
+        let (mut j, _) = Journal::open(alone(&disk), 0, &KEY).unwrap();
         for s in 1..=5 {
             j.append(frame(s), true).unwrap();
         }
-        j.checkpointed();
+        j.in_redb(j.next_number());
         // One new frame over the old ones: the old frames after it carry lower numbers.
         let new = j.append(frame(6), true).unwrap();
         assert_eq!(new.number, 5);
-        let (_, found) = Journal::open(Box::new(disk.clone()), 5, &KEY).unwrap();
+        let (_, found) = Journal::open(alone(&disk), 5, &KEY).unwrap();
         assert_eq!(found, vec![new]);
-        let (_, found) = Journal::open(Box::new(disk.clone()), 6, &KEY).unwrap();
+        let (_, found) = Journal::open(alone(&disk), 6, &KEY).unwrap();
         assert!(found.is_empty(), "an old frame is never frame 6");
     }
 
     #[test]
     fn a_torn_or_altered_frame_ends_the_reading() {
         let disk = PowerCutDisk::default();
-        let (mut j, _) = Journal::open(Box::new(disk.clone()), 0, &KEY).unwrap();
+        let (mut j, _) = Journal::open(alone(&disk), 0, &KEY).unwrap();
         let a = j.append(frame(1), true).unwrap();
         j.append(frame(2), true).unwrap();
         j.append(frame(3), true).unwrap();
@@ -438,11 +506,11 @@ mod tests {
         disk.read_at(second + HEADER as u64 + 3, &mut byte).unwrap();
         disk.write_at(second + HEADER as u64 + 3, &[byte[0] ^ 0xff])
             .unwrap();
-        let (_, found) = Journal::open(Box::new(disk.clone()), 0, &KEY).unwrap();
+        let (_, found) = Journal::open(alone(&disk), 0, &KEY).unwrap();
         assert_eq!(found, vec![a.clone()]);
         // A length past the end of the file.
         disk.write_at(second + 4, &u32::MAX.to_le_bytes()).unwrap();
-        let (_, found) = Journal::open(Box::new(disk.clone()), 0, &KEY).unwrap();
+        let (_, found) = Journal::open(alone(&disk), 0, &KEY).unwrap();
         assert_eq!(found, vec![a]);
     }
 
@@ -452,7 +520,7 @@ mod tests {
         // end, bytes a client chose (a camera id inside an old frame) may follow. A frame
         // planted there, well formed but without the key, is not read.
         let disk = PowerCutDisk::default();
-        let (mut j, _) = Journal::open(Box::new(disk.clone()), 0, &KEY).unwrap();
+        let (mut j, _) = Journal::open(alone(&disk), 0, &KEY).unwrap();
         let a = j.append(frame(1), true).unwrap();
         let end = (HEADER + postcard::to_allocvec(&a).unwrap().len()) as u64;
         let forged = Frame {
@@ -462,18 +530,18 @@ mod tests {
         let payload = postcard::to_allocvec(&forged).unwrap();
         let other = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[8; 32]);
         disk.write_at(end, &encode(&other, &payload)).unwrap();
-        let (_, found) = Journal::open(Box::new(disk.clone()), 0, &KEY).unwrap();
+        let (_, found) = Journal::open(alone(&disk), 0, &KEY).unwrap();
         assert_eq!(found, vec![a.clone()]);
         // The same frame with the key is read: the test plants a well-formed frame.
         disk.write_at(end, &encode(&j.key, &payload)).unwrap();
-        let (_, found) = Journal::open(Box::new(disk.clone()), 0, &KEY).unwrap();
+        let (_, found) = Journal::open(alone(&disk), 0, &KEY).unwrap();
         assert_eq!(found, vec![a, forged]);
     }
 
     #[test]
     fn the_file_grows_in_zeros_when_a_checkpoint_is_late() {
         let disk = PowerCutDisk::default();
-        let (mut j, _) = Journal::open(Box::new(disk.clone()), 0, &KEY).unwrap();
+        let (mut j, _) = Journal::open(alone(&disk), 0, &KEY).unwrap();
         let big = Frame {
             record: vec![1; (GROW_BYTES as usize) / 3],
             ..frame(1)
@@ -483,14 +551,14 @@ mod tests {
         }
         assert!(disk.size().unwrap() >= 4 * GROW_BYTES / 3);
         assert_eq!(disk.size().unwrap() % (1 << 20), 0);
-        let (_, found) = Journal::open(Box::new(disk.clone()), 0, &KEY).unwrap();
+        let (_, found) = Journal::open(alone(&disk), 0, &KEY).unwrap();
         assert_eq!(found.len(), 4);
     }
 
     #[test]
     fn a_frame_whose_sync_failed_is_not_read_back() {
         let disk = PowerCutDisk::default();
-        let (mut j, _) = Journal::open(Box::new(disk.clone()), 0, &KEY).unwrap();
+        let (mut j, _) = Journal::open(alone(&disk), 0, &KEY).unwrap();
         let kept = j.append(frame(1), true).unwrap();
         disk.fail_syncs(true);
         assert!(j.append(frame(2), true).is_err());
@@ -499,7 +567,74 @@ mod tests {
             1,
             "the failed frame's number is used again"
         );
-        let (_, found) = Journal::open(Box::new(disk.clone()), 0, &KEY).unwrap();
+        let (_, found) = Journal::open(alone(&disk), 0, &KEY).unwrap();
         assert_eq!(found, vec![kept]);
+    }
+
+    #[test]
+    fn after_a_switch_both_files_are_read_in_number_order_and_a_gap_ends_the_reading() {
+        let (a, b) = (PowerCutDisk::default(), PowerCutDisk::default());
+        let (mut j, _) = Journal::open(both(&a, &b), 0, &KEY).unwrap();
+        let mut written: Vec<Frame> = (1..=3).map(|s| j.append(frame(s), true).unwrap()).collect();
+        assert!(j.switch().unwrap());
+        written.extend((4..=5).map(|s| j.append(frame(s), true).unwrap()));
+        let (_, found) = Journal::open(both(&a, &b), 0, &KEY).unwrap();
+        assert_eq!(found, written);
+        let (_, found) = Journal::open(both(&b, &a), 2, &KEY).unwrap();
+        assert_eq!(found, written[2..], "whichever file is named first");
+        // The first file lost: the second's frames do not follow on from 0.
+        let (_, found) = Journal::open(alone(&b), 0, &KEY).unwrap();
+        assert!(found.is_empty());
+    }
+
+    #[test]
+    fn a_file_is_not_written_over_until_every_frame_it_holds_is_in_redb() {
+        let (a, b) = (PowerCutDisk::default(), PowerCutDisk::default());
+        let (mut j, _) = Journal::open(both(&a, &b), 0, &KEY).unwrap();
+        let mut written: Vec<Frame> = (1..=3).map(|s| j.append(frame(s), true).unwrap()).collect();
+        assert!(j.switch().unwrap());
+        written.push(j.append(frame(4), true).unwrap());
+        // A checkpoint of frames 0..3 failed, or has not ended: the first file still
+        // holds them, so the journal stays in the second.
+        assert!(!j.switch().unwrap());
+        j.in_redb(2);
+        assert!(!j.switch().unwrap(), "frame 2 is not in redb yet");
+        written.push(j.append(frame(5), true).unwrap());
+        let (_, found) = Journal::open(both(&a, &b), 0, &KEY).unwrap();
+        assert_eq!(found, written);
+        j.in_redb(3);
+        assert!(j.switch().unwrap());
+        // Written over from its start: the frames the first file held are in redb.
+        written.push(j.append(frame(6), true).unwrap());
+        let (_, found) = Journal::open(both(&a, &b), 3, &KEY).unwrap();
+        assert_eq!(found, written[3..]);
+    }
+
+    #[test]
+    fn a_switch_syncs_the_file_it_leaves() {
+        // A frame that needed no sync (a session change) is followed by a durable one in
+        // the other file: a power cut must not keep the second and lose the first, which
+        // would end the reading before the durable frame.
+        let (a, b) = (PowerCutDisk::default(), PowerCutDisk::default());
+        let (mut j, _) = Journal::open(both(&a, &b), 0, &KEY).unwrap();
+        let loose = j.append(frame(1), false).unwrap();
+        assert!(j.switch().unwrap());
+        let durable = j.append(frame(2), true).unwrap();
+        let (_, found) = Journal::open(both(&a.cut(), &b.cut()), 0, &KEY).unwrap();
+        assert_eq!(found, vec![loose, durable]);
+    }
+
+    #[test]
+    fn the_file_in_use_is_written_from_its_start_once_redb_holds_all_it_has() {
+        let (a, b) = (PowerCutDisk::default(), PowerCutDisk::default());
+        let (mut j, _) = Journal::open(both(&a, &b), 0, &KEY).unwrap();
+        j.append(frame(1), true).unwrap();
+        j.append(frame(2), true).unwrap();
+        assert!(j.pending_bytes() > 0);
+        j.in_redb(1);
+        assert!(j.pending_bytes() > 0, "frame 1 is not in redb");
+        j.in_redb(2);
+        assert_eq!(j.pending_bytes(), 0);
+        assert!(!j.switch().unwrap(), "nothing to leave");
     }
 }

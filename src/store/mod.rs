@@ -7,9 +7,10 @@
 //! the journal holds beyond the last checkpoint is moved in first; replaying the log over
 //! the snapshot then rebuilds exactly the acknowledged state (invariant 4). Non-durable
 //! commits are only for session changes and time passing, which a crash may lose
-//! harmlessly. A snapshot of a million leases takes most of a second to write, so the
-//! daemon writes it on another thread (`begin_snapshot`), from the core serialized, while
-//! batches go on into the journal; checkpoints wait for it.
+//! harmlessly. Checkpoints and snapshots are written to redb on another thread
+//! (`begin_checkpoint`, `begin_snapshot`, then `RedbWrite::write` and `end_write`) while
+//! batches go on into the journal: at a million leases a snapshot takes most of a second
+//! to write, and a checkpoint of 2 MiB of batches about 20 ms.
 
 pub mod audit;
 mod backup;
@@ -30,7 +31,8 @@ use std::sync::Arc;
 
 /// The on-disk schema this build writes. Older ones migrate; newer ones are refused.
 /// Schema 2 added the journal: a build that did not know it would miss its batches.
-pub const SCHEMA: u32 = 2;
+/// Schema 3 added the journal's second file (`journal.1`), for the same reason.
+pub const SCHEMA: u32 = 3;
 /// Batches are moved from the journal into redb once the journal holds this much.
 const CHECKPOINT_BYTES: u64 = 2 << 20;
 /// Snapshot after this many log records, so restarts replay little.
@@ -75,8 +77,7 @@ pub struct BatchRecord {
 #[derive(Debug)]
 pub struct Store {
     /// `None` after an I/O error closed it: redb refuses all work after one, so the next
-    /// `reload` reopens the file.
-    /// Shared only with a snapshot being written (`SnapshotWrite`).
+    /// `reload` reopens the file. Shared only with a `RedbWrite` under way.
     db: Option<Arc<Database>>,
     /// The database file, when the store is file-backed (it can be reopened).
     file: Option<PathBuf>,
@@ -85,6 +86,8 @@ pub struct Store {
     journal: journal::Journal,
     /// Frames appended since the last checkpoint, to move into redb at the next.
     pending: Vec<journal::Frame>,
+    /// The write to redb under way on another thread, if any.
+    writing: Option<Writing>,
     /// Journal bytes at which a failed checkpoint is tried again.
     retry_checkpoint_at: u64,
     next_seq: u64,
@@ -95,8 +98,6 @@ pub struct Store {
     retry_snapshot_at: u64,
     /// The size of the last snapshot written, to size the next one's buffer.
     snapshot_len: Option<usize>,
-    /// The snapshot being written on another thread, if any.
-    snapshotting: Option<UnderWay>,
     head: AuditHead,
     /// The latest instant ever committed: the wall-clock high-water mark.
     hwm: Timestamp,
@@ -114,39 +115,61 @@ struct Ahead {
     hwm: Timestamp,
 }
 
-/// What the store remembers of the snapshot being written.
-#[derive(Clone, Copy, Debug)]
-struct UnderWay {
-    /// `since_snapshot` when it began: if it fails, the log it would have covered still
-    /// counts towards the next.
-    since_before: u64,
+/// What the store remembers of the write to redb under way.
+#[derive(Debug)]
+struct Writing {
+    /// The batches it moves into redb: until it ends, they are read from here.
+    frames: Arc<Vec<journal::Frame>>,
+    /// The number of the first journal frame it leaves out.
+    next: u64,
+    /// For a snapshot, `since_snapshot` when it began: if it fails, the log it would have
+    /// covered still counts towards the next.
+    snapshot: Option<u64>,
 }
 
-/// A snapshot to write away from the event loop (`Store::begin_snapshot`): the core,
-/// serialized, and the last log record it reflects. Hand the outcome of `write` to
-/// `Store::end_snapshot`.
+/// A checkpoint, or a snapshot with one, to write to redb away from the event loop
+/// (`Store::begin_checkpoint`, `Store::begin_snapshot`): the journal's batches, and the
+/// core serialized with the last log record it reflects. Hand the outcome of `write` to
+/// `Store::end_write`.
 #[must_use]
-pub struct SnapshotWrite {
+pub struct RedbWrite {
     db: Arc<Database>,
-    core: Vec<u8>,
-    covered: u64,
+    frames: Arc<Vec<journal::Frame>>,
+    next: u64,
+    snapshot: Option<(Vec<u8>, u64)>,
 }
 
-impl std::fmt::Debug for SnapshotWrite {
+impl std::fmt::Debug for RedbWrite {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SnapshotWrite")
-            .field("covered", &self.covered)
+        f.debug_struct("RedbWrite")
+            .field("frames", &self.frames.len())
+            .field("next", &self.next)
+            .field(
+                "snapshot",
+                &self.snapshot.as_ref().map(|(b, c)| (b.len(), c)),
+            )
             .finish_non_exhaustive()
     }
 }
 
-impl SnapshotWrite {
-    /// Writes the snapshot and drops the log it covers, in one durable transaction.
+impl RedbWrite {
+    pub fn is_snapshot(&self) -> bool {
+        self.snapshot.is_some()
+    }
+
+    /// Moves the batches into redb and writes the snapshot (dropping the log it covers),
+    /// in one durable transaction.
     pub fn write(self) -> Result<(), StoreError> {
-        write_snapshot(&self.db, self.covered, self.core.len(), |room| {
-            room.copy_from_slice(&self.core);
-            Ok(())
-        })
+        let tx = self.db.begin_write().map_err(fail)?;
+        let covered = self.snapshot.as_ref().map(|(_, covered)| *covered);
+        put_frames(&tx, &self.frames, self.next, covered)?;
+        if let Some((core, covered)) = &self.snapshot {
+            put_snapshot(&tx, *covered, core.len(), |room| {
+                room.copy_from_slice(core);
+                Ok(())
+            })?;
+        }
+        tx.commit().map_err(fail)
     }
 }
 
@@ -202,33 +225,40 @@ impl Store {
         }
         let file = dir.join("netkey.redb");
         let db = open_file(&file)?;
-        let journal = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(dir.join("journal"))
-            .map_err(io)?;
-        let (mut store, loaded) = Self::finish_open(db, Box::new(journal), Some(lock), dir)?;
+        let journal_file = |name: &str| -> Result<Box<dyn JournalFile>, StoreError> {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true)
+                .open(dir.join(name))
+                .map_err(io)?;
+            Ok(Box::new(file))
+        };
+        let journal = [journal_file("journal")?, journal_file("journal.1")?];
+        // A journal file made just now must still be there after a power cut, as must the
+        // frames synced into it.
+        File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+        let (mut store, loaded) = Self::finish_open(db, journal, Some(lock), dir)?;
         store.file = Some(file);
         Ok((store, loaded))
     }
 
-    /// Opens a store on any redb backend and journal (the power-loss tests use ones that
-    /// forget unsynced writes).
+    /// Opens a store on any redb backend and journal files (the power-loss tests use ones
+    /// that forget unsynced writes).
     pub fn open_backend(
         backend: impl redb::StorageBackend,
-        journal: impl JournalFile + 'static,
+        journal: [Box<dyn JournalFile>; 2],
     ) -> Result<(Store, Loaded), StoreError> {
         let db = redb::Builder::new()
             .create_with_backend(backend)
             .map_err(fail)?;
-        Self::finish_open(db, Box::new(journal), None, Path::new(""))
+        Self::finish_open(db, journal, None, Path::new(""))
     }
 
     fn finish_open(
         db: Database,
-        journal: Box<dyn JournalFile>,
+        journal: [Box<dyn JournalFile>; 2],
         lock: Option<File>,
         dir: &Path,
     ) -> Result<(Store, Loaded), StoreError> {
@@ -284,7 +314,7 @@ impl Store {
             snapshot_every: SNAPSHOT_EVERY,
             retry_snapshot_at: 0,
             snapshot_len: None,
-            snapshotting: None,
+            writing: None,
             head,
             hwm,
             ahead: Ahead {
@@ -308,14 +338,14 @@ impl Store {
     /// what it applied in memory and carries on from here. Nothing is written: on a full
     /// disk this must still work.
     pub fn reload(&mut self) -> Result<Core, StoreError> {
-        // A snapshot being written still holds the database: it is reopened when that
-        // ends, if it fails (a database redb refuses fails the load, and the daemon tries
-        // again).
-        if self.snapshotting.is_none() {
+        // A write under way still holds the database: it is reopened when that ends, if it
+        // fails (a database redb refuses fails the load, and the daemon tries again).
+        if self.writing.is_none() {
             self.reopen_db()?;
         }
         // redb, then what is still only in the journal.
-        let (core, last_seq, _, head, hwm) = load(self.db()?, &self.pending)?;
+        let unmoved: Vec<&journal::Frame> = self.unmoved().collect();
+        let (core, last_seq, _, head, hwm) = load(self.db()?, &unmoved)?;
         self.next_seq = last_seq + 1;
         self.head = head;
         self.hwm = hwm;
@@ -359,12 +389,21 @@ impl Store {
     /// The database, to write to: redb takes one write at a time, and one here while a
     /// snapshot is being written would stall the event loop until that ends.
     fn writer(&self) -> Result<&Arc<Database>, StoreError> {
-        if self.snapshotting.is_some() {
+        if self.writing.is_some() {
             return Err(StoreError::Db(
-                "a snapshot is being written; try again when it ends".into(),
+                "a checkpoint or snapshot is being written; try again when it ends".into(),
             ));
         }
         self.db()
+    }
+
+    /// The batches not yet in redb (as far as this store knows), oldest first: those a
+    /// write under way moves, then those since.
+    fn unmoved(&self) -> impl Iterator<Item = &journal::Frame> {
+        self.writing
+            .iter()
+            .flat_map(|w| w.frames.iter())
+            .chain(&self.pending)
     }
 
     pub(crate) fn db_for_restore(&self) -> Result<&Database, StoreError> {
@@ -502,43 +541,117 @@ impl Store {
     /// Whether the journal holds enough to move into redb (see `checkpoint`).
     pub fn wants_checkpoint(&self) -> bool {
         let bytes = self.journal.pending_bytes();
-        self.snapshotting.is_none()
-            && bytes >= CHECKPOINT_BYTES
-            && bytes >= self.retry_checkpoint_at
+        self.writing.is_none() && bytes >= CHECKPOINT_BYTES && bytes >= self.retry_checkpoint_at
     }
 
-    /// Moves the batches the journal holds into redb in one durable transaction, so the
-    /// journal is written from its start again. If it fails, the journal keeps them (and
-    /// grows) and the next try waits for another `CHECKPOINT_BYTES`.
+    /// Moves the batches the journal holds into redb in one durable transaction, on this
+    /// thread, so the journal is written from its start again. If it fails, the journal
+    /// keeps them (and grows) and the next try waits for another `CHECKPOINT_BYTES`.
     pub fn checkpoint(&mut self) -> Result<(), StoreError> {
         self.journal.settled()?;
         if self.pending.is_empty() {
-            self.journal.checkpointed();
+            self.journal.in_redb(self.journal.next_number());
             return Ok(());
         }
-        let moved = self
-            .writer()
-            .and_then(|db| move_into_db(db, &self.pending, self.journal.next_number()));
+        let next = self.journal.next_number();
+        let db = self.writer()?;
+        let moved = db.begin_write().map_err(fail).and_then(|tx| {
+            put_frames(&tx, &self.pending, next, None)?;
+            tx.commit().map_err(fail)
+        });
         match moved {
             Ok(()) => {
                 self.pending.clear();
-                self.journal.checkpointed();
+                self.journal.in_redb(next);
                 self.retry_checkpoint_at = 0;
                 Ok(())
             }
-            // Nothing was tried: the journal keeps the batches until the snapshot ends.
-            Err(e) if self.snapshotting.is_some() => Err(e),
             Err(e) => {
-                self.retry_checkpoint_at = self.journal.pending_bytes() + CHECKPOINT_BYTES;
-                // So the next try finds a database that accepts work (if the disk does).
-                let _ = self.reopen_db();
+                self.checkpoint_failed();
                 Err(e)
             }
         }
     }
 
+    /// Begins a checkpoint to be written on another thread (`RedbWrite::write`), while
+    /// batches go on into the journal's other file. `None` if there is nothing to move.
+    /// Until `end_write`, every other write to redb waits.
+    pub fn begin_checkpoint(&mut self) -> Result<Option<RedbWrite>, StoreError> {
+        self.journal.settled()?;
+        if self.pending.is_empty() {
+            self.journal.in_redb(self.journal.next_number());
+            return Ok(None);
+        }
+        let db = self.writer()?.clone();
+        if let Err(e) = self.journal.switch() {
+            self.checkpoint_failed();
+            return Err(e);
+        }
+        Ok(Some(self.begin_write(db, None)))
+    }
+
+    /// Hands the batches not yet in redb to a write, and, for a snapshot, its core.
+    fn begin_write(&mut self, db: Arc<Database>, snapshot: Option<(Vec<u8>, u64)>) -> RedbWrite {
+        let frames = Arc::new(std::mem::take(&mut self.pending));
+        let next = self.journal.next_number();
+        let since_before = snapshot.as_ref().map(|_| self.since_snapshot);
+        if snapshot.is_some() {
+            self.since_snapshot = 0;
+        }
+        self.writing = Some(Writing {
+            frames: frames.clone(),
+            next,
+            snapshot: since_before,
+        });
+        RedbWrite {
+            db,
+            frames,
+            next,
+            snapshot,
+        }
+    }
+
+    /// Ends the write begun, with the outcome of its `RedbWrite::write`. If it failed,
+    /// its batches wait in the journal for the next checkpoint, and a snapshot's log
+    /// records count towards the next one.
+    pub fn end_write(&mut self, written: Result<(), StoreError>) -> Result<(), StoreError> {
+        let Some(writing) = self.writing.take() else {
+            return written;
+        };
+        match written {
+            Ok(()) => {
+                self.journal.in_redb(writing.next);
+                self.retry_checkpoint_at = 0;
+                if writing.snapshot.is_some() {
+                    self.retry_snapshot_at = 0;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let frames = Arc::try_unwrap(writing.frames).unwrap_or_else(|f| (*f).clone());
+                self.pending.splice(0..0, frames);
+                if let Some(since_before) = writing.snapshot {
+                    self.since_snapshot += since_before;
+                    self.snapshot_failed();
+                }
+                self.checkpoint_failed();
+                Err(e)
+            }
+        }
+    }
+
+    /// The journal keeps its batches (and grows) until a try succeeds; the next waits for
+    /// another `CHECKPOINT_BYTES`, and finds a database that accepts work (if the disk
+    /// does: redb refuses all work after an I/O error).
+    fn checkpoint_failed(&mut self) {
+        self.retry_checkpoint_at = self.journal.pending_bytes() + CHECKPOINT_BYTES;
+        if self.writing.is_none() {
+            let _ = self.reopen_db();
+        }
+    }
+
     pub fn wants_snapshot(&self) -> bool {
-        self.snapshotting.is_none()
+        self.writing.is_none()
             && self.since_snapshot >= self.snapshot_every
             && self.since_snapshot >= self.retry_snapshot_at
     }
@@ -550,20 +663,23 @@ impl Store {
         self.snapshot_every = records.max(1);
     }
 
-    /// Whether a snapshot begun by `begin_snapshot` has not ended yet.
-    pub fn snapshot_under_way(&self) -> bool {
-        self.snapshotting.is_some()
+    /// Whether a checkpoint or snapshot begun on another thread has not ended yet.
+    pub fn write_under_way(&self) -> bool {
+        self.writing.is_some()
     }
 
     /// Writes the core as the new snapshot and drops the log it covers, in one durable
     /// transaction, on this thread.
     pub fn snapshot(&mut self, core: &Core) -> Result<(), StoreError> {
-        let covered = self.ready_for_snapshot()?;
+        // The log the snapshot covers must be in redb before it is dropped there.
+        self.checkpoint()?;
+        let covered = self.next_seq - 1;
         // Serialized straight into the room redb reserves for it: nothing else holds a
         // copy of a state that may be a hundred megabytes.
         let len = postcard::experimental::serialized_size(core).map_err(fail)?;
         self.snapshot_len = Some(len);
-        write_snapshot(self.writer()?, covered, len, |room| {
+        let tx = self.writer()?.begin_write().map_err(fail)?;
+        put_snapshot(&tx, covered, len, |room| {
             let written = postcard::to_slice(core, room).map_err(fail)?.len();
             if written != len {
                 return Err(StoreError::Db(format!(
@@ -572,60 +688,42 @@ impl Store {
             }
             Ok(())
         })?;
+        tx.commit().map_err(fail)?;
         self.since_snapshot = 0;
         self.retry_snapshot_at = 0;
         Ok(())
     }
 
-    /// Begins a snapshot of `core`, as every batch ended so far left it, to be written on
-    /// another thread by `SnapshotWrite::write` while batches go on. Until `end_snapshot`,
-    /// checkpoints wait (the journal grows meanwhile), as does every other write to redb.
+    /// Begins a snapshot of `core`, as every batch ended so far left it, with a
+    /// checkpoint of the journal's batches, to be written on another thread
+    /// (`RedbWrite::write`) while batches go on into the journal's other file. Refused
+    /// while a batch is begun and not ended: the core would hold changes that may yet
+    /// fail. Until `end_write`, every other write to redb waits.
     ///
     /// The core is serialized here, into one buffer. A copy of the core would take half
     /// the time, but its many small allocations stay resident once freed: at a million
     /// leases, resident memory grew by about 100 bytes per lease and stayed there. The
     /// buffer goes back to the system when freed.
-    pub fn begin_snapshot(&mut self, core: &Core) -> Result<SnapshotWrite, StoreError> {
-        let (covered, db) = match self
-            .ready_for_snapshot()
-            .and_then(|covered| Ok((covered, self.writer()?.clone())))
-        {
-            Ok(ready) => ready,
+    pub fn begin_snapshot(&mut self, core: &Core) -> Result<RedbWrite, StoreError> {
+        let begun = self
+            .journal
+            .settled()
+            .and_then(|()| Ok(self.writer()?.clone()))
+            .and_then(|db| {
+                let bytes = self.serialize(core).map_err(fail)?;
+                self.journal.switch()?;
+                Ok((db, bytes))
+            });
+        match begun {
+            Ok((db, bytes)) => {
+                let covered = self.next_seq - 1;
+                Ok(self.begin_write(db, Some((bytes, covered))))
+            }
             Err(e) => {
                 self.snapshot_failed();
-                return Err(e);
+                Err(e)
             }
-        };
-        let core = match self.serialize(core) {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                self.snapshot_failed();
-                return Err(fail(e));
-            }
-        };
-        self.snapshotting = Some(UnderWay {
-            since_before: self.since_snapshot,
-        });
-        self.since_snapshot = 0;
-        Ok(SnapshotWrite { db, core, covered })
-    }
-
-    /// Ends the snapshot begun, with the outcome of its `write`. If it failed, the log
-    /// still holds everything, and the records it would have covered count towards the
-    /// next one.
-    pub fn end_snapshot(&mut self, written: Result<(), StoreError>) -> Result<(), StoreError> {
-        let Some(under_way) = self.snapshotting.take() else {
-            return written;
-        };
-        if let Err(e) = written {
-            self.since_snapshot += under_way.since_before;
-            self.snapshot_failed();
-            // So the next write finds a database that accepts work (if the disk does).
-            let _ = self.reopen_db();
-            return Err(e);
         }
-        self.retry_snapshot_at = 0;
-        Ok(())
     }
 
     /// The core in one buffer sized ahead, from the last snapshot's size (measured the
@@ -645,14 +743,6 @@ impl Store {
     /// writing) at every turn of the loop: the next try waits for as many records again.
     fn snapshot_failed(&mut self) {
         self.retry_snapshot_at = self.since_snapshot + self.snapshot_every;
-    }
-
-    /// Moves the journal into redb, so the log a snapshot covers is there to be dropped,
-    /// and returns the last log record the core reflects. Refused while a batch is begun
-    /// and not ended: the core would hold changes that may yet fail.
-    fn ready_for_snapshot(&mut self) -> Result<u64, StoreError> {
-        self.checkpoint()?;
-        Ok(self.next_seq - 1)
     }
 
     /// The audit records of the batches begun and not yet ended, oldest first: a backup
@@ -679,8 +769,7 @@ impl Store {
         // And those still only in the journal (a checkpoint that failed may have written
         // some of them into redb all the same).
         for r in self
-            .pending
-            .iter()
+            .unmoved()
             .flat_map(|f| &f.audit)
             .filter(|r| r.index > last)
         {
@@ -723,24 +812,20 @@ impl Store {
 }
 
 /// Replaces the snapshot with the `len` bytes `fill` writes, a core that reflects the log
-/// up to `covered`, and drops that log, in one durable transaction.
-fn write_snapshot(
-    db: &Database,
+/// up to `covered`, and drops that log.
+fn put_snapshot(
+    tx: &redb::WriteTransaction,
     covered: u64,
     len: usize,
     fill: impl FnOnce(&mut [u8]) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
-    let tx = db.begin_write().map_err(fail)?;
-    {
-        let mut snap = tx.open_table(SNAPSHOT).map_err(fail)?;
-        snap.retain(|_, _| false).map_err(fail)?;
-        let mut room = snap.insert_reserve(covered, len).map_err(fail)?;
-        fill(room.as_mut())?;
-        drop(room);
-        let mut log = tx.open_table(LOG).map_err(fail)?;
-        log.retain(|k, _| k > covered).map_err(fail)?;
-    }
-    tx.commit().map_err(fail)
+    let mut snap = tx.open_table(SNAPSHOT).map_err(fail)?;
+    snap.retain(|_, _| false).map_err(fail)?;
+    let mut room = snap.insert_reserve(covered, len).map_err(fail)?;
+    fill(room.as_mut())?;
+    drop(room);
+    let mut log = tx.open_table(LOG).map_err(fail)?;
+    log.retain(|k, _| k > covered).map_err(fail)
 }
 
 /// The number of the first journal frame not yet in redb, and the journal's key.
@@ -760,19 +845,31 @@ fn journal_meta(db: &Database) -> Result<(u64, [u8; 32]), StoreError> {
     Ok((next, key))
 }
 
-/// Writes journal frames into the log, the audit table and the high-water mark (the last
-/// frame's: a reset token may have lowered it), with the number of the next frame, in one
-/// durable transaction. Writing a frame twice writes the same rows again.
+/// Writes journal frames into redb in one durable transaction (see `put_frames`).
 fn move_into_db(db: &Database, frames: &[journal::Frame], next: u64) -> Result<(), StoreError> {
+    let tx = db.begin_write().map_err(fail)?;
+    put_frames(&tx, frames, next, None)?;
+    tx.commit().map_err(fail)
+}
+
+/// Writes journal frames into the log, the audit table and the high-water mark (the last
+/// frame's: a reset token may have lowered it), with the number of the next frame.
+/// Writing a frame twice writes the same rows again. Log records a snapshot in the same
+/// transaction covers (up to `covered`) are left out: it drops them.
+fn put_frames(
+    tx: &redb::WriteTransaction,
+    frames: &[journal::Frame],
+    next: u64,
+    covered: Option<u64>,
+) -> Result<(), StoreError> {
     let Some(last) = frames.last() else {
         return Ok(());
     };
-    let tx = db.begin_write().map_err(fail)?;
     {
         let mut log = tx.open_table(LOG).map_err(fail)?;
         let mut table = tx.open_table(AUDIT).map_err(fail)?;
         for f in frames {
-            if let Some(seq) = f.seq {
+            if let Some(seq) = f.seq.filter(|s| covered.is_none_or(|c| *s > c)) {
                 log.insert(seq, f.record.as_slice()).map_err(fail)?;
             }
             for r in &f.audit {
@@ -786,14 +883,14 @@ fn move_into_db(db: &Database, frames: &[journal::Frame], next: u64) -> Result<(
         meta.insert("journal_next", next.to_le_bytes().as_slice())
             .map_err(fail)?;
     }
-    tx.commit().map_err(fail)
+    Ok(())
 }
 
 /// Reads snapshot and log into a core; returns it with the last log sequence, how many
 /// records were replayed, the audit head and the high-water mark.
 fn load(
     db: &Database,
-    pending: &[journal::Frame],
+    pending: &[&journal::Frame],
 ) -> Result<(Core, u64, u64, AuditHead, Timestamp), StoreError> {
     let rx = db.begin_read().map_err(fail)?;
     let meta = rx.open_table(META).map_err(fail)?;
