@@ -572,7 +572,15 @@ async fn run(
     if let Some(g) = owner.guard.as_mut() {
         g.persist();
     }
-    if let Err(e) = owner.store.snapshot(&owner.core) {
+    // While the store fails, the core holds what was never logged nor audited (time
+    // passing, or a batch that failed if it could not be rebuilt): the restart rebuilds
+    // from the log instead. The checkpoint still zeroes the journal's failed frames.
+    let stored = if owner.degraded.is_some() {
+        owner.store.checkpoint()
+    } else {
+        owner.store.snapshot(&owner.core)
+    };
+    if let Err(e) = stored {
         tracing::warn!(
             "could not write a snapshot at shutdown (the log still holds everything): {e}"
         );
@@ -1073,5 +1081,78 @@ fn count_event(m: &super::metrics::Metrics, event: &Event) {
         Event::EntryExpired { .. } => M::bump(&m.entries_expired),
         Event::CameraContested { .. } => M::bump(&m.contested),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::store::tests::{acknowledged, checkout, enrol, Power, T0};
+
+    /// The owner task on a store whose disks a test can fail, and its clock.
+    fn started(
+        power: &Power,
+    ) -> (
+        CoreHandle,
+        tokio::task::JoinHandle<Core>,
+        Arc<ManualClock>,
+        CancellationToken,
+    ) {
+        let (store, loaded) = power.open();
+        let clock = ManualClock::new(T0);
+        let shutdown = CancellationToken::new();
+        let (handle, task) = spawn(loaded.core, store, clock.clone(), None, shutdown.clone());
+        (handle, task, clock, shutdown)
+    }
+
+    async fn run(handle: &CoreHandle, commands: Vec<Command>) {
+        for c in commands {
+            let out = handle.execute(c).await.unwrap();
+            assert!(!matches!(out, Outcome::Refused(_)), "{out:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn stopping_while_the_store_fails_writes_no_snapshot_of_what_only_memory_holds() {
+        // While the store fails, the core goes on in memory (time passes, reservations
+        // end) with nothing logged or audited; a restart must find what the store holds.
+        let power = Power::default();
+        let (handle, task, clock, shutdown) = started(&power);
+        let mut setup = vec![Command::InstallKey {
+            document: crate::key::demo_key(T0),
+            demo: true,
+        }];
+        setup.extend(enrol("A", "11111111"));
+        setup.push(checkout("A", &["c1", "c2"]));
+        run(&handle, setup).await;
+        let durable = handle.call(|o| o.core().clone()).await.unwrap();
+
+        power.fail_journal_syncs(true);
+        let failed = handle.execute(checkout("A", &["c3"])).await;
+        assert!(
+            matches!(failed, Err(CallError::NotPersisted(_))),
+            "{failed:?}"
+        );
+        // A's reservation ends (the demo key's grace is an hour) in memory only.
+        clock.advance(3 * 3_600_000);
+        let in_memory = handle.call(|o| o.core().clone()).await.unwrap();
+        assert_ne!(
+            acknowledged(&in_memory),
+            acknowledged(&durable),
+            "the reservation ended in memory"
+        );
+        assert!(handle.call(|o| o.degraded.is_some()).await.unwrap());
+
+        // The disk comes back just as the daemon stops, before it recovers by itself.
+        power.fail_journal_syncs(false);
+        shutdown.cancel();
+        task.await.unwrap();
+        let (_, loaded) = power.open();
+        assert_eq!(
+            postcard::to_allocvec(&loaded.core).unwrap(),
+            acknowledged(&durable),
+            "the state the store held, not the one in memory"
+        );
     }
 }

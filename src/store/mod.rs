@@ -986,4 +986,4 @@ fn read_u64(b: &[u8]) -> u64 {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

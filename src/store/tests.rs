@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 /// A disk whose writes stay volatile until `sync_data`; `cut` keeps only what was synced,
 /// as a power loss does.
 #[derive(Debug, Clone, Default)]
-pub(super) struct PowerCutDisk {
+pub(crate) struct PowerCutDisk {
     inner: Arc<Mutex<Disk>>,
 }
 
@@ -39,7 +39,7 @@ impl PowerCutDisk {
     fn syncs(&self) -> u64 {
         self.inner.lock().unwrap().syncs
     }
-    pub(super) fn fail_syncs(&self, on: bool) {
+    pub(crate) fn fail_syncs(&self, on: bool) {
         self.inner.lock().unwrap().fail_syncs = on;
     }
     fn fail_syncs_after_writing(&self, on: bool) {
@@ -108,16 +108,16 @@ impl JournalFile for PowerCutDisk {
 
 /// The database and the journal's two files, each on a disk that loses unsynced writes.
 #[derive(Debug, Clone, Default)]
-struct Power {
-    db: PowerCutDisk,
+pub(crate) struct Power {
+    pub(crate) db: PowerCutDisk,
     /// The journal's first file: the one written until a checkpoint on another thread
     /// switches to the second.
-    journal: PowerCutDisk,
-    journal_b: PowerCutDisk,
+    pub(crate) journal: PowerCutDisk,
+    pub(crate) journal_b: PowerCutDisk,
 }
 
 impl Power {
-    fn open(&self) -> (Store, Loaded) {
+    pub(crate) fn open(&self) -> (Store, Loaded) {
         Store::open_backend(
             self.db.clone(),
             [
@@ -138,13 +138,13 @@ impl Power {
         self.db.syncs() + self.journal.syncs() + self.journal_b.syncs()
     }
     /// Syncs of both journal files fail (or work again).
-    fn fail_journal_syncs(&self, on: bool) {
+    pub(crate) fn fail_journal_syncs(&self, on: bool) {
         self.journal.fail_syncs(on);
         self.journal_b.fail_syncs(on);
     }
 }
 
-const T0: Timestamp = Timestamp(1_800_000_000_000);
+pub(crate) const T0: Timestamp = Timestamp(1_800_000_000_000);
 
 fn bytes(core: &Core) -> Vec<u8> {
     postcard::to_allocvec(core).unwrap()
@@ -180,7 +180,7 @@ fn durable(store: &mut Store, core: &mut Core, ms: u64, commands: Vec<Command>) 
     run_batch(store, core, T0.plus(ms), commands, true);
 }
 
-fn enrol(server: &str, code: &str) -> Vec<Command> {
+pub(crate) fn enrol(server: &str, code: &str) -> Vec<Command> {
     vec![
         Command::CreateCode {
             pool: PoolId::default_of("DEMO"),
@@ -199,7 +199,7 @@ fn enrol(server: &str, code: &str) -> Vec<Command> {
     ]
 }
 
-fn checkout(server: &str, cams: &[&str]) -> Command {
+pub(crate) fn checkout(server: &str, cams: &[&str]) -> Command {
     Command::Checkout {
         server: server.into(),
         key: None,
@@ -532,7 +532,7 @@ fn replay_across_restarts_sees_each_restart() {
 }
 
 /// The state a restart must rebuild from `core`: everything but live sessions.
-fn acknowledged(core: &Core) -> Vec<u8> {
+pub(crate) fn acknowledged(core: &Core) -> Vec<u8> {
     let mut c = core.clone();
     c.reset_sessions();
     bytes(&c)
