@@ -1163,10 +1163,9 @@ enum Step {
     BeginWrite {
         snapshot: bool,
     },
-    /// That thread's write, on a database disk that works or fails.
-    Write {
-        fails: bool,
-    },
+    /// That thread's write, on a database disk that works, fails, or writes and then
+    /// reports a failure.
+    Write(SyncOutcome),
     EndWrite,
     Reload,
     PowerCut,
@@ -1188,7 +1187,12 @@ fn step() -> impl proptest::strategy::Strategy<Value = Step> {
         3 => (1usize..4, outcome).prop_map(|(n, o)| Step::End(n, o)),
         1 => Just(Step::Checkpoint),
         1 => any::<bool>().prop_map(|snapshot| Step::BeginWrite { snapshot }),
-        1 => proptest::bool::weighted(0.2).prop_map(|fails| Step::Write { fails }),
+        1 => prop_oneof![
+            6 => Just(SyncOutcome::Ok),
+            1 => Just(SyncOutcome::Fails),
+            1 => Just(SyncOutcome::FailsAfterWriting),
+        ]
+        .prop_map(Step::Write),
         1 => Just(Step::EndWrite),
         1 => Just(Step::Reload),
         1 => Just(Step::PowerCut),
@@ -1349,12 +1353,14 @@ proptest::proptest! {
                     };
                     background = write.map(|w| Background::Begun(w, ended));
                 }
-                Step::Write { fails } => {
+                Step::Write(outcome) => {
                     background = match background.take() {
                         Some(Background::Begun(write, at)) => {
-                            power.db.fail_syncs(fails);
+                            power.db.fail_syncs(matches!(outcome, SyncOutcome::Fails));
+                            power.db.fail_syncs_after_writing(matches!(outcome, SyncOutcome::FailsAfterWriting));
                             let written = write.write();
                             power.db.fail_syncs(false);
+                            power.db.fail_syncs_after_writing(false);
                             db_failed |= written.is_err();
                             Some(Background::Written(written, at))
                         }
