@@ -957,14 +957,14 @@ fn apply(
     advance(owner, pipe, acks);
 }
 
-/// Records the seats in use per key and feature every `USAGE_SAMPLE_MS` (the first at
-/// start), for the usage chart.
 /// A usage sample is due, and redb can take it now (not while a checkpoint or snapshot is
 /// written).
 fn usage_sample_due(owner: &Owner) -> bool {
     owner.now >= owner.next_usage_sample && !owner.store.write_under_way()
 }
 
+/// Records the seats in use per key and feature every `USAGE_SAMPLE_MS` (the first at
+/// start), for the usage chart.
 fn sample_usage(owner: &mut Owner) {
     if owner.degraded.is_some() || !usage_sample_due(owner) {
         return;
