@@ -1446,40 +1446,6 @@ fn a_mark_lowered_while_a_batch_waits_for_its_sync_is_not_raised_again_by_it() {
 }
 
 #[test]
-fn a_snapshot_written_on_another_thread_while_batches_go_on_loses_none_of_them() {
-    let (power, mut store, mut core) = started();
-    let snapshot = store.begin_snapshot(&core).unwrap();
-    assert!(store.write_under_way());
-    assert!(!store.wants_snapshot(), "one at a time");
-    // Batches go on into the journal while the snapshot is written; a power cut now
-    // finds the old snapshot, the whole log and the journal.
-    durable(&mut store, &mut core, 6, vec![checkout("B", &["c5"])]);
-    durable(&mut store, &mut core, 7, vec![release("A", &["c2"])]);
-    assert_reopens_as(
-        &power,
-        &core,
-        store.head(),
-        "before the snapshot is written",
-    );
-
-    let written = std::thread::spawn(move || snapshot.write()).join().unwrap();
-    // The snapshot is durable, the two batches are only in the journal: both count.
-    assert_reopens_as(&power, &core, store.head(), "with the snapshot written");
-    store.end_write(written).unwrap();
-    assert!(!store.write_under_way());
-    durable(&mut store, &mut core, 8, vec![checkout("A", &["c6"])]);
-    store.checkpoint().unwrap();
-    let (reopened, power) =
-        assert_reopens_as(&power, &core, store.head(), "after the snapshot ended");
-    drop(reopened);
-    let (_, loaded) = power.open();
-    assert_eq!(
-        loaded.replayed, 3,
-        "only the batches after the core the snapshot holds are replayed"
-    );
-}
-
-#[test]
 fn while_a_snapshot_is_written_nothing_else_writes_to_redb_and_checkpoints_wait() {
     // redb takes one write at a time: another on the event loop would wait for the
     // snapshot, stalling every connection.
@@ -1562,46 +1528,6 @@ fn a_failed_journal_sync_while_a_snapshot_is_written_reloads_without_the_refused
 }
 
 #[test]
-fn a_checkpoint_written_on_another_thread_while_batches_go_on_loses_none_of_them() {
-    let (power, mut store, mut core) = started();
-    let write = store.begin_checkpoint().unwrap().expect("batches to move");
-    assert!(!write.is_snapshot());
-    assert!(store.write_under_way());
-    assert!(!store.wants_checkpoint(), "one at a time");
-    // Batches go on into the journal's other file.
-    durable(&mut store, &mut core, 6, vec![checkout("B", &["c5"])]);
-    durable(&mut store, &mut core, 7, vec![release("A", &["c2"])]);
-    assert_reopens_as(
-        &power,
-        &core,
-        store.head(),
-        "before the checkpoint is written",
-    );
-    // Reads see the batches being moved: the audit chain and a reload are whole.
-    let head = store.head();
-    assert_eq!(
-        audit::verify(&store.audit_records(None).unwrap(), Some(head)).unwrap(),
-        head
-    );
-    assert_eq!(bytes(&store.reload().unwrap()), acknowledged(&core));
-
-    let written = std::thread::spawn(move || write.write()).join().unwrap();
-    assert_reopens_as(&power, &core, store.head(), "with the checkpoint written");
-    store.end_write(written).unwrap();
-    // The next checkpoint goes back to the first file, written over from its start.
-    let write = store.begin_checkpoint().unwrap().expect("batches to move");
-    durable(&mut store, &mut core, 8, vec![checkout("A", &["c6"])]);
-    store.end_write(write.write()).unwrap();
-    durable(&mut store, &mut core, 9, vec![checkout("A", &["c7"])]);
-    assert_reopens_as(&power, &core, store.head(), "after two checkpoints");
-    assert_eq!(
-        bytes(&store.reload().unwrap()),
-        acknowledged(&core),
-        "a reload after both"
-    );
-}
-
-#[test]
 fn a_failed_checkpoint_on_another_thread_keeps_its_batches_in_the_journal() {
     let (power, mut store, mut core) = started();
     let write = store.begin_checkpoint().unwrap().expect("batches to move");
@@ -1621,17 +1547,52 @@ fn a_failed_checkpoint_on_another_thread_keeps_its_batches_in_the_journal() {
 }
 
 #[test]
-fn a_snapshot_with_batches_to_move_writes_both_in_one_transaction() {
-    let (power, mut store, mut core) = started();
-    let write = store.begin_snapshot(&core).unwrap();
-    assert!(write.is_snapshot());
-    durable(&mut store, &mut core, 6, vec![checkout("B", &["c5"])]);
-    store.end_write(write.write()).unwrap();
-    let (reopened, power) = assert_reopens_as(&power, &core, store.head(), "after the snapshot");
-    drop(reopened);
-    let (_, loaded) = power.open();
-    assert_eq!(
-        loaded.replayed, 1,
-        "the populated batches are in the snapshot, not the log"
-    );
+fn a_checkpoint_or_snapshot_written_on_another_thread_while_batches_go_on_loses_none() {
+    for snapshot in [false, true] {
+        let what = if snapshot { "snapshot" } else { "checkpoint" };
+        let (power, mut store, mut core) = started();
+        let write = if snapshot {
+            store.begin_snapshot(&core).unwrap()
+        } else {
+            store.begin_checkpoint().unwrap().expect("batches to move")
+        };
+        assert_eq!(write.is_snapshot(), snapshot);
+        assert!(store.write_under_way());
+        assert!(
+            !store.wants_checkpoint() && !store.wants_snapshot(),
+            "one at a time"
+        );
+        // Batches go on into the journal's other file; a power cut now finds redb as it
+        // was and both files.
+        durable(&mut store, &mut core, 6, vec![checkout("B", &["c5"])]);
+        durable(&mut store, &mut core, 7, vec![release("A", &["c2"])]);
+        let before = format!("{what}: before it is written");
+        assert_reopens_as(&power, &core, store.head(), &before);
+        // Reads see the batches being moved: the audit chain and a reload are whole.
+        let head = store.head();
+        let records = store.audit_records(None).unwrap();
+        assert_eq!(audit::verify(&records, Some(head)).unwrap(), head, "{what}");
+        assert_eq!(
+            bytes(&store.reload().unwrap()),
+            acknowledged(&core),
+            "{what}"
+        );
+
+        let written = std::thread::spawn(move || write.write()).join().unwrap();
+        let unended = format!("{what}: written, not ended");
+        assert_reopens_as(&power, &core, store.head(), &unended);
+        store.end_write(written).unwrap();
+        assert!(!store.write_under_way());
+        // The next goes back to the first file, written over from its start.
+        let write = store.begin_checkpoint().unwrap().expect("batches to move");
+        durable(&mut store, &mut core, 8, vec![checkout("A", &["c6"])]);
+        store.end_write(write.write()).unwrap();
+        durable(&mut store, &mut core, 9, vec![checkout("A", &["c7"])]);
+        let after = format!("{what}: after a checkpoint more");
+        let (reopened, power) = assert_reopens_as(&power, &core, store.head(), &after);
+        drop(reopened);
+        let (_, loaded) = power.open();
+        // A snapshot holds the batches before it: only the four since are replayed.
+        assert_eq!(loaded.replayed, if snapshot { 4 } else { 10 }, "{what}");
+    }
 }
