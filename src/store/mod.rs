@@ -389,12 +389,17 @@ impl Store {
     /// The database, to write to: redb takes one write at a time, and one here while a
     /// snapshot is being written would stall the event loop until that ends.
     fn writer(&self) -> Result<&Arc<Database>, StoreError> {
+        self.no_write_under_way()?;
+        self.db()
+    }
+
+    fn no_write_under_way(&self) -> Result<(), StoreError> {
         if self.writing.is_some() {
             return Err(StoreError::Db(
                 "a checkpoint or snapshot is being written; try again when it ends".into(),
             ));
         }
-        self.db()
+        Ok(())
     }
 
     /// The batches not yet in redb (as far as this store knows), oldest first: those a
@@ -549,6 +554,9 @@ impl Store {
     /// keeps them (and grows) and the next try waits for another `CHECKPOINT_BYTES`.
     pub fn checkpoint(&mut self) -> Result<(), StoreError> {
         self.journal.settled()?;
+        // Not while a write is under way, even with nothing new to move: the batches it
+        // moves are not in redb yet, and their file must not be taken for free.
+        self.no_write_under_way()?;
         if self.pending.is_empty() {
             self.journal.in_redb(self.journal.next_number());
             return Ok(());
@@ -578,6 +586,8 @@ impl Store {
     /// Until `end_write`, every other write to redb waits.
     pub fn begin_checkpoint(&mut self) -> Result<Option<RedbWrite>, StoreError> {
         self.journal.settled()?;
+        // As in `checkpoint`: the write under way has not put its batches in redb yet.
+        self.no_write_under_way()?;
         if self.pending.is_empty() {
             self.journal.in_redb(self.journal.next_number());
             return Ok(None);

@@ -1596,3 +1596,33 @@ fn a_checkpoint_or_snapshot_written_on_another_thread_while_batches_go_on_loses_
         assert_eq!(loaded.replayed, if snapshot { 4 } else { 10 }, "{what}");
     }
 }
+
+#[test]
+fn a_checkpoint_asked_for_while_one_is_written_does_not_free_the_file_it_moves() {
+    // With nothing new to move, a checkpoint asked for while another is written must not
+    // take the batches that one moves for being in redb: if that write then fails, the
+    // next checkpoint would switch back and write over them.
+    for ask in ["checkpoint", "begin_checkpoint", "snapshot"] {
+        let (power, mut store, mut core) = started();
+        let write = store.begin_checkpoint().unwrap().expect("batches to move");
+        let asked = match ask {
+            "checkpoint" => store.checkpoint(),
+            "begin_checkpoint" => store.begin_checkpoint().map(|w| assert!(w.is_none())),
+            _ => store.snapshot(&core),
+        };
+        assert!(asked.is_err(), "{ask}: refused while a write is under way");
+        // The write did not run (the daemon's blocking task failed): nothing reached redb.
+        drop(write);
+        assert!(store
+            .end_write(Err(StoreError::Db("the write did not run".into())))
+            .is_err());
+        durable(&mut store, &mut core, 6, vec![checkout("B", &["c5"])]);
+        let again = store.begin_checkpoint().unwrap().expect("batches to move");
+        durable(&mut store, &mut core, 7, vec![release("A", &["c2"])]);
+        let what = format!("{ask}: a checkpoint later, not yet written");
+        assert_reopens_as(&power, &core, store.head(), &what);
+        store.end_write(again.write()).unwrap();
+        let what = format!("{ask}: once it is written");
+        assert_reopens_as(&power, &core, store.head(), &what);
+    }
+}
