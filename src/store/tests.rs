@@ -1191,6 +1191,8 @@ fn step() -> impl proptest::strategy::Strategy<Value = Step> {
             6 => Just(SyncOutcome::Ok),
             1 => Just(SyncOutcome::Fails),
             1 => Just(SyncOutcome::FailsAfterWriting),
+            // The write did not run (its blocking task failed): redb goes on working.
+            2 => Just(SyncOutcome::None),
         ]
         .prop_map(Step::Write),
         1 => Just(Step::EndWrite),
@@ -1355,6 +1357,10 @@ proptest::proptest! {
                 }
                 Step::Write(outcome) => {
                     background = match background.take() {
+                        Some(Background::Begun(write, at)) if matches!(outcome, SyncOutcome::None) => {
+                            drop(write);
+                            Some(Background::Written(Err(StoreError::Db("did not run".into())), at))
+                        }
                         Some(Background::Begun(write, at)) => {
                             power.db.fail_syncs(matches!(outcome, SyncOutcome::Fails));
                             power.db.fail_syncs_after_writing(matches!(outcome, SyncOutcome::FailsAfterWriting));
