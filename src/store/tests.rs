@@ -1632,3 +1632,36 @@ fn a_checkpoint_asked_for_while_one_is_written_does_not_free_the_file_it_moves()
         assert_reopens_as(&power, &core, store.head(), &what);
     }
 }
+
+#[test]
+fn a_schema_2_directory_with_batches_in_its_one_journal_file_opens_with_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (expected, head) = {
+        let (mut store, _) = Store::open(dir.path()).unwrap();
+        // Batches only in `journal`, as schema 2 left them: no checkpoint since.
+        let core = populated(&mut store);
+        let tx = store.db().unwrap().begin_write().unwrap();
+        tx.open_table(META)
+            .unwrap()
+            .insert("schema", 2u32.to_le_bytes().as_slice())
+            .unwrap();
+        tx.commit().unwrap();
+        (acknowledged(&core), store.head())
+    };
+    std::fs::remove_file(dir.path().join("journal.1")).unwrap();
+    let (mut store, loaded) = Store::open(dir.path()).unwrap();
+    assert_eq!(bytes(&loaded.core), expected);
+    assert_eq!(store.head(), head);
+    assert!(dir.path().join("journal.1").exists());
+    // The second file is grown on first use, after a switch to it.
+    let mut core = loaded.core;
+    let write = store.begin_checkpoint().unwrap();
+    assert!(write.is_none(), "the open moved the batches into redb");
+    durable(&mut store, &mut core, 6, vec![checkout("B", &["c5"])]);
+    let write = store.begin_checkpoint().unwrap().expect("a batch to move");
+    durable(&mut store, &mut core, 7, vec![release("A", &["c2"])]);
+    drop(write);
+    drop(store);
+    let (_, loaded) = Store::open(dir.path()).unwrap();
+    assert_eq!(bytes(&loaded.core), acknowledged(&core));
+}
