@@ -168,6 +168,35 @@ impl NetkeydProcess {
     /// the stop, the start until a Hello is answered, and the memory once ready.
     pub async fn restart(&mut self, addr: SocketAddr) -> Result<Restarted, BenchError> {
         let shutdown = self.terminate().await?;
+        let ready = self.start_again(addr).await?;
+        Ok(Restarted {
+            figures: Restart {
+                leases: 0,
+                shutdown_ms: shutdown.as_secs_f64() * 1e3,
+                ready_ms: ready.as_secs_f64() * 1e3,
+                crash_ready_ms: None,
+            },
+            rss_kib: rss_kib(self.pid()).unwrap_or(0),
+        })
+    }
+
+    /// SIGKILL, as a crash or a power cut would stop it, then a new process on the same
+    /// state directory and address; returns how long the start took until a Hello was
+    /// answered. No snapshot is written on the way out: the start replays the log since
+    /// the last one.
+    pub async fn crash_restart(&mut self, addr: SocketAddr) -> Result<Duration, BenchError> {
+        self.child
+            .kill()
+            .map_err(|e| BenchError::Daemon(format!("cannot kill the daemon: {e}")))?;
+        self.child
+            .wait()
+            .map_err(|e| BenchError::Daemon(format!("cannot watch the process: {e}")))?;
+        self.start_again(addr).await
+    }
+
+    /// Starts a new process on the same state directory and address, and waits until it
+    /// answers a Hello; returns how long that took.
+    async fn start_again(&mut self, addr: SocketAddr) -> Result<Duration, BenchError> {
         let t = Instant::now();
         self.child = launch(
             &self.netkeyd,
@@ -190,15 +219,7 @@ impl NetkeydProcess {
             }
             tokio::time::sleep(POLL).await;
         }
-        let ready = t.elapsed();
-        Ok(Restarted {
-            figures: Restart {
-                leases: 0,
-                shutdown_ms: shutdown.as_secs_f64() * 1e3,
-                ready_ms: ready.as_secs_f64() * 1e3,
-            },
-            rss_kib: rss_kib(self.pid()).unwrap_or(0),
-        })
+        Ok(t.elapsed())
     }
 
     /// Stops the daemon cleanly (SIGTERM), killing it if it does not stop.

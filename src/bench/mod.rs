@@ -266,13 +266,16 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
     memory.live_kib = pid.and_then(daemon::rss_kib);
     memory.peak_kib = pid.and_then(daemon::hwm_kib);
 
-    // Restart at the final lease count, connections open, as an upgrade would.
+    // Restart at the final lease count, connections open: first after a crash (SIGKILL),
+    // then as an upgrade would (SIGTERM).
     if let Some(p) = own.as_mut() {
         fleet.expect_disconnect();
+        let crash = p.crash_restart(addr).await?;
         let restart = p.restart(addr).await?;
         memory.restarted_kib = Some(restart.rss_kib);
         report.restart = Some(Restart {
             leases,
+            crash_ready_ms: Some(crash.as_secs_f64() * 1e3),
             ..restart.figures
         });
         memory.pid = Some(p.pid());

@@ -155,6 +155,10 @@ pub struct Restart {
     pub shutdown_ms: f64,
     /// Start until the first Hello is answered on the licence port.
     pub ready_ms: f64,
+    /// The same after SIGKILL (no snapshot on the way out: the log since the last one is
+    /// replayed), taken just before the SIGTERM restart.
+    #[serde(default)]
+    pub crash_ready_ms: Option<f64>,
 }
 
 /// One `redis-benchmark` run.
@@ -393,6 +397,13 @@ impl Report {
                 "restart at {} leases: SIGTERM to exit {:.0} ms, start to ready {:.0} ms",
                 r.leases, r.shutdown_ms, r.ready_ms
             );
+            if let Some(crash) = r.crash_ready_ms {
+                let _ = writeln!(
+                    s,
+                    "restart after SIGKILL at {} leases (the log since the last snapshot replayed): start to ready {crash:.0} ms",
+                    r.leases
+                );
+            }
         }
         if !self.redis.is_empty() {
             let _ = writeln!(
