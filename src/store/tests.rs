@@ -1665,3 +1665,29 @@ fn a_schema_2_directory_with_batches_in_its_one_journal_file_opens_with_them() {
     let (_, loaded) = Store::open(dir.path()).unwrap();
     assert_eq!(bytes(&loaded.core), acknowledged(&core));
 }
+
+#[test]
+fn a_snapshot_is_due_after_enough_log_however_few_the_records() {
+    // A batch carries up to a thousand commands: counting records alone would let a crash
+    // restart replay twenty thousand of them.
+    let (power, mut store, mut core) = started();
+    store.set_snapshot_every(1_000);
+    store.set_snapshot_log_bytes(400);
+    assert!(!store.wants_snapshot());
+    let cams: Vec<String> = (0..8)
+        .map(|i| format!("camera-with-a-long-id-{i}"))
+        .collect();
+    let cams: Vec<&str> = cams.iter().map(String::as_str).collect();
+    durable(&mut store, &mut core, 6, vec![checkout("B", &cams)]);
+    assert!(store.wants_snapshot(), "one big batch");
+    // A failure waits for as much log again.
+    power.db.fail_syncs(true);
+    let write = store.begin_snapshot(&core).unwrap();
+    assert!(store.end_write(write.write()).is_err());
+    power.db.fail_syncs(false);
+    assert!(!store.wants_snapshot());
+    durable(&mut store, &mut core, 7, vec![release("B", &cams)]);
+    durable(&mut store, &mut core, 8, vec![checkout("B", &cams)]);
+    assert!(store.wants_snapshot());
+    assert_reopens_as(&power, &core, store.head(), "after the failed snapshot");
+}
