@@ -210,6 +210,8 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
     )
     .await;
     report.push(storm);
+    // Memory per lease as it stays, not while a snapshot is written (the peak shows that).
+    settle(&admin_path).await?;
     memory.leased_kib = pid.and_then(daemon::rss_kib);
 
     let heartbeats = measured(
@@ -263,6 +265,7 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
             "the daemon counts {leases} cameras in use after the storm, the checkouts and the moves, expected {expected_leases}"
         ));
     }
+    settle(&admin_path).await?;
     memory.live_kib = pid.and_then(daemon::rss_kib);
     memory.peak_kib = pid.and_then(daemon::hwm_kib);
 
@@ -384,6 +387,22 @@ async fn status_phase(admin: &std::path::Path, clients: usize, queries: usize) -
 }
 
 /// Camera seats in use on the daemon's keys.
+/// Waits (up to 30 s) until the daemon is writing no checkpoint or snapshot.
+async fn settle(admin: &std::path::Path) -> Result<(), BenchError> {
+    let mut conn = Admin::connect(admin).await?;
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < until {
+        let status = conn
+            .call(&crate::proto::admin::AdminRequest::Status)
+            .await?;
+        if !status["store_writing"].as_bool().unwrap_or(false) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
 async fn in_use(admin: &std::path::Path) -> Result<u64, BenchError> {
     let mut conn = Admin::connect(admin).await?;
     let status = conn

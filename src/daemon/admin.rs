@@ -269,6 +269,7 @@ fn query(o: &mut super::owner::Owner, req: AdminRequest, info: &DaemonInfo) -> A
                 keys: o.core().key_views(now),
                 audit_head: o.audit_head(),
                 store_error: o.degraded.clone(),
+                store_writing: o.store().write_under_way(),
                 discovery: info.discovery.map(|a| a.to_string()),
                 duplicate_keys: info
                     .duplicates

@@ -134,6 +134,10 @@ pub struct Status {
     /// Set while the state store refuses writes (disk full, not writable): changes are
     /// refused, leases are renewed in memory.
     pub store_error: Option<String>,
+    /// A checkpoint or snapshot is being written to the store on a thread of its own.
+    /// Until it ends, memory also holds the state serialized and the store's write buffer.
+    #[serde(default)]
+    pub store_writing: bool,
     /// The UDP address discovery answers on.
     pub discovery: Option<String>,
     /// Other daemons offering a key this one hosts: a key belongs on one daemon only.

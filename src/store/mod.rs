@@ -189,11 +189,13 @@ impl RedbWrite {
         let tx = self.db.begin_write().map_err(fail)?;
         let covered = self.snapshot.as_ref().map(|(_, covered)| *covered);
         put_frames(&tx, &self.frames, self.next, covered)?;
-        if let Some((core, covered)) = &self.snapshot {
-            put_snapshot(&tx, *covered, core.len(), |room| {
-                room.copy_from_slice(core);
+        if let Some((core, covered)) = self.snapshot {
+            put_snapshot(&tx, covered, core.len(), |room| {
+                room.copy_from_slice(&core);
                 Ok(())
             })?;
+            // redb holds its copy now: this one need not last through the commit's syncs.
+            drop(core);
         }
         tx.commit().map_err(fail)
     }
