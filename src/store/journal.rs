@@ -159,7 +159,8 @@ impl Journal {
         self.next
     }
 
-    /// Bytes written since the last checkpoint.
+    /// Bytes written to the file in use since it was last written from its start (at a
+    /// switch, or once redb held all it had).
     pub fn pending_bytes(&self) -> u64 {
         self.tail
     }
