@@ -132,6 +132,13 @@ impl LogSince {
         self.records += other.records;
         self.bytes += other.bytes;
     }
+
+    fn add_record(&mut self, bytes: usize) {
+        self.add(LogSince {
+            records: 1,
+            bytes: bytes as u64,
+        });
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -206,10 +213,9 @@ impl RedbWrite {
 #[must_use]
 pub struct Commit {
     written: journal::Written,
-    /// It carries commands, so it takes the next log sequence.
-    logged: bool,
-    /// The size of its log record.
-    log_bytes: u64,
+    /// The size of its log record, if it carries commands (and so takes the next log
+    /// sequence).
+    log_bytes: Option<usize>,
     head: AuditHead,
     hwm: Timestamp,
     lowered: u64,
@@ -523,7 +529,7 @@ impl Store {
             })
             .collect();
         let hwm = ahead.hwm.max(record.now);
-        let log_bytes = bytes.len() as u64;
+        let log_bytes = seq.map(|_| bytes.len());
         let frame = journal::Frame {
             number: 0,
             seq,
@@ -546,7 +552,6 @@ impl Store {
         };
         Ok(Commit {
             written,
-            logged: seq.is_some(),
             log_bytes,
             head,
             hwm,
@@ -576,12 +581,9 @@ impl Store {
             }
         };
         self.pending.push(frame);
-        if commit.logged {
+        if let Some(bytes) = commit.log_bytes {
             self.next_seq += 1;
-            self.since_snapshot.add(LogSince {
-                records: 1,
-                bytes: commit.log_bytes,
-            });
+            self.since_snapshot.add_record(bytes);
         }
         self.head = commit.head;
         if commit.lowered == self.lowered {
@@ -609,11 +611,9 @@ impl Store {
             return Ok(());
         }
         let next = self.journal.next_number();
-        let db = self.writer()?;
-        let moved = db.begin_write().map_err(fail).and_then(|tx| {
-            put_frames(&tx, &self.pending, next, None)?;
-            tx.commit().map_err(fail)
-        });
+        let moved = self
+            .writer()
+            .and_then(|db| move_into_db(db, &self.pending, next));
         match moved {
             Ok(()) => {
                 self.pending.clear();
@@ -984,10 +984,7 @@ fn load(
         replay(&mut core, v.value())
             .map_err(|e| StoreError::Corrupt(format!("log record {}: {e}", k.value())))?;
         last_seq = k.value();
-        replayed.add(LogSince {
-            records: 1,
-            bytes: v.value().len() as u64,
-        });
+        replayed.add_record(v.value().len());
     }
     // Batches still only in the journal. A checkpoint that reported failure may have
     // reached redb all the same: what redb holds is not applied twice.
@@ -996,10 +993,7 @@ fn load(
         replay(&mut core, &f.record)
             .map_err(|e| StoreError::Corrupt(format!("journal frame {}: {e}", f.number)))?;
         last_seq = f.seq.unwrap_or(last_seq);
-        replayed.add(LogSince {
-            records: 1,
-            bytes: f.record.len() as u64,
-        });
+        replayed.add_record(f.record.len());
     }
     core.reset_sessions();
     core.drain_events();
