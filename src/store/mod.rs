@@ -47,11 +47,6 @@ const SNAPSHOT_LOG_BYTES: u64 = 12 << 20;
 /// (1 GiB) would only keep a copy of the snapshot and the log resident beside the core.
 const CACHE_BYTES: usize = 16 << 20;
 
-/// How long a held state-directory lock is tried again before another daemon is taken
-/// to hold it: 40 tries 25 ms apart.
-const LOCK_TRIES: u32 = 40;
-const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(25);
-
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const SNAPSHOT: TableDefinition<u64, &[u8]> = TableDefinition::new("snapshot");
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
@@ -92,7 +87,7 @@ pub struct Store {
     db: Option<Arc<Database>>,
     /// The database file, when the store is file-backed (it can be reopened).
     file: Option<PathBuf>,
-    _lock: Option<File>,
+    _lock: Option<StateLock>,
     dir: PathBuf,
     journal: journal::Journal,
     /// Frames appended since the last checkpoint, to move into redb at the next.
@@ -138,6 +133,19 @@ impl LogSince {
             records: 1,
             bytes: bytes as u64,
         });
+    }
+}
+
+/// The state directory's lock, released when the store goes. The lock belongs to the
+/// open file, and a child forked anywhere in the process (a test harness starting
+/// binaries, say) holds a copy of that until its exec closes it: closing ours alone
+/// would leave the lock held for that moment, and a store opened again at once refused.
+#[derive(Debug)]
+struct StateLock(File);
+
+impl Drop for StateLock {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
     }
 }
 
@@ -252,23 +260,12 @@ impl Store {
             .write(true)
             .open(dir.join("lock"))
             .map_err(io)?;
-        // The lock belongs to the open file, and a process forked by this one (any child
-        // started, in this daemon or a test harness) holds a copy of it until its exec
-        // closes it: a store closed and opened again at once can find its own lock still
-        // held for that moment. A second daemon holds it for good, and is refused.
-        let mut tries = 0;
-        loop {
-            match lock.try_lock() {
-                Ok(()) => break,
-                Err(std::fs::TryLockError::WouldBlock) if tries < LOCK_TRIES => {
-                    tries += 1;
-                    std::thread::sleep(LOCK_RETRY);
-                }
-                Err(std::fs::TryLockError::WouldBlock) => {
-                    return Err(StoreError::Locked(dir.to_path_buf()))
-                }
-                Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Locked(dir.to_path_buf()))
             }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
         }
         let file = dir.join("netkey.redb");
         let db = open_file(&file)?;
@@ -351,7 +348,7 @@ impl Store {
         let store = Store {
             db: Some(Arc::new(db)),
             file: None,
-            _lock: lock,
+            _lock: lock.map(StateLock),
             dir: dir.to_path_buf(),
             journal,
             pending: Vec::new(),

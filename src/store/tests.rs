@@ -414,6 +414,18 @@ fn a_second_store_on_the_same_directory_is_refused() {
 }
 
 #[test]
+fn a_store_closed_while_a_forked_child_holds_a_copy_of_its_lock_lets_the_next_one_open() {
+    // A child forked elsewhere in the process shares the lock's open file until its exec:
+    // a copy of the descriptor stands in for it.
+    let dir = tempfile::tempdir().unwrap();
+    let (first, _) = Store::open(dir.path()).unwrap();
+    let child_copy = first._lock.as_ref().unwrap().0.try_clone().unwrap();
+    drop(first);
+    let (_again, _) = Store::open(dir.path()).unwrap();
+    drop(child_copy);
+}
+
+#[test]
 fn backup_restores_state_audit_and_the_newer_high_water_mark() {
     let a = tempfile::tempdir().unwrap();
     let (mut store, _) = Store::open(a.path()).unwrap();
