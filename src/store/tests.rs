@@ -753,22 +753,30 @@ fn a_restore_is_not_undone_by_journal_frames_from_before_it() {
     audit::verify(&store.audit_records(None).unwrap(), Some(head)).unwrap();
 }
 
+/// Marks the store's database as an older build left it: its schema number, and before
+/// schema 2 no journal_next.
+fn as_written_by_schema(store: &Store, schema: u32) {
+    let tx = store.db().unwrap().begin_write().unwrap();
+    {
+        let mut meta = tx.open_table(META).unwrap();
+        meta.insert("schema", schema.to_le_bytes().as_slice())
+            .unwrap();
+        if schema < 2 {
+            meta.remove("journal_next").unwrap();
+        }
+    }
+    tx.commit().unwrap();
+}
+
 #[test]
-fn a_schema_1_directory_opens_with_its_state_and_becomes_schema_2() {
+fn a_schema_1_directory_opens_with_its_state_and_becomes_the_current_schema() {
     let dir = tempfile::tempdir().unwrap();
     let (expected, head) = {
         let (mut store, _) = Store::open(dir.path()).unwrap();
         let core = populated(&mut store);
         store.checkpoint().unwrap();
         // What schema 1 left: everything in redb, no journal and no journal_next.
-        let tx = store.db().unwrap().begin_write().unwrap();
-        {
-            let mut meta = tx.open_table(META).unwrap();
-            meta.insert("schema", 1u32.to_le_bytes().as_slice())
-                .unwrap();
-            meta.remove("journal_next").unwrap();
-        }
-        tx.commit().unwrap();
+        as_written_by_schema(&store, 1);
         (acknowledged(&core), store.head())
     };
     std::fs::remove_file(dir.path().join("journal")).unwrap();
@@ -1652,12 +1660,7 @@ fn a_schema_2_directory_with_batches_in_its_one_journal_file_opens_with_them() {
         let (mut store, _) = Store::open(dir.path()).unwrap();
         // Batches only in `journal`, as schema 2 left them: no checkpoint since.
         let core = populated(&mut store);
-        let tx = store.db().unwrap().begin_write().unwrap();
-        tx.open_table(META)
-            .unwrap()
-            .insert("schema", 2u32.to_le_bytes().as_slice())
-            .unwrap();
-        tx.commit().unwrap();
+        as_written_by_schema(&store, 2);
         (acknowledged(&core), store.head())
     };
     std::fs::remove_file(dir.path().join("journal.1")).unwrap();
