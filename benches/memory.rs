@@ -125,6 +125,33 @@ fn row(what: &str, from: (i64, i64), to: (i64, i64), rss: i64, leases: usize) {
     );
 }
 
+/// What a snapshot of `core` costs: its size per lease, and the time to serialize it (on
+/// the daemon's event loop, into a buffer sized from the last) and to load it (at start),
+/// best of three.
+fn snapshot_cost(core: &Core, leases: usize) {
+    let mut serialize = std::time::Duration::MAX;
+    let mut load = std::time::Duration::MAX;
+    let mut len = 0;
+    for _ in 0..3 {
+        // Into a buffer sized ahead, as the daemon serializes a snapshot.
+        let room = Vec::with_capacity(len + len / 8);
+        let t = std::time::Instant::now();
+        let bytes = postcard::to_extend(core, room).expect("serialize");
+        serialize = serialize.min(t.elapsed());
+        len = bytes.len();
+        let t = std::time::Instant::now();
+        let back: Core = postcard::from_bytes(&bytes).expect("deserialize");
+        load = load.min(t.elapsed());
+        drop(back);
+    }
+    println!(
+        "snapshot: {:.1} B per lease; serialized in {:.0} ms, loaded in {:.0} ms",
+        per(len as i64, leases),
+        serialize.as_secs_f64() * 1e3,
+        load.as_secs_f64() * 1e3
+    );
+}
+
 /// Opens the store as netkeyd does at start, in this fresh process.
 fn load(dir: &Path, leases: usize) {
     let rss0 = rss();
@@ -247,6 +274,7 @@ fn main() {
     let h1 = heap();
     let rss1 = rss();
     row("core: leases held", h0, h1, rss1 - rss0, leases);
+    snapshot_cost(&core, leases);
 
     // The store: the same batches committed to the log (durably, as checkouts are), then
     // a snapshot, as the daemon does (core untouched, so the heap growth is the store's).

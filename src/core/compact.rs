@@ -7,8 +7,8 @@
 use serde::de::{Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use std::borrow::Borrow;
-use std::cell::RefCell;
-use std::collections::{BTreeMap, HashSet};
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::hash::Hash;
 use std::marker::PhantomData;
@@ -98,9 +98,16 @@ impl fmt::Display for CameraKey {
         f.write_str(self.as_str())
     }
 }
+/// As the id's string. In postcard (not human-readable) a string and bytes encode alike,
+/// and writing the bytes skips checking, for each of a million ids in a snapshot, that
+/// bytes made from a `str` are still UTF-8.
 impl Serialize for CameraKey {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
+        if s.is_human_readable() {
+            s.serialize_str(self.as_str())
+        } else {
+            s.serialize_bytes(self.as_bytes())
+        }
     }
 }
 impl<'de> Deserialize<'de> for CameraKey {
@@ -153,37 +160,130 @@ impl<T: Eq + Hash> Interner<T> {
     }
 }
 
+/// How a snapshot writes the terms of its leases. Schema 4 writes each distinct terms
+/// once, in a table ahead of the camera records, and each held lease as its index in it:
+/// a million leases share a handful of terms, and writing them out in full made most of
+/// a snapshot's bytes and of the time the event loop spends serializing it. Snapshots
+/// and backups written before schema 4 hold the terms in full with every lease
+/// (`TermsFormat::Inline`), and are read so.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TermsFormat {
+    Inline,
+    Table,
+}
+
+/// Where the terms a lease refers to are read from, while camera records deserialize.
+enum Reading {
+    /// In full with each lease, joined to one table as they come.
+    Inline(Interner<super::Terms>),
+    /// By index into the table read ahead of the records.
+    Table(Vec<Arc<super::Terms>>),
+}
+
+/// Indices of the terms being written, by the address of their shared copy, with the
+/// last one looked up (a server's cameras follow one another and share their terms).
+struct Writing {
+    index: HashMap<*const super::Terms, u32>,
+    last: Option<(*const super::Terms, u32)>,
+}
+
 thread_local! {
-    /// The table that values deserialized on this thread join, while a snapshot loads
-    /// (`loading`): without it each of a million leases would come back with its own copy
-    /// of the terms it shares with the others.
-    static LOADING: RefCell<Option<Interner<super::Terms>>> = const { RefCell::new(None) };
+    /// The terms deserialized camera records on this thread refer to (`reading_cameras`):
+    /// without a shared table each of a million leases would come back with its own copy.
+    static READING: RefCell<Option<Reading>> = const { RefCell::new(None) };
+    /// The format the camera records deserialized on this thread were written in.
+    static FORMAT: Cell<TermsFormat> = const { Cell::new(TermsFormat::Table) };
+    /// The index of each terms while camera records serialize (`writing_cameras`).
+    static WRITING: RefCell<Option<Writing>> = const { RefCell::new(None) };
 }
 
-/// Runs `f` (a deserialization) with a table for the lease terms it reads; returns the
-/// table too, for the loaded state to keep interning into.
-pub(crate) fn loading<R>(f: impl FnOnce() -> R) -> (R, Interner<super::Terms>) {
-    let outer = LOADING.with(|l| l.borrow_mut().replace(Interner::default()));
+/// Runs `f`, a deserialization of data written in `format`, on this thread.
+pub fn read_as<R>(format: TermsFormat, f: impl FnOnce() -> R) -> R {
+    let outer = FORMAT.with(|c| c.replace(format));
     let r = f();
-    let table = LOADING.with(|l| std::mem::replace(&mut *l.borrow_mut(), outer));
-    (r, table.unwrap_or_default())
+    FORMAT.with(|c| c.set(outer));
+    r
 }
 
-/// `deserialize_with` for shared lease terms: joins the loading table if there is one.
+/// The format camera records are read in on this thread now.
+pub(crate) fn reading_format() -> TermsFormat {
+    FORMAT.with(|c| c.get())
+}
+
+/// Runs `f`, a deserialization of camera records, with the terms they refer to; returns
+/// the table of terms too, for the loaded state to keep interning into.
+pub(crate) fn reading_cameras<R>(
+    table: Option<Vec<super::Terms>>,
+    f: impl FnOnce() -> R,
+) -> (R, Interner<super::Terms>) {
+    let mut interner = Interner::default();
+    let reading = match table {
+        None => Reading::Inline(Interner::default()),
+        Some(table) => Reading::Table(table.into_iter().map(|t| interner.intern(t)).collect()),
+    };
+    let outer = READING.with(|r| r.borrow_mut().replace(reading));
+    let out = f();
+    let reading = READING.with(|r| std::mem::replace(&mut *r.borrow_mut(), outer));
+    if let Some(Reading::Inline(inline)) = reading {
+        interner = inline;
+    }
+    (out, interner)
+}
+
+/// Runs `f`, a serialization of camera records, with `table` giving each terms its index.
+pub(crate) fn writing_cameras<R>(table: &[&Arc<super::Terms>], f: impl FnOnce() -> R) -> R {
+    let index = table
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (Arc::as_ptr(t), i as u32))
+        .collect();
+    let outer = WRITING.with(|w| w.borrow_mut().replace(Writing { index, last: None }));
+    let out = f();
+    WRITING.with(|w| *w.borrow_mut() = outer);
+    out
+}
+
+/// `deserialize_with` for shared lease terms: an index into the table read ahead, or (in
+/// data older than the table) the terms in full, joined to the table being built.
 pub(crate) fn shared_terms<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<super::Terms>, D::Error> {
+    if reading_format() == TermsFormat::Table {
+        let i = u32::deserialize(d)?;
+        return READING.with(|r| match r.borrow().as_ref() {
+            Some(Reading::Table(table)) => table.get(i as usize).cloned().ok_or_else(|| {
+                serde::de::Error::custom(format!("lease terms {i} are not in the table"))
+            }),
+            _ => Err(serde::de::Error::custom("lease terms outside their table")),
+        });
+    }
     let terms = super::Terms::deserialize(d)?;
-    Ok(LOADING.with(|l| match l.borrow_mut().as_mut() {
-        Some(table) => table.intern(terms),
-        None => Arc::new(terms),
+    Ok(READING.with(|r| match r.borrow_mut().as_mut() {
+        Some(Reading::Inline(table)) => table.intern(terms),
+        _ => Arc::new(terms),
     }))
 }
 
-/// `serialize_with` for shared lease terms: as the value.
-pub(crate) fn serialize_shared<T: Serialize, S: Serializer>(
-    v: &Arc<T>,
+/// `serialize_with` for shared lease terms: their index in the table written ahead.
+pub(crate) fn serialize_shared<S: Serializer>(
+    v: &Arc<super::Terms>,
     s: S,
 ) -> Result<S::Ok, S::Error> {
-    T::serialize(v, s)
+    let ptr = Arc::as_ptr(v);
+    let i = WRITING.with(|w| {
+        let mut w = w.borrow_mut();
+        let w = w.as_mut()?;
+        match w.last {
+            Some((last, i)) if last == ptr => Some(i),
+            _ => {
+                let i = *w.index.get(&ptr)?;
+                w.last = Some((ptr, i));
+                Some(i)
+            }
+        }
+    });
+    match i {
+        Some(i) => i.serialize(s),
+        None => Err(serde::ser::Error::custom("lease terms outside their table")),
+    }
 }
 
 /// A sorted map that keeps its nodes nearly full. A `BTreeMap` filled one key at a time
@@ -391,10 +491,15 @@ mod tests {
             }
         }
         assert_eq!(std::mem::size_of::<CameraKey>(), 24);
-        let bytes = postcard::to_allocvec(&CameraKey::new("cam-1")).unwrap();
-        assert_eq!(bytes, postcard::to_allocvec("cam-1").unwrap());
-        let back: CameraKey = postcard::from_bytes(&bytes).unwrap();
-        assert_eq!(back.as_str(), "cam-1");
+        let long = "a-camera-id-longer-than-the-inline-bytes";
+        for id in ["cam-1", long] {
+            let bytes = postcard::to_allocvec(&CameraKey::new(id)).unwrap();
+            assert_eq!(bytes, postcard::to_allocvec(id).unwrap());
+            let back: CameraKey = postcard::from_bytes(&bytes).unwrap();
+            assert_eq!(back.as_str(), id);
+            let json = serde_json::to_string(&CameraKey::new(id)).unwrap();
+            assert_eq!(json, serde_json::to_string(id).unwrap());
+        }
     }
 
     #[test]

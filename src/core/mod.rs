@@ -386,21 +386,58 @@ impl<'a> IntoIterator for &'a Cameras {
     }
 }
 
+/// Written as the table of lease terms, in the order the records first refer to them (so
+/// the same state always writes the same bytes), then the records, each held lease
+/// referring to its terms by index (`compact::TermsFormat`).
 impl Serialize for Cameras {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.by_key.serialize(s)
+        let mut seen = std::collections::HashSet::new();
+        let mut table: Vec<&Arc<Terms>> = Vec::new();
+        let mut last = std::ptr::null();
+        for held in self.values().filter_map(|r| r.held.as_ref()) {
+            let ptr = Arc::as_ptr(&held.terms);
+            if ptr != last && seen.insert(ptr) {
+                table.push(&held.terms);
+            }
+            last = ptr;
+        }
+        compact::writing_cameras(&table, || {
+            let terms: Vec<&Terms> = table.iter().map(|t| &***t).collect();
+            (terms, &self.by_key).serialize(s)
+        })
     }
 }
 
 impl<'de> Deserialize<'de> for Cameras {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let (by_key, terms) = compact::loading(|| {
-            BTreeMap::<KeyId, DenseMap<CameraKey, CameraRecord>>::deserialize(d)
-        });
-        Ok(Cameras {
-            by_key: by_key?,
-            terms,
-        })
+        type ByKey = BTreeMap<KeyId, DenseMap<CameraKey, CameraRecord>>;
+        if compact::reading_format() == compact::TermsFormat::Inline {
+            let (by_key, terms) = compact::reading_cameras(None, || ByKey::deserialize(d));
+            return Ok(Cameras {
+                by_key: by_key?,
+                terms,
+            });
+        }
+        struct TableThenRecords;
+        impl<'de> serde::de::Visitor<'de> for TableThenRecords {
+            type Value = Cameras;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a table of lease terms, then camera records")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Cameras, A::Error> {
+                let table: Vec<Terms> = seq
+                    .next_element()?
+                    .ok_or_else(|| serde::de::Error::invalid_length(0, &self))?;
+                let (by_key, terms) =
+                    compact::reading_cameras(Some(table), || seq.next_element::<ByKey>());
+                let by_key = by_key?.ok_or_else(|| serde::de::Error::invalid_length(1, &self))?;
+                Ok(Cameras { by_key, terms })
+            }
+        }
+        d.deserialize_tuple(2, TableThenRecords)
     }
 }
 

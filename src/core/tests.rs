@@ -623,6 +623,61 @@ fn core_state_round_trips_through_postcard() {
     assert!(back.holds("A", "c1", 1));
 }
 
+#[test]
+fn a_snapshot_writes_each_distinct_terms_once_and_the_leases_share_them_again_loaded() {
+    let mut c = two_servers(200, policy());
+    let names: Vec<String> = (0..100).map(|i| format!("c{i}")).collect();
+    let names: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+    c.checkout(T0, "A", None, &cams(&names[..60]), false)
+        .unwrap();
+    c.checkout(T0, "B", None, &cams(&names[60..]), false)
+        .unwrap();
+    let bytes = postcard::to_allocvec(&c).unwrap();
+    let occurrences = |needle: &[u8]| bytes.windows(needle.len()).filter(|w| *w == needle).count();
+    for (server, camera) in [("A", "c0"), ("B", "c99")] {
+        let terms = c.cameras.get("K", camera).unwrap().terms().unwrap();
+        assert_eq!(terms.server, server);
+        assert_eq!(occurrences(&postcard::to_allocvec(terms).unwrap()), 1);
+    }
+
+    let back: Core = postcard::from_bytes(&bytes).unwrap();
+    back.check_invariants(T0).unwrap();
+    let shared = |camera: &str| {
+        &back
+            .cameras
+            .get("K", camera)
+            .unwrap()
+            .held
+            .as_ref()
+            .unwrap()
+            .terms
+    };
+    assert!(Arc::ptr_eq(shared("c0"), shared("c59")));
+    assert!(Arc::ptr_eq(shared("c60"), shared("c99")));
+    assert!(!Arc::ptr_eq(shared("c0"), shared("c99")));
+    // The same state writes the same bytes.
+    assert_eq!(postcard::to_allocvec(&back).unwrap(), bytes);
+}
+
+#[test]
+fn a_lease_referring_to_terms_not_in_the_table_does_not_load() {
+    let mut c = two_servers(1, policy());
+    c.checkout(T0, "A", None, &cams(&["c1"]), false).unwrap();
+    let held = c.cameras.get("K", "c1").unwrap().held.clone().unwrap();
+    let table = vec![(*held.terms).clone()];
+    let written =
+        compact::writing_cameras(&[&held.terms], || postcard::to_allocvec(&held)).unwrap();
+    let (read, _) = compact::reading_cameras(Some(table.clone()), || {
+        postcard::from_bytes::<Held>(&written)
+    });
+    assert_eq!(read.unwrap(), held);
+    let (read, _) =
+        compact::reading_cameras(Some(Vec::new()), || postcard::from_bytes::<Held>(&written));
+    assert!(read.is_err());
+    // Nor does one written outside a table.
+    assert!(postcard::to_allocvec(&held).is_err());
+}
+
 // ---- Tests added for the mutants `cargo mutants` found surviving (see the Core issue's
 // note): each pins one behaviour the property tests did not single out.
 

@@ -5,7 +5,7 @@
 
 use super::audit::{self, AuditRecord};
 use super::{fail, Store, StoreError, AUDIT, LOG, META, SNAPSHOT};
-use crate::core::{Core, Timestamp};
+use crate::core::{compact, Core, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -45,11 +45,17 @@ impl Backup {
         let body = bytes
             .strip_prefix(MAGIC.as_slice())
             .ok_or_else(|| StoreError::Corrupt("not a netkey backup file".into()))?;
-        let b: Backup = postcard::from_bytes(body)
+        // The schema comes first, and says how the rest was written.
+        let (schema, _) = postcard::take_from_bytes::<u32>(body)
             .map_err(|e| StoreError::Corrupt(format!("backup file: {e}")))?;
-        if b.schema > super::SCHEMA {
-            return Err(StoreError::NewerSchema { found: b.schema });
+        if schema > super::SCHEMA {
+            return Err(StoreError::NewerSchema { found: schema });
         }
+        let mut b: Backup =
+            compact::read_as(super::terms_format(schema), || postcard::from_bytes(body))
+                .map_err(|e| StoreError::Corrupt(format!("backup file: {e}")))?;
+        // Written out again, it is in this build's schema, whatever it was read from.
+        b.schema = super::SCHEMA;
         audit::verify(&b.audit, None)
             .map_err(|e| StoreError::Corrupt(format!("backup audit log: {e}")))?;
         Ok(b)
@@ -66,6 +72,7 @@ impl Backup {
             let mut snap = tx.open_table(SNAPSHOT).map_err(fail)?;
             snap.retain(|_, _| false).map_err(fail)?;
             snap.insert(0, bytes.as_slice()).map_err(fail)?;
+            super::mark_snapshot_schema(&tx)?;
             tx.open_table(LOG)
                 .map_err(fail)?
                 .retain(|_, _| false)

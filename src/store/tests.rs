@@ -1706,3 +1706,86 @@ fn a_snapshot_is_due_after_enough_log_however_few_the_records() {
     assert!(store.wants_snapshot());
     assert_reopens_as(&power, &core, store.head(), "after the failed snapshot");
 }
+
+/// A backup taken with `netkeyctl backup` by the schema-3 build, from a demo daemon:
+/// recorder-A (srv-20f18094c28c) holding cam-1 and cam-3 and revoking cam-2 at epoch 1,
+/// recorder-B (srv-a223e1c7ee55) holding cam-2 at epoch 2, cam-4 and cam-5. Schema 3
+/// wrote every lease's terms in full.
+const SCHEMA_3_BACKUP: &[u8] = include_bytes!("../../tests/fixtures/schema3.backup");
+const A: &str = "srv-20f18094c28c";
+const B: &str = "srv-a223e1c7ee55";
+
+fn holds_the_schema_3_leases(core: &Core) {
+    for (server, camera, epoch) in [
+        (A, "cam-1", 1),
+        (A, "cam-3", 1),
+        (B, "cam-2", 2),
+        (B, "cam-4", 1),
+        (B, "cam-5", 1),
+    ] {
+        assert!(core.holds(server, camera, epoch), "{server} {camera}");
+    }
+    assert!(!core.holds(A, "cam-2", 1));
+}
+
+#[test]
+fn a_schema_3_backup_with_the_terms_in_every_lease_restores_them() {
+    let backup = Backup::from_bytes(SCHEMA_3_BACKUP).unwrap();
+    holds_the_schema_3_leases(&backup.core);
+    // Written out again, it is a backup of this schema that reads back the same.
+    let again = Backup::from_bytes(&backup.to_bytes().unwrap()).unwrap();
+    assert_eq!(again.schema, SCHEMA);
+    assert_eq!(bytes(&again.core), bytes(&backup.core));
+
+    let dir = tempfile::tempdir().unwrap();
+    backup.restore_into(dir.path()).unwrap();
+    let (_store, loaded) = Store::open(dir.path()).unwrap();
+    holds_the_schema_3_leases(&loaded.core);
+    assert_eq!(bytes(&loaded.core), bytes(&backup.core));
+}
+
+#[test]
+fn a_schema_3_snapshot_loads_and_the_next_snapshot_is_written_with_a_table_of_terms() {
+    // The core's bytes as schema 3 wrote them: they follow the schema and the two instants
+    // in the backup.
+    let body = &SCHEMA_3_BACKUP[16..];
+    let core_bytes = compact::read_as(TermsFormat::Inline, || {
+        let (_, rest) = postcard::take_from_bytes::<(u32, Timestamp, Timestamp)>(body).unwrap();
+        let (_, after) = postcard::take_from_bytes::<Core>(rest).unwrap();
+        rest[..rest.len() - after.len()].to_vec()
+    });
+    let expected = bytes(&Backup::from_bytes(SCHEMA_3_BACKUP).unwrap().core);
+
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let tx = store.db().unwrap().begin_write().unwrap();
+        {
+            let mut snap = tx.open_table(SNAPSHOT).unwrap();
+            snap.insert(0, core_bytes.as_slice()).unwrap();
+            tx.open_table(META)
+                .unwrap()
+                .remove(SNAPSHOT_SCHEMA)
+                .unwrap();
+        }
+        tx.commit().unwrap();
+        as_written_by_schema(&store, 3);
+    }
+    let snapshot_schema = |store: &Store| {
+        let rx = store.db().unwrap().begin_read().unwrap();
+        let meta = rx.open_table(META).unwrap();
+        let v = meta.get(SNAPSHOT_SCHEMA).unwrap();
+        v.map(|v| read_u32(v.value()))
+    };
+    let (mut store, loaded) = Store::open(dir.path()).unwrap();
+    holds_the_schema_3_leases(&loaded.core);
+    assert_eq!(bytes(&loaded.core), expected);
+    // Migrated, the directory is schema 4 but its snapshot is still the one schema 3 wrote.
+    assert_eq!(snapshot_schema(&store), None);
+    store.snapshot(&loaded.core).unwrap();
+    assert_eq!(snapshot_schema(&store), Some(SCHEMA));
+    drop(store);
+    let (store, again) = Store::open(dir.path()).unwrap();
+    assert_eq!(bytes(&again.core), expected);
+    assert_eq!(snapshot_schema(&store), Some(SCHEMA));
+}
