@@ -411,9 +411,14 @@ fn state_file_seeds(root: &Path) -> Result<Seeds, Box<dyn std::error::Error>> {
 
     // netkeyd.toml as packaged, with every setting switched on.
     let packaged = std::fs::read_to_string(root.join("packaging/netkeyd.toml"))?;
+    // The commented-out settings, under their table headers.
     let config: String = packaged
         .lines()
-        .filter_map(|l| l.strip_prefix('#').filter(|s| s.contains(" = ")))
+        .filter_map(|l| {
+            l.strip_prefix('#')
+                .filter(|s| s.contains(" = "))
+                .or(Some(l).filter(|l| l.starts_with('[')))
+        })
         .map(|l| format!("{l}\n"))
         .collect();
     FileConfig::parse(Path::new("netkeyd.toml"), &config)?;
