@@ -1,7 +1,8 @@
 //! `netkey-bench`: drives thousands of simulated video servers against a real `netkeyd`
 //! and measures it phase by phase (enrol, checkout storm, heartbeats, move churn, status
-//! queries, restart, reconnect, release), then runs the yardstick, `redis-benchmark`
-//! against a TLS redis, with the same client and request counts in the same run.
+//! queries, restart, reconnect, release). The yardstick, `redis-benchmark` against a TLS
+//! redis with the same client and request counts, runs right after each like-for-like
+//! phase it is compared with.
 //!
 //! Timings here are measurements, never pass/fail: the tests only check that a tiny run
 //! completes without errors and reports every phase.
@@ -125,7 +126,8 @@ pub fn raise_open_files() -> Result<u64, BenchError> {
         .map_err(|e| BenchError::Setup(format!("cannot raise RLIMIT_NOFILE: {e}")))
 }
 
-/// Runs every phase against netkeyd, then the redis yardstick, and returns the report.
+/// Runs every phase against netkeyd, redis beside the like-for-like ones, and returns the
+/// report.
 pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
     let open_files = raise_open_files()?;
     // Two sockets per server on this machine (ours and the daemon's when it runs here),
@@ -177,6 +179,20 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
             config.daemon_pid,
         ),
     };
+    // The yardstick runs beside the phases it is compared with (`redis::Running`).
+    let redis = match config.redis {
+        false => None,
+        true => match redis::Yardstick::find() {
+            Some(y) => Some(y.start(tmp.path(), config.clients).await?),
+            None => {
+                report.note(
+                    "redis yardstick skipped: redis-server or redis-benchmark not found (apt-get install redis-server redis-tools)",
+                );
+                None
+            }
+        },
+    };
+    let mut redis_runs = Vec::new();
     let mut memory = Memory {
         pid,
         ..Memory::default()
@@ -226,17 +242,9 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
     report.push(heartbeats);
 
     // Like for like with redis-benchmark: as many connections as its clients, one
-    // request in flight on each, while the daemon holds every lease and connection.
-    let heartbeats = measured(
-        pid,
-        fleet.run_phase(
-            "heartbeats_like_redis",
-            config.clients,
-            &PhasePlan::heartbeats_like_redis(&fleet, config.clients, config.heartbeats),
-        ),
-    )
-    .await;
-    report.push(heartbeats);
+    // request in flight on each, while the daemon holds every lease and connection; each
+    // followed at once by redis doing the same over TLS. Durable checkouts come first, so
+    // redis's SETs leave the keys its GETs read.
     let checkouts_plan =
         PhasePlan::checkouts_like_redis(&fleet, config.clients, config.cameras, config.checkouts);
     let checkouts = measured(
@@ -246,6 +254,24 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
     .await;
     report.push(checkouts);
     let expected_leases = config.leases() + checkouts_plan.len();
+    if let Some(r) = &redis {
+        if !checkouts_plan.is_empty() {
+            redis_runs.push(r.run("SET", true, checkouts_plan.len()).await?);
+        }
+    }
+    let heartbeats_plan =
+        PhasePlan::heartbeats_like_redis(&fleet, config.clients, config.heartbeats);
+    let heartbeats = measured(
+        pid,
+        fleet.run_phase("heartbeats_like_redis", config.clients, &heartbeats_plan),
+    )
+    .await;
+    report.push(heartbeats);
+    if let Some(r) = &redis {
+        if !heartbeats_plan.is_empty() {
+            redis_runs.push(r.run("GET", true, heartbeats_plan.len()).await?);
+        }
+    }
 
     let moves = measured(
         pid,
@@ -312,24 +338,19 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
         p.stop().await;
     }
 
-    if config.redis {
-        match redis::Yardstick::find() {
-            Some(y) => {
-                let runs = y
-                    .run(
-                        tmp.path(),
-                        config.clients,
-                        report.phase_ops("heartbeats_like_redis"),
-                        report.phase_ops("checkouts_like_redis"),
-                    )
-                    .await?;
-                report.comparisons = Comparison::build(&report, &runs);
-                report.redis = runs;
+    if let Some(r) = redis {
+        // Plain TCP, for reference only: SET first, as over TLS.
+        for (test, n) in [
+            ("SET", checkouts_plan.len()),
+            ("GET", heartbeats_plan.len()),
+        ] {
+            if n > 0 {
+                redis_runs.push(r.run(test, false, n).await?);
             }
-            None => report.note(
-                "redis yardstick skipped: redis-server or redis-benchmark not found (apt-get install redis-server redis-tools)",
-            ),
         }
+        drop(r);
+        report.comparisons = Comparison::build(&report, &redis_runs);
+        report.redis = redis_runs;
     }
     report.load_average.1 = report::load_average();
     report.total_seconds = started.elapsed().as_secs_f64();

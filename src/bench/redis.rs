@@ -42,6 +42,7 @@ fn on_path(name: &str) -> Option<PathBuf> {
 }
 
 /// The certificate files redis and redis-benchmark use, absolute paths.
+#[derive(Debug)]
 struct Certs {
     ca: PathBuf,
     cert: PathBuf,
@@ -150,15 +151,11 @@ impl Yardstick {
         })
     }
 
-    /// Durable SET (`set_requests`) and GET (`get_requests`) over TLS, then both over
-    /// plain TCP for reference, each with `clients` connections and no pipelining.
-    pub async fn run(
-        &self,
-        tmp: &Path,
-        clients: usize,
-        get_requests: usize,
-        set_requests: usize,
-    ) -> Result<Vec<RedisRun>, BenchError> {
+    /// Starts redis on free loopback ports, TLS and plain TCP, for `clients` connections.
+    /// It stays up, idle, until the `Running` is dropped, so each measurement can be taken
+    /// right after the netkey phase it stands beside: minutes apart, a shared machine's
+    /// load moves enough to tilt the ratio either way.
+    pub async fn start(&self, tmp: &Path, clients: usize) -> Result<Running, BenchError> {
         let dir = std::path::absolute(tmp.join("redis"))
             .map_err(BenchError::io("cannot name the redis directory"))?;
         std::fs::create_dir_all(&dir)
@@ -191,25 +188,47 @@ impl Yardstick {
                 .map_err(BenchError::io("cannot start redis-server"))?,
         );
         wait_ready(tcp, &mut server.0, &log).await?;
-        let mut runs = Vec::new();
-        for (transport, port) in [("tls", tls), ("tcp", tcp)] {
-            // SET first, so GET finds the keys.
-            for (test, n) in [("SET", set_requests), ("GET", get_requests)] {
-                if n == 0 {
-                    continue;
-                }
-                let tls_args = (transport == "tls").then_some(&certs);
-                let pid = server.0.id();
-                let before = super::daemon::cpu_seconds(pid);
-                let mut run = self.bench(port, tls_args, test, clients, n).await?;
-                let after = super::daemon::cpu_seconds(pid);
-                run.server_cpu_us_per_op =
-                    super::daemon::cpu_us_per_op(before, after, run.requests as u64);
-                runs.push(run);
-            }
-        }
-        drop(server);
-        Ok(runs)
+        Ok(Running {
+            server,
+            benchmark: self.benchmark.clone(),
+            certs,
+            tcp,
+            tls,
+            clients,
+        })
+    }
+}
+
+/// A redis-server started by `Yardstick::start`, stopped when dropped.
+#[derive(Debug)]
+pub struct Running {
+    server: Guard,
+    benchmark: PathBuf,
+    certs: Certs,
+    tcp: u16,
+    tls: u16,
+    clients: usize,
+}
+
+impl Running {
+    /// `requests` of `test` (SET, durable with `appendfsync always`, or GET) over TLS or
+    /// plain TCP, no pipelining, with redis's CPU time per request.
+    pub async fn run(
+        &self,
+        test: &str,
+        tls: bool,
+        requests: usize,
+    ) -> Result<RedisRun, BenchError> {
+        let pid = self.server.0.id();
+        let before = super::daemon::cpu_seconds(pid);
+        let (port, certs) = match tls {
+            true => (self.tls, Some(&self.certs)),
+            false => (self.tcp, None),
+        };
+        let mut run = self.bench(port, certs, test, requests).await?;
+        let after = super::daemon::cpu_seconds(pid);
+        run.server_cpu_us_per_op = super::daemon::cpu_us_per_op(before, after, run.requests as u64);
+        Ok(run)
     }
 
     async fn bench(
@@ -217,9 +236,9 @@ impl Yardstick {
         port: u16,
         tls: Option<&Certs>,
         test: &str,
-        clients: usize,
         requests: usize,
     ) -> Result<RedisRun, BenchError> {
+        let clients = self.clients;
         let mut cmd = Command::new(&self.benchmark);
         cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()])
             .args(["-c", &clients.to_string(), "-n", &requests.to_string()])

@@ -325,11 +325,6 @@ impl Report {
         self.phases.iter().find(|p| p.name == name)
     }
 
-    /// Requests the phase made (0 if it did not run).
-    pub fn phase_ops(&self, name: &str) -> usize {
-        self.phase(name).map_or(0, |p| p.ops as usize)
-    }
-
     /// Every error of every phase, plus the failed checks.
     pub fn errors(&self) -> u64 {
         self.phases.iter().map(|p| p.errors).sum::<u64>() + self.failures.len() as u64

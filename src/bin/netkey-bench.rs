@@ -16,11 +16,12 @@ use std::process::ExitCode;
     about = "Benchmark netkeyd with simulated video servers, beside redis-benchmark",
     long_about = "Starts netkeyd --demo on a temporary state directory (or targets --daemon), \
                   enrols simulated video servers over persistent connections from 127.0.0.x, and \
-                  measures each phase: enrol, checkout storm, heartbeats (over every server, \
-                  then like for like with redis: on as many connections as clients), durable \
-                  checkouts like for like, move churn, status queries, restart, reconnect, \
-                  release. Then runs redis-benchmark against a TLS redis with the same client \
-                  and request counts, if redis is installed."
+                  measures each phase: enrol, checkout storm, heartbeats over every server, then \
+                  like for like with redis (on as many connections as clients) durable \
+                  checkouts and heartbeats, each followed at once by redis-benchmark against \
+                  a TLS redis with the same client and request counts (if redis is \
+                  installed), then move churn, status queries, restart, reconnect, release, \
+                  and redis over plain TCP for reference."
 )]
 struct Args {
     /// A run of seconds: 200 servers x 10 cameras (the default).
