@@ -408,6 +408,20 @@ fn state_file_seeds(root: &Path) -> Result<Seeds, Box<dyn std::error::Error>> {
         audit: records,
     };
     out.push(("backup".into(), backup.to_bytes()?));
+    // A backup the schema-3 build wrote (lease terms in full with every lease), and the
+    // snapshot inside it, as a directory migrated from schema 3 keeps until its next.
+    let schema_3 = std::fs::read(root.join("tests/fixtures/schema3.backup"))?;
+    let body = schema_3
+        .get(16..)
+        .ok_or("the schema-3 backup is too short")?;
+    let snapshot =
+        netkey::core::compact::read_as(netkey::core::compact::TermsFormat::Inline, || {
+            let (_, rest) = postcard::take_from_bytes::<(u32, Timestamp, Timestamp)>(body)?;
+            let (_, after) = postcard::take_from_bytes::<Core>(rest)?;
+            Ok::<_, postcard::Error>(rest[..rest.len() - after.len()].to_vec())
+        })?;
+    out.push(("schema3-backup".into(), schema_3));
+    out.push(("schema3-snapshot".into(), snapshot));
 
     // netkeyd.toml as packaged, with every setting switched on.
     let packaged = std::fs::read_to_string(root.join("packaging/netkeyd.toml"))?;

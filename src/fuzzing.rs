@@ -9,6 +9,7 @@
 
 use crate::cli::netkeyd::FileConfig;
 use crate::client::ClientState;
+use crate::core::compact::{self, TermsFormat};
 use crate::core::{Core, Timestamp};
 use crate::discovery::{self, Datagram, Offer, OfferedKey};
 use crate::identity::{Identity, PublicKey};
@@ -377,6 +378,10 @@ pub fn state_file(data: &[u8]) {
         }
     }
     if let Ok(core) = postcard::from_bytes::<Core>(data) {
+        postcard_round_trip_bytes(&core);
+    }
+    // A snapshot written before schema 4, as a migrated directory keeps until its next.
+    if let Ok(core) = compact::read_as(TermsFormat::Inline, || postcard::from_bytes::<Core>(data)) {
         postcard_round_trip_bytes(&core);
     }
     if let Ok(record) = postcard::from_bytes::<BatchRecord>(data) {

@@ -1,6 +1,7 @@
 //! The licence port under hostile traffic, with the real binaries: floods of idle
 //! connections, a slow-drip handshake, too many connections from one source, and an
-//! observer on the wire who must learn nothing (codes, cameras, server names).
+//! observer on the wire who must learn nothing (codes, cameras, server names); and unsafe
+//! code kept to the one place that needs it.
 
 use crate::util::*;
 use std::io::{Read, Write};
@@ -376,4 +377,28 @@ fn the_web_console_answers_https_on_the_licence_port() {
     );
     // Without a session, nothing but the way to log in.
     assert!(!answer.contains("Servers</"), "{answer}");
+}
+
+/// `unsafe_code` is denied crate-wide (Cargo.toml); the one exception is the allocator
+/// setting netkeyd makes at start. A second `allow` must be a decision, seen in review.
+#[test]
+fn unsafe_code_is_allowed_in_one_place_only() {
+    fn walk(dir: &std::path::Path, found: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, found);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                for _ in text.matches("allow(unsafe_code)") {
+                    found.push(path.display().to_string());
+                }
+            }
+        }
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut found = Vec::new();
+    walk(&root.join("src"), &mut found);
+    let expected = root.join("src/daemon/allocator.rs").display().to_string();
+    assert_eq!(found, vec![expected]);
 }

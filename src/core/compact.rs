@@ -13,6 +13,7 @@ use std::fmt;
 use std::hash::Hash;
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::thread::LocalKey;
 
 /// Bytes of a camera id kept inline; longer ids go to the heap.
 const INLINE: usize = 22;
@@ -197,12 +198,54 @@ thread_local! {
     static WRITING: RefCell<Option<Writing>> = const { RefCell::new(None) };
 }
 
+/// Sets a thread-local for the length of a call and puts back what it held when dropped:
+/// a panic in the call (caught by a fuzzer, or on a thread that goes on to other work)
+/// cannot leave it set for the next one.
+struct Scoped<T: 'static> {
+    key: &'static LocalKey<RefCell<Option<T>>>,
+    outer: Option<Option<T>>,
+}
+
+impl<T> Scoped<T> {
+    fn set(key: &'static LocalKey<RefCell<Option<T>>>, value: T) -> Self {
+        let outer = key.with(|k| k.borrow_mut().replace(value));
+        Scoped {
+            key,
+            outer: Some(outer),
+        }
+    }
+
+    /// Ends the scope; returns the value as the call left it.
+    fn end(mut self) -> Option<T> {
+        self.put_back()
+    }
+
+    fn put_back(&mut self) -> Option<T> {
+        let outer = self.outer.take()?;
+        self.key
+            .with(|k| std::mem::replace(&mut *k.borrow_mut(), outer))
+    }
+}
+
+impl<T> Drop for Scoped<T> {
+    fn drop(&mut self) {
+        self.put_back();
+    }
+}
+
+/// The terms format in force before `read_as`, put back when dropped.
+struct FormatScope(TermsFormat);
+
+impl Drop for FormatScope {
+    fn drop(&mut self) {
+        FORMAT.with(|c| c.set(self.0));
+    }
+}
+
 /// Runs `f`, a deserialization of data written in `format`, on this thread.
 pub fn read_as<R>(format: TermsFormat, f: impl FnOnce() -> R) -> R {
-    let outer = FORMAT.with(|c| c.replace(format));
-    let r = f();
-    FORMAT.with(|c| c.set(outer));
-    r
+    let _outer = FormatScope(FORMAT.with(|c| c.replace(format)));
+    f()
 }
 
 /// The format camera records are read in on this thread now.
@@ -221,10 +264,9 @@ pub(crate) fn reading_cameras<R>(
         None => Reading::Inline(Interner::default()),
         Some(table) => Reading::Table(table.into_iter().map(|t| interner.intern(t)).collect()),
     };
-    let outer = READING.with(|r| r.borrow_mut().replace(reading));
+    let scope = Scoped::set(&READING, reading);
     let out = f();
-    let reading = READING.with(|r| std::mem::replace(&mut *r.borrow_mut(), outer));
-    if let Some(Reading::Inline(inline)) = reading {
+    if let Some(Reading::Inline(inline)) = scope.end() {
         interner = inline;
     }
     (out, interner)
@@ -237,10 +279,8 @@ pub(crate) fn writing_cameras<R>(table: &[&Arc<super::Terms>], f: impl FnOnce() 
         .enumerate()
         .map(|(i, t)| (Arc::as_ptr(t), i as u32))
         .collect();
-    let outer = WRITING.with(|w| w.borrow_mut().replace(Writing { index, last: None }));
-    let out = f();
-    WRITING.with(|w| *w.borrow_mut() = outer);
-    out
+    let _scope = Scoped::set(&WRITING, Writing { index, last: None });
+    f()
 }
 
 /// `deserialize_with` for shared lease terms: an index into the table read ahead, or (in
@@ -472,6 +512,21 @@ impl<'de> Deserialize<'de> for OptionalInstant {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_panic_while_reading_leaves_the_format_and_the_table_as_they_were() {
+        let caught = std::panic::catch_unwind(|| {
+            read_as(TermsFormat::Inline, || {
+                reading_cameras(Some(Vec::new()), || {
+                    writing_cameras(&[], || panic!("a decoder gave up"))
+                })
+            })
+        });
+        assert!(caught.is_err());
+        assert_eq!(reading_format(), TermsFormat::Table);
+        assert!(READING.with(|r| r.borrow().is_none()));
+        assert!(WRITING.with(|w| w.borrow().is_none()));
+    }
 
     #[test]
     fn camera_keys_order_as_their_strings() {

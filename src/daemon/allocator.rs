@@ -12,27 +12,26 @@
 /// Blocks of at least this many bytes get mappings of their own (glibc's initial value).
 const MMAP_THRESHOLD: i32 = 128 << 10;
 
-/// Fixes malloc's mmap threshold. Call before the daemon's threads start. Returns whether
-/// the allocator took the setting (always true on glibc; elsewhere there is nothing to
-/// set, and false says so).
+/// Fixes malloc's mmap threshold. Call it first thing in `main`, before any other thread
+/// starts: glibc documents `mallopt` as unsafe to call while other threads allocate.
+/// Returns whether the allocator took the setting (true on glibc; elsewhere there is
+/// nothing to set, and false says so).
+///
+/// Its cost in CPU was not measurable here: two A/B pairs of durable checkouts (the
+/// schema-3 build with and without `MALLOC_MMAP_THRESHOLD_=131072`, netkeyd's task-clock
+/// over 100,000 heartbeats and 200,000 checkouts at 200,000 leases) differed by +2.7 %
+/// and +5.7 %, within the spread of identical runs, and strace counted no mmap or munmap
+/// at all in two seconds of durable checkouts, so no buffer of a batch crosses it.
 #[allow(unsafe_code)]
 pub fn fix_mmap_threshold() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        // SAFETY: mallopt only changes a parameter of the allocator, under its own lock.
+        // SAFETY: a plain C call with no pointers; the caller runs it before other threads
+        // exist, as mallopt requires.
         unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 }
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     {
         false
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    #[test]
-    fn glibc_takes_the_fixed_threshold() {
-        assert!(super::fix_mmap_threshold());
     }
 }

@@ -919,7 +919,7 @@ fn apply(
         }
         owner.refusals_since = owner.now;
     }
-    let commands = std::mem::take(&mut owner.pending);
+    let mut commands = std::mem::take(&mut owner.pending);
     // Audit records are handed out as heads (heartbeats, exports): they must be durable,
     // or a power cut could make an honest log look rewritten.
     let durable = std::mem::replace(&mut owner.durable, false) || !audit.is_empty();
@@ -936,6 +936,10 @@ fn apply(
         opened: std::mem::take(&mut owner.opened_in_batch),
     };
     let writes = !commands.is_empty() || !audit.is_empty();
+    if commands.is_empty() {
+        // Nothing logged: the vector stays for the next batch that logs (see below).
+        owner.pending = std::mem::take(&mut commands);
+    }
     if !writes && held.replies.is_empty() && held.events.is_empty() {
         return;
     }

@@ -37,7 +37,16 @@ impl Backup {
 
     pub fn to_bytes(&self) -> Result<Vec<u8>, StoreError> {
         let mut out = MAGIC.to_vec();
-        out.extend(postcard::to_allocvec(self).map_err(fail)?);
+        // The fields of `Backup`, in order, with this build's schema: the core is written
+        // in this schema's format whatever `schema` says.
+        let body = (
+            super::SCHEMA,
+            self.taken_at,
+            self.hwm,
+            &self.core,
+            &self.audit,
+        );
+        out.extend(postcard::to_allocvec(&body).map_err(fail)?);
         Ok(out)
     }
 

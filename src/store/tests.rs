@@ -1732,9 +1732,16 @@ fn holds_the_schema_3_leases(core: &Core) {
 fn a_schema_3_backup_with_the_terms_in_every_lease_restores_them() {
     let backup = Backup::from_bytes(SCHEMA_3_BACKUP).unwrap();
     holds_the_schema_3_leases(&backup.core);
-    // Written out again, it is a backup of this schema that reads back the same.
+    // Written out again, it is a backup of this schema that reads back the same, whatever
+    // schema the value says.
     let again = Backup::from_bytes(&backup.to_bytes().unwrap()).unwrap();
     assert_eq!(again.schema, SCHEMA);
+    assert_eq!(bytes(&again.core), bytes(&backup.core));
+    let said_3 = Backup {
+        schema: 3,
+        ..Backup::from_bytes(SCHEMA_3_BACKUP).unwrap()
+    };
+    let again = Backup::from_bytes(&said_3.to_bytes().unwrap()).unwrap();
     assert_eq!(bytes(&again.core), bytes(&backup.core));
 
     let dir = tempfile::tempdir().unwrap();
@@ -1777,12 +1784,19 @@ fn a_schema_3_snapshot_loads_and_the_next_snapshot_is_written_with_a_table_of_te
         let v = meta.get(SNAPSHOT_SCHEMA).unwrap();
         v.map(|v| read_u32(v.value()))
     };
-    let (mut store, loaded) = Store::open(dir.path()).unwrap();
+    let (store, loaded) = Store::open(dir.path()).unwrap();
     holds_the_schema_3_leases(&loaded.core);
     assert_eq!(bytes(&loaded.core), expected);
-    // Migrated, the directory is schema 4 but its snapshot is still the one schema 3 wrote.
+    // Migrated, the directory is schema 4 but its snapshot is still the one schema 3 wrote,
+    // and it reads so again (a restart before the next snapshot).
     assert_eq!(snapshot_schema(&store), None);
-    store.snapshot(&loaded.core).unwrap();
+    drop(store);
+    let (mut store, loaded) = Store::open(dir.path()).unwrap();
+    assert_eq!(bytes(&loaded.core), expected);
+    // The next snapshot, written as the daemon writes it (on another thread), is schema 4.
+    let write = store.begin_snapshot(&loaded.core).unwrap();
+    let written = std::thread::spawn(move || write.write()).join().unwrap();
+    store.end_write(written).unwrap();
     assert_eq!(snapshot_schema(&store), Some(SCHEMA));
     drop(store);
     let (store, again) = Store::open(dir.path()).unwrap();
