@@ -1144,6 +1144,16 @@ mod tests {
         }
     }
 
+    /// The demo key installed and server A enrolled.
+    fn demo_key_and_server_a() -> Vec<Command> {
+        let mut setup = vec![Command::InstallKey {
+            document: crate::key::demo_key(T0),
+            demo: true,
+        }];
+        setup.extend(enrol("A", "11111111"));
+        setup
+    }
+
     /// Whether a snapshot is due, overdue, and whether a redb write is under way.
     async fn snapshot_state(handle: &CoreHandle) -> (bool, bool, bool) {
         handle
@@ -1162,12 +1172,7 @@ mod tests {
     async fn a_due_snapshot_waits_for_a_pause_in_durable_work_until_it_is_overdue() {
         let power = Power::default();
         let (handle, task, clock, shutdown) = started(&power);
-        let mut setup = vec![Command::InstallKey {
-            document: crate::key::demo_key(T0),
-            demo: true,
-        }];
-        setup.extend(enrol("A", "11111111"));
-        run(&handle, setup).await;
+        run(&handle, demo_key_and_server_a()).await;
         handle
             .call(|o| o.store.set_snapshot_every(10))
             .await
@@ -1185,7 +1190,10 @@ mod tests {
         }
         for _ in 0..3 {
             let (wanted, overdue, writing) = snapshot_state(&handle).await;
-            assert!(wanted && !overdue && !writing, "{wanted} {overdue} {writing}");
+            assert!(
+                wanted && !overdue && !writing,
+                "{wanted} {overdue} {writing}"
+            );
         }
         // A pause in durable work: it is taken.
         clock.advance(SNAPSHOT_QUIET_MS);
@@ -1206,7 +1214,10 @@ mod tests {
             if !wanted {
                 break;
             }
-            assert!(!overdue || waited < 100, "an overdue snapshot was not taken");
+            assert!(
+                !overdue || waited < 100,
+                "an overdue snapshot was not taken"
+            );
             if !overdue {
                 run(&handle, vec![checkout_next(&mut n)]).await;
             } else {
@@ -1224,11 +1235,7 @@ mod tests {
         // end) with nothing logged or audited; a restart must find what the store holds.
         let power = Power::default();
         let (handle, task, clock, shutdown) = started(&power);
-        let mut setup = vec![Command::InstallKey {
-            document: crate::key::demo_key(T0),
-            demo: true,
-        }];
-        setup.extend(enrol("A", "11111111"));
+        let mut setup = demo_key_and_server_a();
         setup.push(checkout("A", &["c1", "c2"]));
         run(&handle, setup).await;
         let durable = handle.call(|o| o.core().clone()).await.unwrap();
