@@ -935,7 +935,7 @@ fn apply(
         }
         owner.refusals_since = owner.now;
     }
-    let mut commands = std::mem::take(&mut owner.pending);
+    let commands = std::mem::take(&mut owner.pending);
     // Audit records are handed out as heads (heartbeats, exports): they must be durable,
     // or a power cut could make an honest log look rewritten.
     let durable = std::mem::replace(&mut owner.durable, false) || !audit.is_empty();
@@ -951,18 +951,16 @@ fn apply(
         heartbeats: std::mem::take(&mut owner.heartbeats_in_batch),
         opened: std::mem::take(&mut owner.opened_in_batch),
     };
-    let writes = !commands.is_empty() || !audit.is_empty();
     if durable && !commands.is_empty() {
         owner.last_durable_work = owner.now;
     }
-    if commands.is_empty() {
-        // Nothing logged: the vector stays for the next batch that logs (see below).
-        owner.pending = std::mem::take(&mut commands);
-    }
-    if !writes && held.replies.is_empty() && held.events.is_empty() {
-        return;
-    }
-    if writes {
+    if commands.is_empty() && audit.is_empty() {
+        // Nothing to write; the (empty) vector is kept for the next batch, as below.
+        owner.pending = commands;
+        if held.replies.is_empty() && held.events.is_empty() {
+            return;
+        }
+    } else {
         let record = BatchRecord {
             now: owner.now,
             commands,
@@ -970,11 +968,8 @@ fn apply(
         let begun = owner.store.begin_commit(&record, audit, durable);
         // The next batch's commands go into the same vector: grown afresh for every batch,
         // it was 4 % of the daemon's samples during durable checkouts at full scale.
-        let mut commands = record.commands;
-        commands.clear();
-        if owner.pending.capacity() == 0 {
-            owner.pending = commands;
-        }
+        owner.pending = record.commands;
+        owner.pending.clear();
         match begun {
             Ok(commit) => held.commit = Some(commit),
             Err(e) => {
