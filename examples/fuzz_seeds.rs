@@ -16,7 +16,7 @@ use netkey::discovery::{encode_discover, Discover};
 use netkey::key::{demo_key, demo_vendor, KeyDocument, KeySpec};
 use netkey::proto::admin::{AdminRequest, AuditExport};
 use netkey::proto::AuditHead;
-use netkey::store::{audit, AuditRecord, Backup, BatchRecord, SCHEMA};
+use netkey::store::{audit, AuditRecord, Backup, BatchRecord};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -401,7 +401,6 @@ fn state_file_seeds(root: &Path) -> Result<Seeds, Box<dyn std::error::Error>> {
         serde_json::to_string_pretty(&export)?.into_bytes(),
     ));
     let backup = Backup {
-        schema: SCHEMA,
         taken_at: T0,
         hwm: T0,
         core,

@@ -11,9 +11,10 @@ use std::path::Path;
 
 const MAGIC: &[u8; 16] = b"netkey backup v1";
 
+/// A backup file is `MAGIC`, the schema it was written in (which says how the rest reads),
+/// then this.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Backup {
-    pub schema: u32,
     pub taken_at: Timestamp,
     pub hwm: Timestamp,
     pub core: Core,
@@ -27,7 +28,6 @@ impl Backup {
         let mut audit = store.audit_records(None)?;
         audit.extend(store.begun_audit_records().cloned());
         Ok(Backup {
-            schema: super::SCHEMA,
             taken_at: now,
             hwm: store.hwm().max(now),
             core: core.clone(),
@@ -37,34 +37,23 @@ impl Backup {
 
     pub fn to_bytes(&self) -> Result<Vec<u8>, StoreError> {
         let mut out = MAGIC.to_vec();
-        // The fields of `Backup`, in order, with this build's schema: the core is written
-        // in this schema's format whatever `schema` says.
-        let body = (
-            super::SCHEMA,
-            self.taken_at,
-            self.hwm,
-            &self.core,
-            &self.audit,
-        );
-        out.extend(postcard::to_allocvec(&body).map_err(fail)?);
+        out.extend(postcard::to_allocvec(&(super::SCHEMA, self)).map_err(fail)?);
         Ok(out)
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Backup, StoreError> {
+        let corrupt = |e: postcard::Error| StoreError::Corrupt(format!("backup file: {e}"));
         let body = bytes
             .strip_prefix(MAGIC.as_slice())
             .ok_or_else(|| StoreError::Corrupt("not a netkey backup file".into()))?;
-        // The schema comes first, and says how the rest was written.
-        let (schema, _) = postcard::take_from_bytes::<u32>(body)
-            .map_err(|e| StoreError::Corrupt(format!("backup file: {e}")))?;
+        let (schema, rest) = postcard::take_from_bytes::<u32>(body).map_err(corrupt)?;
         if schema > super::SCHEMA {
             return Err(StoreError::NewerSchema { found: schema });
         }
-        let mut b: Backup =
-            compact::read_as(super::terms_format(schema), || postcard::from_bytes(body))
-                .map_err(|e| StoreError::Corrupt(format!("backup file: {e}")))?;
-        // Written out again, it is in this build's schema, whatever it was read from.
-        b.schema = super::SCHEMA;
+        let b: Backup = compact::read_as(super::terms_format(schema), || {
+            postcard::from_bytes(rest)
+        })
+        .map_err(corrupt)?;
         audit::verify(&b.audit, None)
             .map_err(|e| StoreError::Corrupt(format!("backup audit log: {e}")))?;
         Ok(b)

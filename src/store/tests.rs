@@ -1732,16 +1732,11 @@ fn holds_the_schema_3_leases(core: &Core) {
 fn a_schema_3_backup_with_the_terms_in_every_lease_restores_them() {
     let backup = Backup::from_bytes(SCHEMA_3_BACKUP).unwrap();
     holds_the_schema_3_leases(&backup.core);
-    // Written out again, it is a backup of this schema that reads back the same, whatever
-    // schema the value says.
-    let again = Backup::from_bytes(&backup.to_bytes().unwrap()).unwrap();
-    assert_eq!(again.schema, SCHEMA);
-    assert_eq!(bytes(&again.core), bytes(&backup.core));
-    let said_3 = Backup {
-        schema: 3,
-        ..Backup::from_bytes(SCHEMA_3_BACKUP).unwrap()
-    };
-    let again = Backup::from_bytes(&said_3.to_bytes().unwrap()).unwrap();
+    // Written out again, it is a backup of this schema that reads back the same.
+    let written = backup.to_bytes().unwrap();
+    let (schema, _) = postcard::take_from_bytes::<u32>(&written[16..]).unwrap();
+    assert_eq!(schema, SCHEMA);
+    let again = Backup::from_bytes(&written).unwrap();
     assert_eq!(bytes(&again.core), bytes(&backup.core));
 
     let dir = tempfile::tempdir().unwrap();
