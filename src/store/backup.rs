@@ -50,10 +50,9 @@ impl Backup {
         if schema > super::SCHEMA {
             return Err(StoreError::NewerSchema { found: schema });
         }
-        let b: Backup = compact::read_as(super::terms_format(schema), || {
-            postcard::from_bytes(rest)
-        })
-        .map_err(corrupt)?;
+        let b: Backup =
+            compact::read_as(super::terms_format(schema), || postcard::from_bytes(rest))
+                .map_err(corrupt)?;
         audit::verify(&b.audit, None)
             .map_err(|e| StoreError::Corrupt(format!("backup audit log: {e}")))?;
         Ok(b)
