@@ -184,7 +184,7 @@ enum Reading {
 /// Indices of the terms being written, by the address of their shared copy, with the
 /// last one looked up (a server's cameras follow one another and share their terms).
 struct Writing {
-    index: HashMap<*const super::Terms, u32>,
+    index: TermsIndices,
     last: Option<(*const super::Terms, u32)>,
 }
 
@@ -272,13 +272,39 @@ pub(crate) fn reading_cameras<R>(
     (out, interner)
 }
 
-/// Runs `f`, a serialization of camera records, with `table` giving each terms its index.
-pub(crate) fn writing_cameras<R>(table: &[&Arc<super::Terms>], f: impl FnOnce() -> R) -> R {
-    let index = table
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (Arc::as_ptr(t), i as u32))
-        .collect();
+/// The index of each distinct terms, by the address of its shared copy, in the order
+/// `add` first meets them.
+#[derive(Default)]
+pub(crate) struct TermsIndex<'a> {
+    index: TermsIndices,
+    table: Vec<&'a super::Terms>,
+    last: Option<*const super::Terms>,
+}
+
+impl<'a> TermsIndex<'a> {
+    pub(crate) fn add(&mut self, terms: &'a Arc<super::Terms>) {
+        let ptr = Arc::as_ptr(terms);
+        // A server's cameras follow one another and share their terms.
+        if self.last != Some(ptr) {
+            self.last = Some(ptr);
+            let next = self.table.len() as u32;
+            self.index.entry(ptr).or_insert_with(|| {
+                self.table.push(terms);
+                next
+            });
+        }
+    }
+
+    /// The index, for `writing_cameras`, and the terms in index order.
+    pub(crate) fn split(self) -> (TermsIndices, Vec<&'a super::Terms>) {
+        (self.index, self.table)
+    }
+}
+
+pub(crate) type TermsIndices = HashMap<*const super::Terms, u32>;
+
+/// Runs `f`, a serialization of camera records, with `index` giving each terms its index.
+pub(crate) fn writing_cameras<R>(index: TermsIndices, f: impl FnOnce() -> R) -> R {
     let _scope = Scoped::set(&WRITING, Writing { index, last: None });
     f()
 }
@@ -518,7 +544,7 @@ mod tests {
         let caught = std::panic::catch_unwind(|| {
             read_as(TermsFormat::Inline, || {
                 reading_cameras(Some(Vec::new()), || {
-                    writing_cameras(&[], || panic!("a decoder gave up"))
+                    writing_cameras(TermsIndices::new(), || panic!("a decoder gave up"))
                 })
             })
         });

@@ -391,20 +391,12 @@ impl<'a> IntoIterator for &'a Cameras {
 /// referring to its terms by index (`compact::TermsFormat`).
 impl Serialize for Cameras {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut seen = std::collections::HashSet::new();
-        let mut table: Vec<&Arc<Terms>> = Vec::new();
-        let mut last = std::ptr::null();
+        let mut terms = compact::TermsIndex::default();
         for held in self.values().filter_map(|r| r.held.as_ref()) {
-            let ptr = Arc::as_ptr(&held.terms);
-            if ptr != last && seen.insert(ptr) {
-                table.push(&held.terms);
-            }
-            last = ptr;
+            terms.add(&held.terms);
         }
-        compact::writing_cameras(&table, || {
-            let terms: Vec<&Terms> = table.iter().map(|t| &***t).collect();
-            (terms, &self.by_key).serialize(s)
-        })
+        let (index, table) = terms.split();
+        compact::writing_cameras(index, || (table, &self.by_key).serialize(s))
     }
 }
 

@@ -665,8 +665,10 @@ fn a_lease_referring_to_terms_not_in_the_table_does_not_load() {
     c.checkout(T0, "A", None, &cams(&["c1"]), false).unwrap();
     let held = c.cameras.get("K", "c1").unwrap().held.clone().unwrap();
     let table = vec![(*held.terms).clone()];
-    let written =
-        compact::writing_cameras(&[&held.terms], || postcard::to_allocvec(&held)).unwrap();
+    let mut terms = compact::TermsIndex::default();
+    terms.add(&held.terms);
+    let (index, _) = terms.split();
+    let written = compact::writing_cameras(index, || postcard::to_allocvec(&held)).unwrap();
     let (read, _) = compact::reading_cameras(Some(table.clone()), || {
         postcard::from_bytes::<Held>(&written)
     });
