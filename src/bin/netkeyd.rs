@@ -10,7 +10,7 @@ use netkey::cli::netkeyd::Args;
 
 fn main() -> ExitCode {
     // Before anything allocates much (see the module for why and what it saves).
-    let fixed_mmap_threshold = netkey::daemon::allocator::fix_mmap_threshold();
+    netkey::daemon::allocator::fix_mmap_threshold();
     let args = Args::parse();
     if let Some(path) = &args.write_host_ids {
         return match write_host_ids(path) {
@@ -43,9 +43,6 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(&settings.log_level);
-    if !fixed_mmap_threshold {
-        tracing::debug!("malloc's mmap threshold is the allocator's own (not glibc)");
-    }
     // Each video server holds one connection: allow as many descriptors as the hard
     // limit (systemd's LimitNOFILE) permits, not the shell's soft default of 1024.
     match rlimit::increase_nofile_limit(u64::MAX) {
