@@ -616,12 +616,7 @@ impl Store {
     /// thread, so the journal is written from its start again. If it fails, the journal
     /// keeps them (and grows) and the next try waits for another `CHECKPOINT_BYTES`.
     pub fn checkpoint(&mut self) -> Result<(), StoreError> {
-        self.journal.settled()?;
-        // Not while a write is under way, even with nothing new to move: the batches it
-        // moves are not in redb yet, and their file must not be taken for free.
-        self.no_write_under_way()?;
-        if self.pending.is_empty() {
-            self.journal.in_redb(self.journal.next_number());
+        if !self.batches_to_move()? {
             return Ok(());
         }
         let next = self.journal.next_number();
@@ -642,15 +637,25 @@ impl Store {
         }
     }
 
+    /// Whether a checkpoint has batches to move into redb. Refused while a batch waits
+    /// for its sync, and while a write is under way even with nothing new to move: the
+    /// batches that write moves are not in redb yet, and their file must not be taken for
+    /// free. With nothing to move, the journal is written from its start again.
+    fn batches_to_move(&mut self) -> Result<bool, StoreError> {
+        self.journal.settled()?;
+        self.no_write_under_way()?;
+        if self.pending.is_empty() {
+            self.journal.in_redb(self.journal.next_number());
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
     /// Begins a checkpoint to be written on another thread (`RedbWrite::write`), while
     /// batches go on into the journal's other file. `None` if there is nothing to move.
     /// Until `end_write`, every other write to redb waits.
     pub fn begin_checkpoint(&mut self) -> Result<Option<RedbWrite>, StoreError> {
-        self.journal.settled()?;
-        // As in `checkpoint`: the write under way has not put its batches in redb yet.
-        self.no_write_under_way()?;
-        if self.pending.is_empty() {
-            self.journal.in_redb(self.journal.next_number());
+        if !self.batches_to_move()? {
             return Ok(None);
         }
         let db = self.writer()?.clone();
@@ -1004,13 +1009,13 @@ fn load(
     let snap = rx.open_table(SNAPSHOT).map_err(fail)?;
     let (mut core, snap_seq) = match snap.last().map_err(fail)? {
         Some((k, v)) => {
-            let schema = meta
+            // Unmarked: written before schema 4.
+            let format = meta
                 .get(SNAPSHOT_SCHEMA)
                 .map_err(fail)?
-                .map_or(3, |v| read_u32(v.value()));
-            let core: Core =
-                compact::read_as(terms_format(schema), || postcard::from_bytes(v.value()))
-                    .map_err(|e| StoreError::Corrupt(format!("snapshot {}: {e}", k.value())))?;
+                .map_or(TermsFormat::Inline, |v| terms_format(read_u32(v.value())));
+            let core: Core = compact::read_as(format, || postcard::from_bytes(v.value()))
+                .map_err(|e| StoreError::Corrupt(format!("snapshot {}: {e}", k.value())))?;
             (core, k.value())
         }
         None => (Core::new(), 0),
