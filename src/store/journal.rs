@@ -572,12 +572,19 @@ mod tests {
         assert_eq!(found, vec![kept]);
     }
 
-    #[test]
-    fn after_a_switch_both_files_are_read_in_number_order_and_a_gap_ends_the_reading() {
+    /// A journal on two empty files, three durable frames written to the first, then a
+    /// switch to the second.
+    fn three_frames_then_a_switch() -> (PowerCutDisk, PowerCutDisk, Journal, Vec<Frame>) {
         let (a, b) = (PowerCutDisk::default(), PowerCutDisk::default());
         let (mut j, _) = Journal::open(both(&a, &b), 0, &KEY).unwrap();
-        let mut written: Vec<Frame> = (1..=3).map(|s| j.append(frame(s), true).unwrap()).collect();
+        let written: Vec<Frame> = (1..=3).map(|s| j.append(frame(s), true).unwrap()).collect();
         assert!(j.switch().unwrap());
+        (a, b, j, written)
+    }
+
+    #[test]
+    fn after_a_switch_both_files_are_read_in_number_order_and_a_gap_ends_the_reading() {
+        let (a, b, mut j, mut written) = three_frames_then_a_switch();
         written.extend((4..=5).map(|s| j.append(frame(s), true).unwrap()));
         let (_, found) = Journal::open(both(&a, &b), 0, &KEY).unwrap();
         assert_eq!(found, written);
@@ -590,10 +597,7 @@ mod tests {
 
     #[test]
     fn a_file_is_not_written_over_until_every_frame_it_holds_is_in_redb() {
-        let (a, b) = (PowerCutDisk::default(), PowerCutDisk::default());
-        let (mut j, _) = Journal::open(both(&a, &b), 0, &KEY).unwrap();
-        let mut written: Vec<Frame> = (1..=3).map(|s| j.append(frame(s), true).unwrap()).collect();
-        assert!(j.switch().unwrap());
+        let (a, b, mut j, mut written) = three_frames_then_a_switch();
         written.push(j.append(frame(4), true).unwrap());
         // A checkpoint of frames 0..3 failed, or has not ended: the first file still
         // holds them, so the journal stays in the second.

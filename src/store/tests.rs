@@ -768,21 +768,34 @@ fn as_written_by_schema(store: &Store, schema: u32) {
     tx.commit().unwrap();
 }
 
-#[test]
-fn a_schema_1_directory_opens_with_its_state_and_becomes_the_current_schema() {
+/// A state directory as an older build left it: `populated`, then what `since` does, the
+/// schema marked, and the journal file `absent` that build did not have removed. Opened
+/// by this build, it holds the state and audit head it had.
+fn reopened_after_schema(
+    schema: u32,
+    since: impl FnOnce(&mut Store),
+    absent: &str,
+) -> (tempfile::TempDir, Store, Core) {
     let dir = tempfile::tempdir().unwrap();
     let (expected, head) = {
         let (mut store, _) = Store::open(dir.path()).unwrap();
         let core = populated(&mut store);
-        store.checkpoint().unwrap();
-        // What schema 1 left: everything in redb, no journal and no journal_next.
-        as_written_by_schema(&store, 1);
+        since(&mut store);
+        as_written_by_schema(&store, schema);
         (acknowledged(&core), store.head())
     };
-    std::fs::remove_file(dir.path().join("journal")).unwrap();
-    let (mut store, loaded) = Store::open(dir.path()).unwrap();
+    std::fs::remove_file(dir.path().join(absent)).unwrap();
+    let (store, loaded) = Store::open(dir.path()).unwrap();
     assert_eq!(bytes(&loaded.core), expected);
     assert_eq!(store.head(), head);
+    (dir, store, loaded.core)
+}
+
+#[test]
+fn a_schema_1_directory_opens_with_its_state_and_becomes_the_current_schema() {
+    // What schema 1 left: everything in redb, no journal and no journal_next.
+    let (dir, mut store, mut core) =
+        reopened_after_schema(1, |store| store.checkpoint().unwrap(), "journal");
     let rx = store.db().unwrap().begin_read().unwrap();
     let schema = rx
         .open_table(META)
@@ -795,7 +808,6 @@ fn a_schema_1_directory_opens_with_its_state_and_becomes_the_current_schema() {
     drop(rx);
     assert_eq!(read_u32(&schema), SCHEMA);
     // And it writes on through the journal from frame 0.
-    let mut core = loaded.core;
     durable(&mut store, &mut core, 6, vec![checkout("B", &["c5"])]);
     drop(store);
     let (_, loaded) = Store::open(dir.path()).unwrap();
@@ -1655,21 +1667,10 @@ fn a_checkpoint_asked_for_while_one_is_written_does_not_free_the_file_it_moves()
 
 #[test]
 fn a_schema_2_directory_with_batches_in_its_one_journal_file_opens_with_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let (expected, head) = {
-        let (mut store, _) = Store::open(dir.path()).unwrap();
-        // Batches only in `journal`, as schema 2 left them: no checkpoint since.
-        let core = populated(&mut store);
-        as_written_by_schema(&store, 2);
-        (acknowledged(&core), store.head())
-    };
-    std::fs::remove_file(dir.path().join("journal.1")).unwrap();
-    let (mut store, loaded) = Store::open(dir.path()).unwrap();
-    assert_eq!(bytes(&loaded.core), expected);
-    assert_eq!(store.head(), head);
+    // Batches only in `journal`, as schema 2 left them: no checkpoint since.
+    let (dir, mut store, mut core) = reopened_after_schema(2, |_| {}, "journal.1");
     assert!(dir.path().join("journal.1").exists());
     // The second file is grown on first use, after a switch to it.
-    let mut core = loaded.core;
     let write = store.begin_checkpoint().unwrap();
     assert!(write.is_none(), "the open moved the batches into redb");
     durable(&mut store, &mut core, 6, vec![checkout("B", &["c5"])]);
