@@ -2,8 +2,8 @@
 //! heartbeat, sync and acknowledgement of revocations.
 
 use super::{
-    digest, CameraId, Core, Event, Features, Lease, PoolId, Refusal, ReleaseReason, Revocation,
-    RevocationReason, Terms, Timestamp,
+    digest, AsTermsRef, CameraId, Core, Event, Features, Lease, PoolId, Refusal, ReleaseReason,
+    Revocation, RevocationReason, TermsRef, Timestamp,
 };
 use crate::key::{DeviceVersion, Feature, KeyId, Policy};
 use serde::{Deserialize, Serialize};
@@ -367,13 +367,13 @@ impl Core {
             .map_or(&default, |k| &k.document.policy);
         let (contested_window, contested_moves) =
             (policy.contested_window_ms(), policy.contested_moves);
-        let terms = self.cameras.intern(Terms {
-            server: server.to_string(),
-            pool: pool.clone(),
-            features: features.clone(),
-            class: item.class.clone().unwrap_or_else(|| "camera".into()),
-            modules: item.modules.clone(),
-            device_version: item.device_version.clone(),
+        let terms = self.cameras.intern_ref(TermsRef {
+            server,
+            pool,
+            features: &features,
+            class: item.class.as_deref().unwrap_or("camera"),
+            modules: &item.modules,
+            device_version: item.device_version.as_deref(),
             legacy,
         });
         let record = self.cameras.entry(&ck.0, &ck.1);
@@ -449,13 +449,13 @@ impl Core {
         }
         self.add_usage(&old.pool, &features, 1, 0);
         let epoch = old.epoch;
-        let terms = self.cameras.intern(Terms {
-            features: features.clone(),
+        let terms = self.cameras.intern_ref(TermsRef {
+            features: &features,
             legacy,
-            class: item.class.clone().unwrap_or_else(|| "camera".into()),
-            modules: item.modules.clone(),
-            device_version: item.device_version.clone(),
-            ..old.terms().clone()
+            class: item.class.as_deref().unwrap_or("camera"),
+            modules: &item.modules,
+            device_version: item.device_version.as_deref(),
+            ..old.terms().terms_ref()
         });
         if let Some(r) = self.cameras.get_mut(&ck.0, &ck.1) {
             r.set_terms(terms);

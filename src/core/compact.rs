@@ -147,6 +147,19 @@ impl<T> Default for Interner<T> {
 }
 
 impl<T: Eq + Hash> Interner<T> {
+    /// The shared copy of the value `key` stands for, made with `make` only if there is
+    /// none yet.
+    pub fn intern_borrowed<Q>(&mut self, key: &Q, make: impl FnOnce(&Q) -> T) -> Arc<T>
+    where
+        Arc<T>: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        match self.values.get(key) {
+            Some(shared) => shared.clone(),
+            None => self.intern(make(key)),
+        }
+    }
+
     pub fn intern(&mut self, value: T) -> Arc<T> {
         if let Some(shared) = self.values.get(&value) {
             return shared.clone();
@@ -595,6 +608,75 @@ mod tests {
         // The unused numbers were swept as the table grew; "a" is still held.
         assert!(t.values.len() < 100, "{}", t.values.len());
         assert!(Arc::ptr_eq(&a, &t.intern("a".into())));
+    }
+
+    #[test]
+    fn borrowed_terms_find_their_shared_copy_and_make_one_only_when_new() {
+        use crate::core::{AsTermsRef, PoolId, Terms, TermsRef};
+        let pool = PoolId::new("K1", "Default");
+        let features: crate::core::Features = [("video".to_string(), 1)].into();
+        let modules = vec!["lpr".to_string()];
+        let borrowed = TermsRef {
+            server: "srv-1",
+            pool: &pool,
+            features: &features,
+            class: "camera",
+            modules: &modules,
+            device_version: Some("7.1"),
+            legacy: false,
+        };
+        let owned = Terms {
+            server: "srv-1".into(),
+            pool: pool.clone(),
+            features: features.clone(),
+            class: "camera".into(),
+            modules: modules.clone(),
+            device_version: Some("7.1".into()),
+            legacy: false,
+        };
+        let mut t: Interner<Terms> = Interner::default();
+        let shared = t.intern(owned.clone());
+        let mut made = 0;
+        let found = t.intern_borrowed(&borrowed as &dyn AsTermsRef, |k| {
+            made += 1;
+            k.terms_ref().to_terms()
+        });
+        assert!(Arc::ptr_eq(&shared, &found));
+        assert_eq!(made, 0);
+        // Each field tells terms apart, as `Terms`' own equality does.
+        let others = [
+            TermsRef {
+                server: "srv-2",
+                ..borrowed
+            },
+            TermsRef {
+                class: "door",
+                ..borrowed
+            },
+            TermsRef {
+                modules: &[],
+                ..borrowed
+            },
+            TermsRef {
+                device_version: None,
+                ..borrowed
+            },
+            TermsRef {
+                legacy: true,
+                ..borrowed
+            },
+        ];
+        for other in others {
+            let new = t.intern_borrowed(&other as &dyn AsTermsRef, |k| k.terms_ref().to_terms());
+            assert!(!Arc::ptr_eq(&shared, &new));
+            assert_eq!(new.terms_ref(), other);
+            // The copy made is found again, from owned terms as from borrowed ones.
+            assert!(Arc::ptr_eq(&new, &t.intern((*new).clone())));
+            assert!(Arc::ptr_eq(
+                &new,
+                &t.intern_borrowed(&other as &dyn AsTermsRef, |_| unreachable!())
+            ));
+        }
     }
 
     #[test]

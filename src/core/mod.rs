@@ -174,7 +174,7 @@ pub struct Server {
 
 /// What a lease grants and to whom: the same for every camera a server holds in the
 /// same way, so the leases share one copy (`Cameras::intern`).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Terms {
     pub server: ServerId,
     pub pool: PoolId,
@@ -183,6 +183,87 @@ pub struct Terms {
     pub modules: Vec<Feature>,
     pub device_version: Option<String>,
     pub legacy: bool,
+}
+
+/// `Terms` borrowed from a request, to find the shared copy without building one: a grant
+/// that built its terms only to find them interned already spent six allocations and
+/// their frees on every checkout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TermsRef<'a> {
+    pub server: &'a str,
+    pub pool: &'a PoolId,
+    pub features: &'a Features,
+    pub class: &'a str,
+    pub modules: &'a [Feature],
+    pub device_version: Option<&'a str>,
+    pub legacy: bool,
+}
+
+impl TermsRef<'_> {
+    pub(crate) fn to_terms(self) -> Terms {
+        Terms {
+            server: self.server.to_string(),
+            pool: self.pool.clone(),
+            features: self.features.clone(),
+            class: self.class.to_string(),
+            modules: self.modules.to_vec(),
+            device_version: self.device_version.map(str::to_string),
+            legacy: self.legacy,
+        }
+    }
+}
+
+/// What owned and borrowed terms have in common: the interner's table of `Arc<Terms>` is
+/// searched by it (`Borrow<dyn AsTermsRef>`), and both hash through it, so a `TermsRef`
+/// finds the `Terms` equal to it.
+pub trait AsTermsRef {
+    fn terms_ref(&self) -> TermsRef<'_>;
+}
+
+impl AsTermsRef for Terms {
+    fn terms_ref(&self) -> TermsRef<'_> {
+        TermsRef {
+            server: &self.server,
+            pool: &self.pool,
+            features: &self.features,
+            class: &self.class,
+            modules: &self.modules,
+            device_version: self.device_version.as_deref(),
+            legacy: self.legacy,
+        }
+    }
+}
+
+impl AsTermsRef for TermsRef<'_> {
+    fn terms_ref(&self) -> TermsRef<'_> {
+        *self
+    }
+}
+
+impl std::hash::Hash for Terms {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.terms_ref().hash(state);
+    }
+}
+
+impl std::hash::Hash for dyn AsTermsRef + '_ {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.terms_ref().hash(state);
+    }
+}
+
+impl PartialEq for dyn AsTermsRef + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.terms_ref() == other.terms_ref()
+    }
+}
+
+impl Eq for dyn AsTermsRef + '_ {}
+
+impl<'a> std::borrow::Borrow<dyn AsTermsRef + 'a> for Arc<Terms> {
+    fn borrow(&self) -> &(dyn AsTermsRef + 'a) {
+        &**self
+    }
 }
 
 /// A held lease as the commands see it: its shared terms (read through `Deref`, as
@@ -375,6 +456,12 @@ impl Cameras {
     /// The one shared copy of these terms.
     fn intern(&mut self, terms: Terms) -> Arc<Terms> {
         self.terms.intern(terms)
+    }
+
+    /// The one shared copy of these terms, made only if there is none yet.
+    fn intern_ref(&mut self, terms: TermsRef<'_>) -> Arc<Terms> {
+        self.terms
+            .intern_borrowed(&terms as &dyn AsTermsRef, |t| t.terms_ref().to_terms())
     }
 }
 

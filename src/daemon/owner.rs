@@ -627,7 +627,10 @@ async fn redb_written(task: &mut Option<RedbWriteTask>) -> RedbWritten {
 fn end_redb_write(owner: &mut Owner, (written, snapshot, took): RedbWritten) {
     let what = if snapshot { "snapshot" } else { "checkpoint" };
     match owner.store.end_write(written) {
-        Ok(()) => tracing::debug!(took_ms = took.as_millis() as u64, "{what} written"),
+        Ok(moved) => {
+            tokio::task::spawn_blocking(move || drop(moved));
+            tracing::debug!(took_ms = took.as_millis() as u64, "{what} written");
+        }
         // The batches are durable in the journal already: a failure here only delays
         // moving them into redb, and is tried again.
         Err(e) => tracing::warn!(
@@ -701,7 +704,12 @@ fn on_synced(
     pipe.syncing = None;
     match synced {
         Ok(()) => {
-            release(owner, pipe, covered, acks);
+            let done = pipe.held.drain(..covered.min(pipe.held.len())).collect();
+            // The disk starts on the batches written meanwhile before the ones it just
+            // made durable are answered: writing a batch's answers takes the event loop
+            // about as long as a sync, and the disk sat idle through it.
+            start_sync(owner, pipe);
+            answer(owner, pipe, done, acks);
             advance(owner, pipe, acks);
         }
         Err(e) => fail_held(owner, pipe, format!("the journal: {e}")),
@@ -711,8 +719,17 @@ fn on_synced(
 /// Starts a sync of everything held if any of it must be durable and none is under
 /// way; otherwise answers what is held, which needs none.
 fn advance(owner: &mut Owner, pipe: &mut Pipeline, acks: &Notify) {
-    if pipe.syncing.is_some() || pipe.held.is_empty() {
-        return;
+    if !start_sync(owner, pipe) && pipe.syncing.is_none() {
+        let all = pipe.held.drain(..).collect();
+        answer(owner, pipe, all, acks);
+    }
+}
+
+/// Starts a sync covering every batch held, if none is under way and any of them must
+/// be durable. Whether it started one.
+fn start_sync(owner: &Owner, pipe: &mut Pipeline) -> bool {
+    if pipe.syncing.is_some() {
+        return false;
     }
     let needs_sync = pipe
         .held
@@ -722,23 +739,28 @@ fn advance(owner: &mut Owner, pipe: &mut Pipeline, acks: &Notify) {
         let file = owner.store.journal_file();
         let handle = tokio::task::spawn_blocking(move || file.sync_data());
         pipe.syncing = Some((handle, pipe.held.len()));
-    } else {
-        let all = pipe.held.len();
-        release(owner, pipe, all, acks);
     }
+    needs_sync
 }
 
-/// Ends the first `n` batches held in the store and answers them, in order.
-fn release(owner: &mut Owner, pipe: &mut Pipeline, n: usize, acks: &Notify) {
-    for _ in 0..n {
-        let Some(mut held) = pipe.held.pop_front() else {
-            return;
-        };
+/// Ends `done`, the oldest batches, in the store and answers them, in order. They were
+/// taken from the front of `pipe.held`: if one fails to end, it and the rest of them go
+/// back there to fail with everything after them.
+fn answer(
+    owner: &mut Owner,
+    pipe: &mut Pipeline,
+    mut done: std::collections::VecDeque<Held>,
+    acks: &Notify,
+) {
+    while let Some(mut held) = done.pop_front() {
         if let Some(commit) = held.commit.take() {
             match owner.store.end_commit(commit, Ok(())) {
                 Ok(head) => owner.audit_head = head,
                 Err(e) => {
-                    pipe.held.push_front(held);
+                    done.push_front(held);
+                    while let Some(h) = done.pop_back() {
+                        pipe.held.push_front(h);
+                    }
                     fail_held(owner, pipe, e.to_string());
                     return;
                 }

@@ -233,6 +233,15 @@ impl RedbWrite {
     }
 }
 
+/// The batches a checkpoint or snapshot moved into redb, handed back by
+/// `Store::end_write` to be freed where it costs nothing: tens of thousands of small
+/// allocations, freed on the event loop they were 2 % of its time during durable
+/// checkouts.
+#[derive(Debug)]
+pub struct MovedBatches {
+    _frames: Option<Arc<Vec<journal::Frame>>>,
+}
+
 /// A batch written to the journal by `Store::begin_commit`, waiting for its sync.
 #[derive(Debug)]
 #[must_use]
@@ -690,9 +699,12 @@ impl Store {
     /// Ends the write begun, with the outcome of its `RedbWrite::write`. If it failed,
     /// its batches wait in the journal for the next checkpoint, and a snapshot's log
     /// records count towards the next one.
-    pub fn end_write(&mut self, written: Result<(), StoreError>) -> Result<(), StoreError> {
+    pub fn end_write(
+        &mut self,
+        written: Result<(), StoreError>,
+    ) -> Result<MovedBatches, StoreError> {
         let Some(writing) = self.writing.take() else {
-            return written;
+            return written.map(|()| MovedBatches { _frames: None });
         };
         match written {
             Ok(()) => {
@@ -701,7 +713,9 @@ impl Store {
                 if writing.snapshot.is_some() {
                     self.retry_snapshot_at = LogSince::default();
                 }
-                Ok(())
+                Ok(MovedBatches {
+                    _frames: Some(writing.frames),
+                })
             }
             Err(e) => {
                 let frames = Arc::try_unwrap(writing.frames).unwrap_or_else(|f| (*f).clone());
