@@ -49,8 +49,14 @@ pub(crate) fn terms_format(schema: u32) -> TermsFormat {
         TermsFormat::Inline
     }
 }
-/// Batches are moved from the journal into redb once the journal holds this much.
-const CHECKPOINT_BYTES: u64 = 2 << 20;
+/// Batches are moved from the journal into redb once the journal holds this much. Each
+/// checkpoint costs the event loop a pause (the pipeline drains, the journal switches
+/// files with a sync) and the disk two syncs of redb's, which held up the journal's
+/// syncs: at 2 MiB a checkpoint came several times a second during durable checkouts,
+/// and 8 MiB served them 9 % faster with a lower p99 (3 alternating pairs). It stays
+/// below `SNAPSHOT_LOG_BYTES`, so a log that grows without a pause is still moved
+/// between snapshots.
+const CHECKPOINT_BYTES: u64 = 8 << 20;
 /// Snapshot after this many log records, so restarts replay little...
 const SNAPSHOT_EVERY: u64 = 20_000;
 /// ...or after this much log, whichever comes first: batches hold from one command to a
