@@ -23,9 +23,8 @@ const CHANNEL_DEPTH: usize = 4096;
 /// In-memory renewals are made durable at least this often (well inside any key's
 /// heartbeat interval, as the Restart rule asks).
 const RENEWAL_PERSIST_MS: u64 = 1_000;
-/// A due snapshot or checkpoint waits until durable work has paused this long (or it is
-/// overdue).
-const QUIET_MS: u64 = 250;
+/// A due snapshot waits until durable work has paused this long (or it is overdue).
+const SNAPSHOT_QUIET_MS: u64 = 250;
 /// Refusals are audited as one line per server and reason per this interval.
 const REFUSAL_AUDIT_MS: u64 = 60_000;
 /// Seats in use are sampled this often for the usage-over-time chart.
@@ -825,17 +824,8 @@ fn maintenance_due(owner: &Owner) -> bool {
         || usage_sample_due(owner)
         || (owner.core.has_unpersisted_renewals()
             && owner.now.since(owner.renewals_persisted_at) >= RENEWAL_PERSIST_MS)
-        || checkpoint_wanted(owner)
+        || owner.store.wants_checkpoint()
         || snapshot_wanted(owner)
-}
-
-fn checkpoint_wanted(owner: &Owner) -> bool {
-    owner.store.wants_checkpoint() && (quiet(owner) || owner.store.checkpoint_overdue())
-}
-
-/// Durable work has paused long enough for a checkpoint or snapshot to be taken.
-fn quiet(owner: &Owner) -> bool {
-    owner.now.since(owner.last_durable_work) >= QUIET_MS
 }
 
 /// A due snapshot waits while durable work goes on, until the store says it is overdue: a
@@ -844,7 +834,9 @@ fn quiet(owner: &Owner) -> bool {
 /// blocking thread), and the snapshot follows the storm. A crash in the storm replays
 /// at most half as much log again (`Store::snapshot_overdue`).
 fn snapshot_wanted(owner: &Owner) -> bool {
-    owner.store.wants_snapshot() && (quiet(owner) || owner.store.snapshot_overdue())
+    owner.store.wants_snapshot()
+        && (owner.now.since(owner.last_durable_work) >= SNAPSHOT_QUIET_MS
+            || owner.store.snapshot_overdue())
 }
 
 /// Usage samples, renewals, checkpoints and snapshots: run while nothing is held.
@@ -859,7 +851,7 @@ fn maintain(owner: &mut Owner, redb_write: &mut Option<RedbWriteTask>) {
     }
     let begun = if snapshot_wanted(owner) {
         owner.store.begin_snapshot(&owner.core).map(Some)
-    } else if checkpoint_wanted(owner) {
+    } else if owner.store.wants_checkpoint() {
         owner.store.begin_checkpoint()
     } else {
         Ok(None)
@@ -1180,76 +1172,6 @@ mod tests {
     }
 
     /// Whether a snapshot is due, overdue, and whether a redb write is under way.
-    #[tokio::test]
-    async fn a_due_checkpoint_waits_for_a_pause_in_durable_work_until_it_is_overdue() {
-        let power = Power::default();
-        let (handle, task, clock, shutdown) = started(&power);
-        run(&handle, demo_key_and_server_a()).await;
-        handle
-            .call(|o| {
-                o.store.set_snapshot_every(u64::MAX);
-                o.store.set_checkpoint_bytes(2_000);
-            })
-            .await
-            .unwrap();
-        let state = || {
-            handle.call(|o| {
-                (
-                    o.store.wants_checkpoint(),
-                    o.store.checkpoint_overdue(),
-                    o.store.write_under_way(),
-                )
-            })
-        };
-        let mut n = 0;
-        let mut checkout_next = || {
-            n += 1;
-            assert!(n < 1_000, "no checkpoint came due");
-            checkout("A", &[&format!("c{n}")])
-        };
-        // Durable checkouts with no time passing: the checkpoint falls due and waits.
-        while !state().await.unwrap().0 {
-            run(&handle, vec![checkout_next()]).await;
-        }
-        for _ in 0..3 {
-            let (wanted, overdue, writing) = state().await.unwrap();
-            assert!(
-                wanted && !overdue && !writing,
-                "{wanted} {overdue} {writing}"
-            );
-        }
-        // A pause in durable work: it is taken.
-        clock.advance(QUIET_MS);
-        let mut calls = 0;
-        while state().await.unwrap().0 {
-            calls += 1;
-            assert!(calls < 100, "the checkpoint was not taken after a pause");
-            tokio::task::yield_now().await;
-        }
-        // Due again under unbroken durable work: it waits until overdue, then is taken
-        // anyway.
-        while !state().await.unwrap().0 {
-            run(&handle, vec![checkout_next()]).await;
-        }
-        let mut waited = 0;
-        loop {
-            let (wanted, overdue, _) = state().await.unwrap();
-            if !wanted {
-                break;
-            }
-            if overdue {
-                waited += 1;
-                assert!(waited < 100, "an overdue checkpoint was not taken");
-                tokio::task::yield_now().await;
-            } else {
-                run(&handle, vec![checkout_next()]).await;
-            }
-        }
-        assert!(n > 4, "it waited through more checkouts than made it due");
-        shutdown.cancel();
-        task.await.unwrap();
-    }
-
     async fn snapshot_state(handle: &CoreHandle) -> (bool, bool, bool) {
         handle
             .call(|o| {
@@ -1291,7 +1213,7 @@ mod tests {
             );
         }
         // A pause in durable work: it is taken.
-        clock.advance(QUIET_MS);
+        clock.advance(SNAPSHOT_QUIET_MS);
         let mut calls = 0;
         while snapshot_state(&handle).await.0 {
             calls += 1;

@@ -49,20 +49,8 @@ pub(crate) fn terms_format(schema: u32) -> TermsFormat {
         TermsFormat::Inline
     }
 }
-/// Batches are moved from the journal into redb once the journal holds this much...
+/// Batches are moved from the journal into redb once the journal holds this much.
 const CHECKPOINT_BYTES: u64 = 2 << 20;
-/// ...when durable work pauses (the daemon's `checkpoint_wanted`), or at the latest when
-/// it holds this many times as much. Each checkpoint costs the event loop a pause (the
-/// pipeline drains, the journal switches files with a sync) and the disk two syncs of
-/// redb's that held up the journal's: taken every 2 MiB, they came several times a second
-/// during durable checkouts; every 8 MiB served those 9 % faster with a lower p99 (3
-/// alternating pairs), and waiting for a pause up to 4 MiB the same as up to 8 MiB (3
-/// pairs). Not more: a restart after a crash first moves what the journal holds into
-/// redb; with up to 8 MiB allowed there, one took 2.16 s at 1.2M leases (2.0 s with
-/// 4 MiB, 1.1 s in the last run before this change; not yet explained). Waiting for a pause
-/// keeps the memory the journal's batches hold as before when work is not unbroken
-/// (8 MiB held throughout measured 202 B per lease live at a million, against 164-174 B).
-const CHECKPOINT_OVERDUE_FACTOR: u64 = 2;
 /// Snapshot after this many log records, so restarts replay little...
 const SNAPSHOT_EVERY: u64 = 20_000;
 /// ...or after this much log, whichever comes first: batches hold from one command to a
@@ -125,8 +113,6 @@ pub struct Store {
     writing: Option<Writing>,
     /// Journal bytes at which a failed checkpoint is tried again.
     retry_checkpoint_at: u64,
-    /// Journal bytes at which a checkpoint is due.
-    checkpoint_bytes: u64,
     next_seq: u64,
     since_snapshot: LogSince,
     /// Log records, and bytes of log, after which a snapshot is due.
@@ -393,7 +379,6 @@ impl Store {
             journal,
             pending: Vec::new(),
             retry_checkpoint_at: 0,
-            checkpoint_bytes: CHECKPOINT_BYTES,
             next_seq: last_seq + 1,
             since_snapshot: replayed,
             snapshot_every: SNAPSHOT_EVERY,
@@ -633,21 +618,7 @@ impl Store {
     /// Whether the journal holds enough to move into redb (see `checkpoint`).
     pub fn wants_checkpoint(&self) -> bool {
         let bytes = self.journal.pending_bytes();
-        self.writing.is_none()
-            && bytes >= self.checkpoint_bytes
-            && bytes >= self.retry_checkpoint_at
-    }
-
-    /// A due checkpoint has waited long enough for a pause in durable work.
-    pub fn checkpoint_overdue(&self) -> bool {
-        self.journal.pending_bytes() >= self.checkpoint_bytes * CHECKPOINT_OVERDUE_FACTOR
-    }
-
-    /// Sets how many journal bytes make a checkpoint due: for tests that want
-    /// checkpoints without committing megabytes.
-    #[doc(hidden)]
-    pub fn set_checkpoint_bytes(&mut self, bytes: u64) {
-        self.checkpoint_bytes = bytes.max(1);
+        self.writing.is_none() && bytes >= CHECKPOINT_BYTES && bytes >= self.retry_checkpoint_at
     }
 
     /// Moves the batches the journal holds into redb in one durable transaction, on this
@@ -763,7 +734,7 @@ impl Store {
     /// another `CHECKPOINT_BYTES`, and finds a database that accepts work (if the disk
     /// does: redb refuses all work after an I/O error).
     fn checkpoint_failed(&mut self) {
-        self.retry_checkpoint_at = self.journal.pending_bytes() + self.checkpoint_bytes;
+        self.retry_checkpoint_at = self.journal.pending_bytes() + CHECKPOINT_BYTES;
         if self.writing.is_none() {
             let _ = self.reopen_db();
         }
