@@ -180,72 +180,7 @@ impl Core {
             Command::InstallKey { document, demo } => {
                 from(self.install_key(now, document, demo), |_| Outcome::Done)
             }
-            Command::CreateCode { pool, code } => {
-                from(self.create_code(now, &pool, &code), |expires_at| {
-                    Outcome::CodeCreated { expires_at }
-                })
-            }
             Command::Enrol { request } => from(self.enrol(now, request), Outcome::Enrolled),
-            Command::SessionOpened { server } => {
-                self.session_opened(now, &server);
-                Outcome::Done
-            }
-            Command::SessionClosed { server } => {
-                self.session_closed(now, &server);
-                Outcome::Done
-            }
-            Command::Checkout {
-                server,
-                key,
-                items,
-                after_wait,
-            } => from(
-                self.checkout(now, &server, key.as_deref(), &items, after_wait),
-                Outcome::Checkout,
-            ),
-            Command::Release { server, cameras } => {
-                from(self.release(now, &server, &cameras), Outcome::Released)
-            }
-            Command::Heartbeat { server, digest } => {
-                from(self.heartbeat(now, &server, &digest), Outcome::Heartbeat)
-            }
-            Command::Sync { server, claimed } => {
-                from(self.sync(now, &server, &claimed), Outcome::Synced)
-            }
-            Command::Acknowledge {
-                server,
-                camera,
-                epoch,
-            } => from(
-                self.acknowledge(now, &server, &camera, epoch),
-                |seat_returned| Outcome::Acknowledged { seat_returned },
-            ),
-            Command::Free { key, camera, force } => from(
-                self.free(now, key.as_deref(), &camera, force),
-                Outcome::Freed,
-            ),
-            Command::Kick { server, force } => {
-                from(self.kick(now, &server, force), Outcome::Kicked)
-            }
-            Command::MoveServer { server, pool } => {
-                from(self.move_server(now, &server, &pool), |_| Outcome::Done)
-            }
-            Command::RenameServer { server, name } => {
-                from(self.rename_server(now, &server, &name), |_| Outcome::Done)
-            }
-            Command::RenewalsPersisted { renewals } => {
-                self.advance(now);
-                self.apply_persisted_renewals(&renewals);
-                Outcome::Done
-            }
-            Command::Advance => {
-                self.advance(now);
-                Outcome::Done
-            }
-            Command::Restarted => {
-                self.reset_sessions();
-                Outcome::Done
-            }
             Command::KeyChecked {
                 key,
                 binding,
@@ -256,14 +191,91 @@ impl Core {
                 self.key_checked(now, &key, &binding, refused, signer, file),
                 |_| Outcome::Done,
             ),
-            Command::DeactivateKey { key } => from(self.deactivate_key(now, &key), |leases| {
+            other => self.apply_ref(now, &other),
+        }
+    }
+
+    /// Applies one command at `now` without taking it: the daemon keeps each command it
+    /// logs, and applying a copy cost a clone of every checkout. Those that hand what
+    /// they carry to the state (a key document, an enrolment) are applied from a copy.
+    pub fn apply_ref(&mut self, now: Timestamp, command: &Command) -> Outcome {
+        match command {
+            Command::InstallKey { .. } | Command::Enrol { .. } | Command::KeyChecked { .. } => {
+                self.apply(now, command.clone())
+            }
+            Command::CreateCode { pool, code } => {
+                from(self.create_code(now, pool, code), |expires_at| {
+                    Outcome::CodeCreated { expires_at }
+                })
+            }
+            Command::SessionOpened { server } => {
+                self.session_opened(now, server);
+                Outcome::Done
+            }
+            Command::SessionClosed { server } => {
+                self.session_closed(now, server);
+                Outcome::Done
+            }
+            Command::Checkout {
+                server,
+                key,
+                items,
+                after_wait,
+            } => from(
+                self.checkout(now, server, key.as_deref(), items, *after_wait),
+                Outcome::Checkout,
+            ),
+            Command::Release { server, cameras } => {
+                from(self.release(now, server, cameras), Outcome::Released)
+            }
+            Command::Heartbeat { server, digest } => {
+                from(self.heartbeat(now, server, digest), Outcome::Heartbeat)
+            }
+            Command::Sync { server, claimed } => {
+                from(self.sync(now, server, claimed), Outcome::Synced)
+            }
+            Command::Acknowledge {
+                server,
+                camera,
+                epoch,
+            } => from(
+                self.acknowledge(now, server, camera, *epoch),
+                |seat_returned| Outcome::Acknowledged { seat_returned },
+            ),
+            Command::Free { key, camera, force } => from(
+                self.free(now, key.as_deref(), camera, *force),
+                Outcome::Freed,
+            ),
+            Command::Kick { server, force } => {
+                from(self.kick(now, server, *force), Outcome::Kicked)
+            }
+            Command::MoveServer { server, pool } => {
+                from(self.move_server(now, server, pool), |_| Outcome::Done)
+            }
+            Command::RenameServer { server, name } => {
+                from(self.rename_server(now, server, name), |_| Outcome::Done)
+            }
+            Command::RenewalsPersisted { renewals } => {
+                self.advance(now);
+                self.apply_persisted_renewals(renewals);
+                Outcome::Done
+            }
+            Command::Advance => {
+                self.advance(now);
+                Outcome::Done
+            }
+            Command::Restarted => {
+                self.reset_sessions();
+                Outcome::Done
+            }
+            Command::DeactivateKey { key } => from(self.deactivate_key(now, key), |leases| {
                 Outcome::Deactivated { leases }
             }),
             Command::ReturnKey { key, force } => {
-                from(self.return_key(now, &key, force), Outcome::Returned)
+                from(self.return_key(now, key, *force), Outcome::Returned)
             }
             Command::ClockRollback { mark } => {
-                self.set_clock_rollback(now, mark);
+                self.set_clock_rollback(now, *mark);
                 Outcome::Done
             }
             Command::TimeRebased => {
@@ -271,14 +283,12 @@ impl Core {
                 Outcome::Done
             }
             Command::CreatePool { pool, seats } => {
-                from(self.create_pool(now, &pool, &seats), Outcome::PoolChanged)
+                from(self.create_pool(now, pool, seats), Outcome::PoolChanged)
             }
             Command::MoveSeats { from: f, to, seats } => {
-                from(self.move_seats(now, &f, &to, &seats), Outcome::PoolChanged)
+                from(self.move_seats(now, f, to, seats), Outcome::PoolChanged)
             }
-            Command::DeletePool { pool } => {
-                from(self.delete_pool(now, &pool), Outcome::PoolChanged)
-            }
+            Command::DeletePool { pool } => from(self.delete_pool(now, pool), Outcome::PoolChanged),
         }
     }
 }

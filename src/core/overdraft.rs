@@ -149,23 +149,41 @@ impl Core {
 
     fn settle_key(&mut self, key: &str, now: Timestamp) {
         let excess = self.key_excess(key, now);
-        let mut per_feature: BTreeMap<Feature, u64> = BTreeMap::new();
-        for p in self.pools.values().filter(|p| p.id.key == key) {
-            for (f, u) in &p.usage {
-                *per_feature.entry(f.clone()).or_insert(0) += u.counted();
-            }
-        }
         let spent = self.overdraft_spent(key, now);
         let Some(k) = self.keys.get_mut(key) else {
             return;
         };
+        // Seats in use per feature over the key's pools, with the names borrowed: this
+        // runs after every checkout, and a key has a handful of features.
+        let mut per_feature: Vec<(&str, u64)> = Vec::new();
+        for p in self.pools.values().filter(|p| p.id.key == key) {
+            for (f, u) in &p.usage {
+                match per_feature.iter_mut().find(|(g, _)| *g == f.as_str()) {
+                    Some((_, n)) => *n += u.counted(),
+                    None => per_feature.push((f, u.counted())),
+                }
+            }
+        }
         let day = now.millis() / DAY;
-        for (f, n) in per_feature {
-            let peak = k.peaks.entry(day).or_default().entry(f).or_insert(0);
-            *peak = (*peak).max(n);
+        if !per_feature.is_empty() {
+            let peaks = k.peaks.entry(day).or_default();
+            for (f, n) in per_feature {
+                match peaks.get_mut(f) {
+                    Some(peak) => *peak = (*peak).max(n),
+                    None => {
+                        peaks.insert(f.to_string(), n);
+                    }
+                }
+            }
         }
         let first_day = day.saturating_sub(KEEP_DAYS);
-        k.peaks.retain(|d, _| *d >= first_day);
+        while k
+            .peaks
+            .first_key_value()
+            .is_some_and(|(d, _)| *d < first_day)
+        {
+            k.peaks.pop_first();
+        }
         let policy = &k.document.policy;
         if policy.overdraft_seats == 0 {
             return;

@@ -138,17 +138,35 @@ impl Owner {
                 });
             }
         }
-        let server = server_of(&command).map(str::to_string);
         if matches!(command, Command::Heartbeat { .. }) {
             self.heartbeats_in_batch.push(self.job_submitted);
         }
         let logged = command.is_logged() && self.degraded.is_none();
         let durable = command.must_be_durable();
-        if logged {
-            self.pending.push(command.clone());
-        }
         let events_before = self.core.pending_events();
-        let out = self.core.apply(self.now, command);
+        // Applied where it is kept (in the log, if it goes there), not from a copy.
+        let unlogged;
+        let command = if logged {
+            let at = self.pending.len();
+            self.pending.push(command);
+            &self.pending[at]
+        } else {
+            unlogged = command;
+            &unlogged
+        };
+        let out = self.core.apply_ref(self.now, command);
+        let refused =
+            |o: &crate::core::CameraOutcome| matches!(o, crate::core::CameraOutcome::Refused(_));
+        let any_refused = match &out {
+            Outcome::Refused(_) => true,
+            Outcome::Checkout(a) => a.outcomes.iter().any(|(_, o)| refused(o)),
+            _ => false,
+        };
+        let server = if any_refused {
+            server_of(command).map(str::to_string)
+        } else {
+            None
+        };
         if logged && matches!(out, Outcome::Refused(_)) {
             // A refused command changes nothing but the passage of time: log that alone
             // (if it did anything), so refusals cannot fill the disk or force syncs.

@@ -5,6 +5,7 @@
 
 use crate::core::{Event, Timestamp};
 use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
 
 /// The hash before the first record.
 pub const GENESIS: [u8; 32] = [0; 32];
@@ -173,12 +174,16 @@ pub fn entry_for(event: &Event) -> AuditEntry {
             e.key_id = opt(key);
             e.camera_id = opt(camera);
             e.server_id = opt(server);
-            let f: Vec<String> = features.iter().map(|(k, n)| format!("{k}={n}")).collect();
-            e.detail = format!(
-                "epoch {epoch} {}{}",
-                f.join(","),
-                if *legacy { " legacy" } else { "" }
-            );
+            // One string, written in place: a grant's entry is made on every checkout.
+            let mut d = format!("epoch {epoch} ");
+            for (i, (k, n)) in features.iter().enumerate() {
+                let sep = if i == 0 { "" } else { "," };
+                let _ = write!(d, "{sep}{k}={n}");
+            }
+            if *legacy {
+                d.push_str(" legacy");
+            }
+            e.detail = d;
         }
         Event::Released {
             key,
@@ -468,6 +473,34 @@ pub fn to_csv(records: &[AuditRecord]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_grant_is_audited_with_its_epoch_features_and_legacy_flag() {
+        let granted = |features: &[(&str, u32)], legacy| {
+            entry_for(&Event::Granted {
+                key: "K1".into(),
+                camera: "cam-1".into(),
+                server: "srv-1".into(),
+                epoch: 3,
+                features: features.iter().map(|(f, n)| (f.to_string(), *n)).collect(),
+                legacy,
+            })
+        };
+        let e = granted(&[("lpr", 1), ("camera", 1)], true);
+        assert_eq!(e.action, "granted");
+        assert_eq!(
+            (
+                e.key_id.as_deref(),
+                e.camera_id.as_deref(),
+                e.server_id.as_deref()
+            ),
+            (Some("K1"), Some("cam-1"), Some("srv-1"))
+        );
+        // Features in their (sorted) order: the same text as ever, so chains verify.
+        assert_eq!(e.detail, "epoch 3 camera=1,lpr=1 legacy");
+        assert_eq!(granted(&[("camera", 2)], false).detail, "epoch 3 camera=2");
+        assert_eq!(granted(&[], false).detail, "epoch 3 ");
+    }
 
     fn chain_of(n: u64) -> Vec<AuditRecord> {
         let mut head = AuditHead::EMPTY;
