@@ -460,26 +460,32 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                 reason: "at most 1024 cameras per checkout".into(),
             });
         }
-        let (s, k, i) = (server.clone(), key.clone(), items.clone());
-        let mut answer = self
+        let (s, k) = (server.clone(), key.clone());
+        let (answer, waiting) = self
             .core
             .call(move |o| {
                 let c = Command::Checkout {
                     server: s,
                     key: k,
-                    items: i,
+                    items,
                     after_wait: false,
                 };
-                outcome!(o.execute(c), Outcome::Checkout(a) => a)
+                // The cameras left waiting for their holders are asked for again below:
+                // copied here, where there are any, rather than every request copied.
+                let (out, waiting) = o.execute_then(c, |c, out| match (c, out) {
+                    (Command::Checkout { items, .. }, Outcome::Checkout(a)) => items
+                        .iter()
+                        .zip(&a.outcomes)
+                        .filter(|(_, (_, o))| matches!(o, CameraOutcome::AwaitingHolder { .. }))
+                        .map(|(item, _)| item.clone())
+                        .collect(),
+                    _ => Vec::new(),
+                });
+                (outcome!(out, Outcome::Checkout(a) => a), waiting)
             })
             .await
-            .map_err(closed)??;
-        let waiting: Vec<CheckoutItem> = items
-            .iter()
-            .zip(&answer.outcomes)
-            .filter(|(_, (_, o))| matches!(o, CameraOutcome::AwaitingHolder { .. }))
-            .map(|(item, _)| item.clone())
-            .collect();
+            .map_err(closed)?;
+        let mut answer = answer?;
         if waiting.is_empty() {
             return Ok(Response::Checkout(answer));
         }

@@ -131,11 +131,24 @@ impl Owner {
     /// Applies a command to the core and notes it for the batch's log record. While the
     /// store fails, changes are refused unapplied; heartbeats and sessions go on in memory.
     pub fn execute(&mut self, command: Command) -> Outcome {
+        self.execute_then(command, |_, _| ()).0
+    }
+
+    /// Executes `command`, and reads it with its outcome through `then` before it is
+    /// kept in the log (a refused one never gets there): what a caller needs of it
+    /// later is copied then, not before, in case it is not needed.
+    pub fn execute_then<R>(
+        &mut self,
+        command: Command,
+        then: impl FnOnce(&Command, &Outcome) -> R,
+    ) -> (Outcome, R) {
         if let Some(reason) = &self.degraded {
             if command.must_be_durable() {
-                return Outcome::Refused(Refusal::Unavailable {
+                let out = Outcome::Refused(Refusal::Unavailable {
                     reason: format!("the state store cannot be written ({reason})"),
                 });
+                let r = then(&command, &out);
+                return (out, r);
             }
         }
         if matches!(command, Command::Heartbeat { .. }) {
@@ -167,6 +180,7 @@ impl Owner {
         } else {
             None
         };
+        let then = then(command, &out);
         if logged && matches!(out, Outcome::Refused(_)) {
             // A refused command changes nothing but the passage of time: log that alone
             // (if it did anything), so refusals cannot fill the disk or force syncs.
@@ -207,7 +221,7 @@ impl Owner {
                 _ => {}
             }
         }
-        out
+        (out, then)
     }
 
     /// Starts watching the wall clock against the high-water mark; `clock` is the one
