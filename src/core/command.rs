@@ -197,12 +197,32 @@ impl Core {
 
     /// Applies one command at `now` without taking it: the daemon keeps each command it
     /// logs, and applying a copy cost a clone of every checkout. Those that hand what
-    /// they carry to the state (a key document, an enrolment) are applied from a copy.
+    /// they carry to the state (a key document, an enrolment) copy it.
     pub fn apply_ref(&mut self, now: Timestamp, command: &Command) -> Outcome {
         match command {
-            Command::InstallKey { .. } | Command::Enrol { .. } | Command::KeyChecked { .. } => {
-                self.apply(now, command.clone())
+            Command::InstallKey { document, demo } => {
+                from(self.install_key(now, document.clone(), *demo), |_| {
+                    Outcome::Done
+                })
             }
+            Command::Enrol { request } => from(self.enrol(now, request.clone()), Outcome::Enrolled),
+            Command::KeyChecked {
+                key,
+                binding,
+                refused,
+                signer,
+                file,
+            } => from(
+                self.key_checked(
+                    now,
+                    key,
+                    binding,
+                    refused.clone(),
+                    signer.clone(),
+                    file.clone(),
+                ),
+                |_| Outcome::Done,
+            ),
             Command::CreateCode { pool, code } => {
                 from(self.create_code(now, pool, code), |expires_at| {
                     Outcome::CodeCreated { expires_at }

@@ -644,7 +644,17 @@ mod tests {
         assert!(Arc::ptr_eq(&shared, &found));
         assert_eq!(made, 0);
         // Each field tells terms apart, as `Terms`' own equality does.
+        let other_pool = PoolId::new("K1", "Lobby");
+        let other_features: crate::core::Features = [("video".to_string(), 2)].into();
         let others = [
+            TermsRef {
+                pool: &other_pool,
+                ..borrowed
+            },
+            TermsRef {
+                features: &other_features,
+                ..borrowed
+            },
             TermsRef {
                 server: "srv-2",
                 ..borrowed

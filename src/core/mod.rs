@@ -174,7 +174,7 @@ pub struct Server {
 
 /// What a lease grants and to whom: the same for every camera a server holds in the
 /// same way, so the leases share one copy (`Cameras::intern`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Terms {
     pub server: ServerId,
     pub pool: PoolId,
@@ -222,17 +222,37 @@ pub trait AsTermsRef {
 
 impl AsTermsRef for Terms {
     fn terms_ref(&self) -> TermsRef<'_> {
+        // Every field named: one added to `Terms` and not here does not compile, so owned
+        // and borrowed terms cannot come to compare differently.
+        let Terms {
+            server,
+            pool,
+            features,
+            class,
+            modules,
+            device_version,
+            legacy,
+        } = self;
         TermsRef {
-            server: &self.server,
-            pool: &self.pool,
-            features: &self.features,
-            class: &self.class,
-            modules: &self.modules,
-            device_version: self.device_version.as_deref(),
-            legacy: self.legacy,
+            server,
+            pool,
+            features,
+            class,
+            modules,
+            device_version: device_version.as_deref(),
+            legacy: *legacy,
         }
     }
 }
+
+/// Equal as their borrowed forms are, as the interner compares them.
+impl PartialEq for Terms {
+    fn eq(&self, other: &Self) -> bool {
+        self.terms_ref() == other.terms_ref()
+    }
+}
+
+impl Eq for Terms {}
 
 impl AsTermsRef for TermsRef<'_> {
     fn terms_ref(&self) -> TermsRef<'_> {

@@ -476,7 +476,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                     (Command::Checkout { items, .. }, Outcome::Checkout(a)) => items
                         .iter()
                         .zip(&a.outcomes)
-                        .filter(|(_, (_, o))| matches!(o, CameraOutcome::AwaitingHolder { .. }))
+                        .filter(|(_, (_, outcome))| {
+                            matches!(outcome, CameraOutcome::AwaitingHolder { .. })
+                        })
                         .map(|(item, _)| item.clone())
                         .collect(),
                     _ => Vec::new(),

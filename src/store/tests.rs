@@ -168,8 +168,10 @@ fn batch(
     now: Timestamp,
     commands: Vec<Command>,
 ) -> (BatchRecord, Vec<AuditEntry>) {
+    // By reference, as the daemon applies what it logs: replay applies the log by value
+    // (`Core::apply`), so every test here that reloads checks the two build one state.
     for c in &commands {
-        core.apply(now, c.clone());
+        core.apply_ref(now, c);
     }
     let audit = core.drain_events().iter().map(audit::entry_for).collect();
     (BatchRecord { now, commands }, audit)
