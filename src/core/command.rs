@@ -176,28 +176,12 @@ impl Core {
     /// Applies one command at `now`. Deterministic: the same commands at the same
     /// instants from the same state give the same state and outcomes.
     pub fn apply(&mut self, now: Timestamp, command: Command) -> Outcome {
-        match command {
-            Command::InstallKey { document, demo } => {
-                from(self.install_key(now, document, demo), |_| Outcome::Done)
-            }
-            Command::Enrol { request } => from(self.enrol(now, request), Outcome::Enrolled),
-            Command::KeyChecked {
-                key,
-                binding,
-                refused,
-                signer,
-                file,
-            } => from(
-                self.key_checked(now, &key, &binding, refused, signer, file),
-                |_| Outcome::Done,
-            ),
-            other => self.apply_ref(now, &other),
-        }
+        self.apply_ref(now, &command)
     }
 
     /// Applies one command at `now` without taking it: the daemon keeps each command it
-    /// logs, and applying a copy cost a clone of every checkout. Those that hand what
-    /// they carry to the state (a key document, an enrolment) copy it.
+    /// logs, and applying a copy cost a clone of every checkout. The few that hand what
+    /// they carry to the state (a key document, an enrolment) copy that part.
     pub fn apply_ref(&mut self, now: Timestamp, command: &Command) -> Outcome {
         match command {
             Command::InstallKey { document, demo } => {

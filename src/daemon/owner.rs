@@ -110,6 +110,20 @@ fn server_of(c: &Command) -> Option<&str> {
     }
 }
 
+/// The refusals in an outcome: the whole command's, or each refused camera's.
+fn refusals(out: &Outcome) -> impl Iterator<Item = &Refusal> {
+    let cameras = match out {
+        Outcome::Checkout(a) => a.outcomes.as_slice(),
+        _ => &[],
+    };
+    out.refusal()
+        .into_iter()
+        .chain(cameras.iter().filter_map(|(_, o)| match o {
+            crate::core::CameraOutcome::Refused(r) => Some(r),
+            _ => None,
+        }))
+}
+
 fn refusal_code(r: &Refusal) -> String {
     let s = format!("{r:?}");
     s.split([' ', '{', '(']).next().unwrap_or("").to_string()
@@ -168,17 +182,9 @@ impl Owner {
             &unlogged
         };
         let out = self.core.apply_ref(self.now, command);
-        let refused =
-            |o: &crate::core::CameraOutcome| matches!(o, crate::core::CameraOutcome::Refused(_));
-        let any_refused = match &out {
-            Outcome::Refused(_) => true,
-            Outcome::Checkout(a) => a.outcomes.iter().any(|(_, o)| refused(o)),
-            _ => false,
-        };
-        let server = if any_refused {
-            server_of(command).map(str::to_string)
-        } else {
-            None
+        let server = match refusals(&out).next() {
+            Some(_) => server_of(command).map(str::to_string),
+            None => None,
         };
         let then = then(command, &out);
         if logged && matches!(out, Outcome::Refused(_)) {
@@ -191,34 +197,11 @@ impl Owner {
         } else {
             self.durable |= durable;
         }
-        match &out {
-            Outcome::Refused(r) => self.metrics.refused(&refusal_code(r)),
-            Outcome::Checkout(a) => {
-                for (_, o) in &a.outcomes {
-                    if let crate::core::CameraOutcome::Refused(r) = o {
-                        self.metrics.refused(&refusal_code(r));
-                    }
-                }
-            }
-            _ => {}
-        }
-        if let Some(server) = server {
-            let mut note = |r: &Refusal| {
-                *self
-                    .refusals
-                    .entry((server.clone(), refusal_code(r)))
-                    .or_insert(0) += 1;
-            };
-            match &out {
-                Outcome::Refused(r) => note(r),
-                Outcome::Checkout(a) => {
-                    for (_, o) in &a.outcomes {
-                        if let crate::core::CameraOutcome::Refused(r) = o {
-                            note(r);
-                        }
-                    }
-                }
-                _ => {}
+        for r in refusals(&out) {
+            let code = refusal_code(r);
+            self.metrics.refused(&code);
+            if let Some(server) = &server {
+                *self.refusals.entry((server.clone(), code)).or_insert(0) += 1;
             }
         }
         (out, then)

@@ -168,8 +168,7 @@ fn batch(
     now: Timestamp,
     commands: Vec<Command>,
 ) -> (BatchRecord, Vec<AuditEntry>) {
-    // By reference, as the daemon applies what it logs: replay applies the log by value
-    // (`Core::apply`), so every test here that reloads checks the two build one state.
+    // By reference, as the daemon applies what it logs.
     for c in &commands {
         core.apply_ref(now, c);
     }
