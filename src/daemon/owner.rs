@@ -1152,6 +1152,7 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
     use crate::store::tests::{acknowledged, checkout, enrol, Power, T0};
+    use std::collections::BTreeSet;
 
     /// The owner task on a store whose disks a test can fail, and its clock.
     fn started(
@@ -1259,6 +1260,119 @@ mod tests {
         }
         shutdown.cancel();
         task.await.unwrap();
+    }
+
+    /// What the clients of `every_answered_..._survives_a_power_cut` have seen: each set
+    /// is filled before (sent) or after (answered) the call it names.
+    #[derive(Clone, Default)]
+    struct Seen {
+        checked_out: BTreeMap<String, String>,
+        release_sent: BTreeSet<String>,
+        released: BTreeSet<String>,
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_answered_checkout_and_release_survives_a_power_cut_while_many_are_in_flight() {
+        // Many clients at once keep the pipeline full: batches wait for syncs, syncs cover
+        // several batches, checkpoints and snapshots (made frequent here) run on blocking
+        // threads. The power is cut again and again while they run; each cut must hold
+        // every checkout and release answered before it.
+        const CLIENTS: usize = 12;
+        const ROUNDS: usize = 60;
+        let power = Power::default();
+        let (handle, task, _clock, shutdown) = started(&power);
+        let mut key = crate::key::demo_key(T0);
+        key.entries[0].count = 10_000;
+        let mut setup = vec![Command::InstallKey {
+            document: key,
+            demo: true,
+        }];
+        setup.extend(enrol("A", "11111111"));
+        setup.extend(enrol("B", "22222222"));
+        run(&handle, setup).await;
+        handle
+            .call(|o| {
+                o.store.set_checkpoint_bytes(8 << 10);
+                o.store.set_snapshot_every(30);
+            })
+            .await
+            .unwrap();
+
+        let seen = Arc::new(std::sync::Mutex::new(Seen::default()));
+        let mut clients = tokio::task::JoinSet::new();
+        for client in 0..CLIENTS {
+            let (handle, seen) = (handle.clone(), seen.clone());
+            let server = if client % 2 == 0 { "A" } else { "B" };
+            clients.spawn(async move {
+                for round in 0..ROUNDS {
+                    let camera = format!("k{client}-{round}");
+                    let out = handle.execute(checkout(server, &[&camera])).await;
+                    assert!(matches!(out, Ok(Outcome::Checkout(_))), "{out:?}");
+                    seen.lock()
+                        .unwrap()
+                        .checked_out
+                        .insert(camera.clone(), server.to_string());
+                    // Every third camera goes back at once.
+                    if round % 3 == 0 {
+                        seen.lock().unwrap().release_sent.insert(camera.clone());
+                        let out = handle
+                            .execute(Command::Release {
+                                server: server.into(),
+                                cameras: vec![camera.clone()],
+                            })
+                            .await;
+                        assert!(matches!(out, Ok(Outcome::Released(_))), "{out:?}");
+                        seen.lock().unwrap().released.insert(camera);
+                    }
+                }
+            });
+        }
+        // Cut whenever something new was answered.
+        let mut cuts = Vec::new();
+        let mut last = 0;
+        while !clients.is_empty() {
+            while let Some(done) = clients.try_join_next() {
+                done.unwrap();
+            }
+            let now = {
+                let s = seen.lock().unwrap();
+                s.checked_out.len() + s.released.len()
+            };
+            if now != last {
+                last = now;
+                // What was answered is read before the cut: all of it was answered first.
+                let before = seen.lock().unwrap().clone();
+                cuts.push((before, power.cut()));
+            }
+            tokio::task::yield_now().await;
+        }
+        let (checkpoints, snapshots) = handle
+            .call(|o| (o.store.checkpoints_taken(), o.store.snapshots_taken()))
+            .await
+            .unwrap();
+        shutdown.cancel();
+        task.await.unwrap();
+        assert!(cuts.len() >= 20, "only {} cuts", cuts.len());
+        assert!(
+            checkpoints >= 3 && snapshots >= 1,
+            "{checkpoints} checkpoints, {snapshots} snapshots"
+        );
+
+        for (i, (seen, cut)) in cuts.iter().enumerate() {
+            let (_, loaded) = cut.open();
+            for (camera, server) in &seen.checked_out {
+                let holder = loaded.core.holder("DEMO", camera);
+                if seen.released.contains(camera) {
+                    assert_eq!(holder, None, "cut {i}: {camera} was released");
+                } else if !seen.release_sent.contains(camera) {
+                    assert_eq!(
+                        holder,
+                        Some(server.as_str()),
+                        "cut {i}: {camera} was checked out"
+                    );
+                }
+            }
+        }
     }
 
     #[tokio::test]

@@ -113,6 +113,12 @@ pub struct Store {
     writing: Option<Writing>,
     /// Journal bytes at which a failed checkpoint is tried again.
     retry_checkpoint_at: u64,
+    /// How much journal makes a checkpoint due: `CHECKPOINT_BYTES` but in tests.
+    checkpoint_bytes: u64,
+    /// Checkpoints (snapshots among them) and snapshots written on another thread and
+    /// ended well since the store opened.
+    checkpoints_taken: u64,
+    snapshots_taken: u64,
     next_seq: u64,
     since_snapshot: LogSince,
     /// Log records, and bytes of log, after which a snapshot is due.
@@ -379,6 +385,9 @@ impl Store {
             journal,
             pending: Vec::new(),
             retry_checkpoint_at: 0,
+            checkpoint_bytes: CHECKPOINT_BYTES,
+            checkpoints_taken: 0,
+            snapshots_taken: 0,
             next_seq: last_seq + 1,
             since_snapshot: replayed,
             snapshot_every: SNAPSHOT_EVERY,
@@ -618,7 +627,9 @@ impl Store {
     /// Whether the journal holds enough to move into redb (see `checkpoint`).
     pub fn wants_checkpoint(&self) -> bool {
         let bytes = self.journal.pending_bytes();
-        self.writing.is_none() && bytes >= CHECKPOINT_BYTES && bytes >= self.retry_checkpoint_at
+        self.writing.is_none()
+            && bytes >= self.checkpoint_bytes
+            && bytes >= self.retry_checkpoint_at
     }
 
     /// Moves the batches the journal holds into redb in one durable transaction, on this
@@ -710,8 +721,10 @@ impl Store {
             Ok(()) => {
                 self.journal.in_redb(writing.next);
                 self.retry_checkpoint_at = 0;
+                self.checkpoints_taken += 1;
                 if writing.snapshot.is_some() {
                     self.retry_snapshot_at = LogSince::default();
+                    self.snapshots_taken += 1;
                 }
                 Ok(MovedBatches {
                     _frames: Some(writing.frames),
@@ -734,7 +747,7 @@ impl Store {
     /// another `CHECKPOINT_BYTES`, and finds a database that accepts work (if the disk
     /// does: redb refuses all work after an I/O error).
     fn checkpoint_failed(&mut self) {
-        self.retry_checkpoint_at = self.journal.pending_bytes() + CHECKPOINT_BYTES;
+        self.retry_checkpoint_at = self.journal.pending_bytes() + self.checkpoint_bytes;
         if self.writing.is_none() {
             let _ = self.reopen_db();
         }
@@ -765,10 +778,28 @@ impl Store {
         self.snapshot_every = records.max(1);
     }
 
+    /// Sets how much journal makes a checkpoint due: for tests that want checkpoints
+    /// without writing `CHECKPOINT_BYTES`.
+    #[doc(hidden)]
+    pub fn set_checkpoint_bytes(&mut self, bytes: u64) {
+        self.checkpoint_bytes = bytes.max(1);
+    }
+
     /// Sets how much log makes a snapshot due: for tests.
     #[doc(hidden)]
     pub fn set_snapshot_log_bytes(&mut self, bytes: u64) {
         self.snapshot_log_bytes = bytes.max(1);
+    }
+
+    /// Checkpoints begun on another thread that ended well since the store opened
+    /// (snapshots move the journal into redb too, so they count).
+    pub fn checkpoints_taken(&self) -> u64 {
+        self.checkpoints_taken
+    }
+
+    /// Snapshots begun on another thread that ended well since the store opened.
+    pub fn snapshots_taken(&self) -> u64 {
+        self.snapshots_taken
     }
 
     /// Whether a checkpoint or snapshot begun on another thread has not ended yet.

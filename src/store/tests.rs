@@ -27,7 +27,10 @@ struct Disk {
 
 impl PowerCutDisk {
     pub(super) fn cut(&self) -> PowerCutDisk {
-        let d = self.inner.lock().unwrap();
+        Self::survivor(&self.inner.lock().unwrap())
+    }
+    /// What a disk in state `d` holds after the power comes back.
+    fn survivor(d: &Disk) -> PowerCutDisk {
         PowerCutDisk {
             inner: Arc::new(Mutex::new(Disk {
                 durable: d.durable.clone(),
@@ -127,11 +130,17 @@ impl Power {
         )
         .unwrap()
     }
-    fn cut(&self) -> Power {
+    /// The three disks as a power cut leaves them, all at one instant: each disk is
+    /// locked before any is copied, so a sync on another thread cannot land on one disk
+    /// between the copies of two others (which no real power cut does).
+    pub(crate) fn cut(&self) -> Power {
+        let db = self.db.inner.lock().unwrap();
+        let journal = self.journal.inner.lock().unwrap();
+        let journal_b = self.journal_b.inner.lock().unwrap();
         Power {
-            db: self.db.cut(),
-            journal: self.journal.cut(),
-            journal_b: self.journal_b.cut(),
+            db: PowerCutDisk::survivor(&db),
+            journal: PowerCutDisk::survivor(&journal),
+            journal_b: PowerCutDisk::survivor(&journal_b),
         }
     }
     fn syncs(&self) -> u64 {
