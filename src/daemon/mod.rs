@@ -3,7 +3,6 @@
 //! returns a handle whose `shutdown` stops everything, so tests run it in-process.
 
 pub mod admin;
-pub mod allocator;
 mod beside;
 mod clockguard;
 mod conn;
