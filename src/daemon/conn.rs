@@ -113,19 +113,30 @@ pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(
         conn.info.limits.idle_timeout(),
         conn.info.limits.max_frame_bytes,
     );
+    // Made once and polled across requests: a timer registered and a cancellation waiter
+    // queued anew for every request were work on the event loop, per request, for each
+    // of thousands of connections. The idle timer moves on with each frame (a later
+    // deadline is a store, not a trip through the timer wheel).
+    let idle_timer = tokio::time::sleep(idle);
+    let forgotten = conn.forgotten.clone().cancelled_owned();
+    let shutdown = shutdown.cancelled();
+    tokio::pin!(idle_timer, forgotten, shutdown);
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(login_deadline), if conn.server.is_none() => {
                 tracing::debug!(peer = %peer, "no login or enrolment in time: closing");
                 break;
             }
-            frame = timeout(idle, conn.framed.next()) => {
+            () = &mut idle_timer => {
+                tracing::debug!(peer = %peer, "idle for {idle:?}: closing");
+                break;
+            }
+            frame = conn.framed.next() => {
                 let result = match frame {
-                    Err(_) => Err(FrameError::Closed),
-                    Ok(None) => Err(FrameError::Closed),
-                    Ok(Some(Err(e))) => Err(FrameError::Io(e)),
-                    Ok(Some(Ok(bytes))) if bytes.len() > max_frame => Err(FrameError::TooLarge { len: bytes.len(), limit: max_frame }),
-                    Ok(Some(Ok(bytes))) => conn.handle_frame(&bytes).await,
+                    None => Err(FrameError::Closed),
+                    Some(Err(e)) => Err(FrameError::Io(e)),
+                    Some(Ok(bytes)) if bytes.len() > max_frame => Err(FrameError::TooLarge { len: bytes.len(), limit: max_frame }),
+                    Some(Ok(bytes)) => conn.handle_frame(&bytes).await,
                 };
                 if let Err(e) = result {
                     if !matches!(e, FrameError::Closed) {
@@ -134,15 +145,16 @@ pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(
                     }
                     break;
                 }
+                idle_timer.as_mut().reset(tokio::time::Instant::now() + idle);
             }
             Some(push) = push_rx.recv() => {
                 if conn.send(ServerFrame::Push(push)).await.is_err() { break; }
             }
-            _ = conn.forgotten.cancelled() => {
+            () = &mut forgotten => {
                 tracing::debug!(peer = %peer, "server forgotten: closing its connection");
                 break;
             }
-            _ = shutdown.cancelled() => break,
+            () = &mut shutdown => break,
         }
     }
     if let Some(server) = conn.server.take() {

@@ -1279,6 +1279,7 @@ mod tests {
         // every checkout and release answered before it.
         const CLIENTS: usize = 12;
         const ROUNDS: usize = 60;
+        const CUT_EVERY: usize = 6;
         let power = Power::default();
         let (handle, task, _clock, shutdown) = started(&power);
         let mut key = crate::key::demo_key(T0);
@@ -1299,9 +1300,11 @@ mod tests {
             .unwrap();
 
         let seen = Arc::new(std::sync::Mutex::new(Seen::default()));
+        let cuts = Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut clients = tokio::task::JoinSet::new();
         for client in 0..CLIENTS {
-            let (handle, seen) = (handle.clone(), seen.clone());
+            let (handle, seen, cuts, power) =
+                (handle.clone(), seen.clone(), cuts.clone(), power.clone());
             let server = if client % 2 == 0 { "A" } else { "B" };
             clients.spawn(async move {
                 for round in 0..ROUNDS {
@@ -1324,27 +1327,18 @@ mod tests {
                         assert!(matches!(out, Ok(Outcome::Released(_))), "{out:?}");
                         seen.lock().unwrap().released.insert(camera);
                     }
+                    // A cut while the other clients' requests are in flight. What was
+                    // answered is read before it: all of that was answered first.
+                    if round % CUT_EVERY == CUT_EVERY - 1 {
+                        let before = seen.lock().unwrap().clone();
+                        let cut = power.cut();
+                        cuts.lock().unwrap().push((before, cut));
+                    }
                 }
             });
         }
-        // Cut whenever something new was answered.
-        let mut cuts = Vec::new();
-        let mut last = 0;
-        while !clients.is_empty() {
-            while let Some(done) = clients.try_join_next() {
-                done.unwrap();
-            }
-            let now = {
-                let s = seen.lock().unwrap();
-                s.checked_out.len() + s.released.len()
-            };
-            if now != last {
-                last = now;
-                // What was answered is read before the cut: all of it was answered first.
-                let before = seen.lock().unwrap().clone();
-                cuts.push((before, power.cut()));
-            }
-            tokio::task::yield_now().await;
+        while let Some(done) = clients.join_next().await {
+            done.unwrap();
         }
         let (checkpoints, snapshots) = handle
             .call(|o| (o.store.checkpoints_taken(), o.store.snapshots_taken()))
@@ -1352,7 +1346,8 @@ mod tests {
             .unwrap();
         shutdown.cancel();
         task.await.unwrap();
-        assert!(cuts.len() >= 20, "only {} cuts", cuts.len());
+        let cuts = std::mem::take(&mut *cuts.lock().unwrap());
+        assert_eq!(cuts.len(), CLIENTS * ROUNDS / CUT_EVERY);
         assert!(
             checkpoints >= 3 && snapshots >= 1,
             "{checkpoints} checkpoints, {snapshots} snapshots"
