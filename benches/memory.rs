@@ -4,6 +4,9 @@
 //! from /proc gives what the process keeps resident. The store's share is measured by
 //! committing the same commands to a real `Store` in a temp dir and snapshotting; the
 //! restart figure comes from a fresh process that only opens the store, as netkeyd does.
+//! It counts through the system allocator (stats_alloc's `new` is not `const` on stable
+//! Rust), while netkeyd runs on jemalloc: heap bytes are the same, resident figures are
+//! glibc's; netkey-bench measures netkeyd's own.
 //!
 //! `cargo bench --bench memory` (1,000,000 leases; `-- --servers 1000` for fewer).
 //! For quick iterations: `CARGO_PROFILE_BENCH_LTO=false cargo bench --bench memory`.

@@ -16,6 +16,7 @@ use netkey::cli::netkeyd::Args;
 /// scale (1,000,000 leases), netkeyd's CPU per durable checkout: 27-30 us with glibc,
 /// 19-21 us with jemalloc, and 43.8-44.3k checkouts/s against 29.9-35.0k; resident memory
 /// 178 bytes per lease live (167 with glibc), a peak of 516 MiB (515).
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

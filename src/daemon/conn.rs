@@ -42,6 +42,8 @@ const TOKEN_REUSE_MAX_MS: u64 = 5 * 60 * 1000;
 /// Revocations listed in one heartbeat answer at most, so the answer fits in a frame.
 const MAX_REVOCATIONS_PER_ANSWER: usize = 256;
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longer idle limits are this one (a hundred years: never, in practice).
+const IDLE_TIMEOUT_CAP: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
@@ -110,7 +112,8 @@ pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(
     }
     let login_deadline = tokio::time::Instant::now() + conn.info.limits.login_timeout();
     let (idle, max_frame) = (
-        conn.info.limits.idle_timeout(),
+        // Capped, so a deadline a frame from now cannot overflow `Instant`.
+        conn.info.limits.idle_timeout().min(IDLE_TIMEOUT_CAP),
         conn.info.limits.max_frame_bytes,
     );
     // Made once and polled across requests: a timer registered and a cancellation waiter
