@@ -68,13 +68,15 @@ ctr systemctl is-active --quiet netkeyd || {
 echo "installed: active, status: $(ctr systemctl show -P StatusText netkeyd)"
 
 # Demo key, loopback only, then a video server through the sandboxed daemon.
-ctr sh -c 'cat >>/etc/netkey/netkeyd.toml <<EOF
+# At the top of the file: the shipped one ends in a [limits] table, which keys appended
+# after it would belong to.
+ctr sh -c 'f=/etc/netkey/netkeyd.toml && { cat <<EOF
 listen = "127.0.0.1:19470"
 discovery = "127.0.0.1:19470"
 demo = true
 no_broadcast = true
 EOF
-systemctl restart netkeyd'
+cat "$f"; } >"$f.new" && mv "$f.new" "$f" && systemctl restart netkeyd'
 ctr sh -c 'netkeyctl client --state /tmp/vs.json --demo --daemon 127.0.0.1:19470 enrol "$(netkeyctl pool code Default)" --name nspawn >/dev/null &&
     netkeyctl client --state /tmp/vs.json --demo checkout cam-1 >/dev/null' ||
     fail "enrol or checkout against the systemd-run daemon failed"
