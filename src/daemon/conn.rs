@@ -42,8 +42,6 @@ const TOKEN_REUSE_MAX_MS: u64 = 5 * 60 * 1000;
 /// Revocations listed in one heartbeat answer at most, so the answer fits in a frame.
 const MAX_REVOCATIONS_PER_ANSWER: usize = 256;
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longer idle limits are this one (a hundred years: never, in practice).
-const IDLE_TIMEOUT_CAP: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
@@ -110,23 +108,22 @@ pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(
             return;
         }
     }
-    let login_deadline = tokio::time::Instant::now() + conn.info.limits.login_timeout();
     let (idle, max_frame) = (
-        // Capped, so a deadline a frame from now cannot overflow `Instant`.
-        conn.info.limits.idle_timeout().min(IDLE_TIMEOUT_CAP),
+        conn.info.limits.idle_timeout(),
         conn.info.limits.max_frame_bytes,
     );
     // Made once and polled across requests: a timer registered and a cancellation waiter
     // queued anew for every request were work on the event loop, per request, for each
     // of thousands of connections. The idle timer moves on with each frame (a later
     // deadline is a store, not a trip through the timer wheel).
+    let login_timer = tokio::time::sleep(conn.info.limits.login_timeout());
     let idle_timer = tokio::time::sleep(idle);
     let forgotten = conn.forgotten.clone().cancelled_owned();
     let shutdown = shutdown.cancelled();
-    tokio::pin!(idle_timer, forgotten, shutdown);
+    tokio::pin!(login_timer, idle_timer, forgotten, shutdown);
     loop {
         tokio::select! {
-            _ = tokio::time::sleep_until(login_deadline), if conn.server.is_none() => {
+            () = &mut login_timer, if conn.server.is_none() => {
                 tracing::debug!(peer = %peer, "no login or enrolment in time: closing");
                 break;
             }

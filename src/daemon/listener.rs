@@ -78,14 +78,22 @@ impl Limits {
         Ok(())
     }
     pub fn handshake_timeout(&self) -> Duration {
-        Duration::from_secs(self.handshake_timeout_secs)
+        timeout_of(self.handshake_timeout_secs)
     }
     pub fn login_timeout(&self) -> Duration {
-        Duration::from_secs(self.login_timeout_secs)
+        timeout_of(self.login_timeout_secs)
     }
     pub fn idle_timeout(&self) -> Duration {
-        Duration::from_secs(self.idle_timeout_secs)
+        timeout_of(self.idle_timeout_secs)
     }
+}
+
+/// Longer timeouts are this one (a hundred years: never, in practice), so a deadline of
+/// now plus any of them cannot overflow `Instant`.
+const TIMEOUT_CAP: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+fn timeout_of(secs: u64) -> Duration {
+    Duration::from_secs(secs).min(TIMEOUT_CAP)
 }
 
 /// Connections open per source address; an entry goes when its last connection does.
@@ -292,6 +300,27 @@ mod tests {
         drop(a);
         assert!(s.take(ip, 2).is_some(), "a slot came back");
         drop(b);
+    }
+
+    #[test]
+    fn a_timeout_however_long_makes_a_deadline() {
+        let huge = Limits {
+            handshake_timeout_secs: u64::MAX,
+            login_timeout_secs: u64::MAX,
+            idle_timeout_secs: u64::MAX,
+            ..Limits::default()
+        };
+        assert!(huge.validate().is_ok());
+        let now = tokio::time::Instant::now();
+        for t in [
+            huge.handshake_timeout(),
+            huge.login_timeout(),
+            huge.idle_timeout(),
+        ] {
+            assert!(now.checked_add(t).is_some(), "{t:?}");
+            assert_eq!(t, TIMEOUT_CAP);
+        }
+        assert_eq!(Limits::default().idle_timeout(), Duration::from_secs(900));
     }
 
     #[test]
