@@ -149,17 +149,20 @@ impl Core {
         after_wait: bool,
     ) -> Result<CheckoutAnswer, Refusal> {
         self.advance(now);
-        let s = self.servers.get(server).ok_or(Refusal::NotEnrolled)?;
-        let pool = s.pool.clone();
-        let kicked = s.kicked;
+        // One lookup of the server for what `check_in` does and what is read here.
+        let s = self.servers.get_mut(server).ok_or(Refusal::NotEnrolled)?;
         if let Some(k) = key {
-            if k != pool.key {
+            if k != s.pool.key {
                 return Err(Refusal::BoundToOtherKey {
-                    key: pool.key.clone(),
+                    key: s.pool.key.clone(),
                 });
             }
         }
-        self.check_in(now, server);
+        let pool = s.pool.clone();
+        let kicked = s.kicked;
+        s.last_checkin = now;
+        s.renewed_at = s.renewed_at.max(now);
+        self.note_unpersisted(server);
         let mut outcomes = Vec::with_capacity(items.len());
         let mut changed = false;
         for item in items {
@@ -187,10 +190,10 @@ impl Core {
     /// `revoking` leases (invariants 2 and 6). The next heartbeat tells it and restores
     /// the full span.
     fn checkout_valid_for(&self, now: Timestamp, server: &str) -> u64 {
-        let valid = self.valid_for(now, server);
         let Some(s) = self.servers.get(server) else {
-            return valid;
+            return 0;
         };
+        let valid = self.valid_for_server(now, s);
         s.revoking
             .iter()
             .filter_map(|(camera, epoch)| {

@@ -24,16 +24,27 @@ pub struct Holdings {
 
 impl Holdings {
     fn find(&self, camera: &str) -> Result<usize, usize> {
-        self.cameras
-            .binary_search_by(|c| c.as_bytes().cmp(camera.as_bytes()))
+        if camera.len() <= super::compact::INLINE {
+            self.find_key(&CameraKey::new(camera))
+        } else {
+            // Not copied to the heap for a lookup.
+            self.cameras
+                .binary_search_by(|c| c.as_bytes().cmp(camera.as_bytes()))
+        }
+    }
+
+    /// By `CameraKey`'s order, which is the ids' (and compares inline ids word by word).
+    fn find_key(&self, camera: &CameraKey) -> Result<usize, usize> {
+        self.cameras.binary_search(camera)
     }
 
     pub fn insert(&mut self, camera: &str) -> bool {
         self.digest = None;
-        match self.find(camera) {
+        let camera = CameraKey::new(camera);
+        match self.find_key(&camera) {
             Ok(_) => false,
             Err(i) => {
-                self.cameras.insert(i, CameraKey::new(camera));
+                self.cameras.insert(i, camera);
                 true
             }
         }

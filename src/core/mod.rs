@@ -429,12 +429,25 @@ pub struct Cameras {
 }
 
 impl Cameras {
+    // Searched with a key made of the id rather than its bytes, so the map compares
+    // inline ids word by word (`CameraKey::cmp`); long ids, kept on the heap, are searched
+    // by their bytes instead of being copied there for a lookup.
     pub fn get(&self, key: &str, camera: &str) -> Option<&CameraRecord> {
-        self.by_key.get(key)?.get(camera.as_bytes())
+        let cams = self.by_key.get(key)?;
+        if camera.len() <= compact::INLINE {
+            cams.get(&CameraKey::new(camera))
+        } else {
+            cams.get(camera.as_bytes())
+        }
     }
 
     fn get_mut(&mut self, key: &str, camera: &str) -> Option<&mut CameraRecord> {
-        self.by_key.get_mut(key)?.get_mut(camera.as_bytes())
+        let cams = self.by_key.get_mut(key)?;
+        if camera.len() <= compact::INLINE {
+            cams.get_mut(&CameraKey::new(camera))
+        } else {
+            cams.get_mut(camera.as_bytes())
+        }
     }
 
     /// The record, made (empty) if the camera has none yet.
@@ -491,6 +504,18 @@ impl<'a> IntoIterator for &'a Cameras {
     fn into_iter(self) -> Self::IntoIter {
         Box::new(self.iter())
     }
+}
+
+/// When a server's reservation ends: its last persisted renewal, plus the key's offline
+/// grace and one heartbeat interval. A free function over the two fields it reads, so a
+/// caller holding the server mutably can ask.
+fn reservation_end_of(keys: &BTreeMap<KeyId, InstalledKey>, s: &Server) -> Option<Timestamp> {
+    let policy = &keys.get(&s.pool.key)?.document.policy;
+    Some(
+        s.persisted_renewal
+            .plus(policy.offline_grace_ms())
+            .plus(policy.heartbeat_interval_ms()),
+    )
 }
 
 /// Written as the table of lease terms, in the order the records first refer to them (so
@@ -928,21 +953,18 @@ impl Core {
 
     /// When the daemon stops reserving `server`'s seats if it stays silent.
     pub fn reservation_end(&self, server: &str) -> Option<Timestamp> {
-        let s = self.servers.get(server)?;
-        let policy = &self.keys.get(&s.pool.key)?.document.policy;
-        Some(
-            s.persisted_renewal
-                .plus(policy.offline_grace_ms())
-                .plus(policy.heartbeat_interval_ms()),
-        )
+        reservation_end_of(&self.keys, self.servers.get(server)?)
     }
 
     /// How long the server may go on without contact, counted from `now`: the last
     /// persisted renewal + grace - now. The client adds this to its *send* instant.
     pub fn valid_for(&self, now: Timestamp, server: &str) -> u64 {
-        let Some(s) = self.servers.get(server) else {
-            return 0;
-        };
+        self.servers
+            .get(server)
+            .map_or(0, |s| self.valid_for_server(now, s))
+    }
+
+    fn valid_for_server(&self, now: Timestamp, s: &Server) -> u64 {
         let Some(key) = self.keys.get(&s.pool.key) else {
             return 0;
         };
@@ -1055,18 +1077,27 @@ impl Core {
         if let Some(s) = self.servers.get_mut(server) {
             s.last_checkin = now;
             s.renewed_at = s.renewed_at.max(now);
+            self.note_unpersisted(server);
+        }
+    }
+
+    /// The server's renewal is in memory only: looked up first, so a server checking in
+    /// again (most of them, every heartbeat) costs no copy of its id.
+    fn note_unpersisted(&mut self, server: &str) {
+        if !self.unpersisted.contains(server) {
             self.unpersisted.insert(server.to_string());
         }
     }
 
     /// A durable change for this server: its renewal is persisted with it.
     fn check_in_durable(&mut self, now: Timestamp, server: &str) {
-        if let Some(s) = self.servers.get_mut(server) {
-            s.last_checkin = now;
-            s.renewed_at = s.renewed_at.max(now);
-            s.persisted_renewal = s.persisted_renewal.max(now);
-        }
-        if let Some(end) = self.reservation_end(server) {
+        let Some(s) = self.servers.get_mut(server) else {
+            return;
+        };
+        s.last_checkin = now;
+        s.renewed_at = s.renewed_at.max(now);
+        s.persisted_renewal = s.persisted_renewal.max(now);
+        if let Some(end) = reservation_end_of(&self.keys, s) {
             self.next_due = self.next_due.min(end);
         }
     }
