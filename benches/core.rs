@@ -7,9 +7,9 @@
 //! five rounds: the core runs on one thread, so the fastest round is the one least
 //! disturbed by the rest of the machine.
 
-use netkey::core::{
-    CameraOutcome, CheckoutItem, Command, Core, EnrolRequest, Outcome, PoolId, Timestamp,
-};
+mod support;
+
+use netkey::core::{CameraOutcome, CheckoutItem, Command, Core, Outcome, Timestamp};
 use netkey::key::{demo_key, Entry};
 use std::time::Instant;
 
@@ -18,7 +18,6 @@ use std::time::Instant;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-const KEY: &str = "DEMO";
 const CLIENTS: usize = 50;
 const BATCH: usize = 25;
 const PER_ROUND: usize = 100_000;
@@ -44,27 +43,9 @@ fn main() {
         },
     );
     for s in 0..servers {
-        let code = format!("{s:08}");
-        core.apply(
-            now,
-            Command::CreateCode {
-                pool: PoolId::default_of(KEY),
-                code: code.clone(),
-            },
-        );
-        let outcome = core.apply(
-            now,
-            Command::Enrol {
-                request: EnrolRequest {
-                    code,
-                    name: format!("vs{s}"),
-                    version: "1".into(),
-                    server_id: server_id(s),
-                    credential: vec![0; 32],
-                    existing: None,
-                },
-            },
-        );
+        let [code, enrol] = support::enrol_commands(s, server_id(s));
+        core.apply(now, code);
+        let outcome = core.apply(now, enrol);
         assert!(matches!(outcome, Outcome::Enrolled(_)), "{outcome:?}");
         core.apply(
             now,

@@ -11,7 +11,9 @@
 //! `cargo bench --bench memory` (1,000,000 leases; `-- --servers 1000` for fewer).
 //! For quick iterations: `CARGO_PROFILE_BENCH_LTO=false cargo bench --bench memory`.
 
-use netkey::core::{CheckoutItem, Command, Core, EnrolRequest, Outcome, PoolId, Timestamp};
+mod support;
+
+use netkey::core::{CheckoutItem, Command, Core, Outcome, Timestamp};
 use netkey::key::{demo_key, Entry};
 use netkey::store::{BatchRecord, Store};
 use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
@@ -21,7 +23,6 @@ use std::path::Path;
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
-const KEY: &str = "DEMO";
 const CAMERAS: usize = 100;
 /// Servers checking out at once, as netkey-bench's 50 clients interleave them.
 const INTERLEAVE: usize = 50;
@@ -79,23 +80,7 @@ fn each_batch(now: Timestamp, servers: usize, mut f: impl FnMut(Vec<Command>)) {
         demo: true,
     }]);
     for s in 0..servers {
-        let code = format!("{s:08}");
-        f(vec![
-            Command::CreateCode {
-                pool: PoolId::default_of(KEY),
-                code: code.clone(),
-            },
-            Command::Enrol {
-                request: EnrolRequest {
-                    code,
-                    name: format!("vs{s}"),
-                    version: "1".into(),
-                    server_id: server_id(s),
-                    credential: vec![7; 32],
-                    existing: None,
-                },
-            },
-        ]);
+        f(support::enrol_commands(s, server_id(s)).to_vec());
     }
     for first in (0..servers).step_by(INTERLEAVE) {
         let group = first..(first + INTERLEAVE).min(servers);
