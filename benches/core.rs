@@ -10,6 +10,7 @@
 
 mod support;
 
+use netkey::bench::camera_id;
 use netkey::core::{CameraOutcome, CheckoutItem, Command, Core, Outcome, Timestamp};
 use netkey::key::{demo_key, Entry};
 use std::time::Instant;
@@ -103,15 +104,6 @@ fn main() {
         best = best.min(ns);
     }
     println!("best: {best:.0} ns per single-camera checkout");
-}
-
-/// As netkey-bench names them: MAC-shaped, 17 bytes, in order of server then camera.
-fn camera_id(server: usize, camera: usize) -> String {
-    let b = ((server as u64) << 16 | camera as u64).to_be_bytes();
-    format!(
-        "02:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        b[3], b[4], b[5], b[6], b[7]
-    )
 }
 
 fn server_id(s: usize) -> String {

@@ -437,7 +437,7 @@ async fn in_use(admin: &std::path::Path) -> Result<u64, BenchError> {
 pub(crate) const POLL: Duration = Duration::from_millis(5);
 
 /// The id of camera `camera` of server `server`.
-pub(crate) fn camera_id(server: usize, camera: usize) -> String {
+pub fn camera_id(server: usize, camera: usize) -> String {
     // MAC-shaped ids, as real cameras are named: 17 bytes each.
     let n = (server as u64) << 16 | camera as u64;
     let b = n.to_be_bytes();

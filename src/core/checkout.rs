@@ -149,7 +149,7 @@ impl Core {
         after_wait: bool,
     ) -> Result<CheckoutAnswer, Refusal> {
         self.advance(now);
-        // One lookup of the server for what `check_in` does and what is read here.
+        // One lookup of the server for what is read here and for `check_in`.
         let s = self.servers.get_mut(server).ok_or(Refusal::NotEnrolled)?;
         if let Some(k) = key {
             if k != s.pool.key {
@@ -160,8 +160,7 @@ impl Core {
         }
         let pool = s.pool.clone();
         let kicked = s.kicked;
-        s.last_checkin = now;
-        s.renewed_at = s.renewed_at.max(now);
+        s.check_in(now);
         self.note_unpersisted(server);
         let mut outcomes = Vec::with_capacity(items.len());
         let mut changed = false;

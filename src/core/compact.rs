@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::thread::LocalKey;
 
 /// Bytes of a camera id kept inline; longer ids go to the heap.
-pub(crate) const INLINE: usize = 22;
+const INLINE: usize = 22;
 
 /// A camera id as a map key. The ids real cameras have (MAC addresses, 17 bytes) fit in
 /// its 24 bytes without a heap allocation; it orders, compares and hashes as the string's
@@ -68,6 +68,17 @@ impl CameraKey {
             u64::from_be_bytes(w)
         };
         [word(0), word(8), word(16)]
+    }
+
+    /// Where `id` is, or would go, in `ids` (sorted): searched as a `CameraKey` when it
+    /// fits inline (compared word by word), by its bytes otherwise, so a lookup never
+    /// copies a long id to the heap.
+    pub fn search(ids: &[CameraKey], id: &str) -> Result<usize, usize> {
+        if id.len() <= INLINE {
+            ids.binary_search(&CameraKey::new(id))
+        } else {
+            ids.binary_search_by(|c| c.as_bytes().cmp(id.as_bytes()))
+        }
     }
 
     pub fn as_str(&self) -> &str {
@@ -430,6 +441,25 @@ impl<K, V> Default for DenseMap<K, V> {
         DenseMap {
             map: BTreeMap::new(),
             built: 0,
+        }
+    }
+}
+
+/// Looked up by a camera id the way `CameraKey::search` finds one in a slice.
+impl<V> DenseMap<CameraKey, V> {
+    pub fn get_id(&self, id: &str) -> Option<&V> {
+        if id.len() <= INLINE {
+            self.map.get(&CameraKey::new(id))
+        } else {
+            self.map.get(id.as_bytes())
+        }
+    }
+
+    pub fn get_id_mut(&mut self, id: &str) -> Option<&mut V> {
+        if id.len() <= INLINE {
+            self.map.get_mut(&CameraKey::new(id))
+        } else {
+            self.map.get_mut(id.as_bytes())
         }
     }
 }

@@ -24,24 +24,13 @@ pub struct Holdings {
 
 impl Holdings {
     fn find(&self, camera: &str) -> Result<usize, usize> {
-        if camera.len() <= super::compact::INLINE {
-            self.find_key(&CameraKey::new(camera))
-        } else {
-            // Not copied to the heap for a lookup.
-            self.cameras
-                .binary_search_by(|c| c.as_bytes().cmp(camera.as_bytes()))
-        }
-    }
-
-    /// By `CameraKey`'s order, which is the ids' (and compares inline ids word by word).
-    fn find_key(&self, camera: &CameraKey) -> Result<usize, usize> {
-        self.cameras.binary_search(camera)
+        CameraKey::search(&self.cameras, camera)
     }
 
     pub fn insert(&mut self, camera: &str) -> bool {
         self.digest = None;
         let camera = CameraKey::new(camera);
-        match self.find_key(&camera) {
+        match self.cameras.binary_search(&camera) {
             Ok(_) => false,
             Err(i) => {
                 self.cameras.insert(i, camera);

@@ -172,6 +172,14 @@ pub struct Server {
     pub kicked: bool,
 }
 
+impl Server {
+    /// The server was heard from at `now`: its renewal moves on, in memory.
+    fn check_in(&mut self, now: Timestamp) {
+        self.last_checkin = now;
+        self.renewed_at = self.renewed_at.max(now);
+    }
+}
+
 /// What a lease grants and to whom: the same for every camera a server holds in the
 /// same way, so the leases share one copy (`Cameras::intern`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -429,25 +437,12 @@ pub struct Cameras {
 }
 
 impl Cameras {
-    // Searched with a key made of the id rather than its bytes, so the map compares
-    // inline ids word by word (`CameraKey::cmp`); long ids, kept on the heap, are searched
-    // by their bytes instead of being copied there for a lookup.
     pub fn get(&self, key: &str, camera: &str) -> Option<&CameraRecord> {
-        let cams = self.by_key.get(key)?;
-        if camera.len() <= compact::INLINE {
-            cams.get(&CameraKey::new(camera))
-        } else {
-            cams.get(camera.as_bytes())
-        }
+        self.by_key.get(key)?.get_id(camera)
     }
 
     fn get_mut(&mut self, key: &str, camera: &str) -> Option<&mut CameraRecord> {
-        let cams = self.by_key.get_mut(key)?;
-        if camera.len() <= compact::INLINE {
-            cams.get_mut(&CameraKey::new(camera))
-        } else {
-            cams.get_mut(camera.as_bytes())
-        }
+        self.by_key.get_mut(key)?.get_id_mut(camera)
     }
 
     /// The record, made (empty) if the camera has none yet.
@@ -473,7 +468,7 @@ impl Cameras {
     pub fn keys_of<'a>(&'a self, camera: &'a str) -> impl Iterator<Item = &'a KeyId> {
         self.by_key
             .iter()
-            .filter(|(_, cams)| cams.contains_key(camera.as_bytes()))
+            .filter(|(_, cams)| cams.get_id(camera).is_some())
             .map(|(k, _)| k)
     }
 
@@ -1075,8 +1070,7 @@ impl Core {
 
     fn check_in(&mut self, now: Timestamp, server: &str) {
         if let Some(s) = self.servers.get_mut(server) {
-            s.last_checkin = now;
-            s.renewed_at = s.renewed_at.max(now);
+            s.check_in(now);
             self.note_unpersisted(server);
         }
     }
@@ -1094,8 +1088,7 @@ impl Core {
         let Some(s) = self.servers.get_mut(server) else {
             return;
         };
-        s.last_checkin = now;
-        s.renewed_at = s.renewed_at.max(now);
+        s.check_in(now);
         s.persisted_renewal = s.persisted_renewal.max(now);
         if let Some(end) = reservation_end_of(&self.keys, s) {
             self.next_due = self.next_due.min(end);
