@@ -80,7 +80,7 @@ impl Core {
                 RevocationReason::Freed,
                 false,
             );
-            self.events.push(Event::ForcedOverlap {
+            self.events.push_with(|| Event::ForcedOverlap {
                 key: key.clone(),
                 camera: camera.to_string(),
                 server: holder.clone(),
@@ -118,7 +118,7 @@ impl Core {
         s.kicked = true;
         let key = s.pool.key.clone();
         let cameras: Vec<String> = s.held.to_vec();
-        self.events.push(Event::Kicked {
+        self.events.push_with(|| Event::Kicked {
             server: server.to_string(),
             forced: force,
         });
@@ -144,7 +144,7 @@ impl Core {
                     RevocationReason::Kicked,
                     false,
                 );
-                self.events.push(Event::ForcedOverlap {
+                self.events.push_with(|| Event::ForcedOverlap {
                     key: key.clone(),
                     camera: camera.clone(),
                     server: server.to_string(),
@@ -254,7 +254,7 @@ impl Core {
             s.pool = pool.clone();
         }
         self.settle(now);
-        self.events.push(Event::ServerMoved {
+        self.events.push_with(|| Event::ServerMoved {
             server: server.to_string(),
             from,
             to: pool.clone(),
@@ -278,7 +278,7 @@ impl Core {
             server: server.to_string(),
         })?;
         s.name = name.to_string();
-        self.events.push(Event::ServerRenamed {
+        self.events.push_with(|| Event::ServerRenamed {
             server: server.to_string(),
             name: name.to_string(),
         });

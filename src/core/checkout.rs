@@ -300,7 +300,7 @@ impl Core {
                             RevocationReason::Moved,
                             true,
                         );
-                        self.events.push(Event::MoveRequested {
+                        self.events.push_with(|| Event::MoveRequested {
                             key: pool.key.clone(),
                             camera: item.camera.clone(),
                             from: holder.clone(),
@@ -323,7 +323,7 @@ impl Core {
                         }
                     });
                     if withdrawn.is_some() {
-                        self.events.push(Event::MoveWithdrawn {
+                        self.events.push_with(|| Event::MoveWithdrawn {
                             key: pool.key.clone(),
                             camera: item.camera.clone(),
                             from: holder.clone(),
@@ -401,7 +401,7 @@ impl Core {
             s.held.insert(&ck.1);
         }
         if let Some(from) = moved_from {
-            self.events.push(Event::Moved {
+            self.events.push_with(|| Event::Moved {
                 key: ck.0.clone(),
                 camera: ck.1.clone(),
                 from,
@@ -409,7 +409,7 @@ impl Core {
                 epoch,
             });
         }
-        self.events.push(Event::Granted {
+        self.events.push_with(|| Event::Granted {
             key: ck.0.clone(),
             camera: ck.1.clone(),
             server: server.to_string(),
@@ -418,7 +418,7 @@ impl Core {
             legacy,
         });
         if let Some((moves, window_ms)) = contested {
-            self.events.push(Event::CameraContested {
+            self.events.push_with(|| Event::CameraContested {
                 key: ck.0.clone(),
                 camera: ck.1.clone(),
                 moves,
@@ -462,7 +462,7 @@ impl Core {
         if let Some(r) = self.cameras.get_mut(&ck.0, &ck.1) {
             r.set_terms(terms);
         }
-        self.events.push(Event::Granted {
+        self.events.push_with(|| Event::Granted {
             key: ck.0.clone(),
             camera: ck.1.clone(),
             server: old.server.clone(),

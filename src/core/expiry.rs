@@ -79,7 +79,7 @@ impl Core {
                     continue;
                 }
                 k.warned.insert(i, days);
-                self.events.push(Event::EntryExpiring {
+                self.events.push_with(|| Event::EntryExpiring {
                     key: key_id.clone(),
                     order: e.order.clone(),
                     feature: e.feature.clone(),
@@ -146,7 +146,7 @@ impl Core {
                 // Its own deadline passed before this (invariant 6): nothing to revoke.
                 s.revocations.retain(|_, r| !r.provisional);
             }
-            self.events.push(Event::ServerExpired {
+            self.events.push_with(|| Event::ServerExpired {
                 server: server.clone(),
                 cameras: n,
             });
@@ -199,7 +199,7 @@ impl Core {
         if before.held <= total {
             return;
         }
-        self.events.push(Event::AllocationShrunk {
+        self.events.push_with(|| Event::AllocationShrunk {
             pool: pool.clone(),
             feature: feature.to_string(),
             in_use: before.counted(),

@@ -44,7 +44,7 @@ impl Core {
         }
         k.binding = binding.to_string();
         k.refused = refused.clone();
-        self.events.push(Event::KeyChecked {
+        self.events.push_with(|| Event::KeyChecked {
             key: key.to_string(),
             binding: binding.to_string(),
             refused,
@@ -106,9 +106,10 @@ impl Core {
                 self.revoke_lease(now, key, &camera, RevocationReason::Shrunk);
             }
             self.codes.retain(|_, c| c.pool.key != key);
-            self.events.push(Event::KeyReturning {
+            let leases = self.key_leases(key);
+            self.events.push_with(|| Event::KeyReturning {
                 key: key.to_string(),
-                leases: self.key_leases(key),
+                leases,
             });
             self.settle(now);
         }
@@ -163,7 +164,7 @@ impl Core {
         for (camera, revoking, holder) in cameras {
             if let Some(server) = holder {
                 self.release_lease(key, &camera, ReleaseReason::Forced);
-                self.events.push(Event::ForcedOverlap {
+                self.events.push_with(|| Event::ForcedOverlap {
                     key: key.to_string(),
                     camera: camera.clone(),
                     server,
@@ -171,7 +172,7 @@ impl Core {
             }
             for (server, epoch) in revoking {
                 self.end_revoking(key, &camera, &server, epoch, false);
-                self.events.push(Event::ForcedOverlap {
+                self.events.push_with(|| Event::ForcedOverlap {
                     key: key.to_string(),
                     camera: camera.clone(),
                     server,
@@ -187,13 +188,13 @@ impl Core {
         for server in servers {
             self.servers.remove(&server);
             self.unpersisted.remove(&server);
-            self.events.push(Event::Forgotten { server });
+            self.events.push_with(|| Event::Forgotten { server });
         }
         self.cameras.remove_key(key);
         self.pools.retain(|p: &PoolId, _| p.key != key);
         self.codes.retain(|_, c| c.pool.key != key);
         self.keys.remove(key);
-        self.events.push(Event::KeyReturned {
+        self.events.push_with(|| Event::KeyReturned {
             key: key.to_string(),
             revision,
             forced: remaining > 0,
@@ -214,7 +215,7 @@ impl Core {
         self.advance(now);
         if self.clock_rollback != mark {
             self.clock_rollback = mark;
-            self.events.push(Event::ClockRollback { mark });
+            self.events.push_with(|| Event::ClockRollback { mark });
         }
     }
 
@@ -237,7 +238,7 @@ impl Core {
             });
         }
         self.clock_rollback = None;
-        self.events.push(Event::TimeRebased { at: now });
+        self.events.push_with(|| Event::TimeRebased { at: now });
         self.next_due = self.compute_next_due(now);
         self.advance(now);
     }

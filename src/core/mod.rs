@@ -588,6 +588,29 @@ pub struct Enrolment {
     pub offline_grace_ms: u64,
 }
 
+/// The events commands make, for the audit log, oldest first. Each is built only if it is
+/// kept: replaying a log of two hundred thousand checkouts built as many events (three
+/// strings copied for each) only to drop them.
+#[derive(Clone, Debug, Default)]
+struct Events {
+    list: Vec<Event>,
+    muted: bool,
+}
+
+impl Events {
+    fn push_with(&mut self, event: impl FnOnce() -> Event) {
+        if !self.muted {
+            self.list.push(event());
+        }
+    }
+
+    fn extend(&mut self, events: impl IntoIterator<Item = Event>) {
+        if !self.muted {
+            self.list.extend(events);
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Core {
     keys: BTreeMap<KeyId, InstalledKey>,
@@ -598,7 +621,7 @@ pub struct Core {
     /// No deadline (reservation end, revoking end, entry expiry) falls before this.
     next_due: Timestamp,
     #[serde(skip)]
-    events: Vec<Event>,
+    events: Events,
     /// Servers renewed in memory since the last `renewals_persisted`.
     unpersisted: BTreeSet<ServerId>,
     /// The wall clock is behind this high-water mark: new checkouts are refused.
@@ -613,12 +636,18 @@ impl Core {
     /// How many events wait to be drained (the caller can tell whether a command did
     /// anything by comparing before and after).
     pub fn pending_events(&self) -> usize {
-        self.events.len()
+        self.events.list.len()
     }
 
     /// Events since the last call, oldest first.
     pub fn drain_events(&mut self) -> Vec<Event> {
-        std::mem::take(&mut self.events)
+        std::mem::take(&mut self.events.list)
+    }
+
+    /// While muted, commands make no events: the store mutes them while it rebuilds the
+    /// state from its log, whose audit records it already holds.
+    pub(crate) fn mute_events(&mut self, muted: bool) {
+        self.events.muted = muted;
     }
 
     /// Installs a verified key and gives its `Default` pool every seat.
@@ -696,7 +725,7 @@ impl Core {
         }
         // Its entries' expiry warnings and not-after instants are due from now on.
         self.next_due = self.next_due.min(now);
-        self.events.push(Event::KeyInstalled {
+        self.events.push_with(|| Event::KeyInstalled {
             key: key.clone(),
             revision: document.revision,
             demo,
@@ -773,7 +802,7 @@ impl Core {
                 expires_at,
             },
         );
-        self.events.push(Event::CodeCreated {
+        self.events.push_with(|| Event::CodeCreated {
             pool: pool.clone(),
             expires_at,
         });
@@ -858,7 +887,7 @@ impl Core {
             }
         };
         self.codes.remove(&req.code);
-        self.events.push(Event::Enrolled {
+        self.events.push_with(|| Event::Enrolled {
             server: server_id.clone(),
             name: req.name,
             pool: code.pool.clone(),
@@ -1121,7 +1150,7 @@ impl Core {
             s.revocations
                 .retain(|(c, e), r| !(c == camera && *e == lease.epoch && r.provisional));
         }
-        self.events.push(Event::Released {
+        self.events.push_with(|| Event::Released {
             key: key.to_string(),
             camera: camera.to_string(),
             server: lease.server.clone(),
@@ -1183,7 +1212,7 @@ impl Core {
                 },
             );
         }
-        self.events.push(Event::RevocationIssued {
+        self.events.push_with(|| Event::RevocationIssued {
             server: server.to_string(),
             key: key.to_string(),
             camera: camera.to_string(),
@@ -1221,7 +1250,7 @@ impl Core {
                 s.revocations.remove(&(camera.to_string(), epoch));
             }
         }
-        self.events.push(Event::RevokingEnded {
+        self.events.push_with(|| Event::RevokingEnded {
             key: key.to_string(),
             camera: camera.to_string(),
             server: server.to_string(),
@@ -1239,7 +1268,7 @@ impl Core {
         if done {
             self.servers.remove(server);
             self.unpersisted.remove(server);
-            self.events.push(Event::Forgotten {
+            self.events.push_with(|| Event::Forgotten {
                 server: server.to_string(),
             });
         }

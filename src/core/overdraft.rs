@@ -193,7 +193,7 @@ impl Core {
         match (excess > 0, od.over_since) {
             (true, None) => {
                 od.over_since = Some(now);
-                self.events.push(Event::OverdraftStarted {
+                self.events.push_with(|| Event::OverdraftStarted {
                     key: key.to_string(),
                     seats: excess,
                 });
@@ -201,7 +201,7 @@ impl Core {
             (false, Some(since)) => {
                 od.over_since = None;
                 od.close(since, now);
-                self.events.push(Event::OverdraftEnded {
+                self.events.push_with(|| Event::OverdraftEnded {
                     key: key.to_string(),
                     minutes: now.since(since) / MINUTE,
                 });
@@ -212,7 +212,7 @@ impl Core {
         match (spent, od.spent_at) {
             (true, None) => {
                 od.spent_at = Some(now);
-                self.events.push(Event::OverdraftSpent {
+                self.events.push_with(|| Event::OverdraftSpent {
                     key: key.to_string(),
                     hours,
                 });

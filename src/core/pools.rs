@@ -104,7 +104,8 @@ impl Core {
                 usage: BTreeMap::new(),
             },
         );
-        self.events.push(Event::PoolCreated { pool: pool.clone() });
+        self.events
+            .push_with(|| Event::PoolCreated { pool: pool.clone() });
         Ok(self.carry_out(&from, pool, plan))
     }
 
@@ -202,7 +203,7 @@ impl Core {
         }
         self.codes.retain(|_, c| c.pool != *pool);
         for m in &moved {
-            self.events.push(Event::SeatsMoved {
+            self.events.push_with(|| Event::SeatsMoved {
                 from: pool.clone(),
                 to: to.clone(),
                 feature: m.feature.clone(),
@@ -210,7 +211,8 @@ impl Core {
                 count: m.count,
             });
         }
-        self.events.push(Event::PoolDeleted { pool: pool.clone() });
+        self.events
+            .push_with(|| Event::PoolDeleted { pool: pool.clone() });
         Ok(PoolChange {
             from: pool.clone(),
             to,
@@ -331,7 +333,7 @@ impl Core {
                 *p.seats.entry(i).or_insert(0) += n;
             }
             if let Some(e) = entries.get(i) {
-                self.events.push(Event::SeatsMoved {
+                self.events.push_with(|| Event::SeatsMoved {
                     from: from.clone(),
                     to: to.clone(),
                     feature: e.feature.clone(),

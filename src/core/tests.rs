@@ -867,3 +867,132 @@ fn a_shrinking_feature_revokes_the_newest_lease_that_uses_it() {
     assert_eq!(revoked, vec!["c1".to_string()]);
     assert!(c.holds("A", "c2", 1));
 }
+
+#[test]
+fn with_events_muted_commands_leave_the_same_state_and_make_no_events() {
+    // The store replays its log with events muted: every command must change the state
+    // exactly as it does with them kept, whatever events it makes.
+    let year = T0.plus(365 * time::DAY);
+    let document = key_document(
+        "K",
+        vec![
+            entry("camera", 3, year, "SO-1"),
+            entry("camera", 1, T0.plus(5 * time::MINUTE), "SO-2"),
+            entry("lpr", 1, year, "SO-1"),
+        ],
+        Policy {
+            contested_moves: 2,
+            contested_window_secs: 600,
+            ..policy()
+        },
+    );
+    let checkout = |server: &str, cameras: &[&str], after_wait: bool| Command::Checkout {
+        server: server.into(),
+        key: None,
+        items: cams(cameras),
+        after_wait,
+    };
+    let mut script = vec![(
+        T0,
+        Command::InstallKey {
+            document,
+            demo: false,
+        },
+    )];
+    for s in ["A", "B"] {
+        script.push((
+            T0,
+            Command::CreateCode {
+                pool: demo_pool(),
+                code: format!("code-{s}"),
+            },
+        ));
+        script.push((
+            T0,
+            Command::Enrol {
+                request: EnrolRequest {
+                    code: format!("code-{s}"),
+                    name: s.into(),
+                    version: "1.0".into(),
+                    server_id: s.into(),
+                    credential: vec![1],
+                    existing: None,
+                },
+            },
+        ));
+        script.push((T0, Command::SessionOpened { server: s.into() }));
+    }
+    let t = |secs: u64| T0.plus(secs * 1000);
+    script.extend([
+        (t(1), checkout("A", &["c1", "c2", "c3", "c4"], false)),
+        (t(2), checkout("B", &["c1"], false)),
+        (
+            t(3),
+            Command::Acknowledge {
+                server: "A".into(),
+                camera: "c1".into(),
+                epoch: 1,
+            },
+        ),
+        (t(4), checkout("B", &["c1"], true)),
+        (t(5), Command::SessionClosed { server: "A".into() }),
+        (t(6), checkout("A", &["c1"], false)),
+        (t(7), checkout("B", &["c2"], true)),
+        (
+            t(8),
+            Command::Release {
+                server: "B".into(),
+                cameras: vec!["c2".into()],
+            },
+        ),
+        (
+            t(9),
+            Command::Free {
+                key: None,
+                camera: "c3".into(),
+                force: true,
+            },
+        ),
+        (t(400), Command::Advance),
+        (
+            t(401),
+            Command::RenameServer {
+                server: "B".into(),
+                name: "B2".into(),
+            },
+        ),
+        (t(4_000), Command::Advance),
+        (
+            t(4_001),
+            Command::Kick {
+                server: "B".into(),
+                force: true,
+            },
+        ),
+    ]);
+    let mut live = Core::new();
+    let mut muted = Core::new();
+    muted.mute_events(true);
+    let mut kinds = BTreeSet::new();
+    for (n, (now, command)) in script.into_iter().enumerate() {
+        let kept = live.apply(now, command.clone());
+        assert_eq!(muted.apply(now, command), kept, "step {n}");
+        assert_eq!(
+            postcard::to_allocvec(&muted).unwrap(),
+            postcard::to_allocvec(&live).unwrap(),
+            "step {n}"
+        );
+        assert_eq!(muted.pending_events(), 0, "step {n}");
+        for e in live.drain_events() {
+            let name = format!("{e:?}");
+            kinds.insert(name.split([' ', '{', '(']).next().unwrap_or("").to_string());
+        }
+    }
+    assert!(
+        kinds.len() >= 10,
+        "the script makes events of many kinds: {kinds:?}"
+    );
+    muted.mute_events(false);
+    muted.apply(t(4_002), checkout("A", &["c9"], false));
+    assert!(muted.pending_events() > 0, "unmuted, events are kept again");
+}

@@ -195,6 +195,7 @@ impl Daemon {
         tracing::info!(
             state_dir = %config.state_dir.display(),
             replayed = loaded.replayed,
+            repaired = loaded.repaired,
             servers = loaded.core.server_count(),
             "state loaded"
         );
