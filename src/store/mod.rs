@@ -55,11 +55,15 @@ const CHECKPOINT_BYTES: u64 = 2 << 20;
 const SNAPSHOT_EVERY: u64 = 20_000;
 /// ...or after this much log, whichever comes first: batches hold from one command to a
 /// thousand, and a restart after a crash replays what the log holds since the last
-/// snapshot. The log of a million checkouts (42 MiB in 30,001 records) replayed in 3.25 s,
-/// where loading a snapshot of them took 0.57 s (`benches/memory.rs`, once with the
-/// snapshot left out; its core alone now deserializes in 0.14-0.16 s, against 0.39 s
-/// before schema 4): 12 MiB keeps the replay under a second.
-const SNAPSHOT_LOG_BYTES: u64 = 12 << 20;
+/// snapshot. Camera moves cost the most to replay per byte: after netkey-bench's full
+/// fleet, the log of its 100,000 moves (15 MB: 195,000 checkouts and 97,000
+/// acknowledgements) took netkeyd 1.3-1.6 s to replay over a 0.55 s start, where 9 MB of
+/// single-camera checkouts took 0.3 s. A storm can run the log to half as much again
+/// before its snapshot (`snapshot_overdue`): 12 MiB, about 1.2 s of moves. Each snapshot
+/// in a storm costs it a seventh of a second of the event loop and a second of a blocking
+/// thread (at 6 MiB, one fell inside netkey-bench's 200,000 durable checkouts, which ran
+/// at 27,324/s against 31,206/s in the run before), so the bound is not set lower.
+const SNAPSHOT_LOG_BYTES: u64 = 8 << 20;
 /// redb's page cache. The store writes and reads back only at start, so its default
 /// (1 GiB) would only keep a copy of the snapshot and the log resident beside the core.
 const CACHE_BYTES: usize = 16 << 20;
@@ -766,8 +770,7 @@ impl Store {
 
     /// A due snapshot has waited long enough for a pause in durable work (the daemon's
     /// `snapshot_wanted`): the log since the last one is half as much again as makes it
-    /// due. By the replay rate measured for `SNAPSHOT_LOG_BYTES`, 18 MiB replays in about
-    /// 1.4 s after a crash.
+    /// due (see `SNAPSHOT_LOG_BYTES` for what that costs a restart after a crash).
     pub fn snapshot_overdue(&self) -> bool {
         let since = self.since_snapshot;
         since.records >= self.snapshot_every.saturating_mul(3) / 2
