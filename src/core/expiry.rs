@@ -156,11 +156,10 @@ impl Core {
 
     fn expire_entries(&mut self, now: Timestamp) {
         let mut shrunk: BTreeSet<(PoolId, Feature)> = BTreeSet::new();
-        let mut expired_events = Vec::new();
         for (key_id, k) in self.keys.iter_mut() {
             for (i, e) in k.document.entries.iter().enumerate() {
                 if e.not_after <= now && k.expired_entries.insert(i) {
-                    expired_events.push(Event::EntryExpired {
+                    self.events.push_with(|| Event::EntryExpired {
                         key: key_id.clone(),
                         order: e.order.clone(),
                         feature: e.feature.clone(),
@@ -174,7 +173,6 @@ impl Core {
                 }
             }
         }
-        self.events.extend(expired_events);
         for (pool, feature) in shrunk {
             self.shrink(now, &pool, &feature, RevocationReason::Shrunk);
         }

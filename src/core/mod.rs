@@ -603,12 +603,6 @@ impl Events {
             self.list.push(event());
         }
     }
-
-    fn extend(&mut self, events: impl IntoIterator<Item = Event>) {
-        if !self.muted {
-            self.list.extend(events);
-        }
-    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -644,9 +638,17 @@ impl Core {
         std::mem::take(&mut self.events.list)
     }
 
-    /// While muted, commands make no events: the store mutes them while it rebuilds the
-    /// state from its log, whose audit records it already holds.
-    pub(crate) fn mute_events(&mut self, muted: bool) {
+    /// Runs `f` with events muted: commands make none. The store rebuilds the state from
+    /// its log this way, since it already holds the audit records of those commands. The
+    /// core leaves muted by no path out of `f`.
+    pub(crate) fn with_events_muted<T>(&mut self, f: impl FnOnce(&mut Core) -> T) -> T {
+        self.mute_events(true);
+        let out = f(self);
+        self.mute_events(false);
+        out
+    }
+
+    fn mute_events(&mut self, muted: bool) {
         self.events.muted = muted;
     }
 

@@ -199,6 +199,12 @@ impl Daemon {
             servers = loaded.core.server_count(),
             "state loaded"
         );
+        if loaded.repaired {
+            tracing::warn!(
+                state_dir = %config.state_dir.display(),
+                "the state store was not closed cleanly and its last commit did not record redb's allocator state: it was checked page by page"
+            );
+        }
         let returned = ReturnedKeys::load(&config.state_dir)?;
         let guard = clockguard::ClockGuard::load(config.state_dir.clone(), loaded.hwm)?;
         // Time resumes from the last persisted instant if the wall clock is behind it.

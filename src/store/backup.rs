@@ -64,7 +64,7 @@ impl Backup {
         let (store, _) = Store::open(dir)?;
         let hwm = store.hwm().max(self.hwm);
         let bytes = postcard::to_allocvec(&self.core).map_err(fail)?;
-        let tx = super::begin_write(store.db_for_restore()?)?;
+        let tx = super::begin_recorded_write(store.db_for_restore()?)?;
         {
             let mut snap = tx.open_table(SNAPSHOT).map_err(fail)?;
             snap.retain(|_, _| false).map_err(fail)?;

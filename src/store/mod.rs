@@ -228,7 +228,7 @@ impl RedbWrite {
     /// Moves the batches into redb and writes the snapshot (dropping the log it covers),
     /// in one durable transaction.
     pub fn write(self) -> Result<(), StoreError> {
-        let tx = begin_write(&self.db)?;
+        let tx = begin_recorded_write(&self.db)?;
         let covered = self.snapshot.as_ref().map(|(_, covered)| *covered);
         put_frames(&tx, &self.frames, self.next, covered)?;
         if let Some((core, covered)) = self.snapshot {
@@ -279,7 +279,8 @@ pub struct Loaded {
     pub core: Core,
     pub replayed: u64,
     /// redb had to check and repair its file: it was not closed cleanly, and its last
-    /// commit was made by a build that did not record the allocator state.
+    /// commit recorded no allocator state (made by an older build, or after a write
+    /// transaction was abandoned by a panic).
     pub repaired: bool,
     pub hwm: Timestamp,
 }
@@ -344,7 +345,7 @@ impl Store {
         lock: Option<File>,
         dir: &Path,
     ) -> Result<(Store, Loaded), StoreError> {
-        let tx = begin_write(&db)?;
+        let tx = begin_recorded_write(&db)?;
         {
             let mut meta = tx.open_table(META).map_err(fail)?;
             let schema = meta
@@ -823,7 +824,7 @@ impl Store {
         // copy of a state that may be a hundred megabytes.
         let len = postcard::experimental::serialized_size(core).map_err(fail)?;
         self.snapshot_len = Some(len);
-        let tx = begin_write(self.writer()?)?;
+        let tx = begin_recorded_write(self.writer()?)?;
         put_snapshot(&tx, covered, len, |room| {
             let written = postcard::to_slice(core, room).map_err(fail)?.len();
             if written != len {
@@ -938,7 +939,7 @@ impl Store {
         record: &AuditRecord,
     ) -> Result<(), StoreError> {
         self.checkpoint()?;
-        let tx = begin_write(self.writer()?)?;
+        let tx = begin_recorded_write(self.writer()?)?;
         {
             let mut table = tx.open_table(AUDIT).map_err(fail)?;
             let rb = postcard::to_allocvec(record).map_err(fail)?;
@@ -951,7 +952,7 @@ impl Store {
     #[doc(hidden)]
     pub fn truncate_audit(&mut self, count: u64) -> Result<(), StoreError> {
         self.checkpoint()?;
-        let tx = begin_write(self.writer()?)?;
+        let tx = begin_recorded_write(self.writer()?)?;
         {
             let mut table = tx.open_table(AUDIT).map_err(fail)?;
             table.retain(|k, _| k <= count).map_err(fail)?;
@@ -1006,7 +1007,7 @@ fn journal_meta(db: &Database) -> Result<(u64, [u8; 32]), StoreError> {
 
 /// Writes journal frames into redb in one durable transaction (see `put_frames`).
 fn move_into_db(db: &Database, frames: &[journal::Frame], next: u64) -> Result<(), StoreError> {
-    let tx = begin_write(db)?;
+    let tx = begin_recorded_write(db)?;
     put_frames(&tx, frames, next, None)?;
     tx.commit().map_err(fail)
 }
@@ -1073,26 +1074,27 @@ fn load(
         None => (Core::new(), 0),
     };
     let log = rx.open_table(LOG).map_err(fail)?;
-    let mut replayed = LogSince::default();
-    core.mute_events(true);
-    let mut last_seq = snap_seq;
-    for entry in log.range(snap_seq + 1..).map_err(fail)? {
-        let (k, v) = entry.map_err(fail)?;
-        replay(&mut core, v.value())
-            .map_err(|e| StoreError::Corrupt(format!("log record {}: {e}", k.value())))?;
-        last_seq = k.value();
-        replayed.add_record(v.value().len());
-    }
-    // Batches still only in the journal. A checkpoint that reported failure may have
-    // reached redb all the same: what redb holds is not applied twice.
-    let in_db = last_seq;
-    for f in pending.iter().filter(|f| f.seq.is_some_and(|s| s > in_db)) {
-        replay(&mut core, &f.record)
-            .map_err(|e| StoreError::Corrupt(format!("journal frame {}: {e}", f.number)))?;
-        last_seq = f.seq.unwrap_or(last_seq);
-        replayed.add_record(f.record.len());
-    }
-    core.mute_events(false);
+    let (last_seq, replayed) = core.with_events_muted(|core| {
+        let mut replayed = LogSince::default();
+        let mut last_seq = snap_seq;
+        for entry in log.range(snap_seq + 1..).map_err(fail)? {
+            let (k, v) = entry.map_err(fail)?;
+            replay(core, v.value())
+                .map_err(|e| StoreError::Corrupt(format!("log record {}: {e}", k.value())))?;
+            last_seq = k.value();
+            replayed.add_record(v.value().len());
+        }
+        // Batches still only in the journal. A checkpoint that reported failure may have
+        // reached redb all the same: what redb holds is not applied twice.
+        let in_db = last_seq;
+        for f in pending.iter().filter(|f| f.seq.is_some_and(|s| s > in_db)) {
+            replay(core, &f.record)
+                .map_err(|e| StoreError::Corrupt(format!("journal frame {}: {e}", f.number)))?;
+            last_seq = f.seq.unwrap_or(last_seq);
+            replayed.add_record(f.record.len());
+        }
+        Ok::<_, StoreError>((last_seq, replayed))
+    })?;
     core.reset_sessions();
     core.drain_events();
     let audit = rx.open_table(AUDIT).map_err(fail)?;
@@ -1135,9 +1137,11 @@ fn replay(core: &mut Core, bytes: &[u8]) -> Result<(), postcard::Error> {
 /// that record, redb checks every page's checksum and rebuilds the allocator state from the
 /// trees, which at a million leases took 0.5-0.65 s of a 1.8 s restart after SIGKILL.
 /// Every commit must record it, since a crash after one that did not makes the next open
-/// rebuild it all the same. The cost is a second sync per commit, on checkpoints and
-/// snapshots, which run off the event loop.
-fn begin_write(db: &Database) -> Result<redb::WriteTransaction, StoreError> {
+/// rebuild it all the same. The cost is a second sync per commit: on checkpoints and
+/// snapshots, off the event loop, and on the loop for a usage sample every few minutes, at
+/// open and at shutdown. `clippy.toml` disallows `Database::begin_write` elsewhere.
+#[allow(clippy::disallowed_methods)]
+fn begin_recorded_write(db: &Database) -> Result<redb::WriteTransaction, StoreError> {
     let mut tx = db.begin_write().map_err(fail)?;
     tx.set_quick_repair(true);
     Ok(tx)

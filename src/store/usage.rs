@@ -34,7 +34,7 @@ impl Store {
         let bytes = postcard::to_allocvec(&sample.rows).map_err(fail)?;
         // Durable on its own (one sync every few minutes): redb is otherwise written
         // durably only at checkpoints, which a quiet site reaches rarely.
-        let tx = super::begin_write(self.writer()?)?;
+        let tx = super::begin_recorded_write(self.writer()?)?;
         {
             let mut table = tx.open_table(USAGE).map_err(fail)?;
             table
