@@ -238,6 +238,18 @@ pub(crate) fn checkout(server: &str, cams: &[&str]) -> Command {
     }
 }
 
+/// Step `i` of a run: every third a release of `camera`, the rest checkouts of it.
+fn checkout_or_release(server: &str, camera: &str, i: u64) -> Command {
+    if i % 3 == 2 {
+        Command::Release {
+            server: server.into(),
+            cameras: vec![camera.into()],
+        }
+    } else {
+        checkout(server, &[camera])
+    }
+}
+
 /// A store with the demo key, servers A and B, and some leases, all committed durably.
 /// A store on disks that a power cut can hit, with `populated` committed.
 fn started() -> (Power, Store, Core) {
@@ -418,15 +430,7 @@ fn power_cut_between_the_syncs_of_any_redb_commit_opens_without_a_full_repair() 
         })));
     }
     for i in 0..12u64 {
-        let cam = format!("c{}", 10 + i % 5);
-        let cmd = if i % 3 == 2 {
-            Command::Release {
-                server: "B".into(),
-                cameras: vec![cam],
-            }
-        } else {
-            checkout("B", &[&cam])
-        };
+        let cmd = checkout_or_release("B", &format!("c{}", 10 + i % 5), i);
         durable(&mut store, &mut core, 10 + i, vec![cmd]);
         *expected.lock().unwrap() = acknowledged(&core);
         match i % 4 {
@@ -468,15 +472,7 @@ fn power_cut_at_every_point_of_a_run_keeps_acknowledged_state() {
     );
     durable(&mut store, &mut core, 1, enrol("A", "11111111"));
     for i in 0..20u64 {
-        let cam = format!("c{}", i % 7);
-        let cmd = if i % 3 == 2 {
-            Command::Release {
-                server: "A".into(),
-                cameras: vec![cam],
-            }
-        } else {
-            checkout("A", &[&cam])
-        };
+        let cmd = checkout_or_release("A", &format!("c{}", i % 7), i);
         run_batch(&mut store, &mut core, T0.plus(10 + i), vec![cmd], true);
         // Some steps move the journal into redb, so cuts fall both before and after a
         // checkpoint, and the journal is written over its old frames from then on.
