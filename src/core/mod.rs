@@ -642,14 +642,10 @@ impl Core {
     /// its log this way, since it already holds the audit records of those commands. The
     /// core leaves muted by no path out of `f`.
     pub(crate) fn with_events_muted<T>(&mut self, f: impl FnOnce(&mut Core) -> T) -> T {
-        self.mute_events(true);
+        self.events.muted = true;
         let out = f(self);
-        self.mute_events(false);
+        self.events.muted = false;
         out
-    }
-
-    fn mute_events(&mut self, muted: bool) {
-        self.events.muted = muted;
     }
 
     /// Installs a verified key and gives its `Default` pool every seat.

@@ -59,7 +59,9 @@ const SNAPSHOT_EVERY: u64 = 20_000;
 /// fleet, the log of its 100,000 moves (15 MB: 195,000 checkouts and 97,000
 /// acknowledgements) took netkeyd 1.3-1.6 s to replay over a 0.55 s start, where 9 MB of
 /// single-camera checkouts took 0.3 s. A storm can run the log to half as much again
-/// before its snapshot (`snapshot_overdue`): 12 MiB, about 1.2 s of moves. Each snapshot
+/// before its snapshot (`snapshot_overdue`): 12 MiB, and the first 12 MiB of that log of
+/// moves took netkeyd 2.1-3.3 s to start on (on a noisy machine; 0.5-1.4 s with no log),
+/// so the worst crash in a move storm still restarts in over 2 s. Each snapshot
 /// in a storm costs it a seventh of a second of the event loop and a second of a blocking
 /// thread (at 6 MiB, one fell inside netkey-bench's 200,000 durable checkouts, which ran
 /// at 27,324/s against 31,206/s in the run before), so the bound is not set lower.
@@ -463,7 +465,7 @@ impl Store {
         if let Some(file) = &self.file {
             // Close first: redb will not open a file it still holds.
             self.db = None;
-            self.db = Some(Arc::new(open_file(file)?));
+            self.db = Some(Arc::new(open_db(|b| b.create(file))?.0));
         }
         Ok(())
     }
@@ -1145,10 +1147,6 @@ fn begin_recorded_write(db: &Database) -> Result<redb::WriteTransaction, StoreEr
     let mut tx = db.begin_write().map_err(fail)?;
     tx.set_quick_repair(true);
     Ok(tx)
-}
-
-fn open_file(file: &Path) -> Result<Database, StoreError> {
-    open_db(|b| b.create(file)).map(|(db, _)| db)
 }
 
 /// Opens redb through `open`, and says whether the file had to be repaired: it was not
