@@ -284,9 +284,10 @@ impl Core {
             },
             Some(lease) => {
                 let holder = lease.server.clone();
-                let holder_live = self.servers.get(&holder).is_some_and(|h| h.sessions > 0);
+                let holder_state = self.servers.get(&holder);
+                let holder_live = holder_state.is_some_and(|h| h.sessions > 0);
                 if holder_live && !after_wait {
-                    let already = self.servers.get(&holder).is_some_and(|h| {
+                    let already = holder_state.is_some_and(|h| {
                         h.revocations
                             .contains_key(&(item.camera.clone(), lease.epoch))
                     });
@@ -662,7 +663,8 @@ impl Core {
         let s = self.servers.get_mut(server).ok_or(Refusal::NotEnrolled)?;
         let key = s.pool.key.clone();
         s.revocations.remove(&(camera.to_string(), epoch));
-        self.check_in(now, server);
+        s.check_in(now);
+        self.note_unpersisted(server);
         let holds_at_epoch = self
             .cameras
             .get(&key, camera)

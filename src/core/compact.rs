@@ -8,23 +8,24 @@ use serde::de::{Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use std::borrow::Borrow;
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::hash::Hash;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::thread::LocalKey;
 
-/// Bytes of a camera id kept inline; longer ids go to the heap.
+/// Bytes of an id kept inline; longer ids go to the heap.
 const INLINE: usize = 22;
 
-/// A camera id as a map key. The ids real cameras have (MAC addresses, 17 bytes) fit in
-/// its 24 bytes without a heap allocation; it orders, compares and hashes as the string's
-/// bytes, which is how `str` orders, so maps keyed by it iterate in camera-id order.
+/// A camera or server id as a map key. The ids real cameras have (MAC addresses, 17 bytes)
+/// and the ones the daemon gives servers (`srv-` and 12 hex digits) fit in its 24 bytes
+/// without a heap allocation; it orders, compares and hashes as the string's bytes, which
+/// is how `str` orders, so maps keyed by it iterate in id order.
 #[derive(Clone)]
-pub struct CameraKey(Repr);
+pub struct IdKey(Repr);
 
-/// Private, so every key is made by `CameraKey::new`: the order and equality of two inline
+/// Private, so every key is made by `IdKey::new`: the order and equality of two inline
 /// ids read the bytes past their lengths, which `new` leaves zero, and an id of up to
 /// `INLINE` bytes is always inline.
 #[derive(Clone)]
@@ -33,17 +34,17 @@ enum Repr {
     Heap(Box<str>),
 }
 
-impl CameraKey {
+impl IdKey {
     pub fn new(id: &str) -> Self {
         if id.len() <= INLINE {
             let mut bytes = [0; INLINE];
             bytes[..id.len()].copy_from_slice(id.as_bytes());
-            CameraKey(Repr::Inline {
+            IdKey(Repr::Inline {
                 len: id.len() as u8,
                 bytes,
             })
         } else {
-            CameraKey(Repr::Heap(id.into()))
+            IdKey(Repr::Heap(id.into()))
         }
     }
 
@@ -70,12 +71,12 @@ impl CameraKey {
         [word(0), word(8), word(16)]
     }
 
-    /// Where `id` is, or would go, in `ids` (sorted): searched as a `CameraKey` when it
+    /// Where `id` is, or would go, in `ids` (sorted): searched as a `IdKey` when it
     /// fits inline (compared word by word), by its bytes otherwise, so a lookup never
     /// copies a long id to the heap.
-    pub fn search(ids: &[CameraKey], id: &str) -> Result<usize, usize> {
+    pub fn search(ids: &[IdKey], id: &str) -> Result<usize, usize> {
         if id.len() <= INLINE {
-            ids.binary_search(&CameraKey::new(id))
+            ids.binary_search(&IdKey::new(id))
         } else {
             ids.binary_search_by(|c| c.as_bytes().cmp(id.as_bytes()))
         }
@@ -90,13 +91,13 @@ impl CameraKey {
     }
 }
 
-impl From<&str> for CameraKey {
+impl From<&str> for IdKey {
     fn from(id: &str) -> Self {
-        CameraKey::new(id)
+        IdKey::new(id)
     }
 }
 
-impl PartialEq for CameraKey {
+impl PartialEq for IdKey {
     fn eq(&self, other: &Self) -> bool {
         match (&self.0, &other.0) {
             (
@@ -110,13 +111,13 @@ impl PartialEq for CameraKey {
         }
     }
 }
-impl Eq for CameraKey {}
-impl PartialOrd for CameraKey {
+impl Eq for IdKey {}
+impl PartialOrd for IdKey {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
     }
 }
-impl Ord for CameraKey {
+impl Ord for IdKey {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         match (&self.0, &other.0) {
             (
@@ -132,22 +133,22 @@ impl Ord for CameraKey {
         }
     }
 }
-impl Hash for CameraKey {
+impl Hash for IdKey {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         self.as_bytes().hash(state)
     }
 }
-impl Borrow<[u8]> for CameraKey {
+impl Borrow<[u8]> for IdKey {
     fn borrow(&self) -> &[u8] {
         self.as_bytes()
     }
 }
-impl fmt::Debug for CameraKey {
+impl fmt::Debug for IdKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self.as_str(), f)
     }
 }
-impl fmt::Display for CameraKey {
+impl fmt::Display for IdKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
@@ -155,7 +156,7 @@ impl fmt::Display for CameraKey {
 /// As the id's string. In postcard (not human-readable) a string and bytes encode alike,
 /// and writing the bytes skips checking, for each of a million ids in a snapshot, that
 /// bytes made from a `str` are still UTF-8.
-impl Serialize for CameraKey {
+impl Serialize for IdKey {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         if s.is_human_readable() {
             s.serialize_str(self.as_str())
@@ -164,16 +165,16 @@ impl Serialize for CameraKey {
         }
     }
 }
-impl<'de> Deserialize<'de> for CameraKey {
+impl<'de> Deserialize<'de> for IdKey {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl Visitor<'_> for V {
-            type Value = CameraKey;
+            type Value = IdKey;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a camera id")
             }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<CameraKey, E> {
-                Ok(CameraKey::new(v))
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<IdKey, E> {
+                Ok(IdKey::new(v))
             }
         }
         d.deserialize_str(V)
@@ -445,25 +446,151 @@ impl<K, V> Default for DenseMap<K, V> {
     }
 }
 
-/// Looked up by a camera id the way `CameraKey::search` finds one in a slice.
-impl<V> DenseMap<CameraKey, V> {
+/// Looked up by a camera id the way `IdKey::search` finds one in a slice.
+impl<V> DenseMap<IdKey, V> {
     pub fn get_id(&self, id: &str) -> Option<&V> {
-        if id.len() <= INLINE {
-            self.map.get(&CameraKey::new(id))
-        } else {
-            self.map.get(id.as_bytes())
-        }
+        get_by_id(&self.map, id)
     }
 
     pub fn get_id_mut(&mut self, id: &str) -> Option<&mut V> {
-        if id.len() <= INLINE {
-            self.map.get_mut(&CameraKey::new(id))
-        } else {
-            self.map.get_mut(id.as_bytes())
-        }
+        get_by_id_mut(&mut self.map, id)
     }
 }
 
+/// `id`'s entry, searched as an `IdKey` when the id fits inline (compared word by word),
+/// by its bytes otherwise, so a lookup never copies a long id to the heap.
+fn get_by_id<'a, V>(map: &'a BTreeMap<IdKey, V>, id: &str) -> Option<&'a V> {
+    if id.len() <= INLINE {
+        map.get(&IdKey::new(id))
+    } else {
+        map.get(id.as_bytes())
+    }
+}
+
+fn get_by_id_mut<'a, V>(map: &'a mut BTreeMap<IdKey, V>, id: &str) -> Option<&'a mut V> {
+    if id.len() <= INLINE {
+        map.get_mut(&IdKey::new(id))
+    } else {
+        map.get_mut(id.as_bytes())
+    }
+}
+
+/// Entries keyed by id (the core's servers), looked up by `&str` as `DenseMap::get_id`
+/// does. The core finds a server among ten thousand by its id several times per request:
+/// with `String` keys, each of those lookups called `memcmp` a dozen times or more, and
+/// replaying a log of camera moves spent a fifth of its time there. It reads and writes
+/// as a map keyed by strings, so a snapshot written with `String` keys reads back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct IdMap<V>(BTreeMap<IdKey, V>);
+
+impl<V> Default for IdMap<V> {
+    fn default() -> Self {
+        IdMap(BTreeMap::new())
+    }
+}
+
+impl<V> IdMap<V> {
+    pub fn get(&self, id: &str) -> Option<&V> {
+        get_by_id(&self.0, id)
+    }
+
+    pub fn get_mut(&mut self, id: &str) -> Option<&mut V> {
+        get_by_id_mut(&mut self.0, id)
+    }
+
+    pub fn contains_key(&self, id: &str) -> bool {
+        self.get(id).is_some()
+    }
+
+    pub fn insert(&mut self, id: &str, value: V) -> Option<V> {
+        self.0.insert(IdKey::new(id), value)
+    }
+
+    pub fn remove(&mut self, id: &str) -> Option<V> {
+        if id.len() <= INLINE {
+            self.0.remove(&IdKey::new(id))
+        } else {
+            self.0.remove(id.as_bytes())
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// In id order, as a `BTreeMap<String, V>` iterates.
+    pub fn iter(&self) -> IdMapIter<'_, V> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(IdKey::as_str)
+    }
+
+    pub fn values(&self) -> std::collections::btree_map::Values<'_, IdKey, V> {
+        self.0.values()
+    }
+
+    pub fn values_mut(&mut self) -> std::collections::btree_map::ValuesMut<'_, IdKey, V> {
+        self.0.values_mut()
+    }
+}
+
+/// `IdMap::iter`: ids as `&str`.
+pub type IdMapIter<'a, V> = std::iter::Map<
+    std::collections::btree_map::Iter<'a, IdKey, V>,
+    fn((&'a IdKey, &'a V)) -> (&'a str, &'a V),
+>;
+
+impl<'a, V> IntoIterator for &'a IdMap<V> {
+    type Item = (&'a str, &'a V);
+    type IntoIter = IdMapIter<'a, V>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+/// A set of ids (the servers whose renewal is in memory only), looked up as `IdMap` does;
+/// it reads and writes as a set of strings.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct IdSet(BTreeSet<IdKey>);
+
+impl IdSet {
+    pub fn contains(&self, id: &str) -> bool {
+        if id.len() <= INLINE {
+            self.0.contains(&IdKey::new(id))
+        } else {
+            self.0.contains(id.as_bytes())
+        }
+    }
+
+    /// Whether `id` was not in the set.
+    pub fn insert(&mut self, id: &str) -> bool {
+        self.0.insert(IdKey::new(id))
+    }
+
+    pub fn remove(&mut self, id: &str) -> bool {
+        if id.len() <= INLINE {
+            self.0.remove(&IdKey::new(id))
+        } else {
+            self.0.remove(id.as_bytes())
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(IdKey::as_str)
+    }
+}
 impl<K: Ord, V> DenseMap<K, V> {
     pub fn get<Q: Ord + ?Sized>(&self, key: &Q) -> Option<&V>
     where
@@ -646,24 +773,20 @@ mod tests {
             .to_vec();
         ids.extend(["x".repeat(22), "x".repeat(23), "y".repeat(128)]);
         for a in &ids {
-            assert_eq!(CameraKey::new(a).as_str(), a);
+            assert_eq!(IdKey::new(a).as_str(), a);
             for b in &ids {
-                assert_eq!(
-                    CameraKey::new(a).cmp(&CameraKey::new(b)),
-                    a.cmp(b),
-                    "{a} {b}"
-                );
-                assert_eq!(CameraKey::new(a) == CameraKey::new(b), a == b);
+                assert_eq!(IdKey::new(a).cmp(&IdKey::new(b)), a.cmp(b), "{a} {b}");
+                assert_eq!(IdKey::new(a) == IdKey::new(b), a == b);
             }
         }
-        assert_eq!(std::mem::size_of::<CameraKey>(), 24);
+        assert_eq!(std::mem::size_of::<IdKey>(), 24);
         let long = "a-camera-id-longer-than-the-inline-bytes";
         for id in ["cam-1", long] {
-            let bytes = postcard::to_allocvec(&CameraKey::new(id)).unwrap();
+            let bytes = postcard::to_allocvec(&IdKey::new(id)).unwrap();
             assert_eq!(bytes, postcard::to_allocvec(id).unwrap());
-            let back: CameraKey = postcard::from_bytes(&bytes).unwrap();
+            let back: IdKey = postcard::from_bytes(&bytes).unwrap();
             assert_eq!(back.as_str(), id);
-            let json = serde_json::to_string(&CameraKey::new(id)).unwrap();
+            let json = serde_json::to_string(&IdKey::new(id)).unwrap();
             assert_eq!(json, serde_json::to_string(id).unwrap());
         }
     }
@@ -829,10 +952,64 @@ mod tests {
             b in "[a\\x00]{0,3}",
         ) {
             let (a, b) = (format!("{prefix}{a}"), format!("{prefix}{b}"));
-            let (ka, kb) = (CameraKey::new(&a), CameraKey::new(&b));
+            let (ka, kb) = (IdKey::new(&a), IdKey::new(&b));
             proptest::prop_assert_eq!(ka.cmp(&kb), a.cmp(&b));
             proptest::prop_assert_eq!(ka == kb, a == b);
             proptest::prop_assert_eq!(ka.cmp(&kb), ka.as_bytes().cmp(kb.as_bytes()));
+        }
+
+        /// The core's servers moved from `BTreeMap<String, _>` and `BTreeSet<String>` to
+        /// `IdMap` and `IdSet`: run side by side on ids short and long (straddling the
+        /// inline length), they must hold, find and list the same, and write the same
+        /// bytes, or a snapshot written before would read back otherwise.
+        #[test]
+        fn id_maps_and_sets_hold_and_write_what_string_keyed_ones_do(
+            ops in proptest::collection::vec(
+                (0u8..3, "(srv-[0-9a-f]{1,3}|srv-[0-9a-f]{12}|[a-z]{20,24})", 0u32..100),
+                0..200,
+            )
+        ) {
+            let (mut map, mut model): (IdMap<u32>, BTreeMap<String, u32>) = Default::default();
+            let (mut set, mut set_model): (IdSet, BTreeSet<String>) = Default::default();
+            for (op, id, v) in &ops {
+                match op {
+                    0 => {
+                        proptest::prop_assert_eq!(map.insert(id, *v), model.insert(id.clone(), *v));
+                        proptest::prop_assert_eq!(set.insert(id), set_model.insert(id.clone()));
+                    }
+                    1 => {
+                        proptest::prop_assert_eq!(map.remove(id), model.remove(id));
+                        proptest::prop_assert_eq!(set.remove(id), set_model.remove(id));
+                    }
+                    _ => {
+                        if let Some(x) = map.get_mut(id) {
+                            *x += v;
+                        }
+                        if let Some(x) = model.get_mut(id) {
+                            *x += v;
+                        }
+                    }
+                }
+                proptest::prop_assert_eq!(map.get(id), model.get(id));
+                proptest::prop_assert_eq!(map.contains_key(id), model.contains_key(id));
+                proptest::prop_assert_eq!(set.contains(id), set_model.contains(id));
+            }
+            proptest::prop_assert_eq!(map.len(), model.len());
+            proptest::prop_assert!(map.iter().eq(model.iter().map(|(k, v)| (k.as_str(), v))));
+            proptest::prop_assert!(map.keys().eq(model.keys().map(String::as_str)));
+            proptest::prop_assert!(set.iter().eq(set_model.iter().map(String::as_str)));
+            let bytes = postcard::to_allocvec(&map).unwrap();
+            proptest::prop_assert_eq!(&bytes, &postcard::to_allocvec(&model).unwrap());
+            let back: IdMap<u32> = postcard::from_bytes(&bytes).unwrap();
+            proptest::prop_assert_eq!(&back, &map);
+            let bytes = postcard::to_allocvec(&set).unwrap();
+            proptest::prop_assert_eq!(&bytes, &postcard::to_allocvec(&set_model).unwrap());
+            let back: IdSet = postcard::from_bytes(&bytes).unwrap();
+            proptest::prop_assert_eq!(&back, &set);
+            proptest::prop_assert_eq!(
+                serde_json::to_string(&map).unwrap(),
+                serde_json::to_string(&model).unwrap()
+            );
         }
     }
 

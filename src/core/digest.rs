@@ -2,7 +2,7 @@
 //! daemon: SHA-256 over the (camera, epoch) pairs sorted by camera id, each encoded as
 //! the camera id's UTF-8 bytes, one 0x00 byte, and the epoch as 8 bytes little-endian.
 
-use super::compact::CameraKey;
+use super::compact::IdKey;
 use ring::digest::{Context, SHA256};
 use serde::{Deserialize, Serialize};
 
@@ -16,20 +16,20 @@ use serde::{Deserialize, Serialize};
 /// which a vector keeps in 24 bytes each and shifts in microseconds, where a tree's nodes
 /// cost about twice that. Serialized as the plain set of camera ids.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(from = "Vec<CameraKey>")]
+#[serde(from = "Vec<IdKey>")]
 pub struct Holdings {
-    cameras: Vec<CameraKey>,
+    cameras: Vec<IdKey>,
     digest: Option<[u8; 32]>,
 }
 
 impl Holdings {
     fn find(&self, camera: &str) -> Result<usize, usize> {
-        CameraKey::search(&self.cameras, camera)
+        IdKey::search(&self.cameras, camera)
     }
 
     pub fn insert(&mut self, camera: &str) -> bool {
         self.digest = None;
-        let camera = CameraKey::new(camera);
+        let camera = IdKey::new(camera);
         match self.cameras.binary_search(&camera) {
             Ok(_) => false,
             Err(i) => {
@@ -64,7 +64,7 @@ impl Holdings {
 
     /// The camera ids, in order.
     pub fn iter(&self) -> impl Iterator<Item = &str> {
-        self.cameras.iter().map(CameraKey::as_str)
+        self.cameras.iter().map(IdKey::as_str)
     }
 
     /// The camera ids as owned strings, for a caller that changes the holdings as it goes.
@@ -81,8 +81,8 @@ impl Holdings {
     }
 }
 
-impl From<Vec<CameraKey>> for Holdings {
-    fn from(mut cameras: Vec<CameraKey>) -> Self {
+impl From<Vec<IdKey>> for Holdings {
+    fn from(mut cameras: Vec<IdKey>) -> Self {
         // Written sorted and unique; sorting again costs little and keeps `find` right
         // whatever was read.
         cameras.sort_unstable();
@@ -102,9 +102,9 @@ impl Serialize for Holdings {
 
 impl<'a> IntoIterator for &'a Holdings {
     type Item = &'a str;
-    type IntoIter = std::iter::Map<std::slice::Iter<'a, CameraKey>, fn(&'a CameraKey) -> &'a str>;
+    type IntoIter = std::iter::Map<std::slice::Iter<'a, IdKey>, fn(&'a IdKey) -> &'a str>;
     fn into_iter(self) -> Self::IntoIter {
-        self.cameras.iter().map(CameraKey::as_str)
+        self.cameras.iter().map(IdKey::as_str)
     }
 }
 

@@ -127,10 +127,11 @@ impl Core {
         let due: Vec<(String, String)> = self
             .servers
             .iter()
-            .filter(|(id, s)| {
-                !s.held.is_empty() && self.reservation_end(id).is_some_and(|end| end <= now)
+            .filter(|(_, s)| {
+                !s.held.is_empty()
+                    && super::reservation_end_of(&self.keys, s).is_some_and(|end| end <= now)
             })
-            .map(|(id, s)| (id.clone(), s.pool.key.clone()))
+            .map(|(id, s)| (id.to_string(), s.pool.key.clone()))
             .collect();
         for (server, key) in due {
             let cameras: Vec<String> = self

@@ -39,7 +39,7 @@ pub use view::{
 };
 
 use crate::key::{Feature, KeyDocument, KeyId};
-use compact::{CameraKey, DenseMap, Interner, OptionalInstant};
+use compact::{DenseMap, IdKey, IdMap, IdSet, Interner, OptionalInstant};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -432,7 +432,7 @@ impl CameraRecord {
 /// share. Iterates in (key, camera) order, as the views list them.
 #[derive(Clone, Debug, Default)]
 pub struct Cameras {
-    by_key: BTreeMap<KeyId, DenseMap<CameraKey, CameraRecord>>,
+    by_key: BTreeMap<KeyId, DenseMap<IdKey, CameraRecord>>,
     terms: Interner<Terms>,
 }
 
@@ -450,7 +450,7 @@ impl Cameras {
         self.by_key
             .entry(key.to_string())
             .or_default()
-            .entry_or_default(CameraKey::new(camera))
+            .entry_or_default(IdKey::new(camera))
     }
 
     pub fn contains(&self, key: &str, camera: &str) -> bool {
@@ -529,7 +529,7 @@ impl Serialize for Cameras {
 
 impl<'de> Deserialize<'de> for Cameras {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        type ByKey = BTreeMap<KeyId, DenseMap<CameraKey, CameraRecord>>;
+        type ByKey = BTreeMap<KeyId, DenseMap<IdKey, CameraRecord>>;
         if compact::reading_format() == compact::TermsFormat::Inline {
             let (by_key, terms) = compact::reading_cameras(None, || ByKey::deserialize(d));
             return Ok(Cameras {
@@ -609,7 +609,7 @@ impl Events {
 pub struct Core {
     keys: BTreeMap<KeyId, InstalledKey>,
     pools: BTreeMap<PoolId, Pool>,
-    servers: BTreeMap<ServerId, Server>,
+    servers: IdMap<Server>,
     cameras: Cameras,
     codes: BTreeMap<String, EnrolmentCode>,
     /// No deadline (reservation end, revoking end, entry expiry) falls before this.
@@ -617,7 +617,7 @@ pub struct Core {
     #[serde(skip)]
     events: Events,
     /// Servers renewed in memory since the last `renewals_persisted`.
-    unpersisted: BTreeSet<ServerId>,
+    unpersisted: IdSet,
     /// The wall clock is behind this high-water mark: new checkouts are refused.
     clock_rollback: Option<Timestamp>,
 }
@@ -863,7 +863,7 @@ impl Core {
                     });
                 }
                 self.servers.insert(
-                    req.server_id.clone(),
+                    &req.server_id,
                     Server {
                         id: req.server_id.clone(),
                         name: req.name.clone(),
@@ -930,8 +930,8 @@ impl Core {
 
     /// Every renewal made in memory up to `at` is now durable.
     pub fn renewals_persisted(&mut self, at: Timestamp) {
-        for id in std::mem::take(&mut self.unpersisted) {
-            if let Some(s) = self.servers.get_mut(&id) {
+        for id in std::mem::take(&mut self.unpersisted).iter() {
+            if let Some(s) = self.servers.get_mut(id) {
                 s.persisted_renewal = s.persisted_renewal.max(s.renewed_at.min(at));
             }
         }
@@ -942,7 +942,7 @@ impl Core {
     pub fn pending_renewals(&self) -> Vec<(ServerId, Timestamp)> {
         self.unpersisted
             .iter()
-            .filter_map(|id| self.servers.get(id).map(|s| (id.clone(), s.renewed_at)))
+            .filter_map(|id| self.servers.get(id).map(|s| (id.to_string(), s.renewed_at)))
             .collect()
     }
 
@@ -1103,10 +1103,10 @@ impl Core {
     }
 
     /// The server's renewal is in memory only: looked up first, so a server checking in
-    /// again (most of them, every heartbeat) costs no copy of its id.
+    /// again (most of them, every heartbeat) costs no copy of an id too long to be inline.
     fn note_unpersisted(&mut self, server: &str) {
         if !self.unpersisted.contains(server) {
-            self.unpersisted.insert(server.to_string());
+            self.unpersisted.insert(server);
         }
     }
 
@@ -1145,8 +1145,12 @@ impl Core {
         self.add_usage(&lease.pool, &lease.features, -1, 0);
         if let Some(s) = self.servers.get_mut(&lease.server) {
             s.held.remove(camera);
-            s.revocations
-                .retain(|(c, e), r| !(c == camera && *e == lease.epoch && r.provisional));
+            // A move request still waiting for this holder is moot now. Looked up by its
+            // key: a holder asked for many cameras in a move storm has as many requests.
+            let request = (camera.to_string(), lease.epoch);
+            if s.revocations.get(&request).is_some_and(|r| r.provisional) {
+                s.revocations.remove(&request);
+            }
         }
         self.events.push_with(|| Event::Released {
             key: key.to_string(),
