@@ -71,14 +71,28 @@ impl IdKey {
         [word(0), word(8), word(16)]
     }
 
-    /// Where `id` is, or would go, in `ids` (sorted): searched as a `IdKey` when it
-    /// fits inline (compared word by word), by its bytes otherwise, so a lookup never
-    /// copies a long id to the heap.
+    /// Where `id` is, or would go, in `ids` (sorted).
     pub fn search(ids: &[IdKey], id: &str) -> Result<usize, usize> {
+        Self::look_up(
+            ids,
+            id,
+            |ids, key| ids.binary_search(key),
+            |ids, bytes| ids.binary_search_by(|c| c.as_bytes().cmp(bytes)),
+        )
+    }
+
+    /// Looks `id` up in `within` as an `IdKey` when it fits inline (compared word by
+    /// word), by its bytes otherwise, so a lookup never copies a long id to the heap.
+    fn look_up<M, R>(
+        within: M,
+        id: &str,
+        inline: impl FnOnce(M, &IdKey) -> R,
+        bytes: impl FnOnce(M, &[u8]) -> R,
+    ) -> R {
         if id.len() <= INLINE {
-            ids.binary_search(&IdKey::new(id))
+            inline(within, &IdKey::new(id))
         } else {
-            ids.binary_search_by(|c| c.as_bytes().cmp(id.as_bytes()))
+            bytes(within, id.as_bytes())
         }
     }
 
@@ -457,22 +471,12 @@ impl<V> DenseMap<IdKey, V> {
     }
 }
 
-/// `id`'s entry, searched as an `IdKey` when the id fits inline (compared word by word),
-/// by its bytes otherwise, so a lookup never copies a long id to the heap.
 fn get_by_id<'a, V>(map: &'a BTreeMap<IdKey, V>, id: &str) -> Option<&'a V> {
-    if id.len() <= INLINE {
-        map.get(&IdKey::new(id))
-    } else {
-        map.get(id.as_bytes())
-    }
+    IdKey::look_up(map, id, |m, k| m.get(k), |m, b| m.get(b))
 }
 
 fn get_by_id_mut<'a, V>(map: &'a mut BTreeMap<IdKey, V>, id: &str) -> Option<&'a mut V> {
-    if id.len() <= INLINE {
-        map.get_mut(&IdKey::new(id))
-    } else {
-        map.get_mut(id.as_bytes())
-    }
+    IdKey::look_up(map, id, |m, k| m.get_mut(k), |m, b| m.get_mut(b))
 }
 
 /// Entries keyed by id (the core's servers), looked up by `&str` as `DenseMap::get_id`
@@ -508,11 +512,7 @@ impl<V> IdMap<V> {
     }
 
     pub fn remove(&mut self, id: &str) -> Option<V> {
-        if id.len() <= INLINE {
-            self.0.remove(&IdKey::new(id))
-        } else {
-            self.0.remove(id.as_bytes())
-        }
+        IdKey::look_up(&mut self.0, id, |m, k| m.remove(k), |m, b| m.remove(b))
     }
 
     pub fn len(&self) -> usize {
@@ -563,11 +563,7 @@ pub struct IdSet(BTreeSet<IdKey>);
 
 impl IdSet {
     pub fn contains(&self, id: &str) -> bool {
-        if id.len() <= INLINE {
-            self.0.contains(&IdKey::new(id))
-        } else {
-            self.0.contains(id.as_bytes())
-        }
+        IdKey::look_up(&self.0, id, |s, k| s.contains(k), |s, b| s.contains(b))
     }
 
     /// Whether `id` was not in the set.
@@ -576,11 +572,7 @@ impl IdSet {
     }
 
     pub fn remove(&mut self, id: &str) -> bool {
-        if id.len() <= INLINE {
-            self.0.remove(&IdKey::new(id))
-        } else {
-            self.0.remove(id.as_bytes())
-        }
+        IdKey::look_up(&mut self.0, id, |s, k| s.remove(k), |s, b| s.remove(b))
     }
 
     pub fn is_empty(&self) -> bool {
