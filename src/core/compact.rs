@@ -185,7 +185,7 @@ impl<'de> Deserialize<'de> for IdKey {
         impl Visitor<'_> for V {
             type Value = IdKey;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a camera id")
+                f.write_str("a camera or server id")
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<IdKey, E> {
                 Ok(IdKey::new(v))
@@ -998,10 +998,14 @@ mod tests {
             proptest::prop_assert_eq!(&bytes, &postcard::to_allocvec(&set_model).unwrap());
             let back: IdSet = postcard::from_bytes(&bytes).unwrap();
             proptest::prop_assert_eq!(&back, &set);
-            proptest::prop_assert_eq!(
-                serde_json::to_string(&map).unwrap(),
-                serde_json::to_string(&model).unwrap()
-            );
+            let json = serde_json::to_string(&map).unwrap();
+            proptest::prop_assert_eq!(&json, &serde_json::to_string(&model).unwrap());
+            let back: IdMap<u32> = serde_json::from_str(&json).unwrap();
+            proptest::prop_assert_eq!(&back, &map);
+            let json = serde_json::to_string(&set).unwrap();
+            proptest::prop_assert_eq!(&json, &serde_json::to_string(&set_model).unwrap());
+            let back: IdSet = serde_json::from_str(&json).unwrap();
+            proptest::prop_assert_eq!(&back, &set);
         }
     }
 

@@ -32,9 +32,9 @@ impl Core {
 
     pub(crate) fn compute_next_due(&self, now: Timestamp) -> Timestamp {
         let mut next = Timestamp::NEVER;
-        for (id, s) in &self.servers {
+        for s in self.servers.values() {
             if !s.held.is_empty() {
-                if let Some(end) = self.reservation_end(id) {
+                if let Some(end) = super::reservation_end_of(&self.keys, s) {
                     next = next.min(end);
                 }
             }

@@ -57,12 +57,13 @@ const SNAPSHOT_EVERY: u64 = 20_000;
 /// thousand, and a restart after a crash replays what the log holds since the last
 /// snapshot. Camera moves cost the most to replay per byte: after netkey-bench's full
 /// fleet, the log of its 100,000 moves (15 MB: 195,000 checkouts and 97,000
-/// acknowledgements) took netkeyd 1.3-1.6 s to replay over a 0.55 s start, where 9 MB of
-/// single-camera checkouts took 0.3 s. A storm can run the log to half as much again
-/// before its snapshot (`snapshot_overdue`): 12 MiB. Since servers are looked up by inline
-/// ids (`IdMap`), replaying that whole 15 MB log takes a fifth fewer instructions (3.9
-/// billion, from 4.9), and `Store::open` on it 1.6-1.9 s where it took 2.2-2.8 s (0.35-0.46
-/// s for the same state without its log, on a noisy machine). Each snapshot
+/// acknowledgements) held `Store::open` for 2.2-2.8 s where the same state without its log
+/// opens in 0.35-0.46 s, while 9 MB of single-camera checkouts replayed in 0.3 s. Servers
+/// looked up by inline ids (`IdMap`) and `settle` skipping the overdraft of keys that have
+/// none brought that replay from 4.9 to 3.9 billion instructions (callgrind) and the open
+/// to 1.6-1.9 s (on a noisy machine). A storm can run the log to half as much again
+/// before its snapshot (`snapshot_overdue`): 12 MiB, less than that 15 MB, so the worst
+/// crash in a move storm opens its store in under 2 s. Each snapshot
 /// in a storm costs it a seventh of a second of the event loop and a second of a blocking
 /// thread (at 6 MiB, one fell inside netkey-bench's 200,000 durable checkouts, which ran
 /// at 27,324/s against 31,206/s in the run before), so the bound is not set lower.
