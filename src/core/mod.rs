@@ -1102,12 +1102,9 @@ impl Core {
         }
     }
 
-    /// The server's renewal is in memory only: looked up first, so a server checking in
-    /// again (most of them, every heartbeat) costs no copy of an id too long to be inline.
+    /// The server's renewal is in memory only.
     fn note_unpersisted(&mut self, server: &str) {
-        if !self.unpersisted.contains(server) {
-            self.unpersisted.insert(server);
-        }
+        self.unpersisted.insert(server);
     }
 
     /// A durable change for this server: its renewal is persisted with it.
@@ -1146,10 +1143,13 @@ impl Core {
         if let Some(s) = self.servers.get_mut(&lease.server) {
             s.held.remove(camera);
             // A move request still waiting for this holder is moot now. Looked up by its
-            // key: a holder asked for many cameras in a move storm has as many requests.
-            let request = (camera.to_string(), lease.epoch);
-            if s.revocations.get(&request).is_some_and(|r| r.provisional) {
-                s.revocations.remove(&request);
+            // key: a holder asked for many cameras in a move storm has as many requests;
+            // and not at all when there are none (most releases), as the key is a copy.
+            if !s.revocations.is_empty() {
+                let request = (camera.to_string(), lease.epoch);
+                if s.revocations.get(&request).is_some_and(|r| r.provisional) {
+                    s.revocations.remove(&request);
+                }
             }
         }
         self.events.push_with(|| Event::Released {

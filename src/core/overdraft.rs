@@ -150,16 +150,13 @@ impl Core {
     fn settle_key(&mut self, key: &str, now: Timestamp) {
         // Read before the key is borrowed to change it, and only for a key that may
         // overdraw: this runs after every command, and the excess walks every pool and
-        // feature of the key (a tenth of the time a restart spent replaying camera moves).
-        let overdraws = self
+        // feature of the key (skipping it took `settle` from 476 to 339 million
+        // instructions of a restart replaying camera moves, in callgrind).
+        let overdraft = self
             .keys
             .get(key)
-            .is_some_and(|k| k.document.policy.overdraft_seats > 0);
-        let (excess, spent) = if overdraws {
-            (self.key_excess(key, now), self.overdraft_spent(key, now))
-        } else {
-            (0, false)
-        };
+            .is_some_and(|k| k.document.policy.overdraft_seats > 0)
+            .then(|| (self.key_excess(key, now), self.overdraft_spent(key, now)));
         let Some(k) = self.keys.get_mut(key) else {
             return;
         };
@@ -194,11 +191,10 @@ impl Core {
         {
             k.peaks.pop_first();
         }
-        let policy = &k.document.policy;
-        if policy.overdraft_seats == 0 {
+        let Some((excess, spent)) = overdraft else {
             return;
-        }
-        let hours = policy.overdraft_hours;
+        };
+        let hours = k.document.policy.overdraft_hours;
         let od = &mut k.overdraft;
         match (excess > 0, od.over_since) {
             (true, None) => {
