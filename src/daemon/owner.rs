@@ -7,6 +7,7 @@
 //! also logs the core's events, audits them, and pushes revocations to the holders' live
 //! connections.
 
+use super::syncer::{Synced, Syncer};
 use crate::clock::Clock;
 use crate::core::{Command, Core, Event, Outcome, Refusal, ReleaseReason, Timestamp};
 use crate::discovery::{Offer, OfferedKey};
@@ -538,7 +539,7 @@ async fn run(
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch: Vec<Job> = Vec::new();
-    let mut pipe = Pipeline::default();
+    let mut pipe = Pipeline::new();
     let mut redb_write: Option<RedbWriteTask> = None;
     let mut systemd = Systemd::new();
     loop {
@@ -547,8 +548,8 @@ async fn run(
                 Some(j) => batch.push(j),
                 None => break,
             },
-            (synced, covered) = sync_ended(&mut pipe.syncing) => {
-                on_synced(&mut owner, &mut pipe, synced, covered, &acks);
+            synced = pipe.syncer.ended() => {
+                on_synced(&mut owner, &mut pipe, synced, &acks);
             }
             written = redb_written(&mut redb_write) => {
                 redb_write = None;
@@ -657,6 +658,9 @@ fn end_redb_write(owner: &mut Owner, (written, snapshot, took): RedbWritten) {
 /// A batch applied to the core and begun in the store: its answers, and what it tells
 /// other connections, wait until it (and every batch before it) is durable.
 struct Held {
+    /// The sync it waits for: its own if it must be durable, else the last one asked for
+    /// by a batch held before it.
+    ticket: u64,
     commit: Option<Commit>,
     replies: Vec<Reply>,
     events: Vec<Event>,
@@ -666,96 +670,93 @@ struct Held {
     opened: Vec<(String, u64)>,
 }
 
-/// Group commit without a stall: while one sync runs (on a blocking thread), the core
-/// goes on applying batches and writing them to the journal; when the sync ends, the
-/// batches it covers are answered and the next sync covers all written since. A batch
-/// that reads what an earlier one changed is answered after it, never before; when a
-/// sync fails, every batch held fails with it and the core is rebuilt from the store.
-#[derive(Default)]
+/// Group commit without a stall: while a sync runs (on the syncer's thread), the core
+/// goes on applying batches and writing them to the journal; each durable batch asks for
+/// a sync that begins after it was written, and the syncer begins the next as soon as one
+/// ends, covering every batch written meanwhile. Batches are answered in order once the
+/// sync they wait for has ended: a batch that reads what an earlier one changed is never
+/// answered before it. When a sync fails, every batch held fails with it and the core is
+/// rebuilt from the store.
 struct Pipeline {
     held: std::collections::VecDeque<Held>,
-    syncing: Option<Syncing>,
+    syncer: Syncer,
+    /// The last ticket asked of the syncer, the last it reported on (synced or failed),
+    /// and the last it synced.
+    asked: u64,
+    reported: u64,
+    synced: u64,
 }
-
-/// The sync under way, and how many of `held`, from the front, it covers.
-type Syncing = (tokio::task::JoinHandle<std::io::Result<()>>, usize);
 
 impl Pipeline {
+    fn new() -> Pipeline {
+        Pipeline {
+            held: std::collections::VecDeque::new(),
+            syncer: Syncer::start(),
+            asked: 0,
+            reported: 0,
+            synced: 0,
+        }
+    }
+
     fn is_idle(&self) -> bool {
-        self.held.is_empty() && self.syncing.is_none()
+        self.held.is_empty() && self.reported == self.asked
+    }
+
+    /// Holds `held` until the sync it needs (if any, or the one of a batch before it) ends.
+    fn hold(&mut self, owner: &Owner, mut held: Held) {
+        held.ticket = if held.commit.as_ref().is_some_and(Commit::needs_sync) {
+            self.asked += 1;
+            self.syncer.request(self.asked, owner.store.journal_file());
+            self.asked
+        } else {
+            self.held.back().map_or(self.synced, |h| h.ticket)
+        };
+        self.held.push_back(held);
+    }
+
+    /// The oldest batches whose syncs have ended, taken from `held`.
+    fn ready(&mut self) -> std::collections::VecDeque<Held> {
+        let n = self
+            .held
+            .iter()
+            .take_while(|h| h.ticket <= self.synced)
+            .count();
+        self.held.drain(..n).collect()
     }
 }
 
-/// The end of the sync under way (never, if there is none).
-async fn sync_ended(syncing: &mut Option<Syncing>) -> (std::io::Result<()>, usize) {
-    match syncing {
-        Some((handle, covered)) => {
-            let synced = match handle.await {
-                Ok(r) => r,
-                Err(e) => Err(std::io::Error::other(format!("the sync did not run: {e}"))),
-            };
-            (synced, *covered)
-        }
-        None => std::future::pending().await,
-    }
-}
-
-/// Waits until every batch held is answered or failed.
+/// Waits until every batch held is answered or failed, and no sync is under way.
 async fn drain(owner: &mut Owner, pipe: &mut Pipeline, acks: &Notify) {
-    while pipe.syncing.is_some() {
-        let (synced, covered) = sync_ended(&mut pipe.syncing).await;
-        on_synced(owner, pipe, synced, covered, acks);
+    while !pipe.is_idle() {
+        let synced = pipe.syncer.ended().await;
+        on_synced(owner, pipe, synced, acks);
     }
 }
 
-/// The sync under way ended, covering the first `covered` batches held.
-fn on_synced(
-    owner: &mut Owner,
-    pipe: &mut Pipeline,
-    synced: std::io::Result<()>,
-    covered: usize,
-    acks: &Notify,
-) {
-    pipe.syncing = None;
-    match synced {
-        Ok(()) => {
-            let done = pipe.held.drain(..covered.min(pipe.held.len())).collect();
-            // The disk starts on the batches written meanwhile before the ones it just
-            // made durable are answered: writing a batch's answers takes the event loop
-            // about as long as a sync, and the disk sat idle through it.
-            start_sync(owner, pipe);
-            answer(owner, pipe, done, acks);
-            advance(owner, pipe, acks);
+/// A sync ended (`None`: the syncer's thread is gone, so no sync asked of it will end; a
+/// new one takes over and what is held fails).
+fn on_synced(owner: &mut Owner, pipe: &mut Pipeline, synced: Option<Synced>, acks: &Notify) {
+    let (ticket, outcome) = match synced {
+        Some(s) => s,
+        None => {
+            pipe.syncer = Syncer::start();
+            let lost = std::io::Error::other("the thread that syncs it stopped");
+            (pipe.asked, Err(lost))
         }
-        Err(e) => fail_held(owner, pipe, format!("the journal: {e}")),
+    };
+    pipe.reported = pipe.reported.max(ticket);
+    match outcome {
+        Ok(()) => {
+            pipe.synced = pipe.synced.max(ticket);
+            let done = pipe.ready();
+            answer(owner, pipe, done, acks);
+        }
+        // A failure of a sync that covers no batch held concerns batches failed already.
+        Err(e) if pipe.held.front().is_some_and(|h| h.ticket <= ticket) => {
+            fail_held(owner, pipe, format!("the journal: {e}"))
+        }
+        Err(_) => {}
     }
-}
-
-/// Starts a sync of everything held if any of it must be durable and none is under
-/// way; otherwise answers what is held, which needs none.
-fn advance(owner: &mut Owner, pipe: &mut Pipeline, acks: &Notify) {
-    if !start_sync(owner, pipe) && pipe.syncing.is_none() {
-        let all = pipe.held.drain(..).collect();
-        answer(owner, pipe, all, acks);
-    }
-}
-
-/// Starts a sync covering every batch held, if none is under way and any of them must
-/// be durable. Whether it started one.
-fn start_sync(owner: &Owner, pipe: &mut Pipeline) -> bool {
-    if pipe.syncing.is_some() {
-        return false;
-    }
-    let needs_sync = pipe
-        .held
-        .iter()
-        .any(|h| h.commit.as_ref().is_some_and(Commit::needs_sync));
-    if needs_sync {
-        let file = owner.store.journal_file();
-        let handle = tokio::task::spawn_blocking(move || file.sync_data());
-        pipe.syncing = Some((handle, pipe.held.len()));
-    }
-    needs_sync
 }
 
 /// Ends `done`, the oldest batches, in the store and answers them, in order. They were
@@ -798,8 +799,6 @@ fn answer(
 /// yet ended, and the core is rebuilt from what is durable.
 fn fail_held(owner: &mut Owner, pipe: &mut Pipeline, reason: String) {
     tracing::error!(reason = %reason, "COMMIT FAILED: this batch's changes are refused; leases go on being renewed in memory");
-    // The sync under way, if any, covers only batches that fail now.
-    pipe.syncing = None;
     let held: Vec<Held> = pipe.held.drain(..).collect();
     let mut replies = Vec::new();
     for mut h in held {
@@ -982,6 +981,7 @@ fn apply(
         audit.clear();
     }
     let mut held = Held {
+        ticket: 0,
         commit: None,
         replies,
         events,
@@ -1010,14 +1010,15 @@ fn apply(
         match begun {
             Ok(commit) => held.commit = Some(commit),
             Err(e) => {
-                pipe.held.push_back(held);
+                pipe.hold(owner, held);
                 fail_held(owner, pipe, e.to_string());
                 return;
             }
         }
     }
-    pipe.held.push_back(held);
-    advance(owner, pipe, acks);
+    pipe.hold(owner, held);
+    let done = pipe.ready();
+    answer(owner, pipe, done, acks);
 }
 
 /// A usage sample is due, and redb can take it now (not while a checkpoint or snapshot is
