@@ -548,8 +548,10 @@ async fn run(
                 Some(j) => batch.push(j),
                 None => break,
             },
-            synced = pipe.syncer.ended() => {
-                on_synced(&mut owner, &mut pipe, synced, &acks);
+            // Polled only while a sync is owed: a syncer whose thread is gone answers
+            // at once, and would spin the loop.
+            report = pipe.syncer.ended(), if pipe.reported < pipe.asked => {
+                on_synced(&mut owner, &mut pipe, report, &acks);
             }
             written = redb_written(&mut redb_write) => {
                 redb_write = None;
@@ -658,8 +660,8 @@ fn end_redb_write(owner: &mut Owner, (written, snapshot, took): RedbWritten) {
 /// A batch applied to the core and begun in the store: its answers, and what it tells
 /// other connections, wait until it (and every batch before it) is durable.
 struct Held {
-    /// The sync it waits for: its own if it must be durable, else the last one asked for
-    /// by a batch held before it.
+    /// The sync it waits for: its own if it must be durable, else that of the batch held
+    /// before it (the last synced if none). Set by `Pipeline::hold`.
     ticket: u64,
     commit: Option<Commit>,
     replies: Vec<Reply>,
@@ -675,8 +677,8 @@ struct Held {
 /// a sync that begins after it was written, and the syncer begins the next as soon as one
 /// ends, covering every batch written meanwhile. Batches are answered in order once the
 /// sync they wait for has ended: a batch that reads what an earlier one changed is never
-/// answered before it. When a sync fails, every batch held fails with it and the core is
-/// rebuilt from the store.
+/// answered before it. When a sync that covers the oldest batch held fails, every batch
+/// held fails with it and the core is rebuilt from the store.
 struct Pipeline {
     held: std::collections::VecDeque<Held>,
     syncer: Syncer,
@@ -684,7 +686,7 @@ struct Pipeline {
     /// and the last it synced.
     asked: u64,
     reported: u64,
-    synced: u64,
+    synced_to: u64,
 }
 
 impl Pipeline {
@@ -694,7 +696,7 @@ impl Pipeline {
             syncer: Syncer::start(),
             asked: 0,
             reported: 0,
-            synced: 0,
+            synced_to: 0,
         }
     }
 
@@ -709,7 +711,7 @@ impl Pipeline {
             self.syncer.request(self.asked, owner.store.journal_file());
             self.asked
         } else {
-            self.held.back().map_or(self.synced, |h| h.ticket)
+            self.held.back().map_or(self.synced_to, |h| h.ticket)
         };
         self.held.push_back(held);
     }
@@ -719,24 +721,27 @@ impl Pipeline {
         let n = self
             .held
             .iter()
-            .take_while(|h| h.ticket <= self.synced)
+            .take_while(|h| h.ticket <= self.synced_to)
             .count();
         self.held.drain(..n).collect()
     }
 }
 
-/// Waits until every batch held is answered or failed, and no sync is under way.
+/// Waits until every batch held is answered or failed, and no sync is under way. (A
+/// batch is held only while its ticket is owed: once every sync asked for is reported,
+/// each was answered or failed.)
 async fn drain(owner: &mut Owner, pipe: &mut Pipeline, acks: &Notify) {
-    while !pipe.is_idle() {
-        let synced = pipe.syncer.ended().await;
-        on_synced(owner, pipe, synced, acks);
+    while pipe.reported < pipe.asked {
+        let report = pipe.syncer.ended().await;
+        on_synced(owner, pipe, report, acks);
     }
+    debug_assert!(pipe.held.is_empty());
 }
 
 /// A sync ended (`None`: the syncer's thread is gone, so no sync asked of it will end; a
 /// new one takes over and what is held fails).
-fn on_synced(owner: &mut Owner, pipe: &mut Pipeline, synced: Option<Synced>, acks: &Notify) {
-    let (ticket, outcome) = match synced {
+fn on_synced(owner: &mut Owner, pipe: &mut Pipeline, report: Option<Synced>, acks: &Notify) {
+    let (ticket, outcome) = match report {
         Some(s) => s,
         None => {
             pipe.syncer = Syncer::start();
@@ -747,11 +752,14 @@ fn on_synced(owner: &mut Owner, pipe: &mut Pipeline, synced: Option<Synced>, ack
     pipe.reported = pipe.reported.max(ticket);
     match outcome {
         Ok(()) => {
-            pipe.synced = pipe.synced.max(ticket);
+            pipe.synced_to = pipe.synced_to.max(ticket);
             let done = pipe.ready();
             answer(owner, pipe, done, acks);
         }
-        // A failure of a sync that covers no batch held concerns batches failed already.
+        // A sync that covers no batch held covered only batches failed already (tickets
+        // only grow). That failure set `degraded`, so nothing durable was written since,
+        // and recovery waits until every sync owed is reported: there is nothing for this
+        // one to fail, and nothing a later sync's success could wrongly vouch for.
         Err(e) if pipe.held.front().is_some_and(|h| h.ticket <= ticket) => {
             fail_held(owner, pipe, format!("the journal: {e}"))
         }
@@ -981,7 +989,7 @@ fn apply(
         audit.clear();
     }
     let mut held = Held {
-        ticket: 0,
+        ticket: 0, // `Pipeline::hold` sets it
         commit: None,
         replies,
         events,

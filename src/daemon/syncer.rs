@@ -42,7 +42,8 @@ impl Syncer {
             .name("netkey-sync".into())
             .spawn(work)
         {
-            // The same loop on tokio's blocking pool: it holds one of its threads for good.
+            // The same loop on tokio's blocking pool: it holds one of its threads until the
+            // `Syncer` is dropped.
             tracing::warn!("journal syncs run on the blocking pool (no thread of their own: {e})");
             let wanted = wanted.clone();
             tokio::task::spawn_blocking(move || sync_loop(&wanted, &tx));
@@ -52,7 +53,9 @@ impl Syncer {
 
     /// Asks for a sync of `file` that begins after this call, covering `ticket` (which
     /// is higher than any asked for before). Tickets asked for while a sync runs are
-    /// covered by one sync after it, reported with the last of them.
+    /// covered by one sync after it, reported with the last of them; so every ticket not
+    /// yet reported must be in `file`, which holds as the journal switches files only
+    /// once all its frames are settled.
     pub fn request(&self, ticket: u64, file: Arc<dyn JournalFile>) {
         let (lock, wake) = &*self.wanted;
         let mut w = lock.lock().unwrap_or_else(PoisonError::into_inner);
@@ -104,7 +107,7 @@ fn sync_loop(wanted: &Shared, tx: &mpsc::UnboundedSender<Synced>) {
 mod tests {
     use super::*;
     use std::io;
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
     /// A file whose syncs wait for the test to let them through, and count.
     #[derive(Debug, Default)]
@@ -112,7 +115,7 @@ mod tests {
         gate: Mutex<bool>,
         open: Condvar,
         syncs: AtomicU64,
-        fail: std::sync::atomic::AtomicBool,
+        fail: AtomicBool,
     }
 
     impl GatedFile {
@@ -164,7 +167,7 @@ mod tests {
         assert_eq!(ticket, 3, "2 and 3 share the sync that began after both");
         outcome.unwrap();
         assert_eq!(file.syncs.load(Ordering::SeqCst), 2);
-        // Nothing more was asked for: no sync runs.
+        // No sync runs until asked: the next report is 4's, after one more sync.
         syncer.request(4, file.clone());
         assert_eq!(syncer.ended().await.unwrap().0, 4);
         assert_eq!(file.syncs.load(Ordering::SeqCst), 3);
@@ -187,20 +190,26 @@ mod tests {
         outcome.unwrap();
     }
 
-    #[test]
-    fn dropping_the_owners_end_stops_the_thread() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
+    #[tokio::test]
+    async fn dropping_the_owners_end_stops_the_thread_after_the_sync_under_way() {
         let file = Arc::new(GatedFile::default());
-        file.set_open(true);
-        let syncer = rt.block_on(async { Syncer::start() });
+        let syncer = Syncer::start();
+        syncer.request(1, file.clone());
+        while file.syncs.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
         let wanted = syncer.wanted.clone();
         drop(syncer);
-        // The thread held the only other reference to the shared state (a thread that
-        // never stops hangs the test).
+        // The thread is in its sync: it holds the shared state until that ends.
+        assert_eq!(Arc::strong_count(&wanted), 2);
+        file.set_open(true);
+        // Then it lets go of it, having begun no other sync. (The bound only turns a
+        // thread that never stops into a failure instead of a hang.)
+        let bound = std::time::Instant::now() + std::time::Duration::from_secs(60);
         while Arc::strong_count(&wanted) > 1 {
-            std::thread::yield_now();
+            assert!(std::time::Instant::now() < bound, "the thread did not stop");
+            tokio::task::yield_now().await;
         }
+        assert_eq!(file.syncs.load(Ordering::SeqCst), 1);
     }
 }
