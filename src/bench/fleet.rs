@@ -113,6 +113,10 @@ pub enum Op {
 
 enum Msg {
     Run(Op, oneshot::Sender<Result<Duration, String>>),
+    /// Every op of a driver that has this one server: each request is sent as the answer
+    /// to the one before is read, as a redis-benchmark connection does, not after a
+    /// round trip through the driver's task (two more turns of the event loop each).
+    RunAll(Ops, oneshot::Sender<Recorder>),
     Held(oneshot::Sender<Vec<String>>),
 }
 
@@ -162,6 +166,13 @@ impl Sim {
                     Some(Msg::Run(_, reply)) => {
                         let _ = reply.send(Err("the connection is lost".into()));
                     }
+                    Some(Msg::RunAll(ops, reply)) => {
+                        let mut rec = Recorder::new();
+                        for _ in 0..ops.len() {
+                            rec.error("the connection is lost".into());
+                        }
+                        let _ = reply.send(rec);
+                    }
                     Some(Msg::Held(reply)) => {
                         let _ = reply.send(self.state.held.keys().cloned().collect());
                     }
@@ -176,6 +187,17 @@ impl Sim {
                         let r = self.handle(op).await;
                         let _ = reply.send(r);
                         self.settle().await;
+                    }
+                    Some(Msg::RunAll(ops, reply)) => {
+                        let mut rec = Recorder::new();
+                        for i in 0..ops.len() {
+                            match self.handle(ops.op(i)).await {
+                                Ok(took) => rec.record(took),
+                                Err(e) => rec.error(e),
+                            }
+                            self.settle().await;
+                        }
+                        let _ = reply.send(rec);
                     }
                     Some(Msg::Held(reply)) => {
                         let _ = reply.send(self.state.held.keys().cloned().collect());
@@ -331,6 +353,7 @@ impl std::fmt::Debug for Msg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Msg::Run(op, _) => write!(f, "Run({op:?})"),
+            Msg::RunAll(ops, _) => write!(f, "RunAll({ops:?})"),
             Msg::Held(_) => write!(f, "Held"),
         }
     }
@@ -503,6 +526,19 @@ impl Fleet {
 
 /// One driver: round-robin over its servers, the next op of each, one at a time.
 async fn drive(lane: Vec<(mpsc::Sender<Msg>, Ops)>) -> Recorder {
+    if let [(tx, ops)] = lane.as_slice() {
+        let (reply, rx) = oneshot::channel();
+        if tx.send(Msg::RunAll(ops.clone(), reply)).await.is_err() {
+            let mut rec = Recorder::new();
+            rec.error("a server task ended".into());
+            return rec;
+        }
+        return rx.await.unwrap_or_else(|_| {
+            let mut rec = Recorder::new();
+            rec.error("a server task ended".into());
+            rec
+        });
+    }
     let mut rec = Recorder::new();
     let rounds = lane.iter().map(|(_, ops)| ops.len()).max().unwrap_or(0);
     for round in 0..rounds {
