@@ -167,11 +167,7 @@ impl Sim {
                         let _ = reply.send(Err("the connection is lost".into()));
                     }
                     Some(Msg::RunAll(ops, reply)) => {
-                        let mut rec = Recorder::new();
-                        for _ in 0..ops.len() {
-                            rec.error("the connection is lost".into());
-                        }
-                        let _ = reply.send(rec);
+                        let _ = reply.send(self.run_all(&ops).await);
                     }
                     Some(Msg::Held(reply)) => {
                         let _ = reply.send(self.state.held.keys().cloned().collect());
@@ -189,15 +185,7 @@ impl Sim {
                         self.settle().await;
                     }
                     Some(Msg::RunAll(ops, reply)) => {
-                        let mut rec = Recorder::new();
-                        for i in 0..ops.len() {
-                            match self.handle(ops.op(i)).await {
-                                Ok(took) => rec.record(took),
-                                Err(e) => rec.error(e),
-                            }
-                            self.settle().await;
-                        }
-                        let _ = reply.send(rec);
+                        let _ = reply.send(self.run_all(&ops).await);
                     }
                     Some(Msg::Held(reply)) => {
                         let _ = reply.send(self.state.held.keys().cloned().collect());
@@ -217,6 +205,19 @@ impl Sim {
             }
         }
         self.state
+    }
+
+    /// Runs every op in turn (each fails at once once the connection is lost).
+    async fn run_all(&mut self, ops: &Ops) -> Recorder {
+        let mut rec = Recorder::new();
+        for i in 0..ops.len() {
+            match self.handle(ops.op(i)).await {
+                Ok(took) => rec.record(took),
+                Err(e) => rec.error(e),
+            }
+            self.settle().await;
+        }
+        rec
     }
 
     fn lost(&mut self, e: ClientError) {
@@ -528,16 +529,13 @@ impl Fleet {
 async fn drive(lane: Vec<(mpsc::Sender<Msg>, Ops)>) -> Recorder {
     if let [(tx, ops)] = lane.as_slice() {
         let (reply, rx) = oneshot::channel();
-        if tx.send(Msg::RunAll(ops.clone(), reply)).await.is_err() {
-            let mut rec = Recorder::new();
-            rec.error("a server task ended".into());
+        let sent = tx.send(Msg::RunAll(ops.clone(), reply)).await.is_ok();
+        if let (true, Ok(rec)) = (sent, rx.await) {
             return rec;
         }
-        return rx.await.unwrap_or_else(|_| {
-            let mut rec = Recorder::new();
-            rec.error("a server task ended".into());
-            rec
-        });
+        let mut rec = Recorder::new();
+        rec.error("a server task ended".into());
+        return rec;
     }
     let mut rec = Recorder::new();
     let rounds = lane.iter().map(|(_, ops)| ops.len()).max().unwrap_or(0);
