@@ -6,17 +6,18 @@ use std::process::Command;
 
 #[test]
 fn a_tiny_run_completes_every_phase_without_errors_and_writes_json() {
-    tiny_run(None);
+    tiny_run(None, 1);
 }
 
 /// The same with the daemon on worker threads and the core on a thread of its own, as
-/// `TOKIO_WORKER_THREADS` asks (netkeyd's default is one event loop).
+/// `TOKIO_WORKER_THREADS` asks (netkeyd's default is one event loop), and the
+/// like-for-like phases in two rounds.
 #[test]
 fn a_tiny_run_against_a_daemon_on_worker_threads_completes_every_phase() {
-    tiny_run(Some("2"));
+    tiny_run(Some("2"), 2);
 }
 
-fn tiny_run(worker_threads: Option<&str>) {
+fn tiny_run(worker_threads: Option<&str>, rounds: usize) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("bench.json");
     let mut bench = Command::new(env!("CARGO_BIN_EXE_netkey-bench"));
@@ -37,6 +38,7 @@ fn tiny_run(worker_threads: Option<&str>) {
             "--checkouts",
             "5",
         ])
+        .args(["--rounds", &rounds.to_string()])
         .arg("--no-redis")
         .arg("--netkeyd")
         .arg(env!("CARGO_BIN_EXE_netkeyd"))
@@ -67,8 +69,8 @@ fn tiny_run(worker_threads: Option<&str>) {
         ("checkout_storm", 12),
         ("heartbeats", 30),
         // On the first 2 servers (as many as clients): 30 heartbeats, 5 new cameras.
-        ("heartbeats_like_redis", 30),
-        ("checkouts_like_redis", 5),
+        ("heartbeats_like_redis", 30 * rounds),
+        ("checkouts_like_redis", 5 * rounds),
         // 3 servers: one pair, so one mover takes its partner's 4 cameras.
         ("move_churn", 4),
         ("status", 5),
@@ -80,6 +82,19 @@ fn tiny_run(worker_threads: Option<&str>) {
         assert_eq!(p["ops"], ops, "{name}: {p}");
         assert!(p["p99_us"].as_f64().unwrap() > 0.0, "{name}: {p}");
     }
+    // Each round of a like-for-like phase makes every request of the phase; the phase
+    // counts them all, and the checkouts of a round before the last are released again.
+    let rounds_of = |name: &str| -> Vec<u64> {
+        report["rounds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["phase"] == name)
+            .map(|r| r["netkey"]["ops"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(rounds_of("checkouts_like_redis"), vec![5; rounds]);
+    assert_eq!(rounds_of("heartbeats_like_redis"), vec![30; rounds]);
     assert_eq!(report["leases"], 12);
     assert_eq!(report["restart"]["leases"], 17, "{report}");
     assert!(report["memory"]["restarted_kib"].as_u64().unwrap() > 0);

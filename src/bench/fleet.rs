@@ -496,6 +496,17 @@ impl Fleet {
 
     /// Runs a phase: `clients` drivers, each with one request in flight, walk the plan.
     pub async fn run_phase(&self, name: &str, clients: usize, plan: &PhasePlan) -> PhaseResult {
+        let (rec, drivers, elapsed) = self.run_recorded(clients, plan).await;
+        rec.finish(name, drivers, elapsed)
+    }
+
+    /// `run_phase`, before its figures are drawn: what each request took, how many
+    /// drivers ran, and the wall time (rounds of a phase are merged from these).
+    pub async fn run_recorded(
+        &self,
+        clients: usize,
+        plan: &PhasePlan,
+    ) -> (Recorder, usize, std::time::Duration) {
         let drivers = clients.clamp(1, plan.entries.len().max(1));
         let mut lanes: Vec<Vec<(mpsc::Sender<Msg>, Ops)>> =
             (0..drivers).map(|_| Vec::new()).collect();
@@ -521,7 +532,7 @@ impl Fleet {
         for e in self.shared.take() {
             rec.error(e);
         }
-        rec.finish(name, drivers, elapsed)
+        (rec, drivers, elapsed)
     }
 }
 
@@ -715,6 +726,32 @@ impl PhasePlan {
                 .await
                 .into_iter()
                 .map(|(s, held)| (s, Ops::Release(Arc::new(held))))
+                .collect(),
+        }
+    }
+
+    /// Releases every camera the plan checks out, each by the server that checked it
+    /// out (heartbeats and releases in the plan are left out).
+    pub fn undoing_checkouts(&self) -> PhasePlan {
+        PhasePlan {
+            entries: self
+                .entries
+                .iter()
+                .filter_map(|(s, ops)| match ops {
+                    Ops::Checkout {
+                        owner,
+                        first,
+                        count,
+                    } => Some((
+                        *s,
+                        Ops::Release(Arc::new(
+                            (*first..first + count)
+                                .map(|c| super::camera_id(*owner, c))
+                                .collect(),
+                        )),
+                    )),
+                    _ => None,
+                })
                 .collect(),
         }
     }

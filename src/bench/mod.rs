@@ -46,6 +46,9 @@ pub struct BenchConfig {
     /// The running daemon's pid, for its memory figures.
     pub daemon_pid: Option<u32>,
     pub redis: bool,
+    /// Each like-for-like phase (and its redis run) is made this many times, netkey and
+    /// redis taking turns, so drift in the machine's speed falls on both alike.
+    pub rounds: usize,
 }
 
 impl BenchConfig {
@@ -65,6 +68,7 @@ impl BenchConfig {
             admin_socket: None,
             daemon_pid: None,
             redis: true,
+            rounds: 1,
         }
     }
 
@@ -78,6 +82,7 @@ impl BenchConfig {
             checkouts: 200_000,
             moves: 100_000,
             status_queries: 500,
+            rounds: 3,
             ..BenchConfig::quick(netkeyd)
         }
     }
@@ -243,35 +248,34 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
 
     // Like for like with redis-benchmark: as many connections as its clients, one
     // request in flight on each, while the daemon holds every lease and connection; each
-    // followed at once by redis doing the same over TLS. Durable checkouts come first, so
-    // redis's SETs leave the keys its GETs read.
-    let checkouts_plan =
-        PhasePlan::checkouts_like_redis(&fleet, config.clients, config.cameras, config.checkouts);
-    let checkouts = measured(
-        pid,
-        fleet.run_phase("checkouts_like_redis", config.clients, &checkouts_plan),
-    )
-    .await;
-    report.push(checkouts);
-    let expected_leases = config.leases() + checkouts_plan.len();
-    if let Some(r) = &redis {
-        if !checkouts_plan.is_empty() {
-            redis_runs.push(r.run("SET", true, checkouts_plan.len()).await?);
-        }
-    }
-    let heartbeats_plan =
-        PhasePlan::heartbeats_like_redis(&fleet, config.clients, config.heartbeats);
-    let heartbeats = measured(
-        pid,
-        fleet.run_phase("heartbeats_like_redis", config.clients, &heartbeats_plan),
-    )
-    .await;
-    report.push(heartbeats);
-    if let Some(r) = &redis {
-        if !heartbeats_plan.is_empty() {
-            redis_runs.push(r.run("GET", true, heartbeats_plan.len()).await?);
-        }
-    }
+    // round followed at once by redis doing the same over TLS. Durable checkouts come
+    // first, so redis's SETs leave the keys its GETs read.
+    let checkouts = LikeForLike {
+        name: "checkouts_like_redis",
+        test: "SET",
+        clients: config.clients,
+        rounds: config.rounds,
+        plan: PhasePlan::checkouts_like_redis(
+            &fleet,
+            config.clients,
+            config.cameras,
+            config.checkouts,
+        ),
+    };
+    let checkouts_made = checkouts
+        .run(&fleet, pid, redis.as_ref(), &mut report, &mut redis_runs)
+        .await?;
+    let expected_leases = config.leases() + checkouts_made;
+    let heartbeats = LikeForLike {
+        name: "heartbeats_like_redis",
+        test: "GET",
+        clients: config.clients,
+        rounds: config.rounds,
+        plan: PhasePlan::heartbeats_like_redis(&fleet, config.clients, config.heartbeats),
+    };
+    let heartbeats_made = heartbeats
+        .run(&fleet, pid, redis.as_ref(), &mut report, &mut redis_runs)
+        .await?;
 
     let moves = measured(
         pid,
@@ -340,10 +344,7 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
 
     if let Some(r) = redis {
         // Plain TCP, for reference only: SET first, as over TLS.
-        for (test, n) in [
-            ("SET", checkouts_plan.len()),
-            ("GET", heartbeats_plan.len()),
-        ] {
+        for (test, n) in [("SET", checkouts_made), ("GET", heartbeats_made)] {
             if n > 0 {
                 redis_runs.push(r.run(test, false, n).await?);
             }
@@ -356,6 +357,94 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
     report.total_seconds = started.elapsed().as_secs_f64();
     report.finished_at = Timestamp::from_system_time(std::time::SystemTime::now());
     Ok(report)
+}
+
+/// A phase compared with redis, run in rounds: each round is the whole plan followed at
+/// once by redis-benchmark with as many requests (`test` over TLS, SET with `appendfsync
+/// always`). Between rounds the cameras a round checked out are released again, untimed,
+/// so each round starts from the same leases and the last leaves them as one round would.
+/// The report gets each round, and the phase and redis's run with every round's requests.
+struct LikeForLike {
+    name: &'static str,
+    test: &'static str,
+    clients: usize,
+    rounds: usize,
+    plan: PhasePlan,
+}
+
+impl LikeForLike {
+    /// Runs every round; returns the requests one round makes.
+    async fn run(
+        self,
+        fleet: &Fleet,
+        pid: Option<u32>,
+        redis: Option<&redis::Running>,
+        report: &mut Report,
+        redis_runs: &mut Vec<report::RedisRun>,
+    ) -> Result<usize, BenchError> {
+        if self.plan.is_empty() {
+            return Ok(0);
+        }
+        let rounds = self.rounds.max(1);
+        let undo = self.plan.undoing_checkouts();
+        let mut all = report::Recorder::new();
+        let (mut wall, mut drivers, mut cpu_seconds) = (Duration::ZERO, 1, Some(0.0));
+        let mut theirs = Vec::new();
+        for k in 1..=rounds {
+            if k > 1 && !undo.is_empty() {
+                let undone = fleet.run_phase(self.name, self.clients, &undo).await;
+                if undone.errors > 0 {
+                    report.fail(format!(
+                        "{} of {} releases between rounds of {} failed: {}",
+                        undone.errors,
+                        undone.ops,
+                        self.name,
+                        undone.error_samples.join("; ")
+                    ));
+                }
+            }
+            let before = pid.and_then(daemon::cpu_seconds);
+            let (rec, d, took) = fleet.run_recorded(self.clients, &self.plan).await;
+            let after = pid.and_then(daemon::cpu_seconds);
+            drivers = d;
+            wall += took;
+            cpu_seconds = cpu_seconds
+                .zip(before.zip(after))
+                .map(|(sum, (b, a))| sum + (a - b));
+            all.merge(rec.clone());
+            let mut ours = rec.finish(self.name, d, took);
+            ours.server_cpu_us_per_op = daemon::cpu_us_per_op(before, after, ours.ops);
+            let yardstick = match redis {
+                Some(r) => Some(r.run(self.test, true, self.plan.len()).await?),
+                None => None,
+            };
+            let round = report::Round {
+                phase: self.name.to_string(),
+                round: k,
+                netkey: ours,
+                redis: yardstick.clone(),
+            };
+            if rounds > 1 {
+                eprintln!(
+                    "netkey-bench: {} round {k} of {rounds}: {:.0}/s{}",
+                    self.name,
+                    round.netkey.ops_per_sec,
+                    round
+                        .ratio()
+                        .map_or(String::new(), |x| format!(", {x:.2} of redis's"))
+                );
+            }
+            theirs.extend(yardstick);
+            report.rounds.push(round);
+        }
+        let mut phase = all.finish(self.name, drivers, wall);
+        phase.server_cpu_us_per_op = cpu_seconds
+            .filter(|_| phase.ops > 0)
+            .map(|c| c * 1e6 / phase.ops as f64);
+        report.push(phase);
+        redis_runs.extend(report::RedisRun::combine(&theirs));
+        Ok(self.plan.len())
+    }
 }
 
 /// Runs a phase and notes the daemon's CPU time per request during it.

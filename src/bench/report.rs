@@ -13,7 +13,7 @@ use std::time::Duration;
 const ERROR_SAMPLES: usize = 5;
 
 /// Latencies and errors as a phase goes, one per driver, merged at the end.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Recorder {
     /// Nanoseconds, 1 µs to 100 s, three significant digits.
     hist: Histogram<u64>,
@@ -181,6 +181,71 @@ pub struct RedisRun {
     pub server_cpu_us_per_op: Option<f64>,
 }
 
+impl RedisRun {
+    /// Rounds of the same test as one run: every request over the time they all took;
+    /// redis-benchmark reports percentiles per run only, so p50 and p99 are the median
+    /// round's, and the maximum the largest.
+    pub fn combine(rounds: &[RedisRun]) -> Option<RedisRun> {
+        let first = rounds.first()?;
+        let requests: usize = rounds.iter().map(|r| r.requests).sum();
+        let seconds: f64 = rounds
+            .iter()
+            .filter(|r| r.ops_per_sec > 0.0)
+            .map(|r| r.requests as f64 / r.ops_per_sec)
+            .sum();
+        let cpu = rounds
+            .iter()
+            .map(|r| r.server_cpu_us_per_op.map(|c| c * r.requests as f64))
+            .sum::<Option<f64>>();
+        Some(RedisRun {
+            requests,
+            ops_per_sec: if seconds > 0.0 {
+                requests as f64 / seconds
+            } else {
+                0.0
+            },
+            p50_us: median(rounds.iter().map(|r| r.p50_us)),
+            p99_us: median(rounds.iter().map(|r| r.p99_us)),
+            max_us: rounds.iter().map(|r| r.max_us).fold(0.0, f64::max),
+            server_cpu_us_per_op: cpu.filter(|_| requests > 0).map(|c| c / requests as f64),
+            ..first.clone()
+        })
+    }
+}
+
+/// The middle value (the lower of the two middle ones for an even count), 0 for none.
+pub fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n => v[(n - 1) / 2],
+    }
+}
+
+/// One round of a like-for-like phase: netkey's part, and redis-benchmark's run with as
+/// many requests right after it (none without the yardstick). Taking turns, neither side
+/// gets the machine's quiet minutes alone: on a shared machine throughput drifts by tens
+/// of percent from minute to minute, for both alike.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Round {
+    pub phase: String,
+    /// From 1.
+    pub round: usize,
+    pub netkey: PhaseResult,
+    pub redis: Option<RedisRun>,
+}
+
+impl Round {
+    /// netkey / redis throughput in this round alone.
+    pub fn ratio(&self) -> Option<f64> {
+        self.redis
+            .as_ref()
+            .filter(|r| r.ops_per_sec > 0.0)
+            .map(|r| self.netkey.ops_per_sec / r.ops_per_sec)
+    }
+}
+
 /// netkey's phase beside its redis yardstick.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Comparison {
@@ -197,6 +262,10 @@ pub struct Comparison {
     pub netkey_cpu_us_per_op: Option<f64>,
     #[serde(default)]
     pub redis_cpu_us_per_op: Option<f64>,
+    /// The ratio in each round, for a like-for-like phase run in rounds beside this same
+    /// redis run: their spread is the noise the headline ratio carries.
+    #[serde(default)]
+    pub round_ratios: Vec<f64>,
 }
 
 impl Comparison {
@@ -231,6 +300,19 @@ impl Comparison {
                     redis_p99_us: r.p99_us,
                     netkey_cpu_us_per_op: p.server_cpu_us_per_op,
                     redis_cpu_us_per_op: r.server_cpu_us_per_op,
+                    round_ratios: report
+                        .rounds
+                        .iter()
+                        .filter(|k| {
+                            k.phase == phase
+                                && k.redis.as_ref().is_some_and(|x| {
+                                    x.test == r.test
+                                        && x.transport == r.transport
+                                        && x.durable == r.durable
+                                })
+                        })
+                        .filter_map(Round::ratio)
+                        .collect(),
                 });
             }
         }
@@ -260,6 +342,10 @@ pub struct Report {
     pub phases: Vec<PhaseResult>,
     pub memory: Memory,
     pub restart: Option<Restart>,
+    /// Each like-for-like phase is run in rounds, netkey and redis taking turns: the
+    /// phase and the redis run in `redis` are every round's requests together.
+    #[serde(default)]
+    pub rounds: Vec<Round>,
     pub redis: Vec<RedisRun>,
     pub comparisons: Vec<Comparison>,
     /// Checks that failed outside any one request (counts that do not add up).
@@ -292,6 +378,7 @@ impl Report {
             phases: Vec::new(),
             memory: Memory::default(),
             restart: None,
+            rounds: Vec::new(),
             redis: Vec::new(),
             comparisons: Vec::new(),
             failures: Vec::new(),
@@ -426,6 +513,17 @@ impl Report {
                     cpu(c.redis_cpu_us_per_op),
                     c.ratio
                 );
+                if c.round_ratios.len() > 1 {
+                    let each: Vec<String> =
+                        c.round_ratios.iter().map(|r| format!("{r:.2}")).collect();
+                    let _ = writeln!(
+                        s,
+                        "{:<54} in {} rounds, taking turns: {}",
+                        "",
+                        each.len(),
+                        each.join(", ")
+                    );
+                }
             }
         }
         for n in &self.notes {
@@ -465,5 +563,106 @@ fn us(v: f64) -> String {
         format!("{:.2} ms", v / 1_000.0)
     } else {
         format!("{v:.0} µs")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(requests: usize, ops_per_sec: f64, p99_us: f64, cpu: Option<f64>) -> RedisRun {
+        RedisRun {
+            test: "SET".into(),
+            transport: "tls".into(),
+            durable: true,
+            clients: 50,
+            requests,
+            ops_per_sec,
+            p50_us: p99_us / 2.0,
+            p99_us,
+            max_us: p99_us * 3.0,
+            server_cpu_us_per_op: cpu,
+        }
+    }
+
+    fn phase(name: &str, ops: u64, ops_per_sec: f64) -> PhaseResult {
+        let mut rec = Recorder::new();
+        for _ in 0..ops {
+            rec.record(Duration::from_micros(500));
+        }
+        PhaseResult {
+            ops_per_sec,
+            ..rec.finish(name, 50, Duration::from_secs(1))
+        }
+    }
+
+    #[test]
+    fn rounds_of_redis_combine_into_every_request_over_all_their_time() {
+        // 1,000 requests in 1 s, then 3,000 in 1 s: 2,000/s together, not the mean of
+        // the two rates weighted by rounds.
+        let all = RedisRun::combine(&[
+            set(1_000, 1_000.0, 900.0, Some(20.0)),
+            set(3_000, 3_000.0, 1_500.0, Some(10.0)),
+            set(2_000, 1_000.0, 1_100.0, Some(40.0)),
+        ])
+        .unwrap();
+        assert_eq!(all.requests, 6_000);
+        assert!((all.ops_per_sec - 1_500.0).abs() < 1e-9, "{all:?}");
+        assert_eq!(all.p99_us, 1_100.0, "the median round's");
+        assert_eq!(all.max_us, 4_500.0);
+        // (20 x 1,000 + 10 x 3,000 + 40 x 2,000) / 6,000
+        assert!((all.server_cpu_us_per_op.unwrap() - 130_000.0 / 6_000.0).abs() < 1e-9);
+        // A round without its CPU figure leaves the whole without one.
+        let partial =
+            RedisRun::combine(&[set(1, 1.0, 1.0, Some(1.0)), set(1, 1.0, 1.0, None)]).unwrap();
+        assert_eq!(partial.server_cpu_us_per_op, None);
+        assert!(RedisRun::combine(&[]).is_none());
+    }
+
+    #[test]
+    fn the_median_is_the_middle_or_the_lower_middle() {
+        assert_eq!(median([3.0, 1.0, 2.0].into_iter()), 2.0);
+        assert_eq!(median([4.0, 1.0, 3.0, 2.0].into_iter()), 2.0);
+        assert_eq!(median(std::iter::empty()), 0.0);
+    }
+
+    #[test]
+    fn a_comparison_in_rounds_gives_the_whole_ratio_and_each_round_s() {
+        let config = BenchConfig::quick("netkeyd".into());
+        let mut report = Report::new(&config, "tls");
+        report.push(phase("checkouts_like_redis", 300, 3_000.0));
+        for (k, (ours, theirs)) in [(900.0, 1_000.0), (1_200.0, 1_000.0)]
+            .into_iter()
+            .enumerate()
+        {
+            report.rounds.push(Round {
+                phase: "checkouts_like_redis".into(),
+                round: k + 1,
+                netkey: phase("checkouts_like_redis", 150, ours),
+                redis: Some(set(150, theirs, 1_000.0, None)),
+            });
+        }
+        let whole = set(300, 2_000.0, 1_000.0, None);
+        let c = Comparison::build(&report, std::slice::from_ref(&whole));
+        let like = c
+            .iter()
+            .find(|c| c.netkey_phase == "checkouts_like_redis")
+            .unwrap();
+        assert_eq!(like.ratio, 1.5);
+        assert_eq!(like.round_ratios, vec![0.9, 1.2]);
+        report.redis = vec![whole.clone()];
+        report.comparisons = c.clone();
+        let table = report.table();
+        assert!(
+            table.contains("in 2 rounds, taking turns: 0.90, 1.20"),
+            "{table}"
+        );
+        // A redis run over plain TCP was not one of the rounds.
+        let tcp = RedisRun {
+            transport: "tcp".into(),
+            ..whole
+        };
+        let c = Comparison::build(&report, &[tcp]);
+        assert!(c.iter().all(|c| c.round_ratios.is_empty()), "{c:?}");
     }
 }
