@@ -47,7 +47,8 @@ pub fn framed<T: AsyncRead + AsyncWrite>(io: T) -> Framed<T> {
 }
 
 pub fn encode<M: Serialize>(msg: &M) -> Result<Bytes, FrameError> {
-    let v = postcard::to_allocvec(msg)?;
+    // Most frames fit: growing from nothing reallocated several times per answer.
+    let v = postcard::to_extend(msg, Vec::with_capacity(256))?;
     if v.len() > MAX_FRAME {
         return Err(FrameError::TooLarge {
             len: v.len(),

@@ -558,7 +558,7 @@ impl Store {
         let ahead = self.ahead;
         let seq = (!record.commands.is_empty()).then_some(ahead.next_seq);
         let bytes = match seq {
-            Some(_) => postcard::to_allocvec(record).map_err(fail)?,
+            Some(_) => postcard::to_extend(record, Vec::with_capacity(256)).map_err(fail)?,
             None => Vec::new(),
         };
         let mut head = ahead.head;
