@@ -224,7 +224,15 @@ impl Journal {
             return Err(io_fail(e));
         }
         frame.number = self.next + self.unsettled.len() as u64;
-        let bytes = encode_frame(&self.key, &frame)?;
+        let bytes = match encode_frame(&self.key, &frame) {
+            Ok(b) => b,
+            Err(e) => {
+                // The store fails every batch begun on any error here, so the frames
+                // written before this one must not count either.
+                self.fail_unsettled();
+                return Err(e);
+            }
+        };
         let start = self.ahead;
         let end = start + bytes.len() as u64;
         if end > self.len {
@@ -446,7 +454,14 @@ fn encode_frame(key: &ring::hmac::Key, frame: &Frame) -> Result<Vec<u8>, StoreEr
     let mut bytes = Vec::with_capacity(HEADER + 64 + frame.record.len() + 256 * frame.audit.len());
     bytes.extend_from_slice(&[0; HEADER]);
     let mut bytes = postcard::to_extend(frame, bytes).map_err(fail)?;
-    let len = (bytes.len() - HEADER) as u32;
+    let len = bytes.len() - HEADER;
+    if len > MAX_FRAME {
+        // Reading stops at a frame this large: written, it would hide every later one.
+        return Err(StoreError::Db(format!(
+            "the journal: a batch of {len} bytes is over the {MAX_FRAME}-byte limit of a frame"
+        )));
+    }
+    let len = len as u32;
     let tag = check(key, &bytes[HEADER..]);
     bytes[..4].copy_from_slice(&MAGIC);
     bytes[4..8].copy_from_slice(&len.to_le_bytes());
@@ -670,6 +685,27 @@ mod tests {
             1,
             "the failed frame's number is used again"
         );
+        let (_, found) = Journal::open(alone(&disk), 0, &KEY).unwrap();
+        assert_eq!(found, vec![kept]);
+    }
+
+    #[test]
+    fn a_frame_too_large_to_be_read_back_is_not_written_and_fails_those_before_it() {
+        let disk = PowerCutDisk::default();
+        let (mut j, _) = Journal::open(alone(&disk), 0, &KEY).unwrap();
+        let kept = j.append(frame(1), true).unwrap();
+        let unsettled = j.write(frame(2)).unwrap();
+        let huge = Frame {
+            record: vec![0; MAX_FRAME],
+            ..frame(3)
+        };
+        let e = j.write(huge).unwrap_err();
+        assert!(e.to_string().contains("over the"), "{e}");
+        assert!(
+            j.settle(unsettled, Ok(())).is_err(),
+            "the store fails every batch begun, so the journal fails their frames"
+        );
+        assert_eq!(j.next_number(), 1);
         let (_, found) = Journal::open(alone(&disk), 0, &KEY).unwrap();
         assert_eq!(found, vec![kept]);
     }
