@@ -82,8 +82,9 @@ fn tiny_run(worker_threads: Option<&str>, rounds: usize) {
         assert_eq!(p["ops"], ops, "{name}: {p}");
         assert!(p["p99_us"].as_f64().unwrap() > 0.0, "{name}: {p}");
     }
-    // Each round of a like-for-like phase makes every request of the phase; the phase
-    // counts them all, and the checkouts of a round before the last are released again.
+    // Each round of a like-for-like phase makes every request of the phase, and the
+    // phase counts them all. (The checkouts of a round before the last are released
+    // again: the restart's lease count below says so.)
     let rounds_of = |name: &str| -> Vec<u64> {
         report["rounds"]
             .as_array()

@@ -313,10 +313,12 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
 
 /// Microseconds of `pid`'s CPU per operation between two `cpu_seconds` readings.
 pub fn cpu_us_per_op(before: Option<f64>, after: Option<f64>, ops: u64) -> Option<f64> {
-    match (before, after) {
-        (Some(b), Some(a)) if ops > 0 => Some((a - b) * 1e6 / ops as f64),
-        _ => None,
-    }
+    cpu_per_op(before.zip(after).map(|(b, a)| a - b), ops)
+}
+
+/// Microseconds per operation of `seconds` of CPU time.
+pub fn cpu_per_op(seconds: Option<f64>, ops: u64) -> Option<f64> {
+    seconds.filter(|_| ops > 0).map(|s| s * 1e6 / ops as f64)
 }
 
 /// Resident memory.

@@ -524,7 +524,7 @@ impl Fleet {
         let mut rec = Recorder::new();
         while let Some(r) = set.join_next().await {
             match r {
-                Ok(lane) => rec.merge(lane),
+                Ok(lane) => rec.merge(&lane),
                 Err(e) => rec.error(format!("a driver failed: {e}")),
             }
         }

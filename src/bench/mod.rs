@@ -261,6 +261,7 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
             config.cameras,
             config.checkouts,
         ),
+        admin: &admin_path,
     };
     let checkouts_made = checkouts
         .run(&fleet, pid, redis.as_ref(), &mut report, &mut redis_runs)
@@ -272,6 +273,7 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
         clients: config.clients,
         rounds: config.rounds,
         plan: PhasePlan::heartbeats_like_redis(&fleet, config.clients, config.heartbeats),
+        admin: &admin_path,
     };
     let heartbeats_made = heartbeats
         .run(&fleet, pid, redis.as_ref(), &mut report, &mut redis_runs)
@@ -359,20 +361,25 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
     Ok(report)
 }
 
-/// A phase compared with redis, run in rounds: each round is the whole plan followed at
-/// once by redis-benchmark with as many requests (`test` over TLS, SET with `appendfsync
-/// always`). Between rounds the cameras a round checked out are released again, untimed,
-/// so each round starts from the same leases and the last leaves them as one round would.
-/// The report gets each round, and the phase and redis's run with every round's requests.
-struct LikeForLike {
+/// A phase compared with redis, run in rounds: each round is the whole plan and
+/// redis-benchmark with as many requests (`test` over TLS, SET with `appendfsync
+/// always`), netkey first in odd rounds and redis first in even ones, so a steady drift in
+/// the machine's speed does not always favour the same side. Before each round the daemon
+/// finishes any checkpoint or snapshot under way (it would take CPU from whichever side
+/// runs), and from the second round on the cameras the round before checked out are
+/// released first, untimed, so every round starts from the same leases and the last
+/// leaves them as one round would. The report gets each round, and the phase and redis's
+/// run with every round's requests.
+struct LikeForLike<'a> {
     name: &'static str,
     test: &'static str,
     clients: usize,
     rounds: usize,
     plan: PhasePlan,
+    admin: &'a std::path::Path,
 }
 
-impl LikeForLike {
+impl LikeForLike<'_> {
     /// Runs every round; returns the requests one round makes.
     async fn run(
         self,
@@ -383,41 +390,47 @@ impl LikeForLike {
         redis_runs: &mut Vec<report::RedisRun>,
     ) -> Result<usize, BenchError> {
         if self.plan.is_empty() {
+            report.push(fleet.run_phase(self.name, self.clients, &self.plan).await);
             return Ok(0);
         }
         let rounds = self.rounds.max(1);
         let undo = self.plan.undoing_checkouts();
+        let leases_before = in_use(self.admin).await?;
         let mut all = report::Recorder::new();
-        let (mut wall, mut drivers, mut cpu_seconds) = (Duration::ZERO, 1, Some(0.0));
+        let (mut wall, mut drivers, mut cpu) = (Duration::ZERO, 1, Some(0.0));
         let mut theirs = Vec::new();
         for k in 1..=rounds {
             if k > 1 && !undo.is_empty() {
                 let undone = fleet.run_phase(self.name, self.clients, &undo).await;
-                if undone.errors > 0 {
+                let leases = in_use(self.admin).await?;
+                if undone.errors > 0 || leases != leases_before {
                     report.fail(format!(
-                        "{} of {} releases between rounds of {} failed: {}",
-                        undone.errors,
-                        undone.ops,
+                        "{} stopped after {} of {rounds} rounds: releasing the round's cameras left {leases} in use where {leases_before} were before it ({} errors: {})",
                         self.name,
+                        k - 1,
+                        undone.errors,
                         undone.error_samples.join("; ")
                     ));
+                    break;
                 }
             }
-            let before = pid.and_then(daemon::cpu_seconds);
-            let (rec, d, took) = fleet.run_recorded(self.clients, &self.plan).await;
-            let after = pid.and_then(daemon::cpu_seconds);
+            settle(self.admin).await?;
+            let redis_first = k % 2 == 0;
+            let mut yardstick = match redis_first {
+                true => self.yardstick(redis).await?,
+                false => None,
+            };
+            let ((rec, d, took), used) =
+                with_cpu(pid, fleet.run_recorded(self.clients, &self.plan)).await;
+            if !redis_first {
+                yardstick = self.yardstick(redis).await?;
+            }
             drivers = d;
             wall += took;
-            cpu_seconds = cpu_seconds
-                .zip(before.zip(after))
-                .map(|(sum, (b, a))| sum + (a - b));
-            all.merge(rec.clone());
+            cpu = cpu.zip(used).map(|(sum, c)| sum + c);
+            all.merge(&rec);
             let mut ours = rec.finish(self.name, d, took);
-            ours.server_cpu_us_per_op = daemon::cpu_us_per_op(before, after, ours.ops);
-            let yardstick = match redis {
-                Some(r) => Some(r.run(self.test, true, self.plan.len()).await?),
-                None => None,
-            };
+            ours.server_cpu_us_per_op = daemon::cpu_per_op(used, ours.ops);
             let round = report::Round {
                 phase: self.name.to_string(),
                 round: k,
@@ -438,13 +451,35 @@ impl LikeForLike {
             report.rounds.push(round);
         }
         let mut phase = all.finish(self.name, drivers, wall);
-        phase.server_cpu_us_per_op = cpu_seconds
-            .filter(|_| phase.ops > 0)
-            .map(|c| c * 1e6 / phase.ops as f64);
+        phase.server_cpu_us_per_op = daemon::cpu_per_op(cpu, phase.ops);
         report.push(phase);
         redis_runs.extend(report::RedisRun::combine(&theirs));
         Ok(self.plan.len())
     }
+}
+
+impl LikeForLike<'_> {
+    /// redis-benchmark's run for one round (none without the yardstick).
+    async fn yardstick(
+        &self,
+        redis: Option<&redis::Running>,
+    ) -> Result<Option<report::RedisRun>, BenchError> {
+        match redis {
+            Some(r) => r.run(self.test, true, self.plan.len()).await.map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Runs `work`, and says how much CPU time (seconds) the daemon used meanwhile.
+async fn with_cpu<T>(
+    pid: Option<u32>,
+    work: impl std::future::Future<Output = T>,
+) -> (T, Option<f64>) {
+    let before = pid.and_then(daemon::cpu_seconds);
+    let out = work.await;
+    let after = pid.and_then(daemon::cpu_seconds);
+    (out, before.zip(after).map(|(b, a)| a - b))
 }
 
 /// Runs a phase and notes the daemon's CPU time per request during it.
@@ -452,10 +487,8 @@ async fn measured(
     pid: Option<u32>,
     phase: impl std::future::Future<Output = PhaseResult>,
 ) -> PhaseResult {
-    let before = pid.and_then(daemon::cpu_seconds);
-    let mut result = phase.await;
-    let after = pid.and_then(daemon::cpu_seconds);
-    result.server_cpu_us_per_op = daemon::cpu_us_per_op(before, after, result.ops);
+    let (mut result, used) = with_cpu(pid, phase).await;
+    result.server_cpu_us_per_op = daemon::cpu_per_op(used, result.ops);
     result
 }
 
@@ -489,7 +522,7 @@ async fn status_phase(admin: &std::path::Path, clients: usize, queries: usize) -
     let mut all = report::Recorder::new();
     while let Some(r) = tasks.join_next().await {
         match r {
-            Ok(rec) => all.merge(rec),
+            Ok(rec) => all.merge(&rec),
             Err(e) => all.error(format!("a status client failed: {e}")),
         }
     }

@@ -13,7 +13,7 @@ use std::time::Duration;
 const ERROR_SAMPLES: usize = 5;
 
 /// Latencies and errors as a phase goes, one per driver, merged at the end.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Recorder {
     /// Nanoseconds, 1 µs to 100 s, three significant digits.
     hist: Histogram<u64>,
@@ -52,13 +52,13 @@ impl Recorder {
         }
     }
 
-    pub fn merge(&mut self, other: Recorder) {
+    pub fn merge(&mut self, other: &Recorder) {
         // Same bounds on both sides: adding cannot fail.
         let _ = self.hist.add(&other.hist);
         self.errors += other.errors;
-        for e in other.samples {
+        for e in &other.samples {
             if self.samples.len() < ERROR_SAMPLES {
-                self.samples.push(e);
+                self.samples.push(e.clone());
             }
         }
     }
@@ -182,17 +182,15 @@ pub struct RedisRun {
 }
 
 impl RedisRun {
-    /// Rounds of the same test as one run: every request over the time they all took;
-    /// redis-benchmark reports percentiles per run only, so p50 and p99 are the median
-    /// round's, and the maximum the largest.
+    /// Rounds of the same test as one run: every request over the time they all took
+    /// (a round that reports no rate counts neither). redis-benchmark reports percentiles
+    /// per run only, so p50 and p99 are each the median of the rounds' figures (not
+    /// necessarily from one round), and the maximum is the largest.
     pub fn combine(rounds: &[RedisRun]) -> Option<RedisRun> {
         let first = rounds.first()?;
-        let requests: usize = rounds.iter().map(|r| r.requests).sum();
-        let seconds: f64 = rounds
-            .iter()
-            .filter(|r| r.ops_per_sec > 0.0)
-            .map(|r| r.requests as f64 / r.ops_per_sec)
-            .sum();
+        let timed = || rounds.iter().filter(|r| r.ops_per_sec > 0.0);
+        let requests: usize = timed().map(|r| r.requests).sum();
+        let seconds: f64 = timed().map(|r| r.requests as f64 / r.ops_per_sec).sum();
         let cpu = rounds
             .iter()
             .map(|r| r.server_cpu_us_per_op.map(|c| c * r.requests as f64))
@@ -213,13 +211,14 @@ impl RedisRun {
     }
 }
 
-/// The middle value (the lower of the two middle ones for an even count), 0 for none.
+/// The middle value (the mean of the two middle ones for an even count), 0 for none.
 pub fn median(values: impl Iterator<Item = f64>) -> f64 {
     let mut v: Vec<f64> = values.collect();
     v.sort_by(f64::total_cmp);
     match v.len() {
         0 => 0.0,
-        n => v[(n - 1) / 2],
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
 }
 
@@ -255,6 +254,8 @@ pub struct Comparison {
     pub redis_ops_per_sec: f64,
     /// netkey / redis throughput: >= 1.0 meets the target.
     pub ratio: f64,
+    /// For a phase run in rounds, the median of the rounds' p99 on each side (redis's
+    /// is always that, as `RedisRun::combine` says).
     pub netkey_p99_us: f64,
     pub redis_p99_us: f64,
     /// Server CPU per request on each side.
@@ -281,6 +282,25 @@ impl Comparison {
                 continue;
             };
             for r in runs.iter().filter(|r| r.test == test) {
+                let rounds: Vec<&Round> = report
+                    .rounds
+                    .iter()
+                    .filter(|k| {
+                        k.phase == phase
+                            && k.redis.as_ref().is_some_and(|x| {
+                                x.test == r.test
+                                    && x.transport == r.transport
+                                    && x.durable == r.durable
+                            })
+                    })
+                    .collect();
+                // Like redis's, the median of the rounds' p99 where the phase ran in
+                // rounds beside this run: all its requests pooled would let the slowest
+                // round set it, against redis's middle one.
+                let netkey_p99_us = match rounds.is_empty() {
+                    true => p.p99_us,
+                    false => median(rounds.iter().map(|k| k.netkey.p99_us)),
+                };
                 out.push(Comparison {
                     netkey_phase: phase.to_string(),
                     redis: format!(
@@ -296,23 +316,11 @@ impl Comparison {
                     } else {
                         0.0
                     },
-                    netkey_p99_us: p.p99_us,
+                    netkey_p99_us,
                     redis_p99_us: r.p99_us,
                     netkey_cpu_us_per_op: p.server_cpu_us_per_op,
                     redis_cpu_us_per_op: r.server_cpu_us_per_op,
-                    round_ratios: report
-                        .rounds
-                        .iter()
-                        .filter(|k| {
-                            k.phase == phase
-                                && k.redis.as_ref().is_some_and(|x| {
-                                    x.test == r.test
-                                        && x.transport == r.transport
-                                        && x.durable == r.durable
-                                })
-                        })
-                        .filter_map(Round::ratio)
-                        .collect(),
+                    round_ratios: rounds.iter().filter_map(|k| k.ratio()).collect(),
                 });
             }
         }
@@ -585,10 +593,10 @@ mod tests {
         }
     }
 
-    fn phase(name: &str, ops: u64, ops_per_sec: f64) -> PhaseResult {
+    fn phase(name: &str, ops: u64, ops_per_sec: f64, latency_us: u64) -> PhaseResult {
         let mut rec = Recorder::new();
         for _ in 0..ops {
-            rec.record(Duration::from_micros(500));
+            rec.record(Duration::from_micros(latency_us));
         }
         PhaseResult {
             ops_per_sec,
@@ -598,8 +606,8 @@ mod tests {
 
     #[test]
     fn rounds_of_redis_combine_into_every_request_over_all_their_time() {
-        // 1,000 requests in 1 s, then 3,000 in 1 s: 2,000/s together, not the mean of
-        // the two rates weighted by rounds.
+        // 1,000 requests in 1 s, 3,000 in 1 s, 2,000 in 2 s: 6,000 in 4 s, 1,500/s,
+        // not the mean of the three rates (1,667/s).
         let all = RedisRun::combine(&[
             set(1_000, 1_000.0, 900.0, Some(20.0)),
             set(3_000, 3_000.0, 1_500.0, Some(10.0)),
@@ -617,12 +625,16 @@ mod tests {
             RedisRun::combine(&[set(1, 1.0, 1.0, Some(1.0)), set(1, 1.0, 1.0, None)]).unwrap();
         assert_eq!(partial.server_cpu_us_per_op, None);
         assert!(RedisRun::combine(&[]).is_none());
+        // A round without a rate adds neither requests nor time.
+        let unrated =
+            RedisRun::combine(&[set(1_000, 1_000.0, 1.0, None), set(500, 0.0, 1.0, None)]).unwrap();
+        assert_eq!((unrated.requests, unrated.ops_per_sec), (1_000, 1_000.0));
     }
 
     #[test]
-    fn the_median_is_the_middle_or_the_lower_middle() {
+    fn the_median_is_the_middle_or_the_mean_of_the_two_middle_ones() {
         assert_eq!(median([3.0, 1.0, 2.0].into_iter()), 2.0);
-        assert_eq!(median([4.0, 1.0, 3.0, 2.0].into_iter()), 2.0);
+        assert_eq!(median([4.0, 1.0, 3.0, 2.0].into_iter()), 2.5);
         assert_eq!(median(std::iter::empty()), 0.0);
     }
 
@@ -630,15 +642,16 @@ mod tests {
     fn a_comparison_in_rounds_gives_the_whole_ratio_and_each_round_s() {
         let config = BenchConfig::quick("netkeyd".into());
         let mut report = Report::new(&config, "tls");
-        report.push(phase("checkouts_like_redis", 300, 3_000.0));
-        for (k, (ours, theirs)) in [(900.0, 1_000.0), (1_200.0, 1_000.0)]
+        // The phase's pooled p99 (9 ms) is not what either of its rounds had.
+        report.push(phase("checkouts_like_redis", 300, 3_000.0, 9_000));
+        for (k, (ours, theirs, p99)) in [(900.0, 1_000.0, 400), (1_200.0, 1_000.0, 600)]
             .into_iter()
             .enumerate()
         {
             report.rounds.push(Round {
                 phase: "checkouts_like_redis".into(),
                 round: k + 1,
-                netkey: phase("checkouts_like_redis", 150, ours),
+                netkey: phase("checkouts_like_redis", 150, ours, p99),
                 redis: Some(set(150, theirs, 1_000.0, None)),
             });
         }
@@ -650,6 +663,8 @@ mod tests {
             .unwrap();
         assert_eq!(like.ratio, 1.5);
         assert_eq!(like.round_ratios, vec![0.9, 1.2]);
+        // p99 as redis's is taken: the median of the rounds'.
+        assert!((like.netkey_p99_us - 500.0).abs() < 1.0, "{like:?}");
         report.redis = vec![whole.clone()];
         report.comparisons = c.clone();
         let table = report.table();
@@ -664,5 +679,6 @@ mod tests {
         };
         let c = Comparison::build(&report, &[tcp]);
         assert!(c.iter().all(|c| c.round_ratios.is_empty()), "{c:?}");
+        assert!(c.iter().all(|c| c.netkey_p99_us > 8_000.0), "{c:?}");
     }
 }

@@ -48,8 +48,8 @@ struct Args {
     checkouts: Option<usize>,
     /// Times each like-for-like phase and its redis run are made, taking turns (the
     /// cameras checked out are released between rounds) [default: 3 with --full, else 1].
-    #[arg(long)]
-    rounds: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    rounds: Option<u64>,
     /// Camera moves in the move-churn phase.
     #[arg(long)]
     moves: Option<usize>,
@@ -99,7 +99,7 @@ fn main() -> ExitCode {
     config.heartbeats = args.heartbeats.unwrap_or(config.heartbeats);
     config.checkouts = args.checkouts.unwrap_or(config.checkouts);
     config.moves = args.moves.unwrap_or(config.moves);
-    config.rounds = args.rounds.unwrap_or(config.rounds);
+    config.rounds = args.rounds.map_or(config.rounds, |n| n as usize);
     config.status_queries = args.status_queries.unwrap_or(config.status_queries);
     config.daemon = args.daemon;
     config.admin_socket = args.admin_socket.clone();

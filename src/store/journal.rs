@@ -446,20 +446,21 @@ fn following_on(mut frames: Vec<Frame>, first: u64) -> Vec<Frame> {
     frames
 }
 
-/// A frame's bytes: `[magic][length][check][payload]`.
-/// A frame on disk: header, then the payload serialized in place behind it (a second
-/// buffer and a copy of every batch showed in the event loop's profile).
+/// A frame's bytes, `[magic][length][check][payload]`: the header, then the payload
+/// serialized in place behind it (a second buffer and a copy of every batch showed in
+/// the event loop's profile).
 fn encode_frame(key: &ring::hmac::Key, frame: &Frame) -> Result<Vec<u8>, StoreError> {
+    if frame.record.len() > MAX_FRAME {
+        // Not worth serializing to find out.
+        return Err(too_large(frame.record.len()));
+    }
     // Room for the record and audit records of common size without growing.
     let mut bytes = Vec::with_capacity(HEADER + 64 + frame.record.len() + 256 * frame.audit.len());
     bytes.extend_from_slice(&[0; HEADER]);
     let mut bytes = postcard::to_extend(frame, bytes).map_err(fail)?;
     let len = bytes.len() - HEADER;
     if len > MAX_FRAME {
-        // Reading stops at a frame this large: written, it would hide every later one.
-        return Err(StoreError::Db(format!(
-            "the journal: a batch of {len} bytes is over the {MAX_FRAME}-byte limit of a frame"
-        )));
+        return Err(too_large(len));
     }
     let len = len as u32;
     let tag = check(key, &bytes[HEADER..]);
@@ -469,6 +470,8 @@ fn encode_frame(key: &ring::hmac::Key, frame: &Frame) -> Result<Vec<u8>, StoreEr
     Ok(bytes)
 }
 
+/// The same from a payload serialized already, written the plain way: the tests plant
+/// frames with it, and check `encode_frame` against it.
 #[cfg(test)]
 fn encode(key: &ring::hmac::Key, payload: &[u8]) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(HEADER + payload.len());
@@ -484,6 +487,13 @@ fn check(key: &ring::hmac::Key, payload: &[u8]) -> [u8; 16] {
     let mut out = [0u8; 16];
     out.copy_from_slice(&tag.as_ref()[..16]);
     out
+}
+
+/// Reading stops at a frame over the limit: written, it would hide every later one.
+fn too_large(len: usize) -> StoreError {
+    StoreError::Db(format!(
+        "the journal: a batch of {len} bytes or more is over the {MAX_FRAME}-byte limit of a frame"
+    ))
 }
 
 fn io_fail(e: io::Error) -> StoreError {
