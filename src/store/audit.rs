@@ -44,9 +44,9 @@ pub use crate::hex;
 
 use crate::proto::hex32;
 
-/// The hash of a record: SHA-256 over its fields (postcard) and the previous hash.
-pub fn record_hash(r: &AuditRecord) -> [u8; 32] {
-    let body = (
+/// What a record's hash covers: its fields and the previous hash, in this order.
+fn hashed_fields(r: &AuditRecord) -> impl Serialize + '_ {
+    (
         r.index,
         r.at,
         &r.action,
@@ -56,12 +56,17 @@ pub fn record_hash(r: &AuditRecord) -> [u8; 32] {
         &r.pool,
         &r.detail,
         r.prev,
-    );
+    )
+}
+
+/// The hash of a record: SHA-256 over its fields (postcard) and the previous hash.
+pub fn record_hash(r: &AuditRecord) -> [u8; 32] {
     // Straight into the hash, no buffer between: every change makes a record.
-    let digest = postcard::serialize_with_flavor(&body, Sha256Flavor::new()).unwrap_or_else(
-        // Cannot happen (nothing here fails to serialize); the hash of nothing, as before.
-        |_| ring::digest::digest(&ring::digest::SHA256, &[]),
-    );
+    let digest = postcard::serialize_with_flavor(&hashed_fields(r), Sha256Flavor::new())
+        .unwrap_or_else(
+            // Cannot happen (nothing here fails to serialize); the hash of nothing, as before.
+            |_| ring::digest::digest(&ring::digest::SHA256, &[]),
+        );
     let mut out = [0u8; 32];
     out.copy_from_slice(digest.as_ref());
     out
@@ -556,26 +561,43 @@ mod tests {
         }
     }
 
+    /// A grant's record chained after record `count` whose hash is 32 bytes of `fill`.
+    fn granted(
+        (count, fill): (u64, u8),
+        at: u64,
+        (key, server, camera): (&str, &str, &str),
+        pool: Option<String>,
+        detail: String,
+    ) -> AuditRecord {
+        chain(
+            AuditHead {
+                count,
+                hash: [fill; 32],
+            },
+            Timestamp(at),
+            AuditEntry {
+                action: "granted".into(),
+                key_id: Some(key.into()),
+                server_id: Some(server.into()),
+                camera_id: Some(camera.into()),
+                pool,
+                detail,
+            },
+        )
+    }
+
     #[test]
     fn a_record_s_hash_is_the_one_written_by_earlier_versions() {
         // Chains on disk were hashed from postcard's bytes by every version so far. The
         // figure was worked out apart from postcard, from its format: varints for the
         // index and time, a length before each string, a tag before each option, then
         // the 32 bytes of the previous hash.
-        let r = chain(
-            AuditHead {
-                count: 6,
-                hash: [0xab; 32],
-            },
-            Timestamp(1_764_000_000_000),
-            AuditEntry {
-                action: "granted".into(),
-                key_id: Some("DEMO".into()),
-                server_id: Some("vms-0001".into()),
-                camera_id: Some("02:00:00:01:00:64".into()),
-                pool: None,
-                detail: "epoch 3 camera=1".into(),
-            },
+        let r = granted(
+            (6, 0xab),
+            1_764_000_000_000,
+            ("DEMO", "vms-0001", "02:00:00:01:00:64"),
+            None,
+            "epoch 3 camera=1".into(),
         );
         assert_eq!(
             hex(&r.hash),
@@ -589,33 +611,14 @@ mod tests {
         // hashing the serialized bytes gave, whatever the fields' lengths (pieces that fill
         // the hasher's block exactly, cross it, or are longer than one).
         for n in [0, 1, 20, 31, 32, 33, 63, 64, 65, 127, 128, 129, 300] {
-            let r = chain(
-                AuditHead {
-                    count: 41,
-                    hash: [3; 32],
-                },
-                Timestamp(1_700_000_000_123),
-                AuditEntry {
-                    action: "granted".into(),
-                    key_id: Some("K-1".into()),
-                    server_id: Some("vms-7".into()),
-                    camera_id: Some("02:00:00:00:01:2c".into()),
-                    pool: (n % 2 == 1).then(|| "p".repeat(n)),
-                    detail: "d".repeat(n),
-                },
+            let r = granted(
+                (41, 3),
+                1_700_000_000_123,
+                ("K-1", "vms-7", "02:00:00:00:01:2c"),
+                (n % 2 == 1).then(|| "p".repeat(n)),
+                "d".repeat(n),
             );
-            let bytes = postcard::to_allocvec(&(
-                r.index,
-                r.at,
-                &r.action,
-                &r.key_id,
-                &r.server_id,
-                &r.camera_id,
-                &r.pool,
-                &r.detail,
-                r.prev,
-            ))
-            .unwrap();
+            let bytes = postcard::to_allocvec(&hashed_fields(&r)).unwrap();
             let expected = ring::digest::digest(&ring::digest::SHA256, &bytes);
             assert_eq!(r.hash.as_slice(), expected.as_ref(), "fields of {n} bytes");
             assert_eq!(r.index, 42);
