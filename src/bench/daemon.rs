@@ -311,9 +311,15 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) as f64 / 100.0)
 }
 
-/// Microseconds of `pid`'s CPU per operation between two `cpu_seconds` readings.
-pub fn cpu_us_per_op(before: Option<f64>, after: Option<f64>, ops: u64) -> Option<f64> {
-    cpu_per_op(before.zip(after).map(|(b, a)| a - b), ops)
+/// Runs `work`, and says how much CPU time (seconds) process `pid` used meanwhile.
+pub async fn with_cpu<T>(
+    pid: Option<u32>,
+    work: impl std::future::Future<Output = T>,
+) -> (T, Option<f64>) {
+    let before = pid.and_then(cpu_seconds);
+    let out = work.await;
+    let after = pid.and_then(cpu_seconds);
+    (out, before.zip(after).map(|(b, a)| a - b))
 }
 
 /// Microseconds per operation of `seconds` of CPU time.

@@ -161,47 +161,43 @@ struct Sim {
 impl Sim {
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>) -> ServerState {
         loop {
-            let Some(conn) = self.conn.as_mut() else {
-                match rx.recv().await {
-                    Some(Msg::Run(_, reply)) => {
-                        let _ = reply.send(Err("the connection is lost".into()));
+            // While connected, pushes from the daemon are read between requests too.
+            let msg = match self.conn.as_mut() {
+                None => rx.recv().await,
+                Some(conn) => tokio::select! {
+                    msg = rx.recv() => msg,
+                    frame = conn.read_frame() => {
+                        match frame {
+                            Ok(ServerFrame::Push(Push::Revoke(rev))) => {
+                                self.acknowledge(rev).await;
+                                self.settle().await;
+                            }
+                            Ok(other) => self.shared.error(format!(
+                                "{}: unexpected frame between requests: {other:?}",
+                                self.state.identity.name
+                            )),
+                            Err(e) => self.lost(e),
+                        }
+                        continue;
                     }
-                    Some(Msg::RunAll(ops, reply)) => {
-                        let _ = reply.send(self.run_all(&ops).await);
-                    }
-                    Some(Msg::Held(reply)) => {
-                        let _ = reply.send(self.state.held.keys().cloned().collect());
-                    }
-                    None => break,
-                }
-                continue;
+                },
             };
-            tokio::select! {
-                msg = rx.recv() => match msg {
-                    None => break,
-                    Some(Msg::Run(op, reply)) => {
-                        let r = self.handle(op).await;
-                        let _ = reply.send(r);
-                        self.settle().await;
-                    }
-                    Some(Msg::RunAll(ops, reply)) => {
-                        let _ = reply.send(self.run_all(&ops).await);
-                    }
-                    Some(Msg::Held(reply)) => {
-                        let _ = reply.send(self.state.held.keys().cloned().collect());
-                    }
-                },
-                frame = conn.read_frame() => match frame {
-                    Ok(ServerFrame::Push(Push::Revoke(rev))) => {
-                        self.acknowledge(rev).await;
-                        self.settle().await;
-                    }
-                    Ok(other) => self.shared.error(format!(
-                        "{}: unexpected frame between requests: {other:?}",
-                        self.state.identity.name
-                    )),
-                    Err(e) => self.lost(e),
-                },
+            match msg {
+                None => break,
+                Some(Msg::Run(_, reply)) if self.conn.is_none() => {
+                    let _ = reply.send(Err("the connection is lost".into()));
+                }
+                Some(Msg::Run(op, reply)) => {
+                    let r = self.handle(op).await;
+                    let _ = reply.send(r);
+                    self.settle().await;
+                }
+                Some(Msg::RunAll(ops, reply)) => {
+                    let _ = reply.send(self.run_all(&ops).await);
+                }
+                Some(Msg::Held(reply)) => {
+                    let _ = reply.send(self.state.held.keys().cloned().collect());
+                }
             }
         }
         self.state

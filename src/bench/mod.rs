@@ -421,7 +421,7 @@ impl LikeForLike<'_> {
                 false => None,
             };
             let ((rec, d, took), used) =
-                with_cpu(pid, fleet.run_recorded(self.clients, &self.plan)).await;
+                daemon::with_cpu(pid, fleet.run_recorded(self.clients, &self.plan)).await;
             if !redis_first {
                 yardstick = self.yardstick(redis).await?;
             }
@@ -456,9 +456,7 @@ impl LikeForLike<'_> {
         redis_runs.extend(report::RedisRun::combine(&theirs));
         Ok(self.plan.len())
     }
-}
 
-impl LikeForLike<'_> {
     /// redis-benchmark's run for one round (none without the yardstick).
     async fn yardstick(
         &self,
@@ -471,23 +469,12 @@ impl LikeForLike<'_> {
     }
 }
 
-/// Runs `work`, and says how much CPU time (seconds) the daemon used meanwhile.
-async fn with_cpu<T>(
-    pid: Option<u32>,
-    work: impl std::future::Future<Output = T>,
-) -> (T, Option<f64>) {
-    let before = pid.and_then(daemon::cpu_seconds);
-    let out = work.await;
-    let after = pid.and_then(daemon::cpu_seconds);
-    (out, before.zip(after).map(|(b, a)| a - b))
-}
-
 /// Runs a phase and notes the daemon's CPU time per request during it.
 async fn measured(
     pid: Option<u32>,
     phase: impl std::future::Future<Output = PhaseResult>,
 ) -> PhaseResult {
-    let (mut result, used) = with_cpu(pid, phase).await;
+    let (mut result, used) = daemon::with_cpu(pid, phase).await;
     result.server_cpu_us_per_op = daemon::cpu_per_op(used, result.ops);
     result
 }

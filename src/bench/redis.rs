@@ -219,15 +219,17 @@ impl Running {
         tls: bool,
         requests: usize,
     ) -> Result<RedisRun, BenchError> {
-        let pid = self.server.0.id();
-        let before = super::daemon::cpu_seconds(pid);
         let (port, certs) = match tls {
             true => (self.tls, Some(&self.certs)),
             false => (self.tcp, None),
         };
-        let mut run = self.bench(port, certs, test, requests).await?;
-        let after = super::daemon::cpu_seconds(pid);
-        run.server_cpu_us_per_op = super::daemon::cpu_us_per_op(before, after, run.requests as u64);
+        let (run, used) = super::daemon::with_cpu(
+            Some(self.server.0.id()),
+            self.bench(port, certs, test, requests),
+        )
+        .await;
+        let mut run = run?;
+        run.server_cpu_us_per_op = super::daemon::cpu_per_op(used, run.requests as u64);
         Ok(run)
     }
 
