@@ -67,8 +67,9 @@ fn main() -> ExitCode {
     // One event loop serves the connections and the core, as redis does: a request never
     // crosses a thread. netkey-bench measured it ahead of a worker per CPU plus a thread
     // for the core at 10,000 servers in heartbeats, the checkout storm, release and
-    // reconnect, with less CPU per request (docs/bench.json). Syncs, and what else
-    // blocks, run on blocking threads.
+    // reconnect, with less CPU per request (docs/bench.json). The journal's syncs run
+    // on the loop, as redis's do (see `daemon::owner::apply`); checkpoints, snapshots and
+    // what else blocks run on blocking threads.
     // TOKIO_WORKER_THREADS=N asks for N workers instead (the core then has a thread of
     // its own), for hosts where TLS handshakes after a restart of a very large fleet
     // should use more than one CPU.

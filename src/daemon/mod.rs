@@ -14,7 +14,6 @@ mod log;
 pub mod metrics;
 mod owner;
 mod port;
-mod syncer;
 
 pub use beside::{ClockMark, ReturnedKeys, CLOCK_FILE, RETURNED_FILE};
 pub use clockguard::TOLERANCE_MS as CLOCK_TOLERANCE_MS;

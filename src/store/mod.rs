@@ -548,7 +548,9 @@ impl Store {
     /// caller syncs `journal_file()` and hands the outcome to `end_commit`. More batches
     /// may begin meanwhile (each goes on from the one before), and they end in the order
     /// they began; one sync begun after a batch was written covers it and all before it.
-    /// Until a batch ends, the store reads as if it had not begun.
+    /// Until a batch ends, the store reads as if it had not begun. netkeyd's core syncs on
+    /// its own thread, through `commit`; the halves, tested with the sync on another
+    /// thread and under power cuts, are for a caller that overlaps batches with syncs.
     pub fn begin_commit(
         &mut self,
         record: &BatchRecord,

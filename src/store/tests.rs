@@ -1053,7 +1053,7 @@ fn a_reload_writes_nothing_so_it_works_while_the_disk_refuses_writes() {
     assert_reopens_as(&power, &core, head, "after the disk came back");
 }
 
-/// The daemon's commit: written here, synced on another thread, settled here.
+/// A commit in two halves (`begin_commit`, `end_commit`), synced on another thread between.
 fn commit_synced_elsewhere(
     store: &mut Store,
     record: &BatchRecord,
