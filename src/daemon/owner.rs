@@ -902,7 +902,7 @@ fn apply(owner: &mut Owner, batch: &mut Vec<Job>, clock: &Arc<dyn Clock>, acks: 
             tracing::warn!(
                 count,
                 slowest_ms = slowest.as_millis() as u64,
-                "writing and syncing the journal took up to {} ms ({count} batches since the last warning): nothing was answered meanwhile; check the disk under the state directory",
+                "a commit to the journal took up to {} ms ({count} since the last warning) and nothing was answered meanwhile: the disk under the state directory is slow, or a batch was very large (many leases expiring at once)",
                 slowest.as_millis()
             );
         }
@@ -1006,8 +1006,9 @@ fn persist_renewals(owner: &mut Owner, force: bool) {
 /// Logs every event and pushes revocations; returns whether a holder acknowledged.
 fn dispatch_events(owner: &mut Owner, events: Vec<Event>) -> bool {
     let mut acknowledged = false;
+    let expired = super::log::expired_servers(&events);
     for event in events {
-        super::log::event(&event);
+        super::log::event(&event, &expired);
         count_event(&owner.metrics, &event);
         match event {
             Event::RevocationIssued {
