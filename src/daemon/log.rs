@@ -61,18 +61,13 @@ pub fn event(e: &Event, expired_servers: &HashSet<String>) {
             camera,
             server,
             epoch,
-            reason: ReleaseReason::Expired,
-        } if expired_servers.contains(server.as_str()) => {
-            debug!(key_id = %key, camera_id = %camera, server_id = %server, epoch, reason = ?ReleaseReason::Expired, "licence released")
-        }
-        Event::Released {
-            key,
-            camera,
-            server,
-            epoch,
             reason,
         } => {
-            info!(key_id = %key, camera_id = %camera, server_id = %server, epoch, reason = ?reason, "licence released")
+            if *reason == ReleaseReason::Expired && expired_servers.contains(server.as_str()) {
+                debug!(key_id = %key, camera_id = %camera, server_id = %server, epoch, reason = ?reason, "licence released")
+            } else {
+                info!(key_id = %key, camera_id = %camera, server_id = %server, epoch, reason = ?reason, "licence released")
+            }
         }
         Event::MoveRequested {
             key,

@@ -891,10 +891,10 @@ fn apply(owner: &mut Owner, batch: &mut Vec<Job>, clock: &Arc<dyn Clock>, acks: 
         // Synced here, on the event loop, as redis does with `appendfsync always`: the
         // loop sleeps in the sync, and every request that arrives meanwhile goes into the
         // next batch. A thread of its own for syncs, with the next batches applied while
-        // one ran, made 39,400 durable checkouts a second against 46,700 this way, with
-        // p99 4.4 ms against 3.4 ms (five alternating pairs, quick fleet): on two CPUs its
-        // wake-ups queued behind the event loop and the clients (51 µs each, about three a
-        // sync). On a multi-threaded runtime the core has a thread of its own (`spawn`),
+        // one ran, made 40,900 durable checkouts a second against 46,600 this way, with
+        // p99 4.1 ms against 3.1 ms (netkey-bench's quick fleet, four alternating pairs):
+        // on two CPUs its wake-ups queued behind the event loop and the clients (58 µs
+        // each, about three a sync, from /proc/PID/task/TID/schedstat). On a multi-threaded runtime the core has a thread of its own (`spawn`),
         // so connections are served meanwhile.
         let began = std::time::Instant::now();
         let committed = blocking(|| owner.store.commit(&record, audit, durable));
